@@ -1,0 +1,1 @@
+"""Launcher for MindSpore data-parallel jobs. Never imports MindSpore."""

@@ -1,0 +1,21 @@
+"""User-facing errors for the launcher: one line, exit code 2, never a traceback."""
+import sys
+
+
+class UserError(Exception):
+    """A mistake in the user's input (file, key or value), reported as one line."""
+
+
+def exit_on_user_error(main):
+    """Decorator for command-line entry points: UserError -> 'error: ...' on stderr and exit 2."""
+    import functools
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2)
+
+    return wrapper
