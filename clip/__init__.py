@@ -1,1 +1,22 @@
-"""CLIP on MindSpore."""
+"""CLIP on MindSpore that trains correctly on many cards.
+
+Heavy modules (MindSpore) are imported on first use, so `import clip` and the config tools stay fast.
+"""
+import importlib
+
+_EXPORTS = {
+    "create_model": "clip.model",
+    "CLIPModel": "clip.model",
+    "CLIPConfig": "clip.presets",
+    "tokenize": "clip.tokenizer",
+    "image_transform": "clip.transforms",
+    "pipeline": "clip.predict",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'clip' has no attribute {name!r}")

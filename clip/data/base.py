@@ -1,0 +1,122 @@
+"""Dataset config and the two source contracts every dataset module implements.
+
+Sources are plain random-access Python objects (no MindSpore here) so that the pipeline can shard them
+by index and evaluation can iterate them directly.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image
+
+from clip.errors import UserError
+
+ImageLike = Union[Image.Image, np.ndarray]
+
+TRAIN_TYPES = ("shapes", "flickr8k", "csv")
+EVAL_TYPES = ("shapes", "cifar100", "imagefolder")
+
+
+@dataclass
+class DatasetConfig:
+    """Where a dataset lives and how to read it; the training config embeds one as data.train / data.eval."""
+
+    type: str = "shapes"
+    path: Optional[str] = None
+    split: str = "train"
+    num_samples: int = 2048          # shapes only: samples in the split
+    seed: int = 0                    # shapes only: generation seed (the split is mixed in)
+    csv_image_key: str = "filepath"  # csv only: column holding the image path
+    csv_caption_key: str = "title"   # csv only: column holding the caption
+    csv_separator: Optional[str] = None  # csv only: None = "\t" for .tsv, "," otherwise
+    classnames_file: Optional[str] = None  # imagefolder only: one class name per line
+    templates: Optional[list[str]] = None  # zero-shot prompt templates; None = the dataset's own
+    sha256: Optional[dict[str, str]] = None  # relative file path -> expected hex digest
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded; the pipeline counts it and substitutes another sample."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class CaptionSource(abc.ABC):
+    """Random-access image-caption pairs: source[i] -> (image, captions), several captions per image."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        ...
+
+    @abc.abstractmethod
+    def captions(self, i: int) -> list[str]:
+        """All captions of sample i, without touching the image (cheap)."""
+
+    @abc.abstractmethod
+    def image(self, i: int) -> ImageLike:
+        """The image of sample i; raises UnreadableImage if it cannot be decoded."""
+
+    def name(self, i: int) -> str:
+        """What to call sample i in warnings (a file name where there is one)."""
+        return f"sample {i}"
+
+    def __getitem__(self, i: int) -> tuple[ImageLike, list[str]]:
+        return self.image(i), self.captions(i)
+
+
+class ClassificationSource(abc.ABC):
+    """Random-access labelled images plus the class names and prompt templates for zero-shot."""
+
+    classnames: list[str]
+    templates: list[str]
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        ...
+
+    @abc.abstractmethod
+    def __getitem__(self, i: int) -> tuple[ImageLike, int]:
+        ...
+
+    def name(self, i: int) -> str:
+        return f"sample {i}"
+
+
+def load_image_file(path: str) -> Image.Image:
+    """Decode an image file fully to RGB now, so that truncated files fail here and not later."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(os.path.basename(path), str(exc) or type(exc).__name__) from None
+
+
+def require_dir(path: Optional[str], what: str) -> str:
+    """The dataset directory, or a UserError naming it."""
+    if not path:
+        raise UserError(f"{what}: data path is not set (expected a directory)")
+    if not os.path.isdir(path):
+        raise UserError(f"{what}: dataset directory {path!r} does not exist")
+    return path
+
+
+def verify_sha256(root: str, expected: Optional[dict[str, str]]) -> None:
+    """Check dataset files against known digests; a mismatch is the user's problem, named precisely."""
+    for rel, digest in (expected or {}).items():
+        path = os.path.join(root, rel)
+        if not os.path.isfile(path):
+            raise UserError(f"sha256: file {path!r} listed in sha256 does not exist")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != digest.lower():
+            raise UserError(f"sha256: {path!r} has digest {h.hexdigest()}, expected {digest.lower()}")

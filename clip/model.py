@@ -1,0 +1,153 @@
+"""CLIP with OpenAI's architecture; parameter names equal OpenAI's state-dict keys so weights map one to one."""
+import math
+from typing import Optional, Union
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import initializer
+
+from clip.errors import UserError
+from clip.presets import PRESETS, CLIPConfig, get_config
+from clip.transformer import LayerNorm, Transformer, causal_mask, normal
+
+MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
+
+
+class VisionTransformer(nn.Cell):
+    def __init__(self, config: CLIPConfig, compute_dtype):
+        super().__init__()
+        width, scale = config.vision_width, config.vision_width ** -0.5
+        self.dtype = compute_dtype
+        self.conv1 = PatchConv(width, config.patch_size, compute_dtype)
+        self.class_embedding = normal(scale, (width,), "class_embedding")
+        self.positional_embedding = normal(scale, (config.grid_size ** 2 + 1, width), "positional_embedding")
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, config.vision_layers, config.vision_heads, compute_dtype)
+        self.ln_post = LayerNorm(width)
+        self.proj = normal(scale, (width, config.embed_dim), "proj")
+        self.no_mask = Tensor(0.0, ms.float32)
+
+    def construct(self, pixels):
+        x = self.conv1(pixels)
+        n, width = x.shape[0], x.shape[2]
+        cls = ops.broadcast_to(self.class_embedding.reshape(1, 1, width), (n, 1, width))
+        x = ops.concat((cls, x), axis=1) + self.positional_embedding
+        x = self.transformer(self.ln_pre(x), self.no_mask)
+        x = self.ln_post(x[:, 0, :])
+        return ops.matmul(x.astype(self.dtype), self.proj.astype(self.dtype)).astype(ms.float32)
+
+
+class PatchConv(nn.Cell):
+    """OpenAI's bias-free patch convolution (`conv1.weight`, [width, 3, p, p]) computed as one matmul over
+    flattened patches: identical result, and it runs in every dtype on CPU, where Conv2D is float32-only."""
+
+    def __init__(self, width, patch_size, compute_dtype):
+        super().__init__()
+        self.patch = patch_size
+        self.dtype = compute_dtype
+        self.weight = normal((3 * patch_size ** 2) ** -0.5, (width, 3, patch_size, patch_size), "weight")
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, pixels):
+        n, c, h, w = pixels.shape
+        p = self.patch
+        patches = pixels.reshape(n, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(-1, c * p * p).astype(self.dtype)
+        x = self.matmul(patches, self.weight.reshape(self.weight.shape[0], -1).astype(self.dtype))
+        return x.reshape(n, (h // p) * (w // p), -1).astype(ms.float32)
+
+
+class CLIPModel(nn.Cell):
+    """`encode_image`/`encode_text` give unnormalised float32 embeddings; calling the model gives normalised
+    features and exp(logit_scale), the inputs of the contrastive loss."""
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        self.config = config
+        dtype = MS_DTYPES[config.dtype]
+        self.dtype = dtype
+        self.visual = VisionTransformer(config, dtype)
+        self.transformer = Transformer(config.text_width, config.text_layers, config.text_heads, dtype)
+        self.token_embedding = TokenEmbedding(config.vocab_size, config.text_width)
+        self.positional_embedding = normal(0.01, (config.context_length, config.text_width), "positional_embedding")
+        self.ln_final = LayerNorm(config.text_width)
+        self.text_projection = normal(config.text_width ** -0.5, (config.text_width, config.embed_dim),
+                                      "text_projection")
+        self.logit_scale = Parameter(Tensor(math.log(1 / 0.07), ms.float32), name="logit_scale")
+        self.attn_mask = causal_mask(config.context_length)
+
+    @staticmethod
+    def show_support_list():
+        """Print and return the preset names `create_model` and `from_pretrained` accept."""
+        names = list(PRESETS)
+        print(names)
+        return names
+
+    def encode_image(self, pixels):
+        return self.visual(pixels)
+
+    def encode_text(self, tokens):
+        n, length = tokens.shape
+        x = self.token_embedding(tokens) + self.positional_embedding[:length]
+        x = self.transformer(x, self.attn_mask[:length, :length])
+        x = self.ln_final(x)
+        # Pool at the end token, which has the largest id in every sequence.
+        eot = ops.argmax(tokens.astype(ms.float32), dim=-1).astype(ms.int32)
+        pooled = ops.gather(x.reshape(n * length, -1), ops.arange(n, dtype=ms.int32) * length + eot, 0)
+        return ops.matmul(pooled.astype(self.dtype), self.text_projection.astype(self.dtype)).astype(ms.float32)
+
+    def construct(self, pixels, tokens):
+        image = l2_normalize(self.encode_image(pixels))
+        text = l2_normalize(self.encode_text(tokens))
+        return image, text, ops.exp(self.logit_scale)
+
+
+class TokenEmbedding(nn.Cell):
+    """nn.Embedding names its table `embedding_table`; OpenAI's is `token_embedding.weight`."""
+
+    def __init__(self, vocab_size, width):
+        super().__init__()
+        self.weight = normal(0.02, (vocab_size, width), "weight")
+
+    def construct(self, tokens):
+        return ops.gather(self.weight, tokens, 0)
+
+
+def l2_normalize(x):
+    return x / ops.sqrt(ops.sum(x * x, dim=-1, keepdim=True) + 1e-12)
+
+
+def create_model(name_or_config: Union[str, CLIPConfig], checkpoint: Optional[str] = None,
+                 dtype: str = "float32") -> CLIPModel:
+    config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    model = CLIPModel(config.with_dtype(dtype))
+    if checkpoint:
+        load_weights(model, checkpoint)
+    return model
+
+
+def load_weights(model: CLIPModel, checkpoint: str) -> None:
+    """Load a converted checkpoint, insisting every parameter is present with the right shape."""
+    import os
+
+    if not os.path.isfile(checkpoint):
+        raise UserError(f"checkpoint {checkpoint} does not exist")
+    try:
+        params = ms.load_checkpoint(checkpoint)
+    except Exception as exc:  # MindSpore raises ValueError/RuntimeError for corrupt files
+        raise UserError(f"checkpoint {checkpoint} is not a readable MindSpore checkpoint ({exc})") from None
+    for p in model.get_parameters():
+        if p.name not in params:
+            raise UserError(f"checkpoint {checkpoint} has no parameter {p.name}")
+        if tuple(params[p.name].shape) != tuple(p.shape):
+            raise UserError(f"checkpoint {checkpoint}: parameter {p.name} has shape {tuple(params[p.name].shape)}, "
+                            f"model {model_name(model.config)} expects {tuple(p.shape)}")
+        p.set_data(Tensor(params[p.name].asnumpy().astype(np.float32)))
+
+
+def model_name(config: CLIPConfig) -> str:
+    for name, preset in PRESETS.items():
+        if preset.with_dtype(config.dtype) == config:
+            return name
+    return "custom"

@@ -1,0 +1,97 @@
+"""Model shapes by the names users know from MindFormers and OpenAI, plus a tiny one for tests and the demo."""
+from dataclasses import dataclass, fields, replace
+from typing import Dict
+
+from clip.errors import UserError
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    embed_dim: int
+    image_size: int
+    patch_size: int
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    context_length: int
+    vocab_size: int
+    text_width: int
+    text_layers: int
+    text_heads: int
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise UserError(f"model dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.image_size % self.patch_size:
+            raise UserError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"),
+                                    (self.text_width, self.text_heads, "text")):
+            if width % heads:
+                raise UserError(f"{tower}_width {width} is not divisible by {tower}_heads {heads}")
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    def with_dtype(self, dtype: str) -> "CLIPConfig":
+        return replace(self, dtype=dtype)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _openai(embed_dim, image_size, patch_size, vision_width, vision_layers, text_width, text_layers):
+    return CLIPConfig(embed_dim=embed_dim, image_size=image_size, patch_size=patch_size,
+                      vision_width=vision_width, vision_layers=vision_layers,
+                      vision_heads=vision_width // 64, context_length=77, vocab_size=49408,
+                      text_width=text_width, text_layers=text_layers, text_heads=text_width // 64)
+
+
+PRESETS: Dict[str, CLIPConfig] = {
+    "clip_vit_b_32": _openai(512, 224, 32, 768, 12, 512, 12),
+    "clip_vit_b_16": _openai(512, 224, 16, 768, 12, 512, 12),
+    "clip_vit_l_14": _openai(768, 224, 14, 1024, 24, 768, 12),
+    "clip_vit_l_14@336": _openai(768, 336, 14, 1024, 24, 768, 12),
+    # Small enough to train on two CPU cores in minutes; same architecture.
+    "clip_tiny": CLIPConfig(embed_dim=64, image_size=64, patch_size=16, vision_width=128, vision_layers=2,
+                            vision_heads=4, context_length=32, vocab_size=49408, text_width=64,
+                            text_layers=2, text_heads=2),
+}
+
+
+def get_config(name: str) -> CLIPConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; expected one of {', '.join(PRESETS)}") from None
+
+
+def infer_config(shapes: Dict[str, tuple]) -> CLIPConfig:
+    """Recover the architecture from parameter shapes (OpenAI names), so any checkpoint loads without --model."""
+    def need(key):
+        if key not in shapes:
+            raise UserError(f"checkpoint has no parameter {key!r}; is it a CLIP ViT checkpoint?")
+        return tuple(shapes[key])
+
+    vision_width, _, patch_size, _ = need("visual.conv1.weight")
+    grid = round((need("visual.positional_embedding")[0] - 1) ** 0.5)
+    context_length, text_width = need("positional_embedding")
+    vocab_size = need("token_embedding.weight")[0]
+    embed_dim = need("text_projection")[1]
+
+    def layers(prefix):
+        return len({k.split(".")[len(prefix.split("."))] for k in shapes if k.startswith(prefix + ".")})
+
+    found = CLIPConfig(embed_dim=embed_dim, image_size=grid * patch_size, patch_size=patch_size,
+                       vision_width=vision_width, vision_layers=layers("visual.transformer.resblocks"),
+                       vision_heads=vision_width // 64 or 1, context_length=context_length,
+                       vocab_size=vocab_size, text_width=text_width,
+                       text_layers=layers("transformer.resblocks"), text_heads=text_width // 64 or 1)
+    # Head counts are not visible in shapes: take them from a preset with the same shapes when there is one.
+    for preset in PRESETS.values():
+        if replace(preset, vision_heads=0, text_heads=0) == replace(found, vision_heads=0, text_heads=0):
+            return preset
+    return found
