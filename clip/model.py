@@ -1,5 +1,7 @@
 """CLIP with OpenAI's architecture; parameter names equal OpenAI's state-dict keys so weights map one to one."""
 import math
+import os
+from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
@@ -8,9 +10,12 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
 from clip.errors import UserError
-from clip.presets import PRESETS, CLIPConfig, get_config
+from clip.presets import PRESETS, CLIPConfig, get_config, infer_config
 from clip.transformer import LayerNorm, Transformer, causal_mask, normal
 
+MODEL_DIR_ENV = "CLIP_MODEL_DIR"
+OPENAI_FILES = {"clip_vit_b_32": "ViT-B-32.pt", "clip_vit_b_16": "ViT-B-16.pt", "clip_vit_l_14": "ViT-L-14.pt",
+                "clip_vit_l_14@336": "ViT-L-14-336px.pt", "clip_tiny": "(no OpenAI release; train it)"}
 MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 
 
@@ -84,6 +89,22 @@ class CLIPModel(nn.Cell):
         print(names)
         return names
 
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, dtype: str = "float32") -> "CLIPModel":
+        """A `.ckpt` path (architecture inferred from its shapes) or a preset name, whose converted weights are
+        looked up in the local model directory. Nothing is downloaded."""
+        if name_or_path in PRESETS:
+            path = pretrained_path(name_or_path)
+            if not path.is_file():
+                raise UserError(
+                    f"no converted weights for {name_or_path}: expected {path}; convert OpenAI's "
+                    f"{OPENAI_FILES[name_or_path]} with: python -m clip.convert {OPENAI_FILES[name_or_path]} {path} "
+                    f"(or set {MODEL_DIR_ENV} to the directory holding {path.name})")
+            return create_model(name_or_path, checkpoint=str(path), dtype=dtype)
+        if os.path.isfile(name_or_path):
+            return create_model(infer_config(checkpoint_shapes(name_or_path)), checkpoint=name_or_path, dtype=dtype)
+        raise UserError(f"{name_or_path!r} is neither a checkpoint file nor a preset ({', '.join(PRESETS)})")
+
     def encode_image(self, pixels):
         return self.visual(pixels)
 
@@ -127,16 +148,23 @@ def create_model(name_or_config: Union[str, CLIPConfig], checkpoint: Optional[st
     return model
 
 
-def load_weights(model: CLIPModel, checkpoint: str) -> None:
-    """Load a converted checkpoint, insisting every parameter is present with the right shape."""
-    import os
-
+def read_checkpoint(checkpoint: str) -> dict:
     if not os.path.isfile(checkpoint):
         raise UserError(f"checkpoint {checkpoint} does not exist")
     try:
-        params = ms.load_checkpoint(checkpoint)
+        return ms.load_checkpoint(checkpoint)
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError for corrupt files
-        raise UserError(f"checkpoint {checkpoint} is not a readable MindSpore checkpoint ({exc})") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {checkpoint} is not a readable MindSpore checkpoint ({reason})") from None
+
+
+def checkpoint_shapes(checkpoint: str) -> dict:
+    return {name: tuple(p.shape) for name, p in read_checkpoint(checkpoint).items()}
+
+
+def load_weights(model: CLIPModel, checkpoint: str) -> None:
+    """Load a converted or training checkpoint, insisting every parameter is present with the right shape."""
+    params = read_checkpoint(checkpoint)
     for p in model.get_parameters():
         if p.name not in params:
             raise UserError(f"checkpoint {checkpoint} has no parameter {p.name}")
@@ -151,3 +179,9 @@ def model_name(config: CLIPConfig) -> str:
         if preset.with_dtype(config.dtype) == config:
             return name
     return "custom"
+
+
+def pretrained_path(name: str) -> Path:
+    """Where `from_pretrained(name)` looks: $CLIP_MODEL_DIR/<name>.ckpt, by default under ~/.cache/mindclip."""
+    root = os.environ.get(MODEL_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "mindclip", "models")
+    return Path(root) / f"{name}.ckpt"

@@ -36,6 +36,11 @@ class CLIPConfig:
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
 
+    @classmethod
+    def from_pretrained(cls, name: str) -> "CLIPConfig":
+        """The preset's configuration, as MindFormers' `CLIPConfig.from_pretrained` gives it."""
+        return get_config(name)
+
     def with_dtype(self, dtype: str) -> "CLIPConfig":
         return replace(self, dtype=dtype)
 
@@ -92,6 +97,6 @@ def infer_config(shapes: Dict[str, tuple]) -> CLIPConfig:
                        text_layers=layers("transformer.resblocks"), text_heads=text_width // 64 or 1)
     # Head counts are not visible in shapes: take them from a preset with the same shapes when there is one.
     for preset in PRESETS.values():
-        if replace(preset, vision_heads=0, text_heads=0) == replace(found, vision_heads=0, text_heads=0):
+        if replace(preset, vision_heads=found.vision_heads, text_heads=found.text_heads) == found:
             return preset
     return found

@@ -41,17 +41,12 @@ _WHITESPACE = regex.compile(r"\s+")
 def byte_to_unicode() -> Dict[int, str]:
     """Map each byte to a printable unicode character, so BPE works on strings without whitespace
     or control characters (GPT-2/CLIP convention: printable Latin-1 bytes map to themselves, the
-    rest to code points from 256 upward in byte order)."""
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) \
-        | set(range(ord("®"), ord("ÿ") + 1))
-    table = {}
-    extra = 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
+    rest to code points from 256 upward). Insertion order matters: it is the id order of the
+    first 256 vocabulary entries (printable bytes first, then the others)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    others = [b for b in range(256) if b not in table]
+    table.update({b: chr(256 + k) for k, b in enumerate(others)})
     return table
 
 

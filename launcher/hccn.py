@@ -15,9 +15,6 @@ from launcher.errors import UserError
 
 DEFAULT_HCCN_CONF = "/etc/hccn.conf"
 
-# Per-chip settings that hccn_tool also writes to hccn.conf; they carry no device IP.
-IGNORED_PREFIXES = ("netmask_", "netdetect_", "gateway_", "send_arp_status_")
-
 _LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)\s*=\s*(\S*)\s*$")
 _ADDRESS_KEY = re.compile(r"^address_(\d+)$")
 _TOOL_IP = re.compile(r"^\s*ipaddr\s*:\s*(\S+)\s*$", re.MULTILINE)
@@ -32,7 +29,11 @@ def parse_ipv4(value: str) -> str | None:
 
 
 def parse_hccn_conf(text: str, source: str = DEFAULT_HCCN_CONF) -> dict[int, str]:
-    """Map chip -> device IP from hccn.conf text; UserError naming `source`:line for any bad line."""
+    """Map chip -> device IP from hccn.conf text; UserError naming `source`:line for any bad line.
+
+    Only address_<chip> lines matter; the other per-chip settings hccn_tool writes there (netmask_,
+    netdetect_, gateway_, send_arp_status_, ...) are skipped so that new driver keys do not break us.
+    """
     chips: dict[int, str] = {}
     first_line_of_chip: dict[int, int] = {}
     chip_of_ip: dict[str, int] = {}
@@ -45,11 +46,8 @@ def parse_hccn_conf(text: str, source: str = DEFAULT_HCCN_CONF) -> dict[int, str
         if match is None:
             raise UserError(f"{where}: malformed line {line!r} (expected key=value, e.g. address_0=192.168.100.101)")
         key, value = match.groups()
-        if key.startswith(IGNORED_PREFIXES):
+        if not key.startswith("address"):
             continue
-        if not key.startswith("address_"):
-            raise UserError(f"{where}: unknown key {key!r} (expected address_<chip>, netmask_<chip>, "
-                            "netdetect_<chip>, gateway_<chip> or send_arp_status_<chip>)")
         chip_match = _ADDRESS_KEY.match(key)
         if chip_match is None:
             raise UserError(f"{where}: bad key {key!r} (expected address_<chip> with an integer chip number)")

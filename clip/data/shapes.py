@@ -5,6 +5,8 @@ background, one class per (colour, shape) pair. Sample i of a split depends only
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -75,7 +77,7 @@ def render(seed: int, split: str, i: int) -> tuple[Image.Image, int, list[str]]:
     else:
         draw.polygon(_outline(shape, cx, cy, r), fill=fill)
     words = {"size": size, "colour": colour, "shape": shape, "place": _place(cx, cy)}
-    return img, label, [c.format(**words) for c in _CAPTIONS]
+    return img, label, [re.sub(r"\ba (?=[aeiou])", "an ", c.format(**words)) for c in _CAPTIONS]
 
 
 def _check(cfg: DatasetConfig) -> None:

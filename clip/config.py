@@ -1,0 +1,370 @@
+"""The typed run configuration: YAML file + `--set key=value` overrides, validated once, before any work.
+
+Pure Python (no MindSpore) so that launcher scripts can ask it for `output_dir` in a fraction of a second:
+    python -m clip.config --config FILE [--set key=value ...] [--get KEY]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+import os
+import sys
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from clip.data.base import EVAL_TYPES, TRAIN_TYPES, DatasetConfig
+from clip.errors import UserError, exit_on_user_error
+
+MODEL_DTYPES = ("float32", "float16", "bfloat16")
+TRAIN_MODES = ("graph", "pynative")
+LOSS_MODES = ("local", "full", "local_only")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "clip_tiny"               # preset name (clip.presets.PRESETS)
+    checkpoint: Optional[str] = None      # MindSpore .ckpt with OpenAI parameter names to start from
+    dtype: str = "float32"                # compute dtype of the towers; loss, LayerNorm, optimiser stay fp32
+
+
+@dataclass
+class DataConfig:
+    train: DatasetConfig = field(default_factory=lambda: DatasetConfig(type="shapes", split="train"))
+    eval: Optional[DatasetConfig] = field(default_factory=lambda: DatasetConfig(type="shapes", split="eval"))
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32                  # per card; the global batch is world_size * batch_size
+    epochs: int = 1                       # used when max_steps is not set
+    max_steps: Optional[int] = None       # total optimiser steps; overrides epochs when set
+    stop_after: Optional[int] = None      # end this invocation at this step (wall-time limits); the schedule
+                                          # still spans the whole run and `resume: auto` continues it later
+    lr: float = 5e-4                      # peak learning rate
+    min_lr: float = 0.0                   # end of the cosine decay
+    warmup_steps: int = 0                 # linear warm-up, then cosine decay to min_lr
+    weight_decay: float = 0.2             # decoupled; not applied to gains, biases, logit_scale
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    seed: int = 0                         # weights, data order and caption choice
+    save_every: int = 0                   # steps between checkpoints; 0 = only at the end
+    keep_last: int = 3                    # step checkpoints kept besides last.ckpt
+    eval_every: int = 0                   # steps between zero-shot evaluations; 0 = only at the end
+    eval_batch_size: int = 64
+    log_every: int = 1                    # steps between metrics lines
+    resume: str = "auto"                  # auto | none | path to a .ckpt
+    mode: str = "graph"                   # graph (compiled step) | pynative (debugging)
+    num_workers: int = 1                  # data-loading worker processes per card
+
+
+@dataclass
+class LossConfig:
+    mode: str = "local"                   # local | full | local_only (the MindFormers baseline; wrong on >1 card)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    output_dir: str = "runs/default"
+
+
+# ---------------------------------------------------------------- building from plain data (pure)
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def all_keys(cls=RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted key the config accepts, nested dataclasses expanded (for suggestions and docs)."""
+    keys = []
+    for name, tp in _hints(cls).items():
+        key = prefix + name
+        inner = _dataclass_of(tp)
+        keys.append(key)
+        if inner is not None:
+            keys.extend(all_keys(inner, key + "."))
+    return keys
+
+
+def _dataclass_of(tp) -> Optional[type]:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union and len(args) == 1 and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
+def _type_name(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        return " or ".join(_type_name(a) for a in args)
+    if tp is type(None):
+        return "null"
+    if origin in (list, dict):
+        return {list: "a list", dict: "a mapping"}[origin]
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, "a mapping" if dataclasses.is_dataclass(tp) else str(tp))
+
+
+def _unknown_key(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if not close:  # a misspelt last part under the right section is the common case
+        head, _, last = key.rpartition(".")
+        siblings = {k.rpartition(".")[2]: k for k in valid if k.rpartition(".")[0] == head}
+        close = [siblings[m] for m in difflib.get_close_matches(last, list(siblings), n=1, cutoff=0.5)]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {key!r}{hint}"
+
+
+class KeyedError(ValueError):
+    """A config mistake whose message already names the dotted key."""
+
+
+def coerce(value: Any, tp, key: str, base: Any = None) -> Any:
+    """`value` as type `tp`; nested mappings are merged onto `base` (the default) so partial sections work."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    try:
+        if origin is typing.Union:
+            if value is None and type(None) in args:
+                return None
+            for arg in (a for a in args if a is not type(None)):
+                try:
+                    return coerce(value, arg, key, base)
+                except KeyedError:
+                    raise
+                except ValueError:
+                    continue
+            raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ValueError(f"expected a mapping, got {value!r}")
+            return build(tp, value, key + ".", base)
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError(f"expected true or false, got {value!r}")
+        if tp is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ValueError(f"expected an integer, got {value!r}")
+        if tp is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                return float(value)
+            if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                try:
+                    number = float(value)
+                except ValueError:
+                    number = math.nan
+                if math.isfinite(number):
+                    return number
+            raise ValueError(f"expected a number, got {value!r}")
+        if tp is str:
+            if isinstance(value, str):
+                return value
+            raise ValueError(f"expected a string, got {value!r}")
+        if origin is list:
+            if not isinstance(value, list):
+                raise ValueError(f"expected a list, got {value!r}")
+            return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError(f"expected a mapping, got {value!r}")
+            return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    except KeyedError:
+        raise
+    except ValueError as exc:
+        raise KeyedError(f"{key}: {exc}") from None
+    raise TypeError(f"config field {key} has unsupported type {tp}")
+
+
+def build(cls, data: dict, prefix: str = "", base: Any = None):
+    """Dataclass `cls` from a nested dict merged onto `base` (default: cls()); KeyedError names the key."""
+    base = cls() if base is None else base
+    hints = _hints(cls)
+    changes = {}
+    for name, value in data.items():
+        key = prefix + str(name)
+        if name not in hints:
+            raise KeyedError(_unknown_key(key, all_keys(RunConfig)))
+        changes[name] = coerce(value, hints[name], key, getattr(base, name))
+    return dataclasses.replace(base, **changes)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` from the command line; the value is read as YAML so lists and null work."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_override(data: dict, key: str, value: Any) -> None:
+    """Set dotted `key` in the nested dict `data`, creating sections on the way."""
+    if key not in all_keys(RunConfig):
+        raise ValueError(_unknown_key(key, all_keys(RunConfig)))
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def validate(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Semantic problems as (key, message) pairs; types were already checked while building."""
+    from clip.presets import PRESETS  # pure dataclasses, no MindSpore
+
+    t, problems = cfg.train, []
+
+    def need(ok, key, msg):
+        if not ok:
+            problems.append((key, msg))
+
+    need(cfg.model.name in PRESETS, "model.name",
+         f"unknown model {cfg.model.name!r}, expected one of {', '.join(PRESETS)}")
+    need(cfg.model.dtype in MODEL_DTYPES, "model.dtype",
+         f"{cfg.model.dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
+    need(cfg.model.checkpoint is None or os.path.isfile(cfg.model.checkpoint), "model.checkpoint",
+         f"file {cfg.model.checkpoint!r} does not exist")
+    need(cfg.data.train.type in TRAIN_TYPES, "data.train.type",
+         f"{cfg.data.train.type!r} is not a training dataset, expected one of {', '.join(TRAIN_TYPES)}")
+    need(cfg.data.eval is None or cfg.data.eval.type in EVAL_TYPES, "data.eval.type",
+         f"{getattr(cfg.data.eval, 'type', None)!r} is not an evaluation dataset, expected one of "
+         f"{', '.join(EVAL_TYPES)}")
+    for key in ("batch_size", "epochs", "keep_last", "eval_batch_size", "log_every"):
+        need(getattr(t, key) >= 1, f"train.{key}", f"{getattr(t, key)} must be at least 1")
+    for key in ("max_steps", "stop_after"):
+        need(getattr(t, key) is None or getattr(t, key) >= 1, f"train.{key}",
+             f"{getattr(t, key)} must be at least 1 (or null)")
+    for key in ("warmup_steps", "save_every", "eval_every", "num_workers", "seed"):
+        need(getattr(t, key) >= 0, f"train.{key}", f"{getattr(t, key)} must not be negative")
+    need(t.lr > 0, "train.lr", f"{t.lr} must be positive")
+    need(0 <= t.min_lr <= t.lr, "train.min_lr", f"{t.min_lr} must be between 0 and train.lr ({t.lr})")
+    need(t.weight_decay >= 0, "train.weight_decay", f"{t.weight_decay} must not be negative")
+    for key in ("beta1", "beta2"):
+        need(0 <= getattr(t, key) < 1, f"train.{key}", f"{getattr(t, key)} must be in [0, 1)")
+    need(t.eps > 0, "train.eps", f"{t.eps} must be positive")
+    need(t.mode in TRAIN_MODES, "train.mode", f"{t.mode!r} is not one of {', '.join(TRAIN_MODES)}")
+    need(t.resume in ("auto", "none") or os.path.isfile(t.resume), "train.resume",
+         f"{t.resume!r} is neither auto, none nor an existing checkpoint file")
+    need(cfg.loss.mode in LOSS_MODES, "loss.mode", f"{cfg.loss.mode!r} is not one of {', '.join(LOSS_MODES)}")
+    need(bool(cfg.output_dir.strip()), "output_dir", "must not be empty")
+    return problems
+
+
+# ---------------------------------------------------------------- I/O edges
+
+def load_config(path: Optional[str], overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Read, override, build and validate; every mistake is a one-line UserError naming file and key."""
+    where = path or "defaults"
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise UserError(f"config file {path!r} does not exist") from None
+        except IsADirectoryError:
+            raise UserError(f"config file {path!r} is a directory, expected a YAML file") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise UserError(f"{path}:{line}: {problem}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a mapping of config keys at the top level")
+    for text in overrides:
+        key, value = parse_override(text)
+        try:
+            apply_override(data, key, value)
+        except ValueError as exc:
+            raise UserError(f"--set {text}: {exc}") from None
+    try:
+        cfg = build(RunConfig, data)
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}{_from_override(str(exc), overrides)}") from None
+    problems = validate(cfg)
+    if problems:
+        key, msg = problems[0]
+        raise UserError(f"{where}: {key}: {msg}{_from_override(key, overrides)}")
+    return cfg
+
+
+def _from_override(text: str, overrides) -> str:
+    for o in overrides:
+        if text.startswith(parse_override(o)[0]):
+            return f" (from --set {o})"
+    return ""
+
+
+def get_key(cfg: RunConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node) or part not in _hints(type(node)):
+            raise UserError(_unknown_key(key, all_keys(RunConfig)))
+        node = getattr(node, part)
+    return node
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def write_resolved(cfg: RunConfig, path: str) -> None:
+    """The config the run actually used, written atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(dump_yaml(cfg))
+    os.replace(tmp, path)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML run config (defaults are used for missing keys)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.lr=1e-4 (repeatable)")
+
+
+@exit_on_user_error
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clip.config",
+                                     description="Validate a run config and print it or one key of it.")
+    add_config_arguments(parser)
+    parser.add_argument("--get", metavar="KEY", help="print only this key's value (e.g. output_dir)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if args.get:
+        value = get_key(cfg, args.get)
+        if dataclasses.is_dataclass(value):
+            print(yaml.safe_dump(dataclasses.asdict(value), sort_keys=False), end="")
+        else:
+            print("null" if value is None else value)
+    else:
+        print(dump_yaml(cfg), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
