@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps 'open_clip_torch==3.3.0'  # tokenizer reference for tests; its torchvision dep has no wheel here
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -36,7 +36,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: DatasetConfig = field(default_factory=lambda: DatasetConfig(type="shapes", split="train"))
-    eval: Optional[DatasetConfig] = field(default_factory=lambda: DatasetConfig(type="shapes", split="eval"))
+    eval: Optional[DatasetConfig] = field(
+        default_factory=lambda: DatasetConfig(type="shapes", split="val", num_samples=480))
 
 
 @dataclass
@@ -133,60 +134,65 @@ class KeyedError(ValueError):
 
 def coerce(value: Any, tp, key: str, base: Any = None) -> Any:
     """`value` as type `tp`; nested mappings are merged onto `base` (the default) so partial sections work."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
     try:
-        if origin is typing.Union:
-            if value is None and type(None) in args:
-                return None
-            for arg in (a for a in args if a is not type(None)):
-                try:
-                    return coerce(value, arg, key, base)
-                except KeyedError:
-                    raise
-                except ValueError:
-                    continue
-            raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ValueError(f"expected a mapping, got {value!r}")
-            return build(tp, value, key + ".", base)
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            raise ValueError(f"expected true or false, got {value!r}")
-        if tp is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ValueError(f"expected an integer, got {value!r}")
-        if tp is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                return float(value)
-            if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-                try:
-                    number = float(value)
-                except ValueError:
-                    number = math.nan
-                if math.isfinite(number):
-                    return number
-            raise ValueError(f"expected a number, got {value!r}")
-        if tp is str:
-            if isinstance(value, str):
-                return value
-            raise ValueError(f"expected a string, got {value!r}")
-        if origin is list:
-            if not isinstance(value, list):
-                raise ValueError(f"expected a list, got {value!r}")
-            return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-        if origin is dict:
-            if not isinstance(value, dict):
-                raise ValueError(f"expected a mapping, got {value!r}")
-            return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        return _convert(value, tp, key, base)
     except KeyedError:
         raise
     except ValueError as exc:
         raise KeyedError(f"{key}: {exc}") from None
+
+
+def _convert(value: Any, tp, key: str, base: Any) -> Any:
+    """coerce() for this level: plain ValueError for a mismatch here, KeyedError from nested values."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, key, base)
+            except KeyedError:
+                raise
+            except ValueError:
+                continue
+        raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        return build(tp, value, key + ".", base)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number):
+                return number
+        raise ValueError(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"expected a string, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {value!r}")
+        return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     raise TypeError(f"config field {key} has unsupported type {tp}")
 
 
@@ -278,7 +284,7 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
 
 def load_config(path: Optional[str], overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Read, override, build and validate; every mistake is a one-line UserError naming file and key."""
-    where = path or "defaults"
+    where = path or "config"
     data: dict = {}
     if path is not None:
         try:
@@ -336,6 +342,7 @@ def write_resolved(cfg: RunConfig, path: str) -> None:
     """The config the run actually used, written atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    os.chmod(tmp, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(dump_yaml(cfg))
     os.replace(tmp, path)

@@ -151,15 +151,15 @@ class RestrictedUnpickler(pickle.Unpickler):
         return StorageRef(str(pid[2]), pid[1], int(pid[4]))
 
 
-def unpickle(data: bytes, source: str):
-    """Unpickle bytes with the restricted unpickler; tensors come back as `TensorRef`."""
+def unpickle(file, source: str):
+    """Read one pickle from a binary file object with the restricted unpickler; tensors become `TensorRef`."""
     try:
-        return RestrictedUnpickler(io.BytesIO(data), source).load()
+        return RestrictedUnpickler(file, source).load()
     except UserError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, struct.error) as exc:
-        raise ArchiveError(f"{source}: corrupt pickle ({type(exc).__name__}: {exc})") from None
+        raise ArchiveError(f"{source}: corrupt or truncated pickle ({type(exc).__name__}: {exc})") from None
 
 
 def flatten(obj, prefix: str = "") -> Dict[str, TensorRef]:
@@ -193,10 +193,20 @@ def materialize(ref: TensorRef, storage: np.ndarray, source: str, name: str) -> 
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
     if last >= storage.size:
         raise ArchiveError(f"{source}: tensor '{name}' reaches past its storage (file truncated?)")
+    if ref.offset == 0 and ref.stride == _contiguous_strides(ref.shape) and last == storage.size - 1:
+        return storage.reshape(ref.shape)  # the common case: the whole storage, no copy
     item = storage.itemsize
     view = np.lib.stride_tricks.as_strided(storage[ref.offset:], shape=ref.shape,
                                            strides=tuple(s * item for s in ref.stride), writeable=False)
     return np.array(view)
+
+
+def _contiguous_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
 
 
 def _storage_array(raw: bytes, ref: StorageRef, big_endian: bool, source: str) -> np.ndarray:
@@ -230,7 +240,7 @@ def _read_zip(path: str) -> Dict[str, np.ndarray]:
         root = pickles[0][: -len("data.pkl")]
         big_endian = (root + "byteorder" in names
                       and archive.read(root + "byteorder").strip() == b"big")
-        refs = flatten(unpickle(archive.read(pickles[0]), path))
+        refs = flatten(unpickle(io.BytesIO(archive.read(pickles[0])), path))
 
         def read_storage(ref: StorageRef) -> np.ndarray:
             record = f"{root}data/{ref.key}"
@@ -244,12 +254,11 @@ def _read_zip(path: str) -> Dict[str, np.ndarray]:
 def _read_legacy(path: str) -> Dict[str, np.ndarray]:
     """Pre-1.6 `torch.save`: magic, protocol, sys info, the object, storage keys, then raw storages."""
     with open(path, "rb") as f:
-        header = [RestrictedUnpickler(f, path).load() for _ in range(3)]
+        header = [unpickle(f, path) for _ in range(3)]
         if header[0] != _LEGACY_MAGIC:
             raise ArchiveError(f"{path}: not a PyTorch file (bad magic number)")
-        unpickler = RestrictedUnpickler(f, path)
-        refs = flatten(unpickler.load())
-        keys = RestrictedUnpickler(f, path).load()
+        refs = flatten(unpickle(f, path))
+        keys = unpickle(f, path)
         types = {r.storage.key: r.storage for r in refs.values()}
         storages: Dict[str, np.ndarray] = {}
         for key in keys:

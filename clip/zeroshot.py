@@ -7,6 +7,7 @@ exactly the numbers a single process gets.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -83,12 +84,12 @@ class Counts:
                       self.confusion + other.confusion)
 
     def to_vector(self) -> np.ndarray:
-        """All tallies in one float32 vector (exact below 2**24) for a single all-reduce."""
-        return np.concatenate([self.top1, self.top5, self.total, self.confusion.ravel()]).astype(np.float32)
+        """All tallies in one int64 vector, for a single all-reduce."""
+        return np.concatenate([self.top1, self.top5, self.total, self.confusion.ravel()]).astype(np.int64)
 
     @classmethod
     def from_vector(cls, vec: np.ndarray, n_classes: int) -> "Counts":
-        v = np.rint(np.asarray(vec, np.float64)).astype(np.int64)
+        v = np.asarray(vec, np.int64)
         c = n_classes
         return cls(v[:c], v[c:2 * c], v[2 * c:3 * c], v[3 * c:].reshape(c, c))
 
@@ -191,35 +192,45 @@ def iterate_batches(source, transform, batch_size: int, indices: Sequence[int],
 
 
 def zero_shot_eval(model, eval_cfg, image_size: int, batch_size: int, sharded: bool = False) -> dict:
-    """Zero-shot accuracy of `model` on the data.eval dataset; what the training loop calls on rank 0.
+    """Zero-shot accuracy of `model` on the data.eval dataset; what the training loop calls on rank 0
+    (or, with sharded=True, on every rank)."""
+    from clip.data import build_eval_source
+
+    return evaluate_source(model, build_eval_source(eval_cfg), image_size, batch_size, sharded)
+
+
+def evaluate_source(model, source, image_size: int, batch_size: int, sharded: bool = False) -> dict:
+    """top1/top5/per-class accuracy, the worst classes and counts for a ClassificationSource.
 
     With sharded=True every rank must call this: each encodes its share of the classes and images, and the
     classifier and counts are summed over ranks, which gives the single-process numbers exactly."""
-    from clip.data import build_eval_source
     from clip.transforms import image_transform
 
-    source = build_eval_source(eval_cfg)
     rank, world = 0, 1
     if sharded:
         from clip import distributed
 
         rank, world = distributed.get_rank(), distributed.get_world_size()
-    classifier = build_classifier(model, source.classnames, source.templates, shard=(rank, world))
+    started = time.time()
+    classifier = _all_reduced(build_classifier(model, source.classnames, source.templates, shard=(rank, world)),
+                              world)
+    text_seconds = time.time() - started
     skipped: list[str] = []
     batches = iterate_batches(source, image_transform(image_size), batch_size,
                               range(rank, len(source), world), skipped)
-    counts = count_predictions(model, _all_reduced(classifier, world), batches)
+    counts = count_predictions(model, classifier, batches)
     if world > 1:
         counts = Counts.from_vector(_all_reduced(counts.to_vector(), world), len(source.classnames))
-        n_skipped = int(_all_reduced(np.array([len(skipped)], np.float32), world)[0])
+        n_skipped = int(_all_reduced(np.array([len(skipped)], np.int64), world)[0])
     else:
         n_skipped = len(skipped)
+    image_seconds = time.time() - started - text_seconds
     result = summarize(counts)
     result["per_class"] = dict(zip(source.classnames, result["per_class"]))
-    result["worst"] = worst_classes(counts, source.classnames)
-    result["skipped"] = n_skipped
-    result["classes"] = len(source.classnames)
-    result["templates"] = len(source.templates)
+    result.update(worst=worst_classes(counts, source.classnames), skipped=n_skipped,
+                  classes=len(source.classnames), templates=len(source.templates),
+                  classifier_seconds=round(text_seconds, 3), image_seconds=round(image_seconds, 3),
+                  images_per_second=round(result["n"] / image_seconds, 3) if image_seconds > 0 else None)
     return result
 
 

@@ -42,7 +42,6 @@ TEXTS = [
     " ".join(["word"] * 200),
     "a very long caption " + "with many different words like zebra giraffe elephant " * 20,
     "ﬁ ligature ＦＵＬＬＷＩＤＴＨ ½ ² ℃ ⅷ",
-    "<start_of_text> open_clip's names are plain text for OpenAI",
     "mixed1234numbers and 1st 2nd 3rd 10th",
     "'''quotes''' \"double\" ``tex''",
     "\x00\x01 control chars \x7f",
@@ -115,6 +114,8 @@ def test_literal_openai_special_tokens_map_to_their_ids(reference):
     ids = tokenize("<|startoftext|> a cat <|endoftext|>")[0]
     body = reference.encode("a cat")
     assert ids[:len(body) + 4].tolist() == [SOT_ID, SOT_ID, *body, EOT_ID, EOT_ID]
+    renamed = tokenize("<start_of_text> is plain text for OpenAI")[0]
+    assert (renamed == SOT_ID).sum() == 1 and renamed[1] == tokenize("<")[0, 1]
 
 
 def test_cleaning_rules():
@@ -126,7 +127,7 @@ def test_cleaning_rules():
 def test_decode_round_trip():
     tok = default_tokenizer()
     text = "a photo of 東京 with 2 cats 🐱!"
-    assert tok.decode(tok.encode(text)).strip() == "a photo of 東京 with 2 cats 🐱 !"
+    assert tok.decode(tok.encode(text)).strip() == "a photo of 東京 with 2 cats 🐱!"
 
 
 @pytest.mark.parametrize("bad", [1, 0, -5, 2.5, "77", True])

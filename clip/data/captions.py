@@ -88,5 +88,8 @@ def load(cfg: DatasetConfig) -> CsvCaptions:
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     sep = separator_for(path, cfg.csv_separator)
-    images, captions = parse_table(text, path, sep, cfg.csv_image_key, cfg.csv_caption_key)
+    try:
+        images, captions = parse_table(text, path, sep, cfg.csv_image_key, cfg.csv_caption_key)
+    except csv.Error as exc:
+        raise UserError(f"{path}: not a valid {'TSV' if sep == chr(9) else 'CSV'} file ({exc})") from None
     return CsvCaptions(os.path.dirname(os.path.abspath(path)), images, captions)

@@ -22,9 +22,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (250, 140, 20),
 }
 SHAPES = ("circle", "square", "triangle", "cross")
-SIZES = {"small": (13, 17), "large": (22, 28)}  # half-extent range in pixels at 64 px
+SIZES = {"small": (16, 20), "large": (23, 28)}  # half-extent range in pixels at 64 px
 IMAGE_SIZE = 64
-SPLITS = {"train": 0, "val": 1, "test": 2}
+SPLITS = {"train": 0, "val": 1, "eval": 1, "test": 2}  # "eval" is another name for "val"
 
 CLASSNAMES = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
 TEMPLATES = ["a photo of a {}.", "a {}.", "a drawing of a {}.", "a picture of the {}.", "a {} shape."]
@@ -51,7 +51,7 @@ def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
     if shape == "triangle":
         return [(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)]
-    w = r / 3  # cross: plus sign of arm half-width w
+    w = r * 0.4  # cross: plus sign of arm half-width w
     return [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w),
             (cx + w, cy + w), (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w),
             (cx - r, cy - w), (cx - w, cy - w)]

@@ -1,0 +1,119 @@
+"""What a run reports: metrics.jsonl (one JSON object per line), progress on the console, a PNG of the curves.
+
+Records are plain dicts: training lines carry step, loss (global), lr, logit_scale, samples_per_s;
+evaluation lines carry step and eval_top1 / eval_top5.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from typing import Optional
+
+METRICS = "metrics.jsonl"
+PLOT = "metrics.png"
+
+
+def read(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _atomic_write(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    os.chmod(tmp, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl; on resume the lines after the checkpoint's step are dropped first, so a
+    resumed run's file reads like an uninterrupted one."""
+
+    def __init__(self, output_dir: str, resume_step: Optional[int]):
+        self.path = os.path.join(output_dir, METRICS)
+        os.makedirs(output_dir, exist_ok=True)
+        kept = [r for r in read(self.path) if resume_step is not None and r.get("step", 0) <= resume_step]
+        _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def format_line(record: dict, total_steps: int) -> str:
+    """One human-readable line for a training or evaluation record."""
+    if "eval_top1" in record:
+        return (f"eval step {record['step']}/{total_steps}: zero-shot top-1 {record['eval_top1']:.2f}% "
+                f"top-5 {record['eval_top5']:.2f}% ({record['eval_n']} images, {record['eval_classes']} classes)")
+    return (f"step {record['step']}/{total_steps} loss {record['loss']:.4f} lr {record['lr']:.3g} "
+            f"logit_scale {record['logit_scale']:.3f} {record['samples_per_s']:.1f} samples/s")
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain lines otherwise (log files stay readable); silent off rank 0."""
+
+    def __init__(self, total_steps: int, start_step: int, enabled: bool, stream=None):
+        self.total = total_steps
+        self.enabled = enabled
+        self.stream = stream or sys.stdout
+        self.bar = None
+        if enabled and self.stream.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream, dynamic_ncols=True)
+
+    def step(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(record["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        else:
+            print(format_line(record, self.total), file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def plot(records: list[dict], path: str) -> None:
+    """Loss (left axis) and zero-shot top-1 (right axis) against step, as a PNG written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if "loss" in r and math.isfinite(r["loss"])]
+    evals = [r for r in records if "eval_top1" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="loss (global)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("contrastive loss", color="tab:blue")
+    if evals:
+        acc = ax.twinx()
+        acc.plot([r["step"] for r in evals], [r["eval_top1"] for r in evals], "o-", color="tab:orange",
+                 label="zero-shot top-1")
+        acc.set_ylabel("zero-shot top-1 (%)", color="tab:orange")
+        acc.set_ylim(0, 100)
+    ax.set_title("training")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

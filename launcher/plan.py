@@ -1,0 +1,156 @@
+"""The launch plan: one `WorkerSpec` per process this node starts. Pure: no processes, no files.
+
+The plan is the seam between the launcher and the workers: `--dry-run` prints it, the supervisor
+starts it. Only the variables the launcher sets are in `WorkerSpec.env`; the supervisor lays them over
+the launcher's own environment when it starts a process.
+"""
+import os
+import shlex
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from launcher.errors import UserError
+
+BACKENDS = ("auto", "ascend", "cluster")
+
+# The dynamic-cluster scheduler only has to join and serve the cluster; MindSpore's own msrun starts a
+# full copy of the user's script for it, this one-liner is lighter and never touches user code.
+SCHEDULER_CODE = ('import mindspore as ms; ms.set_device("CPU"); '
+                  'from mindspore.communication import init; init()')
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One process to start: who it is, what it runs, where, with which variables and cores."""
+    role: str                      # "scheduler" or "worker"
+    rank: int                      # global rank; -1 for the scheduler
+    argv: Tuple[str, ...]
+    cwd: str
+    env: Dict[str, str]            # launcher-set variables only
+    cores: Optional[Tuple[int, ...]]
+    log_path: str
+    env_log: Optional[str] = None  # where the worker's full environment is recorded
+
+    @property
+    def name(self) -> str:
+        return "scheduler" if self.role == "scheduler" else f"rank {self.rank}"
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What the user asked for, already resolved (backend chosen, port picked, paths absolute)."""
+    command: Tuple[str, ...]
+    nproc: int
+    log_dir: str                   # this attempt's logs
+    run_dir: str                   # holds the per-rank working directories, stable across attempts
+    launch_dir: str                # the launcher's own working directory
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
+    bind_cores: bool = False
+    chdir: bool = True
+    available_cores: Tuple[int, ...] = field(default_factory=tuple)
+
+
+def choose_backend(requested: str, has_ascend_cards: bool) -> str:
+    """`auto` means Ascend rank tables when this server has NPUs, else a MindSpore dynamic cluster."""
+    if requested not in BACKENDS:
+        raise UserError(f"--backend {requested!r}: expected one of {', '.join(BACKENDS)}")
+    if requested == "auto":
+        return "ascend" if has_ascend_cards else "cluster"
+    return requested
+
+
+def split_cores(available: Sequence[int], nworkers: int) -> List[Tuple[int, ...]]:
+    """Even contiguous blocks of cores per worker (leftovers unused); with fewer cores than workers,
+    workers share cores round-robin so that each is still pinned to one."""
+    cores = sorted(available)
+    if nworkers <= 0 or not cores:
+        return [tuple() for _ in range(max(nworkers, 0))]
+    if nworkers > len(cores):
+        return [(cores[i % len(cores)],) for i in range(nworkers)]
+    per = len(cores) // nworkers
+    return [tuple(cores[i * per:(i + 1) * per]) for i in range(nworkers)]
+
+
+def worker_dir(run_dir: str, rank: int) -> str:
+    return os.path.join(run_dir, f"rank_{rank}")
+
+
+def worker_log(log_dir: str, rank: int) -> str:
+    return os.path.join(log_dir, f"worker_{rank}.log")
+
+
+def attempt_log_dir(log_dir: str, attempt: int, max_restarts: int) -> str:
+    """Without restarts the logs sit directly in log_dir; with restarts every attempt has its own."""
+    return log_dir if max_restarts == 0 else os.path.join(log_dir, f"attempt_{attempt}")
+
+
+def _validate(opts: PlanOptions) -> None:
+    if not opts.command:
+        raise UserError("no command to run: expected `launcher run [options] -- COMMAND ARGS...`")
+    if opts.nproc < 1:
+        raise UserError(f"--nproc {opts.nproc}: expected at least 1 worker per node")
+    if opts.nnodes < 1:
+        raise UserError(f"--nnodes {opts.nnodes}: expected at least 1")
+    if not 0 <= opts.node_rank < opts.nnodes:
+        raise UserError(f"--node-rank {opts.node_rank}: expected 0..{opts.nnodes - 1} for --nnodes {opts.nnodes}")
+
+
+def _worker_specs(opts: PlanOptions, ranks_and_env: Sequence[Tuple[int, Dict[str, str]]]) -> List[WorkerSpec]:
+    blocks = split_cores(opts.available_cores, len(ranks_and_env)) if opts.bind_cores else None
+    specs = []
+    for local, (rank, env) in enumerate(ranks_and_env):
+        specs.append(WorkerSpec(
+            role="worker", rank=rank, argv=tuple(opts.command),
+            cwd=worker_dir(opts.run_dir, rank) if opts.chdir else opts.launch_dir,
+            env=env, cores=blocks[local] if blocks else None,
+            log_path=worker_log(opts.log_dir, rank),
+            env_log=os.path.join(worker_dir(opts.run_dir, rank), "env.log")))
+    return specs
+
+
+def cluster_plan(opts: PlanOptions, python: str) -> List[WorkerSpec]:
+    """Dynamic cluster: ranks node_rank*nproc .. +nproc-1 here, the scheduler on node 0 only."""
+    _validate(opts)
+    if not 0 < opts.master_port < 65536:
+        raise UserError(f"--master-port {opts.master_port}: expected a port number 1..65535")
+    world = opts.nnodes * opts.nproc
+    common = {"MS_SCHED_HOST": opts.master_addr, "MS_SCHED_PORT": str(opts.master_port),
+              "MS_WORKER_NUM": str(world)}
+    ranks = [opts.node_rank * opts.nproc + local for local in range(opts.nproc)]
+    workers = _worker_specs(opts, [(r, {"MS_ROLE": "MS_WORKER", **common, "MS_NODE_ID": str(r)})
+                                   for r in ranks])
+    if opts.node_rank != 0:
+        return workers
+    scheduler = WorkerSpec(role="scheduler", rank=-1, argv=(python, "-c", SCHEDULER_CODE),
+                           cwd=opts.log_dir, env={"MS_ROLE": "MS_SCHED", **common}, cores=None,
+                           log_path=os.path.join(opts.log_dir, "scheduler.log"))
+    return [scheduler] + workers
+
+
+def ascend_plan(opts: PlanOptions, rank_table_file: str, rank_size: int,
+                local_devices: Sequence[Tuple[int, int]]) -> List[WorkerSpec]:
+    """Rank table start-up: one worker per (global rank, physical chip) of this server's table entry."""
+    _validate(opts)
+    if not os.path.isabs(rank_table_file):
+        raise UserError(f"rank table {rank_table_file!r}: expected an absolute path")
+    if len(local_devices) != opts.nproc:
+        raise UserError(f"--nproc {opts.nproc}: the rank table lists {len(local_devices)} devices "
+                        f"for this server ({rank_table_file})")
+    return _worker_specs(opts, [(rank, {"RANK_TABLE_FILE": rank_table_file, "RANK_SIZE": str(rank_size),
+                                        "RANK_ID": str(rank), "DEVICE_ID": str(device)})
+                                for rank, device in local_devices])
+
+
+def describe(spec: WorkerSpec) -> str:
+    """The dry-run view of one process: command, directory, launcher-set environment, cores, log."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env.items()))
+    cores = ",".join(map(str, spec.cores)) if spec.cores else "all"
+    return (f"[{spec.name}]\n"
+            f"  command: {shlex.join(spec.argv)}\n"
+            f"  cwd:     {spec.cwd}\n"
+            f"  env:     {env}\n"
+            f"  cores:   {cores}\n"
+            f"  log:     {spec.log_path}")

@@ -1,0 +1,196 @@
+"""`python -m launcher run [options] -- COMMAND ARGS...`: plan the workers of this node and supervise them.
+
+I/O edge of the run subcommand: reads the machine (cards, cores, free port, Slurm/MPI variables, rank
+tables), builds the pure plan (launcher.plan) and hands it to launcher.supervisor.
+"""
+import argparse
+import glob
+import os
+import socket
+import sys
+from typing import List, Optional, Sequence
+
+import psutil
+
+from launcher import cluster, plan, ranktable, supervisor
+from launcher.errors import UserError, exit_on_user_error
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--nproc", type=int, default=None,
+                        help="workers on this node (default: the rank table's devices for ascend, 1 for cluster)")
+    parser.add_argument("--backend", choices=plan.BACKENDS, default="auto",
+                        help="ascend (rank table), cluster (MindSpore dynamic cluster, CPU/GPU) or auto "
+                             "(ascend when /dev/davinci* exists)")
+    parser.add_argument("--log-dir", default="launcher_logs",
+                        help="worker logs <log-dir>/worker_<rank>.log and working dirs <log-dir>/rank_<rank>")
+    parser.add_argument("--no-chdir", dest="chdir", action="store_false",
+                        help="run workers in the launcher's directory instead of <log-dir>/rank_<rank>")
+    parser.add_argument("--bind-cores", action="store_true", help="split this node's cores evenly and pin workers")
+    parser.add_argument("--tee", nargs="?", const="0", default=None, metavar="RANKS",
+                        help="copy these ranks' output to the console, prefixed '[rank N]' (default 0; 'all')")
+    parser.add_argument("--max-restarts", type=int, default=0,
+                        help="restart the whole group after a failure up to K times (logs in attempt_<k>/)")
+    parser.add_argument("--grace-period", type=float, default=5.0,
+                        help="seconds between SIGTERM and SIGKILL when stopping workers")
+    parser.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print every process's command, directory, environment and cores; start nothing")
+    nodes = parser.add_argument_group("multi-node (defaults from Slurm or mpirun when present)")
+    nodes.add_argument("--nnodes", type=int, default=None)
+    nodes.add_argument("--node-rank", type=int, default=None)
+    nodes.add_argument("--master-addr", default=None, help="scheduler host (cluster backend; default 127.0.0.1)")
+    nodes.add_argument("--master-port", type=int, default=None,
+                       help="scheduler port (cluster backend; default: a free port on one node)")
+    ascend = parser.add_argument_group("ascend backend")
+    ascend.add_argument("--rank-table", default=None, help="existing (merged) rank table; generated when absent")
+    ascend.add_argument("--device-ids", "--device-num", dest="device_ids", default=None,
+                        help="chips for a generated table: '[0,8)', '0,1,2,3' or '4-7'")
+    ascend.add_argument("--visible-devices", default=None, help="visible chips (default ASCEND_RT_VISIBLE_DEVICES)")
+    ascend.add_argument("--hccn-conf", default=ranktable.hccn.DEFAULT_HCCN_CONF,
+                        help="device IPs file when hccn_tool is absent")
+    ascend.add_argument("--server-ip", default=None, help="this server's IP (default: first non-loopback)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+
+
+def has_ascend_cards() -> bool:
+    return bool(glob.glob("/dev/davinci[0-9]*"))
+
+
+def free_port(host: str = "") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def parse_tee(text: Optional[str], world: int) -> List[int]:
+    """'0,2' -> [0, 2]; 'all' -> every rank; None -> no tee."""
+    if text is None:
+        return []
+    if text.strip() == "all":
+        return list(range(world))
+    try:
+        ranks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--tee {text!r}: expected rank numbers like 0 or 0,3, or 'all'") from None
+    bad = [r for r in ranks if not 0 <= r < world]
+    if bad:
+        raise UserError(f"--tee {text!r}: rank {bad[0]} is not in 0..{world - 1}")
+    return ranks
+
+
+def _command(args) -> tuple:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return tuple(command)
+
+
+def _check_numbers(args) -> None:
+    if args.nproc is not None and args.nproc < 1:
+        raise UserError(f"--nproc {args.nproc}: expected at least 1 worker per node")
+    for flag, value, low in (("--max-restarts", args.max_restarts, 0), ("--grace-period", args.grace_period, 0)):
+        if value < low:
+            raise UserError(f"{flag} {value}: expected a value >= {low}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError(f"--timeout {args.timeout}: expected a positive number of seconds")
+
+
+def _cluster_specs(base: plan.PlanOptions, attempt_dir: str, port: Optional[int]) -> List[plan.WorkerSpec]:
+    opts = plan.PlanOptions(**{**base.__dict__, "log_dir": attempt_dir,
+                               "master_port": port if port is not None else free_port()})
+    return plan.cluster_plan(opts, sys.executable)
+
+
+def _ascend_inputs(args, log_dir: str, nnodes: int):
+    """(rank table path, table, this server's (rank, chip) list, whether the table must be written)."""
+    if args.rank_table:
+        path = os.path.abspath(args.rank_table)
+        table = ranktable.load(path)
+        server_ip = args.server_ip or cluster.detect_server_ip()
+        rows = ranktable.workers(table)
+        servers = {ip for _, ip, _ in rows}
+        if len(servers) == 1 and args.server_ip is None:
+            server_ip = next(iter(servers))
+        local = [(rank, chip) for rank, ip, chip in rows if ip == server_ip]
+        if not local:
+            raise UserError(f"{path}: no device listed for this server {server_ip} "
+                            f"(servers: {', '.join(sorted(servers))}); pass --server-ip")
+        return path, table, local, False
+    if nnodes > 1:
+        raise UserError("--backend ascend with --nnodes > 1 needs --rank-table (a merged cluster table, "
+                        "see 'python -m launcher merge')")
+    device_ids = args.device_ids
+    table = ranktable.generate_local(device_ids, args.visible_devices, args.server_ip, args.hccn_conf)
+    rows = ranktable.workers(table)
+    if device_ids is None and args.nproc is not None and args.nproc < len(rows):
+        table = ranktable.generate_local([chip for _, _, chip in rows[:args.nproc]], args.visible_devices,
+                                         args.server_ip, args.hccn_conf)
+        rows = ranktable.workers(table)
+    path = os.path.abspath(str(ranktable.default_path(table, os.path.join(log_dir, "hccl_configs"))))
+    return path, table, [(rank, chip) for rank, _, chip in rows], True
+
+
+@exit_on_user_error
+def main(args) -> int:
+    command = _command(args)
+    _check_numbers(args)
+    node = cluster.node_info(os.environ)
+    nnodes = args.nnodes if args.nnodes is not None else node.nnodes
+    node_rank = args.node_rank if args.node_rank is not None else node.node_rank
+    backend = plan.choose_backend(args.backend, has_ascend_cards())
+    log_dir = os.path.abspath(args.log_dir)
+    cores = tuple(sorted(psutil.Process().cpu_affinity()))
+    base = plan.PlanOptions(
+        command=command, nproc=args.nproc or 1, log_dir=log_dir, run_dir=log_dir, launch_dir=os.getcwd(),
+        nnodes=nnodes, node_rank=node_rank, master_addr=args.master_addr or node.master_addr or "127.0.0.1",
+        bind_cores=args.bind_cores, chdir=args.chdir, available_cores=cores)
+
+    if backend == "cluster":
+        port = args.master_port
+        if port is None and nnodes > 1:
+            job = os.environ.get("SLURM_JOB_ID", "")
+            if not job.isdigit():
+                raise UserError(f"--nnodes {nnodes}: pass --master-port (the same on every node)")
+            port = 20000 + int(job) % 20000  # every node of a Slurm job derives the same port
+
+        def make_specs(attempt: int) -> List[plan.WorkerSpec]:
+            return _cluster_specs(base, plan.attempt_log_dir(log_dir, attempt, args.max_restarts), port)
+        world, generated = nnodes * base.nproc, False
+    else:
+        table_path, table, local, generated = _ascend_inputs(args, log_dir, nnodes)
+        rank_size = len(ranktable.workers(table))
+        base = plan.PlanOptions(**{**base.__dict__, "nproc": args.nproc or len(local)})
+
+        def make_specs(attempt: int) -> List[plan.WorkerSpec]:
+            opts = plan.PlanOptions(**{**base.__dict__, "log_dir": plan.attempt_log_dir(
+                log_dir, attempt, args.max_restarts)})
+            return plan.ascend_plan(opts, table_path, rank_size, local)
+        world = rank_size
+
+    tee_ranks = parse_tee(args.tee, world)
+    specs = make_specs(0)
+    if args.dry_run:
+        print(f"# backend {backend}, node {node_rank} of {nnodes}, {len(specs)} processes, logs in {log_dir}")
+        if generated:
+            print(f"# rank table would be written to {table_path}")
+        for spec in specs:
+            print(plan.describe(spec))
+        return 0
+    if generated:
+        ranktable.write_atomic(table, table_path)
+    print(f"launcher: {sum(s.role == 'worker' for s in specs)} workers on node {node_rank} of {nnodes} "
+          f"(backend {backend}), logs in {log_dir}", file=sys.stderr, flush=True)
+    return supervisor.run_attempts(make_specs, max_restarts=args.max_restarts, grace=args.grace_period,
+                                   timeout=args.timeout, tee_ranks=tee_ranks,
+                                   wait_for_scheduler=nnodes > 1)
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launcher.run", description=__doc__)
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Single-card debug run: `python -m clip.train` in the foreground, no launcher, no communication,
+# PYNATIVE mode unless an override says `train.mode=graph`.
+#   bash scripts/run_standalone.sh CONFIG [key=value ...] [--device-id N]
+# Environment: PYTHON (interpreter, default python3).
+set -u
+
+usage() {
+    echo "usage: bash scripts/run_standalone.sh CONFIG [key=value ...] [--device-id N]" >&2
+    exit 2
+}
+
+[ $# -ge 1 ] || usage
+CONFIG=$1
+shift
+if [ ! -f "$CONFIG" ]; then
+    echo "error: CONFIG '$CONFIG': file not found" >&2
+    exit 2
+fi
+SETS=(--set train.mode=pynative)
+DEVICE_ID=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --device-id)
+            if [ $# -lt 2 ] || ! [[ "$2" =~ ^[0-9]+$ ]]; then
+                echo "error: --device-id '${2:-}': expected a device number (0, 1, ...)" >&2
+                usage
+            fi
+            DEVICE_ID=$2
+            shift 2
+            ;;
+        *=*)
+            SETS+=(--set "$1")
+            shift
+            ;;
+        *)
+            echo "error: argument '$1': expected key=value or --device-id N" >&2
+            usage
+            ;;
+    esac
+done
+
+# A single card: none of the launcher's variables, so clip.train initialises no communication.
+unset MS_ROLE MS_SCHED_HOST MS_SCHED_PORT MS_WORKER_NUM MS_NODE_ID RANK_TABLE_FILE RANK_SIZE RANK_ID
+if [ -n "$DEVICE_ID" ]; then
+    export DEVICE_ID
+else
+    unset DEVICE_ID
+fi
+exec "${PYTHON:-python3}" -m clip.train --config "$CONFIG" "${SETS[@]}"

@@ -1,0 +1,197 @@
+"""One real data-parallel worker that measures everything tests/test_distributed.py checks.
+
+Run as every process of a MindSpore dynamic cluster (the scheduler too: it must leave inside
+init_from_env). Each worker writes `<out>/worker_<rank>.json` with measured numbers, not verdicts:
+collective results, gather values and gradients, parameter identity checks, and the gap between
+data-parallel gradients (W ranks, batch B each) and single-process gradients of the W*B global batch
+for each loss mode and execution mode (PYNATIVE, ms.jit, GRAPH_MODE).
+"""
+import json
+import os
+import sys
+import time
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from clip import distributed
+from clip.distributed import AllGatherWithGrad, DistInfo
+from clip.loss import LOSS_MODES, ContrastiveLoss
+
+GLOBAL_BATCH = 8
+IMAGE_DIM, TEXT_DIM, HIDDEN, EMBED = 12, 10, 16, 8
+SINGLE = DistInfo(rank=0, world_size=1, backend="none", device_target="CPU")
+
+
+class TinyCLIP(nn.Cell):
+    """Two small MLP encoders and a learnable temperature: enough structure for exact gradient checks."""
+
+    def __init__(self):
+        super().__init__()
+        self.image = nn.SequentialCell(nn.Dense(IMAGE_DIM, HIDDEN), nn.Tanh(), nn.Dense(HIDDEN, EMBED))
+        self.text = nn.SequentialCell(nn.Dense(TEXT_DIM, HIDDEN), nn.Tanh(), nn.Dense(HIDDEN, EMBED))
+        self.logit_scale = ms.Parameter(ms.Tensor(np.log(1 / 0.07), ms.float32), name="logit_scale")
+
+    def construct(self, images, texts):
+        image = self.image(images)
+        text = self.text(texts)
+        image = image / ops.norm(image, dim=-1, keepdim=True)
+        text = text / ops.norm(text, dim=-1, keepdim=True)
+        return image, text, ops.exp(self.logit_scale)
+
+
+class WithLoss(nn.Cell):
+    def __init__(self, net, loss):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.loss = loss
+
+    def construct(self, images, texts):
+        return self.loss(*self.net(images, texts))
+
+
+class GradStep(nn.Cell):
+    """Loss and mean-reduced gradients in one graph, the shape of a real compiled train step."""
+
+    def __init__(self, with_loss, weights, reducer):
+        super().__init__(auto_prefix=False)
+        self.with_loss = with_loss
+        self.weights = weights
+        self.reducer = reducer
+        self.grad = ops.GradOperation(get_by_list=True)
+
+    def construct(self, images, texts):
+        loss = self.with_loss(images, texts)
+        return loss, self.reducer(self.grad(self.with_loss, self.weights)(images, texts))
+
+
+class GatherProbe(nn.Cell):
+    def __init__(self, gather, weights):
+        super().__init__()
+        self.gather = gather
+        self.weights = weights
+
+    def construct(self, x):
+        return (self.gather(x) * self.weights).sum()
+
+
+def build_net(seed):
+    ms.set_seed(seed)
+    return TinyCLIP()
+
+
+def run_step(step, images, texts, exec_mode):
+    """(loss, grads) from a GradStep eagerly, under ms.jit, or compiled in GRAPH_MODE."""
+    if exec_mode == "graph":
+        ms.set_context(mode=ms.GRAPH_MODE)
+        try:
+            return step(images, texts)
+        finally:
+            ms.set_context(mode=ms.PYNATIVE_MODE)
+    if exec_mode == "jit":
+        return ms.jit(step)(images, texts)
+    return step(images, texts)
+
+
+def max_abs_diff(a, b):
+    return float(max(np.abs(x.asnumpy() - y.asnumpy()).max() for x, y in zip(a, b)))
+
+
+def gather_checks(info):
+    """Forward equals the concatenation; backward is the sum over ranks of each rank's upstream slice."""
+    rows = 3
+    owned = [np.random.RandomState(100 + r).randn(rows, 4).astype(np.float32) for r in range(info.world_size)]
+    upstream = [np.random.RandomState(200 + r).randn(rows * info.world_size, 4).astype(np.float32)
+                for r in range(info.world_size)]
+    expected_grad = sum(u[info.rank * rows:(info.rank + 1) * rows] for u in upstream)
+    x = ms.Tensor(owned[info.rank])
+    gather = AllGatherWithGrad(info)
+    probe = GatherProbe(gather, ms.Tensor(upstream[info.rank]))
+    value_error = float(np.abs(gather(x).asnumpy() - np.concatenate(owned)).max())
+    grad_fn = ms.value_and_grad(probe)
+    results = {"value_error": value_error}
+    for exec_mode in ("pynative", "jit", "graph"):
+        if exec_mode == "graph":
+            ms.set_context(mode=ms.GRAPH_MODE)
+            grad = ops.GradOperation()(probe)(x)
+            ms.set_context(mode=ms.PYNATIVE_MODE)
+        elif exec_mode == "jit":
+            grad = ms.jit(grad_fn)(x)[1]
+        else:
+            grad = grad_fn(x)[1]
+        results[f"grad_error_{exec_mode}"] = float(np.abs(grad.asnumpy() - expected_grad).max())
+    results["grad_scale"] = float(np.abs(expected_grad).max())
+    return results
+
+
+def param_checks(info):
+    same = build_net(7)
+    distributed.check_identical_params(same)
+    forked = build_net(7 + info.rank)
+    try:
+        distributed.check_identical_params(forked)
+        fork_message = ""
+    except RuntimeError as exc:
+        fork_message = str(exc)
+    distributed.broadcast_params(forked)
+    distributed.check_identical_params(forked)
+    reference = build_net(7)
+    broadcast_error = max_abs_diff(reference.trainable_params(), forked.trainable_params())
+    return {"fork_message": fork_message, "broadcast_error_vs_rank0_seed": broadcast_error}
+
+
+def equivalence_checks(info):
+    """Gap between data-parallel (loss, grads) and the single-process global-batch (loss, grads)."""
+    rng = np.random.RandomState(0)
+    images = rng.randn(GLOBAL_BATCH, IMAGE_DIM).astype(np.float32)
+    texts = rng.randn(GLOBAL_BATCH, TEXT_DIM).astype(np.float32)
+    local = GLOBAL_BATCH // info.world_size
+    mine = slice(info.rank * local, (info.rank + 1) * local)
+
+    net = build_net(3)
+    weights = net.trainable_params()
+    single = GradStep(WithLoss(net, ContrastiveLoss("local", SINGLE)), weights, distributed.grad_reducer(weights, SINGLE))
+    ref_loss, ref_grads = single(ms.Tensor(images), ms.Tensor(texts))
+    results = {"grad_scale": float(max(np.abs(g.asnumpy()).max() for g in ref_grads)),
+               "reference_loss": float(ref_loss.asnumpy())}
+    reducer = distributed.grad_reducer(weights, info)
+    for mode in LOSS_MODES:
+        step = GradStep(WithLoss(net, ContrastiveLoss(mode, info)), weights, reducer)
+        # The baseline only has to show that it differs; compiling it too would only cost time.
+        for exec_mode in ("pynative",) if mode == "local_only" else ("pynative", "jit", "graph"):
+            started = time.perf_counter()
+            loss, grads = run_step(step, ms.Tensor(images[mine]), ms.Tensor(texts[mine]), exec_mode)
+            global_loss = distributed.all_reduce_sum(float(loss.asnumpy())) / info.world_size
+            results[f"{mode}/{exec_mode}"] = {
+                "grad_error": max_abs_diff(grads, ref_grads),
+                "loss_error": abs(global_loss - results["reference_loss"]),
+                "seconds": time.perf_counter() - started,
+            }
+    return results
+
+
+def main(out_dir):
+    started = time.perf_counter()
+    info = distributed.init_from_env()
+    init_seconds = time.perf_counter() - started
+    results = {"info": info.__dict__, "node_id": int(os.environ["MS_NODE_ID"]), "init_seconds": init_seconds,
+               "idempotent": distributed.init_from_env() is info,
+               "get_rank": distributed.get_rank(), "get_world_size": distributed.get_world_size()}
+    results["sum_float"] = distributed.all_reduce_sum(info.rank + 0.5)
+    results["sum_int_array"] = distributed.all_reduce_sum(np.array([info.rank, 2 ** 40 + info.rank])).tolist()
+    results["sum_tensor"] = distributed.all_reduce_sum(ms.Tensor([info.rank + 1.0], ms.float32)).asnumpy().tolist()
+    distributed.barrier()
+    results["gather"] = gather_checks(info)
+    results["params"] = param_checks(info)
+    results["equivalence"] = equivalence_checks(info)
+    distributed.barrier()
+    results["seconds"] = time.perf_counter() - started
+    path = os.path.join(out_dir, f"worker_{info.rank}.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

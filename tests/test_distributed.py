@@ -1,0 +1,229 @@
+"""clip.distributed: environment parsing, the single-card path, and real CPU dynamic clusters.
+
+The cluster tests start a real MindSpore scheduler and 2 (and 4) workers running
+tests/jobs/grad_equivalence_job.py once per world size, then check what the workers measured.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from clip import distributed
+from clip.distributed import AllGatherWithGrad, DistInfo, EnvPlan, plan_from_env
+from clip.errors import UserError
+
+JOB = Path(__file__).resolve().parent / "jobs" / "grad_equivalence_job.py"
+CLUSTER_TIMEOUT = 240
+TOLERANCE = 1e-6
+
+
+# ---------------------------------------------------------------- environment -> plan (pure)
+
+DYNAMIC = {"MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "8118",
+           "MS_WORKER_NUM": "4", "MS_NODE_ID": "3"}
+
+
+def test_no_environment_is_a_single_card():
+    assert plan_from_env({}) == EnvPlan("single", "worker", None, "none", None, 0, 1)
+    assert plan_from_env({"RANK_SIZE": "1", "DEVICE_ID": "5"}, "cpu").device_id == 5
+    assert plan_from_env({}, "cpu").device_target == "CPU"
+
+
+def test_rank_table_means_ascend_hccl():
+    env = {"RANK_TABLE_FILE": "/x/hccl_8p.json", "RANK_SIZE": "8", "RANK_ID": "6", "DEVICE_ID": "6"}
+    assert plan_from_env(env) == EnvPlan("ranktable", "worker", "Ascend", "hccl", 6, 6, 8, "/x/hccl_8p.json")
+
+
+def test_dynamic_cluster_is_cpu_unless_asked():
+    assert plan_from_env(DYNAMIC) == EnvPlan("dynamic", "worker", "CPU", "mccl", None, 3, 4)
+    gpu = plan_from_env({**DYNAMIC, "DEVICE_ID": "1"}, "GPU")
+    assert (gpu.backend, gpu.device_target, gpu.device_id) == ("nccl", "GPU", 1)
+    assert plan_from_env(DYNAMIC, "Ascend").backend == "hccl"
+
+
+def test_scheduler_role_always_uses_mccl():
+    plan = plan_from_env({**DYNAMIC, "MS_ROLE": "MS_SCHED"}, "GPU")
+    assert (plan.role, plan.backend) == ("scheduler", "mccl")
+
+
+@pytest.mark.parametrize("env, target, words", [
+    ({"RANK_SIZE": "4"}, None, ["RANK_SIZE=4", "RANK_TABLE_FILE", "MS_ROLE"]),
+    ({"RANK_TABLE_FILE": "/t.json", "RANK_SIZE": "two"}, None, ["RANK_SIZE='two'", "integer"]),
+    ({"RANK_TABLE_FILE": "/t.json", "RANK_SIZE": "2", "RANK_ID": "2"}, None, ["RANK_ID=2", "RANK_SIZE=2"]),
+    ({"RANK_TABLE_FILE": "/t.json", "RANK_SIZE": "2"}, "CPU", ["RANK_TABLE_FILE", "'CPU'"]),
+    ({**DYNAMIC, "MS_ROLE": "MS_PSERVER"}, None, ["MS_ROLE='MS_PSERVER'", "MS_WORKER or MS_SCHED"]),
+    ({**DYNAMIC, "MS_WORKER_NUM": "0"}, None, ["MS_WORKER_NUM='0'", ">= 1"]),
+    ({**DYNAMIC, "MS_NODE_ID": "4"}, None, ["MS_NODE_ID=4", "MS_WORKER_NUM=4"]),
+    ({**DYNAMIC, "MS_SCHED_PORT": "70000"}, None, ["MS_SCHED_PORT=70000", "1..65535"]),
+    ({k: v for k, v in DYNAMIC.items() if k != "MS_SCHED_HOST"}, None, ["MS_SCHED_HOST"]),
+    ({}, "TPU", ["device_target='TPU'", "Ascend, GPU, CPU"]),
+])
+def test_bad_environment_is_a_one_line_user_error(env, target, words):
+    with pytest.raises(UserError) as caught:
+        plan_from_env(env, target)
+    message = str(caught.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+# ---------------------------------------------------------------- single card, in process
+
+@pytest.fixture(scope="module")
+def single_card():
+    saved = {k: os.environ.pop(k) for k in list(os.environ)
+             if k.startswith(("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "RANK_SIZE"))}
+    try:
+        yield distributed.init_from_env()
+    finally:
+        os.environ.update(saved)
+
+
+def test_single_card_has_no_communication(single_card):
+    assert (single_card.rank, single_card.world_size, single_card.backend) == (0, 1, "none")
+    assert distributed.init_from_env() is single_card
+    assert (distributed.get_rank(), distributed.get_world_size()) == (0, 1)
+    distributed.barrier()
+    assert distributed.all_reduce_sum(7) == 7 and isinstance(distributed.all_reduce_sum(7), int)
+    assert distributed.all_reduce_sum(np.array([1.5, 2.0], np.float32)).tolist() == [1.5, 2.0]
+    tensor = ms.Tensor([2.0, 3.0], ms.float32)
+    assert distributed.all_reduce_sum(tensor).asnumpy().tolist() == [2.0, 3.0]
+    grads = (ms.Tensor([1.0], ms.float32), ms.Tensor([[2.0]], ms.float32))
+    reduced = distributed.grad_reducer([], single_card)(grads)
+    assert [g.asnumpy().tolist() for g in reduced] == [[1.0], [[2.0]]]
+
+
+def test_single_card_gather_is_identity_with_gradient(single_card):
+    gather = AllGatherWithGrad(DistInfo(0, 1, "none", "CPU"))
+    assert list(gather.cells()) == [] and not hasattr(gather, "all_gather")
+    x = ms.Tensor(np.arange(6, dtype=np.float32).reshape(3, 2))
+    weights = ms.Tensor(np.arange(6, dtype=np.float32).reshape(3, 2) + 1)
+
+    def probe(t):
+        return (gather(t) * weights).sum()
+
+    value, grad = ms.jit(ms.value_and_grad(probe))(x)
+    assert float(value.asnumpy()) == float((x.asnumpy() * weights.asnumpy()).sum())
+    assert np.array_equal(grad.asnumpy(), weights.asnumpy())
+
+
+def test_all_reduce_sum_rejects_text(single_card):
+    with pytest.raises(TypeError, match="str"):
+        distributed.all_reduce_sum("3")
+
+
+# ---------------------------------------------------------------- real dynamic clusters
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker_env(world_size, port, role, node_id=None):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MS_", "RANK_", "DEVICE_", "ASCEND_", "OMPI_", "PMI", "SLURM_"))}
+    env.update(PYTHONUNBUFFERED="1", MS_ROLE=role, MS_SCHED_HOST="127.0.0.1", MS_SCHED_PORT=str(port),
+               MS_WORKER_NUM=str(world_size), GLOG_v="3")
+    if node_id is not None:
+        env["MS_NODE_ID"] = str(node_id)
+    return env
+
+
+def _run_cluster(world_size, out_dir):
+    """Start scheduler + workers, each in its own session; return their exit codes and log tails."""
+    port = _free_port()
+    roles = [("scheduler", "MS_SCHED", None)] + [(f"worker_{i}", "MS_WORKER", i) for i in range(world_size)]
+    procs = {}
+    try:
+        for name, role, node in roles:
+            log = open(out_dir / f"{name}.log", "w")
+            procs[name] = subprocess.Popen([sys.executable, str(JOB), str(out_dir)], cwd=out_dir,
+                                           env=_worker_env(world_size, port, role, node), stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+            log.close()
+        deadline = time.monotonic() + CLUSTER_TIMEOUT
+        codes = {name: proc.wait(timeout=max(1.0, deadline - time.monotonic())) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    tails = {name: (out_dir / f"{name}.log").read_text(errors="replace")[-3000:] for name in procs}
+    return codes, tails
+
+
+@pytest.fixture(scope="module", params=[2, pytest.param(4, marks=pytest.mark.slow)], ids=lambda w: f"W{w}")
+def cluster(request, tmp_path_factory):
+    world_size = request.param
+    out_dir = tmp_path_factory.mktemp(f"cluster{world_size}")
+    started = time.monotonic()
+    codes, tails = _run_cluster(world_size, out_dir)
+    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("worker_*.json"))]
+    return {"world_size": world_size, "codes": codes, "tails": tails, "results": results,
+            "files": sorted(p.name for p in out_dir.glob("*.json")), "seconds": time.monotonic() - started}
+
+
+def test_workers_succeed_and_scheduler_exits_inside_init(cluster):
+    w = cluster["world_size"]
+    failed = {name: cluster["tails"][name] for name, code in cluster["codes"].items() if code != 0}
+    assert not failed, f"non-zero exit: {cluster['codes']}\n" + "\n".join(f"--- {n}\n{t}" for n, t in failed.items())
+    assert cluster["files"] == [f"worker_{i}.json" for i in range(w)]
+
+
+def test_rank_and_world_size_come_from_the_environment(cluster):
+    w = cluster["world_size"]
+    assert len(cluster["results"]) == w
+    for r, res in enumerate(cluster["results"]):
+        assert res["info"] == {"rank": r, "world_size": w, "backend": "mccl", "device_target": "CPU"}
+        assert res["node_id"] == r and res["idempotent"]
+        assert (res["get_rank"], res["get_world_size"]) == (r, w)
+
+
+def test_all_reduce_sum_is_exact_and_keeps_kinds(cluster):
+    w = cluster["world_size"]
+    ranks = range(w)
+    for res in cluster["results"]:
+        assert res["sum_float"] == sum(r + 0.5 for r in ranks)
+        assert res["sum_int_array"] == [sum(ranks), w * 2 ** 40 + sum(ranks)]
+        assert res["sum_tensor"] == [float(sum(r + 1 for r in ranks))]
+
+
+def test_gather_forward_concatenates_and_backward_sums_owner_slices(cluster):
+    for res in cluster["results"]:
+        gather = res["gather"]
+        assert gather["value_error"] == 0.0
+        assert gather["grad_scale"] > 1.0
+        for mode in ("pynative", "jit", "graph"):
+            assert gather[f"grad_error_{mode}"] <= TOLERANCE, (mode, gather)
+
+
+def test_forked_parameters_are_detected_and_broadcast_fixes_them(cluster):
+    for res in cluster["results"]:
+        assert "parameters differ between ranks" in res["params"]["fork_message"]
+        assert res["params"]["broadcast_error_vs_rank0_seed"] == 0.0
+
+
+@pytest.mark.parametrize("exec_mode", ["pynative", "jit", "graph"])
+@pytest.mark.parametrize("mode", ["local", "full"])
+def test_data_parallel_equals_single_process_global_batch(cluster, mode, exec_mode):
+    for res in cluster["results"]:
+        eq = res["equivalence"]
+        assert eq["grad_scale"] > 1.0
+        measured = eq[f"{mode}/{exec_mode}"]
+        assert measured["grad_error"] <= TOLERANCE, measured
+        assert measured["loss_error"] <= TOLERANCE, measured
+
+
+def test_local_only_baseline_is_a_different_objective(cluster):
+    for res in cluster["results"]:
+        measured = res["equivalence"]["local_only/pynative"]
+        assert measured["grad_error"] > 1e-2 and measured["loss_error"] > 1e-2, measured

@@ -1,0 +1,127 @@
+"""N cards train exactly like one: world size 1 (batch 8), 2 (batch 4 each) and 4 (batch 2 each) give the
+same per-step global losses and final parameters; MindFormers' local-only loss does not.
+
+Real CPU dynamic clusters through the real launcher (`python -m launcher run --backend cluster`).
+One run per configuration, shared by all checks; 24 samples / global batch 8 = 3 steps per epoch, so the
+5 steps also cross an epoch boundary (new permutation, new captions).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TOL = 1e-5
+
+TINY = ["model.name=clip_tiny", "data.train.type=shapes", "data.train.num_samples=24", "data.eval=null",
+        "train.max_steps=5", "train.lr=1e-3", "train.warmup_steps=2", "train.weight_decay=0.1",
+        "train.seed=7", "train.num_workers=1", "train.resume=none"]
+
+
+def clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MS_", "RANK_", "DEVICE_", "ASCEND_", "OMPI_", "PMI", "SLURM_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["GLOG_v"] = "3"  # MindSpore: errors only, keep worker logs readable
+    return env
+
+
+def train_command(overrides) -> list:
+    cmd = [sys.executable, "-m", "clip.train"]
+    for o in overrides:
+        cmd += ["--set", o]
+    return cmd
+
+
+def run_training(out_dir: Path, world: int, overrides, timeout: float = 300) -> subprocess.CompletedProcess:
+    """clip.train on `world` workers (launcher, cluster backend) or as one plain process for world 1."""
+    cmd = train_command(list(overrides) + [f"output_dir={out_dir}"])
+    if world > 1:
+        cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(world),
+               "--log-dir", str(out_dir / "logs"), "--no-chdir", "--tee", "0", "--"] + cmd
+    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        logs = "".join(f"\n--- {p}\n{p.read_text()[-3000:]}" for p in sorted((out_dir / "logs").glob("*.log"))
+                       ) if (out_dir / "logs").is_dir() else ""
+        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+                             f"{logs}")
+    return proc
+
+
+def losses(out_dir: Path) -> dict:
+    """step -> global loss from metrics.jsonl (each step exactly once)."""
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    steps = [r["step"] for r in train_rows]
+    assert len(steps) == len(set(steps)), f"duplicate steps in metrics.jsonl: {steps}"
+    return {r["step"]: r["loss"] for r in train_rows}
+
+
+def model_params(ckpt: Path) -> dict:
+    """The model's parameters (OpenAI names) from a training checkpoint, as numpy."""
+    import mindspore as ms
+
+    stored = ms.load_checkpoint(str(ckpt))
+    return {k: v.asnumpy() for k, v in stored.items()
+            if not k.startswith(("adam_", "global_step")) and k not in ("step", "epoch", "step_in_epoch",
+                                                                        "global_batch", "seed")}
+
+
+def max_param_diff(a: dict, b: dict) -> tuple:
+    assert a.keys() == b.keys()
+    return max((float(np.max(np.abs(a[k] - b[k]))), k) for k in a)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("equivalence")
+    plan = {"w1": (1, 8, "local", "graph"), "w2": (2, 4, "local", "graph"),
+            "w4": (4, 2, "local", "pynative"), "w2_local_only": (2, 4, "local_only", "graph")}
+    result = {}
+    for name, (world, batch, mode, exec_mode) in plan.items():
+        out = base / name
+        proc = run_training(out, world, TINY + [f"train.batch_size={batch}", f"loss.mode={mode}",
+                                                f"train.mode={exec_mode}"])
+        result[name] = {"losses": losses(out), "params": model_params(out / "checkpoints" / "last.ckpt"),
+                        "stdout": proc.stdout, "out": out}
+    return result
+
+
+def test_global_losses_agree_across_world_sizes(runs):
+    ref = runs["w1"]["losses"]
+    assert sorted(ref) == [1, 2, 3, 4, 5]
+    for name in ("w2", "w4"):
+        got = runs[name]["losses"]
+        assert sorted(got) == sorted(ref)
+        worst = max(abs(got[s] - ref[s]) for s in ref)
+        assert worst <= TOL, f"{name}: per-step global loss differs by {worst:.3g} from world size 1"
+    # the run learned something, so agreeing is not trivial
+    assert len(set(round(v, 6) for v in ref.values())) == 5
+
+
+def test_final_parameters_agree_across_world_sizes(runs):
+    ref = runs["w1"]["params"]
+    assert "visual.conv1.weight" in ref and "logit_scale" in ref and len(ref) > 20
+    for name in ("w2", "w4"):
+        diff, key = max_param_diff(runs[name]["params"], ref)
+        assert diff <= TOL, f"{name}: parameter {key} differs by {diff:.3g} from world size 1"
+
+
+def test_local_only_loss_is_a_different_objective(runs):
+    """MindFormers' per-card loss: neither the logged loss nor the trained weights match one card."""
+    ref, got = runs["w1"], runs["w2_local_only"]
+    worst_loss = max(abs(got["losses"][s] - ref["losses"][s]) for s in ref["losses"])
+    diff, _ = max_param_diff(got["params"], ref["params"])
+    assert worst_loss > 100 * TOL, f"local-only loss agrees within {worst_loss:.3g}"
+    assert diff > 100 * TOL, f"local-only parameters agree within {diff:.3g}"
+
+
+def test_rank_zero_reports_the_run(runs):
+    out = runs["w2"]["stdout"]
+    assert "[rank 0]" in out and "2 rank(s) x batch 4 (global 8)" in out
+    assert (runs["w2"]["out"] / "config.yaml").is_file()
+    assert not (runs["w2"]["out"] / "logs" / "worker_1.log").read_text().count("step 1/5 loss")

@@ -1,0 +1,76 @@
+"""Interrupted + resumed == uninterrupted: same final parameters, same metrics, checkpoints rotated.
+
+The interruption is `train.stop_after` (what a wall-time-limited job does), in the middle of an epoch; the
+resumed half runs on a 2-worker CPU cluster with the same global batch, which the data position supports.
+"""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_equivalence import REPO, TINY, clean_env, losses, max_param_diff, model_params, run_training, \
+    train_command
+
+STEPS = ["train.max_steps=6", "train.batch_size=8", "loss.mode=local", "train.save_every=2",
+         "train.keep_last=1"]
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    base = tmp_path_factory.mktemp("resume")
+    overrides = [o for o in TINY if not o.startswith("train.max_steps")] + STEPS
+    run_training(base / "straight", 1, overrides)
+    first = run_training(base / "split", 1, overrides + ["train.stop_after=4"])
+    ckpts_after_first = sorted(p.name for p in (base / "split" / "checkpoints").iterdir())
+    second = run_training(base / "split", 2, [o.replace("train.batch_size=8", "train.batch_size=4")
+                                               for o in overrides] + ["train.resume=auto"])
+    return {"base": base, "first": first.stdout, "second": second.stdout, "ckpts_after_first": ckpts_after_first,
+            "overrides": overrides}
+
+
+def test_resumed_run_ends_with_the_uninterrupted_parameters(resumed):
+    base = resumed["base"]
+    straight = model_params(base / "straight" / "checkpoints" / "last.ckpt")
+    split = model_params(base / "split" / "checkpoints" / "last.ckpt")
+    diff, key = max_param_diff(split, straight)
+    assert diff <= 1e-5, f"{key} differs by {diff:.3g} after resuming"
+    halfway = model_params(base / "split" / "checkpoints" / "step_00000006.ckpt")
+    assert max_param_diff(halfway, split)[0] == 0.0  # last.ckpt is the newest step checkpoint
+
+
+def test_metrics_read_like_one_run(resumed):
+    base = resumed["base"]
+    straight, split = losses(base / "straight"), losses(base / "split")
+    assert sorted(split) == [1, 2, 3, 4, 5, 6] == sorted(straight)
+    assert max(abs(split[s] - straight[s]) for s in straight) <= 1e-5
+
+
+def test_interruption_saves_and_rotates_checkpoints(resumed):
+    assert resumed["ckpts_after_first"] == ["last.ckpt", "step_00000004.ckpt"]
+    assert "stopped at step 4 of 6" in resumed["first"]
+    assert "steps 4->6 of 6" in resumed["second"] and "resumed from" in resumed["second"]
+    names = sorted(p.name for p in (resumed["base"] / "split" / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step_00000006.ckpt"]
+
+
+def test_resume_with_another_global_batch_is_refused(resumed):
+    """Data position is counted in global batches: resuming with a different one would skip or repeat data."""
+    out = resumed["base"] / "split"
+    cmd = train_command([o.replace("train.batch_size=8", "train.batch_size=2") for o in resumed["overrides"]]
+                        + ["train.resume=auto", f"output_dir={out}"])
+    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "global batch of 8" in errors[0] and "1 x 2 = 2" in errors[0], proc.stderr
+
+
+def test_resume_from_a_file_that_is_not_a_training_checkpoint_is_a_user_error(resumed, tmp_path):
+    bogus = tmp_path / "weights.ckpt"
+    bogus.write_bytes(b"not a checkpoint")
+    cmd = train_command(resumed["overrides"] + [f"train.resume={bogus}", f"output_dir={tmp_path / 'out'}"])
+    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"train.resume: '{bogus}' is not a readable MindSpore checkpoint" in proc.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()

@@ -1,0 +1,182 @@
+"""The training job's parts (schedule, weight-decay groups, checkpoints, metrics, progress) and one real
+single-card run in PYNATIVE mode (what scripts/run_standalone.sh uses) checking every output file."""
+import io
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from clip import checkpoint, metrics
+from clip.errors import UserError
+from test_equivalence import REPO, clean_env, run_training, train_command
+
+
+# ---------------------------------------------------------------- pure parts
+
+def test_lr_schedule_warms_up_linearly_then_follows_a_cosine():
+    from clip.train import lr_schedule
+
+    lrs = lr_schedule(1e-3, 1e-5, 4, 20)
+    assert len(lrs) == 20
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    tail = np.array(lrs[4:])
+    assert tail[0] == pytest.approx(1e-3) and np.all(np.diff(tail) < 0) and tail[-1] >= 1e-5
+    t = np.arange(16)
+    assert tail == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + np.cos(np.pi * t / 16)))
+    assert lr_schedule(1e-3, 0.0, 0, 3)[0] == pytest.approx(1e-3)
+    assert lr_schedule(1e-3, 0.0, 10, 3) == pytest.approx([1e-4, 2e-4, 3e-4])
+
+
+def test_weight_decay_only_on_matrices():
+    from clip.train import decays
+
+    assert decays("visual.transformer.resblocks.0.attn.in_proj_weight", 2)
+    assert decays("token_embedding.weight", 2) and decays("visual.conv1.weight", 4)
+    assert not decays("visual.ln_pre.weight", 1) and not decays("ln_final.bias", 1)
+    assert not decays("logit_scale", 0) and not decays("visual.class_embedding", 1)
+
+
+def test_checkpoint_names_and_pruning():
+    assert checkpoint.step_of("step_00000012.ckpt") == 12
+    assert checkpoint.step_of("last.ckpt") is None and checkpoint.step_of(".tmp_1_step_00000003.ckpt") is None
+    names = ["last.ckpt", "step_00000010.ckpt", "step_00000002.ckpt", "step_00000004.ckpt", "notes.txt"]
+    assert checkpoint.to_prune(names, 2) == ["step_00000002.ckpt"]
+    assert checkpoint.to_prune(names, 5) == []
+
+
+def test_resume_path(tmp_path):
+    assert checkpoint.resume_path("none", str(tmp_path)) is None
+    assert checkpoint.resume_path("auto", str(tmp_path)) is None
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert checkpoint.resume_path("auto", str(tmp_path)) == str(tmp_path / "checkpoints" / "last.ckpt")
+    assert checkpoint.resume_path("/some/file.ckpt", str(tmp_path)) == "/some/file.ckpt"
+
+
+def test_metrics_log_drops_lines_after_the_resumed_step(tmp_path):
+    log = metrics.MetricsLog(str(tmp_path), None)
+    for step in (1, 2, 3):
+        log.write({"step": step, "loss": 1.0 / step})
+    log.write({"step": 2, "eval_top1": 50.0})
+    log.close()
+    log = metrics.MetricsLog(str(tmp_path), 2)
+    log.write({"step": 3, "loss": 0.25})
+    log.close()
+    rows = metrics.read(str(tmp_path / metrics.METRICS))
+    assert [r["step"] for r in rows] == [1, 2, 2, 3] and rows[-1]["loss"] == 0.25
+    metrics.MetricsLog(str(tmp_path), None).close()  # a fresh run (resume: none) starts an empty file
+    assert metrics.read(str(tmp_path / metrics.METRICS)) == []
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise():
+    record = {"step": 3, "loss": 1.5, "lr": 1e-3, "logit_scale": 2.6, "samples_per_s": 40.0}
+    plain, tty = io.StringIO(), Terminal()
+    for stream in (plain, tty):
+        progress = metrics.Progress(10, 2, enabled=True, stream=stream)
+        progress.step(record)
+        progress.close()
+    assert plain.getvalue() == "step 3/10 loss 1.5000 lr 0.001 logit_scale 2.600 40.0 samples/s\n"
+    assert "3/10" in tty.getvalue() and "|" in tty.getvalue() and "loss=1.5000" in tty.getvalue()
+    silent = io.StringIO()
+    metrics.Progress(10, 0, enabled=False, stream=silent).step(record)
+    assert silent.getvalue() == ""
+
+
+def test_checkpoint_save_rotate_load_restore(tmp_path):
+    import mindspore as ms
+    from mindspore import Parameter, Tensor
+
+    params = [Parameter(Tensor(np.full((2, 3), 1.0, np.float32)), name="w"),
+              Parameter(Tensor(np.zeros(3, np.float32)), name="adam_m.w")]
+    for step in (2, 4, 6):
+        params[0].set_data(Tensor(np.full((2, 3), float(step), np.float32)))
+        checkpoint.save(params, str(tmp_path), {"step": step, "epoch": step // 4, "step_in_epoch": step % 4,
+                                                "global_batch": 8, "seed": 1}, keep_last=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step_00000004.ckpt", "step_00000006.ckpt"]  # no temporary files left
+    stored, meta = checkpoint.load(str(tmp_path / "checkpoints" / "last.ckpt"))
+    assert meta == {"step": 6, "epoch": 1, "step_in_epoch": 2, "global_batch": 8, "seed": 1}
+    params[0].set_data(Tensor(np.zeros((2, 3), np.float32)))
+    checkpoint.restore(params, stored, "last.ckpt")
+    assert np.all(params[0].asnumpy() == 6.0)
+    wrong = [Parameter(Tensor(np.zeros((3, 2), np.float32)), name="w")]
+    with pytest.raises(UserError, match=r"parameter 'w' has shape \(2, 3\), the model expects \(3, 2\)"):
+        checkpoint.restore(wrong, stored, "last.ckpt")
+    with pytest.raises(UserError, match="has no parameter 'other'"):
+        checkpoint.restore([Parameter(Tensor(np.zeros(1, np.float32)), name="other")], stored, "last.ckpt")
+    ms.save_checkpoint([{"name": "w", "data": params[0]}], str(tmp_path / "weights_only.ckpt"))
+    with pytest.raises(UserError, match="is not a training checkpoint"):
+        checkpoint.load(str(tmp_path / "weights_only.ckpt"))
+
+
+def test_plot_writes_a_png(tmp_path):
+    rows = [{"step": s, "loss": 3.0 / s, "lr": 1e-3, "logit_scale": 2.6, "samples_per_s": 10.0} for s in (1, 2, 3)]
+    rows.append({"step": 3, "eval_top1": 40.0, "eval_top5": 80.0, "eval_n": 10, "eval_classes": 24})
+    out = tmp_path / "metrics.png"
+    metrics.plot(rows, str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(train_command(["train.lr=fast", f"output_dir={out}"]), cwd=REPO, env=clean_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "error: config: train.lr: expected a number, got 'fast' (from --set train.lr=fast)"
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "run"
+    proc = run_training(out, 1, ["model.name=clip_tiny", "data.train.num_samples=32", "data.eval.num_samples=48",
+                                 "train.batch_size=8", "train.max_steps=4", "train.eval_every=2",
+                                 "train.save_every=2", "train.mode=pynative", "train.lr=1e-3",
+                                 "train.resume=auto"])
+    return out, proc.stdout
+
+
+def test_single_card_run_writes_every_output(single_run):
+    out, stdout = single_run
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "metrics.png"]
+    from clip.config import load_config
+    cfg = load_config(str(out / "config.yaml"))
+    assert cfg.train.mode == "pynative" and cfg.output_dir == str(out) and cfg.data.eval.num_samples == 48
+    rows = metrics.read(str(out / "metrics.jsonl"))
+    train_rows = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval_top1" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4] and [r["step"] for r in evals] == [2, 4]
+    for r in train_rows:
+        assert set(r) == {"step", "loss", "lr", "logit_scale", "samples_per_s"}
+        assert math.isfinite(r["loss"]) and r["samples_per_s"] > 0 and 0 <= r["logit_scale"] <= math.log(100)
+    assert train_rows[0]["lr"] == pytest.approx(1e-3)
+    assert all(r["eval_n"] == 48 and r["eval_classes"] == 24 for r in evals)
+    # plain lines (stdout is not a terminal) and rank 0's final accuracy
+    assert "step 4/4 loss" in stdout and "eval step 2/4: zero-shot top-1" in stdout
+    final = [line for line in stdout.splitlines() if line.startswith("final zero-shot top-1")]
+    assert len(final) == 1 and f"{evals[-1]['eval_top1']:.2f}%" in final[0] and "24 classes" in final[0]
+
+
+def test_training_checkpoint_loads_as_model_weights(single_run):
+    """last.ckpt keeps OpenAI parameter names, so evaluation and prediction can load it directly."""
+    import mindspore as ms
+    from clip.model import create_model
+
+    out, _ = single_run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    model = create_model("clip_tiny", checkpoint=str(ckpt))
+    stored = ms.load_checkpoint(str(ckpt))
+    for name, param in model.parameters_and_names():
+        assert np.array_equal(param.asnumpy(), stored[param.name].asnumpy()), name
+    assert int(stored["global_step"].asnumpy()[0]) == 4 and int(stored["step"].asnumpy()) == 4

@@ -1,0 +1,355 @@
+"""Zero-shot classification: classifier construction, CIFAR-100 files, accuracy with a determined model.
+
+The "determined model" is the real clip_tiny whose visual projection is solved (least squares) so that
+each test image's feature has chosen scores against the classifier; the expected accuracy then follows
+from the design, not from running the code under test. The helpers here are shared by the other
+evaluation tests.
+"""
+import hashlib
+import os
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from clip.data.base import DatasetConfig
+from clip.errors import UserError
+
+RAW_NAMES = ["apple", "aquarium_fish", "maple_tree", "lawn_mower", "bus", "rose", "sweet_pepper", "whale"]
+CLEAN_NAMES = ["apple", "aquarium fish", "maple tree", "lawn mower", "bus", "rose", "sweet pepper", "whale"]
+PER_CLASS = 4
+# Image index -> (predicted class, label still in the top 5?) for the images the model gets wrong.
+WRONG = {1: (3, True), 2: (5, False), 13: (2, True), 22: (4, False), 30: (6, True)}
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def draw_images(n_classes: int, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class c: its own background colour and shape, jittered position and pixel noise. uint8 [N,32,32,3]."""
+    rng = np.random.default_rng(seed)
+    backgrounds = rng.integers(0, 256, (n_classes, 3))
+    images, labels = [], []
+    for c in range(n_classes):
+        for _ in range(per_class):
+            img = Image.new("RGB", (32, 32), tuple(int(v) for v in backgrounds[c]))
+            draw = ImageDraw.Draw(img)
+            x, y = rng.integers(4, 12, 2)
+            box = [int(x), int(y), int(x) + 16, int(y) + 16]
+            fill = tuple(int(v) for v in 255 - backgrounds[c])
+            [draw.rectangle, draw.ellipse, lambda b, fill: draw.polygon(
+                [(b[0], b[3]), (b[2], b[3]), ((b[0] + b[2]) // 2, b[1])], fill=fill)][c % 3](box, fill=fill)
+            arr = np.asarray(img).astype(np.int64) + rng.integers(-30, 31, (32, 32, 3))
+            images.append(np.clip(arr, 0, 255).astype(np.uint8))
+            labels.append(c)
+    return np.stack(images), np.asarray(labels)
+
+
+def write_cifar(root: str, images: np.ndarray, labels: np.ndarray, raw_names: list) -> str:
+    """The real CIFAR-100 python layout: pickled dicts with bytes keys, rows R(1024) G(1024) B(1024)."""
+    folder = os.path.join(root, "cifar-100-python")
+    os.makedirs(folder, exist_ok=True)
+    rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+    split = {b"batch_label": b"testing batch 1 of 1", b"fine_labels": [int(v) for v in labels],
+             b"coarse_labels": [0] * len(labels), b"data": rows,
+             b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))]}
+    meta = {b"fine_label_names": [n.encode() for n in raw_names], b"coarse_label_names": [b"all"]}
+    for name, obj in (("test", split), ("train", split), ("meta", meta)):
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+    return root
+
+
+def tiny_model(seed: int = 0):
+    import mindspore as ms
+
+    from clip.model import create_model
+
+    ms.set_seed(seed)
+    model = create_model("clip_tiny")
+    model.set_train(False)
+    return model
+
+
+def preprocess(images: np.ndarray, image_size: int) -> np.ndarray:
+    from clip.transforms import image_transform
+
+    t = image_transform(image_size)
+    return np.stack([t(Image.fromarray(a)) for a in images]).astype(np.float32)
+
+
+def direct_text_embeddings(model, classnames, templates) -> np.ndarray:
+    """Normalised class embeddings [C, E], one class at a time, straight from the model (the reference)."""
+    import mindspore as ms
+
+    from clip.tokenizer import tokenize
+
+    rows = []
+    for name in classnames:
+        tokens = tokenize([t.format(name) for t in templates], model.config.context_length)
+        feats = model.encode_text(ms.Tensor(tokens)).asnumpy().astype(np.float64)
+        feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+        mean = feats.mean(axis=0)
+        rows.append(mean / np.linalg.norm(mean))
+    return np.stack(rows)
+
+
+def pre_projection_features(model, pixels: np.ndarray) -> np.ndarray:
+    """ln_post(class token) [N, width]: encode with the projection set to identity blocks."""
+    import mindspore as ms
+
+    width, embed = model.config.vision_width, model.config.embed_dim
+    saved = model.visual.proj.asnumpy()
+    blocks = []
+    for start in range(0, width, embed):
+        proj = np.zeros((width, embed), np.float32)
+        cols = min(embed, width - start)
+        proj[start:start + cols, :cols] = np.eye(cols, dtype=np.float32)
+        model.visual.proj.set_data(ms.Tensor(proj))
+        blocks.append(model.encode_image(ms.Tensor(pixels)).asnumpy()[:, :cols])
+    model.visual.proj.set_data(ms.Tensor(saved))
+    return np.concatenate(blocks, axis=1).astype(np.float64)
+
+
+def determine(model, pixels: np.ndarray, class_embeddings: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Set visual.proj so that image i's feature g_i has g_i . class_embeddings[c] = scores[i, c] exactly.
+    Returns the features g [N, E]."""
+    import mindspore as ms
+
+    targets = scores @ np.linalg.pinv(class_embeddings.T)  # g with W^T g = s (C <= E, W full rank)
+    basis = pre_projection_features(model, pixels)
+    proj, *_ = np.linalg.lstsq(basis, targets, rcond=None)
+    model.visual.proj.set_data(ms.Tensor(proj.astype(np.float32)))
+    return targets
+
+
+def designed_scores(labels: np.ndarray, n_classes: int, wrong: dict, seed: int = 1) -> np.ndarray:
+    """Score rows: the right class 1.0, others in [0.2, 0.5]; for wrong[i] = (p, in_top5) class p gets 1.0
+    and the label 0.9 (second place) or -1.0 (last place)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(0.2, 0.5, (len(labels), n_classes))
+    for i, label in enumerate(labels):
+        predicted, in_top5 = wrong.get(i, (label, True))
+        scores[i, predicted] = 1.0
+        if predicted != label:
+            scores[i, label] = 0.9 if in_top5 else -1.0
+    return scores
+
+
+def expected_metrics(labels: np.ndarray, n_classes: int, wrong: dict) -> dict:
+    n = len(labels)
+    top1_hits = np.array([i not in wrong for i in range(n)])
+    top5_hits = np.array([i not in wrong or wrong[i][1] for i in range(n)])
+    per_class = [100.0 * top1_hits[labels == c].mean() for c in range(n_classes)]
+    return {"top1": 100.0 * top1_hits.mean(), "top5": 100.0 * top5_hits.mean(), "per_class": per_class, "n": n}
+
+
+def shipped_templates() -> list:
+    from clip.data.cifar100 import shipped_prompts
+
+    return shipped_prompts()[1]
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def drawn():
+    return draw_images(len(RAW_NAMES), PER_CLASS)
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory, drawn):
+    images, labels = drawn
+    return write_cifar(str(tmp_path_factory.mktemp("cifar")), images, labels, RAW_NAMES)
+
+
+@pytest.fixture(scope="module")
+def determined(drawn):
+    """clip_tiny with its projection solved for the drawn images under the 18 CIFAR templates."""
+    images, labels = drawn
+    model = tiny_model()
+    embeddings = direct_text_embeddings(model, CLEAN_NAMES, shipped_templates())
+    determine(model, preprocess(images, model.config.image_size), embeddings,
+              designed_scores(labels, len(RAW_NAMES), WRONG))
+    return model
+
+
+# ---------------------------------------------------------------- classifier
+
+def test_classifier_equals_direct_computation_and_shards_sum_to_it():
+    from clip.zeroshot import build_classifier
+
+    model = tiny_model(seed=3)
+    names, templates = CLEAN_NAMES[:5], ["a photo of a {}.", "a drawing of the {}.", "{}"]
+    classifier = build_classifier(model, names, templates, batch_size=4)  # batches cut across classes
+    reference = direct_text_embeddings(model, names, templates).T
+    assert classifier.shape == (model.config.embed_dim, len(names))
+    np.testing.assert_allclose(classifier, reference, atol=2e-6)
+    np.testing.assert_allclose(np.linalg.norm(classifier, axis=0), 1.0, atol=1e-6)
+    shards = [build_classifier(model, names, templates, shard=(r, 2)) for r in range(2)]
+    assert not shards[0][:, 1].any() and not shards[1][:, 0].any()
+    np.testing.assert_array_equal(shards[0] + shards[1], classifier)
+
+
+def test_classifier_needs_classes_and_templates():
+    from clip.zeroshot import build_classifier
+
+    with pytest.raises(UserError, match="at least one class name and one template"):
+        build_classifier(tiny_model(), [], ["a {}"])
+
+
+def test_count_batch_tallies_top1_top5_and_confusion():
+    from clip.zeroshot import count_batch, summarize
+
+    logits = np.array([[9, 1, 2, 3, 4, 5, 6],    # label 0: right
+                       [1, 9, 8, 7, 6, 5, 4],    # label 2: second place
+                       [9, 8, 7, 6, 5, 4, 0],    # label 6: last place
+                       [5, 5, 1, 1, 1, 1, 1]],   # label 1: tie with class 0 goes to the lower index
+                      dtype=np.float32)
+    counts = count_batch(logits, np.array([0, 2, 6, 1]))
+    assert counts.top1.tolist() == [1, 0, 0, 0, 0, 0, 0]
+    assert counts.top5.tolist() == [1, 1, 1, 0, 0, 0, 0]
+    assert counts.total.tolist() == [1, 1, 1, 0, 0, 0, 1]
+    assert counts.confusion[2, 1] == 1 and counts.confusion[6, 0] == 1 and counts.confusion[1, 0] == 1
+    summary = summarize(counts)
+    assert summary["top1"] == 25.0 and summary["top5"] == 75.0 and summary["n"] == 4
+    assert summary["per_class"] == [100.0, 0.0, 0.0, None, None, None, 0.0]
+
+
+# ---------------------------------------------------------------- CIFAR-100 files
+
+def test_cifar100_reads_the_python_format(cifar_root, drawn):
+    from clip.data.cifar100 import load
+
+    images, labels = drawn
+    for path in (cifar_root, os.path.join(cifar_root, "cifar-100-python")):
+        source = load(DatasetConfig(type="cifar100", path=path, split="test"))
+        assert len(source) == len(labels)
+        assert source.classnames == CLEAN_NAMES
+        assert len(source.templates) == 18 and source.templates[0] == "a photo of a {}."
+        image, label = source[9]
+        assert image.mode == "RGB" and image.size == (32, 32)
+        np.testing.assert_array_equal(np.asarray(image), images[9])
+        assert label == labels[9]
+    custom = load(DatasetConfig(type="cifar100", path=cifar_root, split="test", templates=["itap of a {}."]))
+    assert custom.templates == ["itap of a {}."]
+
+
+def test_cifar100_sha256_check(cifar_root):
+    from clip.data.cifar100 import load
+
+    with open(os.path.join(cifar_root, "cifar-100-python", "test"), "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    good = DatasetConfig(type="cifar100", path=cifar_root, split="test",
+                         sha256={"cifar-100-python/test": digest})
+    assert len(load(good)) == len(RAW_NAMES) * PER_CLASS
+    bad = DatasetConfig(type="cifar100", path=cifar_root, split="test", sha256={"cifar-100-python/test": "0" * 64})
+    with pytest.raises(UserError, match=f"has digest {digest}, expected 0000"):
+        load(bad)
+
+
+def test_cifar100_user_errors(tmp_path, cifar_root):
+    from clip.data.cifar100 import load
+
+    with pytest.raises(UserError, match="does not exist"):
+        load(DatasetConfig(type="cifar100", path=str(tmp_path / "nowhere"), split="test"))
+    with pytest.raises(UserError, match="split: 'val' is not a CIFAR-100 split"):
+        load(DatasetConfig(type="cifar100", path=cifar_root, split="val"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match=r"meta' does not exist \(expected CIFAR-100 python format"):
+        load(DatasetConfig(type="cifar100", path=str(empty), split="test"))
+    broken = tmp_path / "broken" / "cifar-100-python"
+    broken.mkdir(parents=True)
+    for name in ("meta", "test"):
+        (broken / name).write_bytes(open(os.path.join(cifar_root, "cifar-100-python", name), "rb").read())
+    (broken / "test").write_bytes((broken / "test").read_bytes()[:500])
+    with pytest.raises(UserError, match="test' is not a readable CIFAR-100 pickle"):
+        load(DatasetConfig(type="cifar100", path=str(broken.parent), split="test"))
+    # A pickle that would run code when loaded is refused, not executed.
+    marker = tmp_path / "pwned"
+    (broken / "test").write_bytes(pickle.dumps(_Exploit(str(marker))))
+    with pytest.raises(UserError, match="unexpected object"):
+        load(DatasetConfig(type="cifar100", path=str(broken.parent), split="test"))
+    assert not marker.exists()
+
+
+class _Exploit:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# ---------------------------------------------------------------- accuracy with the determined model
+
+def test_zero_shot_eval_gives_the_designed_accuracy(determined, cifar_root, drawn):
+    from clip.zeroshot import zero_shot_eval
+
+    _, labels = drawn
+    expected = expected_metrics(labels, len(RAW_NAMES), WRONG)
+    cfg = DatasetConfig(type="cifar100", path=cifar_root, split="test")
+    result = zero_shot_eval(determined, cfg, determined.config.image_size, batch_size=5)
+    assert result["n"] == expected["n"] == 32
+    assert result["top1"] == pytest.approx(expected["top1"]) == 84.375
+    assert result["top5"] == pytest.approx(expected["top5"]) == 93.75
+    assert list(result["per_class"]) == CLEAN_NAMES
+    assert list(result["per_class"].values()) == pytest.approx(expected["per_class"])
+    worst = result["worst"][0]
+    assert worst == {"class": "apple", "top1": 50.0, "n": 4, "confused_with": "lawn mower", "confused_count": 1}
+    assert result["skipped"] == 0 and result["classes"] == 8 and result["templates"] == 18
+
+
+def test_evaluate_classifier_on_batches(determined, drawn):
+    from clip.zeroshot import build_classifier, evaluate_classifier
+
+    images, labels = drawn
+    classifier = build_classifier(determined, CLEAN_NAMES, shipped_templates())
+    pixels = preprocess(images, determined.config.image_size)
+    result = evaluate_classifier(determined, classifier, [(pixels[:20], labels[:20]), (pixels[20:], labels[20:])])
+    expected = expected_metrics(labels, len(RAW_NAMES), WRONG)
+    assert result["top1"] == pytest.approx(expected["top1"]) and result["top5"] == pytest.approx(expected["top5"])
+    assert result["per_class"] == pytest.approx(expected["per_class"])
+
+
+def test_imagefolder_source_and_accuracy(tmp_path, determined, drawn):
+    from clip.data.imagefolder import load
+    from clip.zeroshot import zero_shot_eval
+
+    images, labels = drawn
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = tmp_path / "val" / RAW_NAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    (tmp_path / "val" / "apple" / "notes.txt").write_text("not an image")
+    cfg = DatasetConfig(type="imagefolder", path=str(tmp_path), split="val", templates=shipped_templates())
+    source = load(cfg)
+    assert sorted(source.classnames) == sorted(CLEAN_NAMES) and len(source) == 32
+    result = zero_shot_eval(determined, cfg, determined.config.image_size, batch_size=8)
+    # Folders are sorted by name, so the per-class table is keyed by name, not index.
+    expected = expected_metrics(labels, len(RAW_NAMES), WRONG)
+    assert result["top1"] == pytest.approx(expected["top1"]) and result["top5"] == pytest.approx(expected["top5"])
+    assert result["per_class"] == pytest.approx(dict(zip(CLEAN_NAMES, expected["per_class"])))
+
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("\n".join(f"class {i}" for i in range(8)) + "\n")
+    renamed = load(DatasetConfig(type="imagefolder", path=str(tmp_path / "val"), classnames_file=str(names_file)))
+    assert renamed.classnames == [f"class {i}" for i in range(8)] and renamed.templates == ["a photo of a {}."]
+    names_file.write_text("only one\n")
+    with pytest.raises(UserError, match="has 1 names, expected one per class folder"):
+        load(DatasetConfig(type="imagefolder", path=str(tmp_path / "val"), classnames_file=str(names_file)))
+    with pytest.raises(UserError, match="must be a non-empty list of strings containing"):
+        load(DatasetConfig(type="imagefolder", path=str(tmp_path / "val"), templates=["no placeholder"]))
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path, determined):
+    from clip.zeroshot import zero_shot_eval
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (20, 20), (10, 200, 30)).save(tmp_path / name / "good.jpg")
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    cfg = DatasetConfig(type="imagefolder", path=str(tmp_path), split="none")
+    result = zero_shot_eval(determined, cfg, determined.config.image_size, batch_size=4)
+    assert result["n"] == 2 and result["skipped"] == 1
