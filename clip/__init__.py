@@ -11,6 +11,7 @@ _EXPORTS = {
     "tokenize": "clip.tokenizer",
     "image_transform": "clip.transforms",
     "pipeline": "clip.predict",
+    "Trainer": "clip.trainer",
 }
 
 __all__ = list(_EXPORTS)

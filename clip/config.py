@@ -38,6 +38,7 @@ class DataConfig:
     train: DatasetConfig = field(default_factory=lambda: DatasetConfig(type="shapes", split="train"))
     eval: Optional[DatasetConfig] = field(
         default_factory=lambda: DatasetConfig(type="shapes", split="val", num_samples=480))
+    retrieval: Optional[DatasetConfig] = None  # captioned set for `python -m clip.eval --task retrieval`
 
 
 @dataclass
@@ -259,6 +260,9 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
     need(cfg.data.eval is None or cfg.data.eval.type in EVAL_TYPES, "data.eval.type",
          f"{getattr(cfg.data.eval, 'type', None)!r} is not an evaluation dataset, expected one of "
          f"{', '.join(EVAL_TYPES)}")
+    need(cfg.data.retrieval is None or cfg.data.retrieval.type in TRAIN_TYPES, "data.retrieval.type",
+         f"{getattr(cfg.data.retrieval, 'type', None)!r} is not a captioned dataset, expected one of "
+         f"{', '.join(TRAIN_TYPES)}")
     for key in ("batch_size", "epochs", "keep_last", "eval_batch_size", "log_every"):
         need(getattr(t, key) >= 1, f"train.{key}", f"{getattr(t, key)} must be at least 1")
     for key in ("max_steps", "stop_after"):

@@ -13,6 +13,7 @@ import argparse
 import os
 import re
 import sys
+import zipfile
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
@@ -230,7 +231,6 @@ def read_tensors(path: str) -> Tuple[str, Dict[str, np.ndarray]]:
 
 
 def _is_torchscript(path: str) -> bool:
-    import zipfile
     try:
         with zipfile.ZipFile(path) as archive:
             return any(n.count("/") == 1 and n.endswith("/constants.pkl") for n in archive.namelist())
@@ -260,9 +260,13 @@ def write_checkpoint(params: Dict[str, np.ndarray], dst: str, dtype: str) -> Non
     directory = os.path.dirname(os.path.abspath(dst))
     tmp = os.path.join(directory, f".{os.path.basename(dst)}.{os.getpid()}.tmp.ckpt")
     try:
-        ms.save_checkpoint([{"name": name, "data": ms.Tensor(np.asarray(value, dtype=dtype, order="C"))}
-                            for name, value in params.items()], tmp)
-        os.replace(tmp, dst)
+        try:
+            ms.save_checkpoint([{"name": name, "data": ms.Tensor(np.asarray(value, dtype=dtype, order="C"))}
+                                for name, value in params.items()], tmp)
+            os.replace(tmp, dst)
+        except (OSError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot write {dst}: {reason}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -302,13 +306,20 @@ def summary(result: Conversion, dst: str, dtype: str) -> str:
     return line
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """Usage mistakes are user errors too: one line and exit code 2, like every other problem."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see clip-convert --help)")
+
+
 @exit_on_user_error
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="clip-convert", description=__doc__.split("\n\n")[0])
+    parser = _ArgumentParser(prog="clip-convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="OpenAI .pt, PyTorch state dict, or Hugging Face .safetensors")
     parser.add_argument("dst", help="MindSpore checkpoint to write (.ckpt)")
-    parser.add_argument("--model", choices=list(PRESETS), help="preset to convert to (default: inferred)")
-    parser.add_argument("--dtype", choices=OUTPUT_DTYPES, default="float32", help="stored parameter dtype")
+    parser.add_argument("--model", help=f"preset to convert to: {', '.join(PRESETS)} (default: inferred)")
+    parser.add_argument("--dtype", default="float32", help=f"stored parameter dtype: {' or '.join(OUTPUT_DTYPES)}")
     args = parser.parse_args(argv)
     result = convert(args.src, args.dst, args.model, args.dtype)
     print(summary(result, args.dst, args.dtype))

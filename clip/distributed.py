@@ -170,7 +170,8 @@ _PRIMITIVES: dict = {}
 def _primitive(kind: str):
     """Collectives used from Python are created once, after init()."""
     if kind not in _PRIMITIVES:
-        _PRIMITIVES[kind] = ops.AllGather(world_group()) if kind == "all_gather" else ops.AllReduce("sum", world_group())
+        group = world_group()
+        _PRIMITIVES[kind] = ops.AllGather(group) if kind == "all_gather" else ops.AllReduce("sum", group)
     return _PRIMITIVES[kind]
 
 
@@ -180,8 +181,7 @@ def _gather_rows(array: np.ndarray) -> np.ndarray:
     The bytes travel as int32 words: measured on CPU (MindSpore 2.10), AllGather silently truncates
     int64 and float64 to 32 bits, while int32 arrives intact.
     """
-    array = np.ascontiguousarray(array)
-    words = array.reshape(-1).view(np.int32)[None]
+    words = np.ascontiguousarray(array.reshape(-1)).view(np.int32)[None]
     gathered = _primitive("all_gather")(ms.Tensor(words)).asnumpy()
     return np.ascontiguousarray(gathered).view(array.dtype).reshape((-1,) + array.shape)
 

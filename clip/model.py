@@ -94,13 +94,7 @@ class CLIPModel(nn.Cell):
         """A `.ckpt` path (architecture inferred from its shapes) or a preset name, whose converted weights are
         looked up in the local model directory. Nothing is downloaded."""
         if name_or_path in PRESETS:
-            path = pretrained_path(name_or_path)
-            if not path.is_file():
-                raise UserError(
-                    f"no converted weights for {name_or_path}: expected {path}; convert OpenAI's "
-                    f"{OPENAI_FILES[name_or_path]} with: python -m clip.convert {OPENAI_FILES[name_or_path]} {path} "
-                    f"(or set {MODEL_DIR_ENV} to the directory holding {path.name})")
-            return create_model(name_or_path, checkpoint=str(path), dtype=dtype)
+            return create_model(name_or_path, checkpoint=pretrained_checkpoint(name_or_path), dtype=dtype)
         if os.path.isfile(name_or_path):
             return create_model(infer_config(checkpoint_shapes(name_or_path)), checkpoint=name_or_path, dtype=dtype)
         raise UserError(f"{name_or_path!r} is neither a checkpoint file nor a preset ({', '.join(PRESETS)})")
@@ -185,3 +179,15 @@ def pretrained_path(name: str) -> Path:
     """Where `from_pretrained(name)` looks: $CLIP_MODEL_DIR/<name>.ckpt, by default under ~/.cache/mindclip."""
     root = os.environ.get(MODEL_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "mindclip", "models")
     return Path(root) / f"{name}.ckpt"
+
+
+def pretrained_checkpoint(name: str) -> str:
+    """The converted weights of preset `name` in the model directory, or a UserError naming the expected file
+    and the command that makes it."""
+    path = pretrained_path(name)
+    if not path.is_file():
+        raise UserError(
+            f"no converted weights for {name}: expected {path}; convert OpenAI's "
+            f"{OPENAI_FILES[name]} with: python -m clip.convert {OPENAI_FILES[name]} {path} "
+            f"(or set {MODEL_DIR_ENV} to the directory holding {path.name})")
+    return str(path)

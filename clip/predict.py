@@ -186,10 +186,10 @@ class ZeroShotImageClassificationPipeline:
 
     def scores(self, images: Sequence[Image.Image], labels: Sequence[str], template: str) -> np.ndarray:
         """Probabilities [N, L] over labels for each image."""
-        from clip.zeroshot import encode_in_batches, l2_normalize
+        from clip.zeroshot import encode_images, l2_normalize
 
         pixels = np.stack([self.transform(im) for im in images]).astype(np.float32)
-        features = l2_normalize(encode_in_batches(self.model.encode_image, pixels, self.batch_size))
+        features = l2_normalize(encode_images(self.model, pixels, self.batch_size))
         scale = float(np.exp(self.model.logit_scale.asnumpy()))
         return softmax(scale * features.astype(np.float64) @ self.label_features(labels, template).T)
 

@@ -97,6 +97,7 @@ def infer_config(shapes: Dict[str, tuple]) -> CLIPConfig:
                        text_layers=layers("transformer.resblocks"), text_heads=text_width // 64 or 1)
     # Head counts are not visible in shapes: take them from a preset with the same shapes when there is one.
     for preset in PRESETS.values():
-        if replace(preset, vision_heads=found.vision_heads, text_heads=found.text_heads) == found:
+        if all(getattr(preset, f.name) == getattr(found, f.name) for f in fields(found)
+               if f.name not in ("vision_heads", "text_heads")):
             return preset
     return found

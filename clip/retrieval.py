@@ -54,9 +54,11 @@ def encode_source(model, source, image_size: int, batch_size: int) -> tuple[np.n
     """Normalised image features [I, E], caption features [T, E] and the caption->image index [T]."""
     from clip.data.base import UnreadableImage
     from clip.transforms import image_transform
-    from clip.zeroshot import encode_in_batches, encode_texts, l2_normalize
+    from clip.zeroshot import encode_in_batches, encode_texts, encoder, l2_normalize, worth_compiling
 
     transform = image_transform(image_size)
+    compiled = worth_compiling(len(source), batch_size)
+    encode = encoder(model, "image", compiled)
     pending, captions, image_features = [], [], []
     for i in range(len(source)):
         try:
@@ -67,10 +69,10 @@ def encode_source(model, source, image_size: int, batch_size: int) -> tuple[np.n
         pending.append(transform(image))
         captions.append(source.captions(i))
         if len(pending) == batch_size:
-            image_features.append(encode_in_batches(model.encode_image, np.stack(pending), batch_size))
+            image_features.append(encode_in_batches(encode, np.stack(pending), batch_size, pad=compiled))
             pending = []
     if pending:
-        image_features.append(encode_in_batches(model.encode_image, np.stack(pending), batch_size))
+        image_features.append(encode_in_batches(encode, np.stack(pending), batch_size, pad=compiled))
     if not image_features:
         raise UserError("retrieval: the dataset has no readable images")
     texts, owner = flatten_captions(captions)

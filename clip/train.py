@@ -41,10 +41,9 @@ def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int:
 def lr_schedule(lr: float, min_lr: float, warmup_steps: int, steps: int) -> list[float]:
     """Per-step learning rates: linear warm-up reaching `lr` at the end of step warmup_steps, then cosine
     decay towards `min_lr`, built from MindSpore's dynamic-LR functions (index = optimiser step)."""
-    warmup = min(warmup_steps, steps)
-    # warmup_lr starts at 0 for step 0; shifting by one step gives lr * (t + 1) / warmup instead.
-    ramp = nn.warmup_lr(lr, warmup + 1, 1, warmup)[1:] if warmup else []
-    decay = steps - warmup
+    # warmup_lr starts at 0 for step 0; shifting by one step gives lr * (t + 1) / warmup_steps instead.
+    ramp = nn.warmup_lr(lr, warmup_steps + 1, 1, warmup_steps)[1:steps + 1] if warmup_steps else []
+    decay = steps - len(ramp)
     cosine = nn.cosine_decay_lr(min_lr, lr, decay, 1, decay) if decay else []
     return [float(v) for v in list(ramp) + list(cosine)]
 
@@ -181,7 +180,7 @@ def train(cfg: RunConfig) -> dict:
                                 num_workers=t.num_workers)
         for images, tokens in batches:
             loss = step_cell(ms.Tensor(images), ms.Tensor(tokens))
-            global_loss = distributed.all_reduce_sum(float(loss.asnumpy())) / world
+            global_loss = float(distributed.all_reduce_sum(loss.asnumpy().reshape(1).astype(np.float64))[0]) / world
             step += 1
             since += 1
             if not math.isfinite(global_loss):
@@ -201,7 +200,7 @@ def train(cfg: RunConfig) -> dict:
                 tick, since = time.perf_counter(), 0
             if step >= stop:
                 break
-        unreadable = int(distributed.all_reduce_sum(batches.unreadable))
+        unreadable = int(distributed.all_reduce_sum(np.array([batches.unreadable], np.int64))[0])
         if unreadable:
             progress.message(f"epoch {epoch}: {unreadable} unreadable image(s) replaced by other samples"
                              + (f" (rank 0: {', '.join(batches.unreadable_names[:5])})" if batches.unreadable else ""))

@@ -6,6 +6,7 @@ tables), builds the pure plan (launcher.plan) and hands it to launcher.superviso
 import argparse
 import glob
 import os
+import shutil
 import socket
 import sys
 from typing import List, Optional, Sequence
@@ -86,6 +87,16 @@ def _command(args) -> tuple:
     return tuple(command)
 
 
+def _check_executable(command: tuple, cwd: str) -> None:
+    """A typo in the command is the user's mistake: say so before any process starts."""
+    if not command:
+        return
+    program = command[0]
+    found = os.access(os.path.join(cwd, program), os.X_OK) if os.sep in program else shutil.which(program)
+    if not found:
+        raise UserError(f"command {program!r}: not found or not executable")
+
+
 def _check_numbers(args) -> None:
     if args.nproc is not None and args.nproc < 1:
         raise UserError(f"--nproc {args.nproc}: expected at least 1 worker per node")
@@ -135,6 +146,7 @@ def _ascend_inputs(args, log_dir: str, nnodes: int):
 def main(args) -> int:
     command = _command(args)
     _check_numbers(args)
+    _check_executable(command, os.getcwd())
     node = cluster.node_info(os.environ)
     nnodes = args.nnodes if args.nnodes is not None else node.nnodes
     node_rank = args.node_rank if args.node_rank is not None else node.node_rank

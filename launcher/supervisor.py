@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
 import psutil
 
+from launcher.errors import UserError
 from launcher.plan import WorkerSpec
 
 POLL_INTERVAL = 0.05
@@ -141,10 +142,14 @@ class Group:
             if spec.env_log:
                 _write_env_log(spec.env_log, env)
             with open(spec.log_path, "wb") as log:
-                self.procs[index] = subprocess.Popen(
-                    list(spec.argv), cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=_child_setup(spec.cores, parent))
+                try:
+                    self.procs[index] = subprocess.Popen(
+                        list(spec.argv), cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL,
+                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                        preexec_fn=_child_setup(spec.cores, parent))
+                except OSError as exc:
+                    self.stop(grace=0.0)
+                    raise UserError(f"cannot start {spec.name}: {spec.argv[0]}: {exc.strerror}") from None
 
     def returncodes(self) -> Dict[int, Optional[int]]:
         return {index: proc.poll() for index, proc in self.procs.items()}

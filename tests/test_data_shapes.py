@@ -17,7 +17,7 @@ def test_deterministic_from_seed_and_split():
 
 
 def test_at_least_twenty_balanced_classes():
-    assert len(CLASSNAMES) == len(set(CLASSNAMES)) >= 20
+    assert len(CLASSNAMES) == len(set(CLASSNAMES)) == len(COLOURS) * len(SHAPES) >= 20
     source = build_eval_source(DatasetConfig(type="shapes", split="val", num_samples=96))
     labels = [source[i][1] for i in range(len(source))]
     assert np.bincount(labels).tolist() == [4] * 24

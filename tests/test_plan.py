@@ -114,7 +114,7 @@ def parse_dry_run(stdout):
 
 def test_dry_run_cluster(env, tmp_path):
     result = launcher(["-n", "2", "--backend", "cluster", "--master-port", "29611", "--bind-cores",
-                       "--log-dir", str(tmp_path / "logs"), "--dry-run", "--", "python", "job.py", "--lr", "0.1"],
+                       "--log-dir", str(tmp_path / "logs"), "--dry-run", "--", "sh", "job.sh", "--lr", "0.1"],
                       env, tmp_path)
     assert result.returncode == 0, result.stderr
     blocks = parse_dry_run(result.stdout)
@@ -122,7 +122,7 @@ def test_dry_run_cluster(env, tmp_path):
     assert blocks["rank 1"]["env"] == {"MS_NODE_ID": "1", "MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1",
                                        "MS_SCHED_PORT": "29611", "MS_WORKER_NUM": "2"}
     assert blocks["scheduler"]["env"]["MS_ROLE"] == "MS_SCHED"
-    assert blocks["rank 0"]["command"] == "python job.py --lr 0.1"
+    assert blocks["rank 0"]["command"] == "sh job.sh --lr 0.1"
     assert blocks["rank 0"]["cwd"] == str(tmp_path / "logs" / "rank_0")
     assert blocks["rank 0"]["log"] == str(tmp_path / "logs" / "worker_0.log")
     assert blocks["rank 0"]["cores"] != ""
@@ -138,7 +138,7 @@ def test_dry_run_ascend_generates_table_from_hccn_conf(env, tmp_path):
     conf.write_text(HCCN)
     logs = tmp_path / "logs"
     result = launcher(["-n", "4", "--backend", "ascend", "--hccn-conf", str(conf), "--server-ip", "10.0.0.5",
-                       "--log-dir", str(logs), "--dry-run", "--", "python", "train.py"], env, tmp_path)
+                       "--log-dir", str(logs), "--dry-run", "--", "sh", "train.sh"], env, tmp_path)
     assert result.returncode == 0, result.stderr
     table = str(logs / "hccl_configs" / "hccl_4p_0123_10.0.0.5.json")
     blocks = parse_dry_run(result.stdout)
@@ -156,7 +156,7 @@ def test_dry_run_ascend_with_merged_table_picks_this_servers_devices(env, tmp_pa
     path = tmp_path / "cluster.json"
     path.write_text(json.dumps(merged))
     result = launcher(["--backend", "ascend", "--rank-table", str(path), "--server-ip", "10.0.0.2",
-                       "--dry-run", "--", "python", "train.py"], env, tmp_path)
+                       "--dry-run", "--", "sh", "train.sh"], env, tmp_path)
     assert result.returncode == 0, result.stderr
     blocks = parse_dry_run(result.stdout)
     assert {name: block["env"] for name, block in blocks.items()} == {
@@ -165,12 +165,13 @@ def test_dry_run_ascend_with_merged_table_picks_this_servers_devices(env, tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-n", "0", "--", "python"], "--nproc 0: expected at least 1"),
+    (["-n", "0", "--", "sh"], "--nproc 0: expected at least 1"),
     (["-n", "2"], "no command to run"),
-    (["--tee", "5", "-n", "2", "--", "python"], "--tee '5': rank 5 is not in 0..1"),
-    (["--nnodes", "2", "--", "python"], "--nnodes 2: pass --master-port"),
-    (["--max-restarts", "-1", "--", "python"], "--max-restarts -1"),
-    (["--backend", "ascend", "--rank-table", "missing.json", "--", "python"], "missing.json"),
+    (["--tee", "5", "-n", "2", "--", "sh"], "--tee '5': rank 5 is not in 0..1"),
+    (["--nnodes", "2", "--", "sh"], "--nnodes 2: pass --master-port"),
+    (["--max-restarts", "-1", "--", "sh"], "--max-restarts -1"),
+    (["--", "no_such_program_xyz", "train.py"], "command 'no_such_program_xyz': not found"),
+    (["--backend", "ascend", "--rank-table", "missing.json", "--", "sh"], "missing.json"),
 ])
 def test_run_bad_input_is_one_line_exit_2(env, tmp_path, args, message):
     result = launcher(["--backend", "cluster", *args] if "--backend" not in args else args, env, tmp_path)

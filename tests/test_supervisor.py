@@ -182,6 +182,14 @@ def test_launcher_killed_with_sigkill_takes_workers_along(tmp_path, clean_env):
     assert leftovers(str(tmp_path), settle=5.0) == []
 
 
+def test_unstartable_process_stops_the_ones_already_started(tmp_path):
+    missing = plan.WorkerSpec("worker", 1, (str(tmp_path / "missing_program"),), str(tmp_path), {}, None,
+                              str(tmp_path / "worker_1.log"))
+    with pytest.raises(supervisor.UserError, match="cannot start rank 1: .*missing_program"):
+        run(lambda attempt: [spec(tmp_path, 0, SLEEP), missing])
+    assert leftovers(str(tmp_path)) == []
+
+
 def test_exit_code_conventions():
     assert supervisor.exit_code_of(0) == 0
     assert supervisor.exit_code_of(3) == 3

@@ -353,3 +353,19 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, determined):
     cfg = DatasetConfig(type="imagefolder", path=str(tmp_path), split="none")
     result = zero_shot_eval(determined, cfg, determined.config.image_size, batch_size=4)
     assert result["n"] == 2 and result["skipped"] == 1
+
+
+def test_compiled_encoders_match_eager_and_see_loaded_weights():
+    import mindspore as ms
+
+    from clip.zeroshot import encode_images, encode_texts
+
+    model = tiny_model(seed=5)
+    pixels = np.random.default_rng(0).normal(size=(6, 3, 64, 64)).astype(np.float32)
+    eager = encode_images(model, pixels, 4)
+    np.testing.assert_allclose(encode_images(model, pixels, 4, compiled=True), eager, atol=1e-5)
+    texts = [f"a photo of a {n}." for n in CLEAN_NAMES[:5]]
+    np.testing.assert_allclose(encode_texts(model, texts, 4, compiled=True),
+                               encode_texts(model, texts, 4, compiled=False), atol=1e-5)
+    model.visual.proj.set_data(ms.Tensor(model.visual.proj.asnumpy() * 2))
+    np.testing.assert_allclose(encode_images(model, pixels, 4, compiled=True), 2 * eager, atol=2e-5)

@@ -50,7 +50,7 @@ def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     if shape == "square":
         return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
     if shape == "triangle":
-        return [(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)]
+        return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
     w = r * 0.4  # cross: plus sign of arm half-width w
     return [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w),
             (cx + w, cy + w), (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w),

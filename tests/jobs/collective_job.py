@@ -33,9 +33,11 @@ def write_json(path, payload):
 
 
 def misbehave(args, rank):
-    """Fail the way --fail-mode says, on --fail-rank only."""
+    """Fail the way --fail-mode says, on --fail-rank only; `<out>/failed_at.json` records when."""
     if rank != args.fail_rank or args.fail_mode == "none":
         return
+    if args.fail_mode != "fail_once" or not os.path.exists(args.marker):
+        write_json(os.path.join(args.out, "failed_at.json"), {"rank": rank, "time": time.time()})
     if args.fail_mode == "exit3":
         sys.stdout.flush()
         os._exit(3)

@@ -151,7 +151,8 @@ def equivalence_checks(info):
 
     net = build_net(3)
     weights = net.trainable_params()
-    single = GradStep(WithLoss(net, ContrastiveLoss("local", SINGLE)), weights, distributed.grad_reducer(weights, SINGLE))
+    single_loss = WithLoss(net, ContrastiveLoss("local", SINGLE))
+    single = GradStep(single_loss, weights, distributed.grad_reducer(weights, SINGLE))
     ref_loss, ref_grads = single(ms.Tensor(images), ms.Tensor(texts))
     results = {"grad_scale": float(max(np.abs(g.asnumpy()).max() for g in ref_grads)),
                "reference_loss": float(ref_loss.asnumpy())}

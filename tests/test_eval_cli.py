@@ -1,0 +1,139 @@
+"""`python -m clip.eval` end to end: real subprocesses, a CIFAR-format file, a checkpoint whose answers are
+designed (see test_zeroshot.py), one-line user errors, and a real 2-worker CPU cluster."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from test_zeroshot import (CLEAN_NAMES, PER_CLASS, RAW_NAMES, WRONG, determine, direct_text_embeddings,
+                           designed_scores, draw_images, expected_metrics, preprocess, shipped_templates,
+                           tiny_model, write_cifar)
+
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A CIFAR-format dataset, a determined clip_tiny checkpoint and a config pointing at both."""
+    import mindspore as ms
+
+    root = tmp_path_factory.mktemp("evalcli")
+    images, labels = draw_images(len(RAW_NAMES), PER_CLASS)
+    write_cifar(str(root / "data"), images, labels, RAW_NAMES)
+    model = tiny_model()
+    determine(model, preprocess(images, model.config.image_size),
+              direct_text_embeddings(model, CLEAN_NAMES, shipped_templates()),
+              designed_scores(labels, len(RAW_NAMES), WRONG))
+    ckpt = root / "determined.ckpt"
+    ms.save_checkpoint(model, str(ckpt))
+    config = root / "eval.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": "clip_tiny", "checkpoint": str(ckpt)},
+        "data": {"eval": {"type": "cifar100", "path": str(root / "data"), "split": "test"}},
+        "train": {"eval_batch_size": 6},
+        "output_dir": str(root / "run"),
+    }))
+    return {"root": root, "config": config, "ckpt": ckpt,
+            "expected": expected_metrics(labels, len(RAW_NAMES), WRONG)}
+
+
+def run_eval(args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "clip.eval", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+def clean_env():
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MS_", "RANK_", "DEVICE_", "ASCEND_", "OMPI_", "PMI", "SLURM_"))}
+    env.update(PYTHONUNBUFFERED="1", GLOG_v="3")
+    return env
+
+
+def assert_designed(result, expected):
+    assert result["n"] == expected["n"]
+    assert result["top1"] == pytest.approx(expected["top1"])
+    assert result["top5"] == pytest.approx(expected["top5"])
+    assert list(result["per_class"].values()) == pytest.approx(expected["per_class"])
+
+
+def test_eval_writes_designed_accuracy_and_worst_classes(setup):
+    proc = run_eval(["--config", str(setup["config"])], setup["root"], clean_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((setup["root"] / "run" / "eval.json").read_text())
+    assert_designed(result, setup["expected"])
+    assert result["checkpoint"] == str(setup["ckpt"]) and result["task"] == "zeroshot"
+    assert result["world_size"] == 1 and result["sharded"] is False
+    assert "zero-shot top1 84.38% top5 93.75% on 32 images, 8 classes x 18 templates" in proc.stdout
+    assert "worst classes" in proc.stderr and "apple" in proc.stderr and "lawn mower x1" in proc.stderr
+    assert not [p for p in os.listdir(setup["root"] / "run") if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "data.eval.path=/nonexistent/cifar"], "error: data.eval.path: dataset directory '/nonexistent/cifar' does not exist"),
+    (["--checkpoint", "/nonexistent/w.ckpt"], "error: --checkpoint '/nonexistent/w.ckpt' does not exist"),
+    (["--set", "data.eval.splitt=test"], "error: --set data.eval.splitt=test: unknown key 'data.eval.splitt'"),
+    (["--set", "data.eval.split=val"], "error: data.eval.split: 'val' is not a CIFAR-100 split (expected test or train)"),
+    (["--task", "retrieval"], "error: data.retrieval is not set; --task retrieval needs a dataset there"),
+], ids=["data-path", "checkpoint", "unknown-key", "split", "no-retrieval-set"])
+def test_user_errors_are_one_line_exit_2_and_write_nothing(setup, tmp_path, args, message):
+    out = tmp_path / "out"
+    proc = run_eval(["--config", str(setup["config"]), "--set", f"output_dir={out}", *args], tmp_path, clean_env())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not list(out.iterdir())
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cluster(args, world_size, cwd):
+    """Scheduler + workers of a real dynamic cluster, each in its own session; exit codes and logs."""
+    port = _free_port()
+    roles = [("scheduler", "MS_SCHED", None)] + [(f"worker_{i}", "MS_WORKER", i) for i in range(world_size)]
+    procs = {}
+    try:
+        for name, role, node in roles:
+            env = clean_env()
+            env.update(MS_ROLE=role, MS_SCHED_HOST="127.0.0.1", MS_SCHED_PORT=str(port),
+                       MS_WORKER_NUM=str(world_size))
+            if node is not None:
+                env["MS_NODE_ID"] = str(node)
+            with open(cwd / f"{name}.log", "w") as log:
+                procs[name] = subprocess.Popen([sys.executable, "-m", "clip.eval", *args], cwd=cwd, env=env,
+                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + TIMEOUT
+        codes = {name: p.wait(timeout=max(1.0, deadline - time.monotonic())) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    return codes, {name: (cwd / f"{name}.log").read_text(errors="replace") for name in procs}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharded", [True, False], ids=["sharded", "rank0"])
+def test_two_worker_cluster_gives_single_card_numbers(setup, tmp_path, sharded):
+    out = tmp_path / "run"
+    config = yaml.safe_load(setup["config"].read_text())
+    config["model"].pop("checkpoint")
+    config["output_dir"] = str(out)
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
+    args = ["--config", str(tmp_path / "eval.yaml"), "--checkpoint", str(setup["ckpt"])]
+    codes, logs = run_cluster(args + (["--sharded"] if sharded else []), 2, tmp_path)
+    assert codes["worker_0"] == 0 and codes["worker_1"] == 0, logs
+    result = json.loads((out / "eval.json").read_text())
+    assert_designed(result, setup["expected"])
+    assert result["world_size"] == 2 and result["sharded"] is sharded
+    assert "zero-shot top1 84.38%" in logs["worker_0"] and "zero-shot top1" not in logs["worker_1"]
