@@ -66,9 +66,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif args.run_mode == "eval":
         run_eval(cfg, weights_for(cfg, args.checkpoint))
     else:
-        from clip.predict import DEFAULT_TEMPLATE, format_table, parse_labels, resolve_model
+        from clip.predict import DEFAULT_TEMPLATE, check_labels, format_table, resolve_model
 
-        labels = parse_labels(args.candidate_labels) if args.candidate_labels else default_labels(cfg)
+        labels = (check_labels([part.strip() for part in args.candidate_labels.split(",")], "--candidate_labels")
+                  if args.candidate_labels else default_labels(cfg))
         paths, _, _ = expand_inputs(list(args.predict_data))
         images = decode_all(paths)
         model = resolve_model(cfg.model.name, weights_for(cfg, args.checkpoint), cfg.model.dtype)

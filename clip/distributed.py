@@ -193,18 +193,19 @@ def barrier() -> None:
 
 
 def all_reduce_sum(value):
-    """Sum of ``value`` over ranks, in the same kind: Python number, numpy array or Tensor.
+    """Sum of ``value`` over ranks, for logging and counting (not for gradients, see ``grad_reducer``).
 
-    Numbers and arrays are widened to int64 or float64, gathered bit-exactly and summed in rank order, so
-    integer counts stay exact and every rank gets the bit-identical total. Tensors use AllReduce(SUM).
+    Returns the same kind: a Python number, a numpy array (widened to int64/float64) or a Tensor (in its
+    own dtype). Values are widened, gathered bit-exactly and summed in rank order, so integer counts stay
+    exact and every rank gets the bit-identical total (CPU AllReduce would only sum float32).
     """
-    if isinstance(value, ms.Tensor):
-        return value.copy() if get_world_size() == 1 else _primitive("all_reduce")(value)
-    array = np.asarray(value)
+    array = value.asnumpy() if isinstance(value, ms.Tensor) else np.asarray(value)
     if array.dtype.kind not in "biuf":
         raise TypeError(f"all_reduce_sum expects numbers, numpy arrays or Tensors, got {type(value).__name__}")
     wide = array.astype(np.float64 if array.dtype.kind == "f" else np.int64)
     total = wide if get_world_size() == 1 else _gather_rows(wide).sum(axis=0)
+    if isinstance(value, ms.Tensor):
+        return ms.Tensor(total.astype(array.dtype))
     if isinstance(value, np.ndarray):
         return total
     return total.item() if total.ndim == 0 else total
@@ -290,4 +291,5 @@ class AllGatherWithGrad(nn.Cell):
         return (self.all_reduce(dout)[self.rank * rows:(self.rank + 1) * rows],)
 
 
+# The name docs/ARCHITECTURE.md's contract uses.
 GatherWithGrad = AllGatherWithGrad

@@ -49,35 +49,38 @@ def dataset_for(cfg, task: str):
     return data
 
 
+def load_source(task: str, data):
+    from clip.data import build_eval_source, build_train_source
+
+    return build_eval_source(data) if task == "zeroshot" else build_train_source(data)
+
+
 def run(cfg, task: str, checkpoint: Optional[str], sharded: bool) -> Optional[dict]:
-    """Evaluate and return the result on the rank that writes it (None on the others)."""
+    """Evaluate and return the result on the rank that writes it (None on the others).
+
+    Every rank reads the dataset first (no MindSpore needed), so that data mistakes fail fast everywhere."""
+    data = dataset_for(cfg, task)
+    if task == "retrieval" and data.split == "train":
+        log.warning("data.retrieval.split is 'train'; retrieval results are usually reported on the test split")
+    source = load_source(task, data)
     from clip import distributed
 
     info = distributed.init_from_env()
-    data = dataset_for(cfg, task)
-    evaluating = sharded or info.rank == 0
+    sharded = sharded and info.world_size > 1
     result = None
-    if evaluating:
-        result = evaluate(cfg, task, data, checkpoint, sharded and info.world_size > 1)
-        result.update(world_size=info.world_size, sharded=bool(sharded and info.world_size > 1))
+    if sharded or info.rank == 0:
+        result = evaluate(cfg, task, data, source, checkpoint, sharded)
+        result.update(world_size=info.world_size, sharded=sharded)
     distributed.barrier()
     return result if info.rank == 0 else None
 
 
-def evaluate(cfg, task: str, data, checkpoint: Optional[str], sharded: bool) -> dict:
-    """Load data first (fast failures), then the model, then evaluate."""
+def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: bool) -> dict:
+    """Build the model from the config (and checkpoint) and evaluate it on the source."""
     from clip.model import create_model
 
     started = time.time()
     checkpoint = checkpoint or cfg.model.checkpoint
-    if task == "zeroshot":
-        from clip.data import build_eval_source
-
-        source = build_eval_source(data)
-    else:
-        from clip.data import build_train_source
-
-        source = build_train_source(data)
     if not checkpoint:
         log.warning("no checkpoint given (--checkpoint or model.checkpoint): evaluating random weights")
     model = create_model(cfg.model.name, checkpoint=checkpoint, dtype=cfg.model.dtype)
@@ -91,10 +94,9 @@ def evaluate(cfg, task: str, data, checkpoint: Optional[str], sharded: bool) -> 
         from clip.retrieval import evaluate_captions
 
         result = evaluate_captions(model, source, image_size, batch_size)
-    seconds = time.time() - started
     result.update(task=task, model=cfg.model.name, checkpoint=checkpoint, dtype=cfg.model.dtype,
                   dataset={"type": data.type, "path": data.path, "split": data.split},
-                  seconds=round(seconds, 3))
+                  seconds=round(time.time() - started, 3))
     return result
 
 

@@ -53,6 +53,7 @@ class ContrastiveLoss(nn.Cell):
     ``local_only`` (each rank's own B x B batch: MindFormers' behaviour, a different objective, kept only
     as the baseline that shows the multi-card bug). Pair with ``grad_reducer`` (mean over ranks); the
     value returned, averaged over ranks, is the global-batch loss. One worker creates no collective.
+    ``logit_scale`` is the multiplier exp(t), as the model returns it, not the Parameter t.
     """
 
     def __init__(self, mode: str = "local", info: Optional[DistInfo] = None):
@@ -73,6 +74,7 @@ class ContrastiveLoss(nn.Cell):
         if not self.gathers:
             return full_loss(image, text, scale)
         width = image.shape[1]
+        # One collective for both towers: gather [image | text] side by side, then split.
         both_all = self.gather(ops.concat((image, text), 1))
         image_all = both_all[:, :width]
         text_all = both_all[:, width:]

@@ -125,7 +125,7 @@ def as_image(item) -> Image.Image:
 def resolve_model(model, checkpoint: Optional[str] = None, dtype: str = "float32"):
     """A CLIPModel from a model object, a preset name (optionally with checkpoint), or a checkpoint path
     (architecture inferred from its parameter shapes)."""
-    from clip.model import CLIPModel, create_model
+    from clip.model import CLIPModel, create_model, pretrained_checkpoint
     from clip.presets import PRESETS
 
     if isinstance(model, CLIPModel):
@@ -134,14 +134,14 @@ def resolve_model(model, checkpoint: Optional[str] = None, dtype: str = "float32
         return model
     if not isinstance(model, (str, os.PathLike)) and model is not None:
         raise UserError(f"model: got {type(model).__name__}, expected a CLIPModel, preset name or checkpoint")
-    model = os.fspath(model) if model is not None else None
-    if model in PRESETS:
-        return create_model(model, checkpoint=checkpoint, dtype=dtype)
-    path = model if model is not None and checkpoint is None else checkpoint
-    if model is not None and model != path:
-        raise UserError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
-    if path is None:
+    if model is None and checkpoint is None:
         raise UserError("no model: give a preset name, a checkpoint path or a CLIPModel")
+    model = os.fspath(model) if model is not None else None
+    if model in PRESETS:  # a bare preset name means its converted weights, as in MindFormers' pipeline
+        return create_model(model, checkpoint=checkpoint or pretrained_checkpoint(model), dtype=dtype)
+    if model is not None and (checkpoint is not None or not os.path.isfile(model)):
+        raise UserError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
+    path = model or checkpoint
     return create_model(config_of_checkpoint(path), checkpoint=path, dtype=dtype)
 
 

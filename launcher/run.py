@@ -9,7 +9,7 @@ import os
 import shutil
 import socket
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import psutil
 
@@ -118,11 +118,12 @@ def _ascend_inputs(args, log_dir: str, nnodes: int):
     if args.rank_table:
         path = os.path.abspath(args.rank_table)
         table = ranktable.load(path)
-        server_ip = args.server_ip or cluster.detect_server_ip()
         rows = ranktable.workers(table)
         servers = {ip for _, ip, _ in rows}
-        if len(servers) == 1 and args.server_ip is None:
+        if args.server_ip is None and len(servers) == 1:
             server_ip = next(iter(servers))
+        else:
+            server_ip = args.server_ip or cluster.detect_server_ip()
         local = [(rank, chip) for rank, ip, chip in rows if ip == server_ip]
         if not local:
             raise UserError(f"{path}: no device listed for this server {server_ip} "
@@ -165,6 +166,8 @@ def main(args) -> int:
             if not job.isdigit():
                 raise UserError(f"--nnodes {nnodes}: pass --master-port (the same on every node)")
             port = 20000 + int(job) % 20000  # every node of a Slurm job derives the same port
+        if nnodes > 1 and args.master_addr is None and node.master_addr is None:
+            raise UserError(f"--nnodes {nnodes}: pass --master-addr (node 0's address, the same on every node)")
 
         def make_specs(attempt: int) -> List[plan.WorkerSpec]:
             return _cluster_specs(base, plan.attempt_log_dir(log_dir, attempt, args.max_restarts), port)
@@ -196,13 +199,3 @@ def main(args) -> int:
     return supervisor.run_attempts(make_specs, max_restarts=args.max_restarts, grace=args.grace_period,
                                    timeout=args.timeout, tee_ranks=tee_ranks,
                                    wait_for_scheduler=nnodes > 1)
-
-
-def cli(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launcher.run", description=__doc__)
-    add_arguments(parser)
-    return main(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -206,8 +206,8 @@ def supervise(specs: Sequence[WorkerSpec], *, grace: float, timeout: Optional[fl
             outcome = Outcome(128 + interrupts.signum, "interrupted")
         elif failed:
             first = specs[failed[0]]
-            group.stop(grace)
             _report_failure(first, codes[failed[0]], err)
+            group.stop(grace)
             outcome = Outcome(exit_code_of(codes[failed[0]]), "failed", first, codes[failed[0]])
         elif all(codes[i] == 0 for i in workers) and not (
                 wait_for_scheduler and any(codes[i] is None for i in schedulers)):

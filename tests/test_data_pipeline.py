@@ -184,9 +184,9 @@ def test_corrupt_images_are_counted_logged_and_replaced(corrupt_table, caplog):
 
 def test_no_readable_image_is_a_user_error(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"junk")
-    (tmp_path / "t.csv").write_text("filepath,title\na.jpg,a cat\n")
+    (tmp_path / "t.csv").write_text("filepath,title\na.jpg,a cat\nmissing.png,a dog\n")
     source = build_train_source(DatasetConfig(type="csv", path=str(tmp_path / "t.csv")))
     batches = train_batches(source, image_size=SIZE, context_length=CTX, batch_size=1, rank=0, world_size=1,
                             epoch=0, seed=0)
-    with pytest.raises(UserError, match="none of the 1 images could be read"):
+    with pytest.raises(UserError, match="no readable image among 2 consecutive samples from '(a.jpg|missing.png)'"):
         list(batches)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from clip.data import DatasetConfig, build_eval_source, build_train_source
-from clip.data.shapes import CLASSNAMES, COLOURS, SHAPES, TEMPLATES, render
+from clip.data.shapes import CLASSNAMES, COLOURS, SHAPES, TEMPLATES, describe, render
 from clip.errors import UserError
 
 
@@ -36,6 +36,7 @@ def test_image_shows_the_class_colour_and_captions_describe_it():
         assert all(colour in c and shape in c for c in captions)
         assert sum(("small" in c) or ("large" in c) for c in captions) >= 2
         assert not any(" a orange" in c for c in captions)
+        assert describe(0, "train", i) == (label, captions)
 
 
 def test_captions_vary_in_size_and_position_words():

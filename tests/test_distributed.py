@@ -75,6 +75,27 @@ def test_bad_environment_is_a_one_line_user_error(env, target, words):
         assert word in message
 
 
+def test_missing_rank_table_exits_2_with_one_line(clean_env, tmp_path):
+    """The I/O edge: a wrapped entry point turns the bad environment into 'error: ...' and exit code 2."""
+    script = ("from clip.errors import exit_on_user_error\n"
+              "from clip.distributed import init_from_env\n"
+              "exit_on_user_error(init_from_env)()\n")
+    env = {**clean_env, "RANK_TABLE_FILE": str(tmp_path / "missing.json"), "RANK_SIZE": "2", "RANK_ID": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"error: RANK_TABLE_FILE={tmp_path / 'missing.json'}: " \
+                                                   f"no such file; expected a rank table JSON"
+    assert "Traceback" not in done.stderr
+
+
+def test_gather_backward_is_reduce_scatter_only_on_hccl():
+    ascend = AllGatherWithGrad(DistInfo(1, 2, "hccl", "Ascend"))
+    cpu = AllGatherWithGrad(DistInfo(1, 2, "mccl", "CPU"))
+    assert hasattr(ascend, "reduce_scatter") and not hasattr(ascend, "all_reduce")
+    assert hasattr(cpu, "all_reduce") and not hasattr(cpu, "reduce_scatter")
+
+
 # ---------------------------------------------------------------- single card, in process
 
 @pytest.fixture(scope="module")
@@ -96,6 +117,7 @@ def test_single_card_has_no_communication(single_card):
     assert distributed.all_reduce_sum(np.array([1.5, 2.0], np.float32)).tolist() == [1.5, 2.0]
     tensor = ms.Tensor([2.0, 3.0], ms.float32)
     assert distributed.all_reduce_sum(tensor).asnumpy().tolist() == [2.0, 3.0]
+    assert distributed.all_reduce_sum(ms.Tensor([4], ms.int32)).dtype == ms.int32
     grads = (ms.Tensor([1.0], ms.float32), ms.Tensor([[2.0]], ms.float32))
     reducer = distributed.grad_reducer([], single_card)
     for reduced in (reducer(grads), ms.jit(reducer)(grads)):
@@ -195,7 +217,7 @@ def test_all_reduce_sum_is_exact_and_keeps_kinds(cluster):
     for res in cluster["results"]:
         assert res["sum_float"] == sum(r + 0.5 for r in ranks)
         assert res["sum_int_array"] == [sum(ranks), w * 2 ** 40 + sum(ranks)]
-        assert res["sum_tensor"] == [float(sum(r + 1 for r in ranks))]
+        assert res["sum_tensor"] == ["Float32", [float(sum(r + 1 for r in ranks))], "Int32", [[sum(ranks), w]]]
 
 
 def test_gather_forward_concatenates_and_backward_sums_owner_slices(cluster):

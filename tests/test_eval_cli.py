@@ -11,9 +11,7 @@ import time
 import pytest
 import yaml
 
-from test_zeroshot import (CLEAN_NAMES, PER_CLASS, RAW_NAMES, WRONG, determine, direct_text_embeddings,
-                           designed_scores, draw_images, expected_metrics, preprocess, shipped_templates,
-                           tiny_model, write_cifar)
+from test_zeroshot import PER_CLASS, RAW_NAMES, WRONG, determined_cifar_model, draw_images, expected_metrics, write_cifar
 
 TIMEOUT = 240
 
@@ -26,12 +24,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalcli")
     images, labels = draw_images(len(RAW_NAMES), PER_CLASS)
     write_cifar(str(root / "data"), images, labels, RAW_NAMES)
-    model = tiny_model()
-    determine(model, preprocess(images, model.config.image_size),
-              direct_text_embeddings(model, CLEAN_NAMES, shipped_templates()),
-              designed_scores(labels, len(RAW_NAMES), WRONG))
     ckpt = root / "determined.ckpt"
-    ms.save_checkpoint(model, str(ckpt))
+    ms.save_checkpoint(determined_cifar_model(), str(ckpt))
     config = root / "eval.yaml"
     config.write_text(yaml.safe_dump({
         "model": {"name": "clip_tiny", "checkpoint": str(ckpt)},
@@ -62,8 +56,10 @@ def assert_designed(result, expected):
     assert list(result["per_class"].values()) == pytest.approx(expected["per_class"])
 
 
-def test_eval_writes_designed_accuracy_and_worst_classes(setup):
-    proc = run_eval(["--config", str(setup["config"])], setup["root"], clean_env())
+def test_eval_script_writes_designed_accuracy_and_worst_classes(setup, repo_root):
+    env = {**clean_env(), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(repo_root / "scripts" / "run_eval.sh"), str(setup["config"])],
+                          cwd=setup["root"], env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((setup["root"] / "run" / "eval.json").read_text())
     assert_designed(result, setup["expected"])
@@ -137,3 +133,18 @@ def test_two_worker_cluster_gives_single_card_numbers(setup, tmp_path, sharded):
     assert_designed(result, setup["expected"])
     assert result["world_size"] == 2 and result["sharded"] is sharded
     assert "zero-shot top1 84.38%" in logs["worker_0"] and "zero-shot top1" not in logs["worker_1"]
+
+
+@pytest.mark.parametrize("suffix, preset, weights", [
+    ("vit_b_32", "clip_vit_b_32", "ViT-B-32"), ("vit_b_16", "clip_vit_b_16", "ViT-B-16"),
+    ("vit_l_14", "clip_vit_l_14", "ViT-L-14"), ("vit_l_14_336", "clip_vit_l_14@336", "ViT-L-14-336px")])
+def test_shipped_cifar100_configs(repo_root, suffix, preset, weights):
+    from clip.config import load_config
+    from clip.errors import UserError
+
+    path = str(repo_root / "configs" / f"eval_cifar100_{suffix}.yaml")
+    cfg = load_config(path, ["model.checkpoint=null"])
+    assert cfg.model.name == preset and cfg.data.eval.type == "cifar100" and cfg.data.eval.split == "test"
+    assert cfg.data.eval.templates is None  # the shipped 18 templates
+    with pytest.raises(UserError, match=f"model.checkpoint: file 'checkpoints/{weights}.ckpt' does not exist"):
+        load_config(path)

@@ -89,8 +89,10 @@ def test_from_pretrained_loads_a_checkpoint_path_and_a_preset_from_the_model_dir
     model_dir.mkdir()
     ms.save_checkpoint(source, str(model_dir / "clip_tiny.ckpt"))
     by_name = CLIPModel.from_pretrained("clip_tiny")
-    for a, b, c in zip(source.get_parameters(), by_path.get_parameters(), by_name.get_parameters()):
-        assert np.array_equal(a.asnumpy(), b.asnumpy()) and np.array_equal(a.asnumpy(), c.asnumpy()), a.name
+    piped = clip.pipeline("zero_shot_image_classification", model="clip_tiny", candidate_labels=["a", "b"]).model
+    for a, b, c, d in zip(source.get_parameters(), by_path.get_parameters(), by_name.get_parameters(),
+                          piped.get_parameters()):
+        assert all(np.array_equal(a.asnumpy(), m.asnumpy()) for m in (b, c, d)), a.name
 
 
 def test_missing_converted_weights_name_the_file_and_the_convert_command(model_dir):
@@ -100,6 +102,8 @@ def test_missing_converted_weights_name_the_file_and_the_convert_command(model_d
     message = str(err.value)
     assert "\n" not in message and f"expected {expected}" in message
     assert f"python -m clip.convert ViT-B-32.pt {expected}" in message and "CLIP_MODEL_DIR" in message
+    with pytest.raises(UserError, match=f"expected {expected}; convert"):
+        clip.pipeline("zero_shot_image_classification", model="clip_vit_b_32", candidate_labels=["a", "b"])
 
 
 def test_default_model_dir_is_under_the_users_cache(monkeypatch, tmp_path):
@@ -211,10 +215,13 @@ def test_trainer_accepts_a_model_object(cifar_dir, tmp_path):
     model = create_model("clip_tiny")
     path = tmp_path / "object.ckpt"
     ms.save_checkpoint(model, str(path))
-    by_object = Trainer(task=ZERO_SHOT, model=model, eval_dataset=cifar_dir, config={"output_dir": str(tmp_path / "a")})
-    by_path = Trainer(task=ZERO_SHOT, model=str(path), eval_dataset=cifar_dir, config={"output_dir": str(tmp_path / "b")})
+    one_template = DatasetConfig(type="cifar100", path=cifar_dir, split="test", templates=["a photo of a {}."])
+    by_object = Trainer(task=ZERO_SHOT, model=model, eval_dataset=one_template,
+                        config={"output_dir": str(tmp_path / "a")})
+    by_path = Trainer(task=ZERO_SHOT, model=str(path), eval_dataset=one_template,
+                      config={"output_dir": str(tmp_path / "b")})
     a, b = by_object.evaluate(), by_path.evaluate()
-    assert a["checkpoint"] == "CLIPModel object (in memory)"
+    assert a["checkpoint"] == "CLIPModel object (in memory)" and a["templates"] == 1
     assert (a["top1"], a["top5"], a["per_class"]) == (b["top1"], b["top5"], b["per_class"])
     image = Image.new("RGB", (50, 50), (10, 200, 10))
     assert by_object.predict(input_data=image) == by_path.predict(input_data=image)

@@ -1,6 +1,5 @@
 """The launch plan (pure) and its dry-run view through `python -m launcher run --dry-run` for both backends."""
 import json
-import os
 import subprocess
 
 import pytest
@@ -169,6 +168,7 @@ def test_dry_run_ascend_with_merged_table_picks_this_servers_devices(env, tmp_pa
     (["-n", "2"], "no command to run"),
     (["--tee", "5", "-n", "2", "--", "sh"], "--tee '5': rank 5 is not in 0..1"),
     (["--nnodes", "2", "--", "sh"], "--nnodes 2: pass --master-port"),
+    (["--nnodes", "2", "--master-port", "29400", "--", "sh"], "--nnodes 2: pass --master-addr"),
     (["--max-restarts", "-1", "--", "sh"], "--max-restarts -1"),
     (["--", "no_such_program_xyz", "train.py"], "command 'no_such_program_xyz': not found"),
     (["--backend", "ascend", "--rank-table", "missing.json", "--", "sh"], "missing.json"),

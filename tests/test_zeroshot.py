@@ -5,6 +5,7 @@ each test image's feature has chosen scores against the classifier; the expected
 from the design, not from running the code under test. The helpers here are shared by the other
 evaluation tests.
 """
+import functools
 import hashlib
 import os
 import pickle
@@ -163,15 +164,21 @@ def cifar_root(tmp_path_factory, drawn):
     return write_cifar(str(tmp_path_factory.mktemp("cifar")), images, labels, RAW_NAMES)
 
 
-@pytest.fixture(scope="module")
-def determined(drawn):
-    """clip_tiny with its projection solved for the drawn images under the 18 CIFAR templates."""
-    images, labels = drawn
+@functools.lru_cache(maxsize=1)
+def determined_cifar_model():
+    """clip_tiny with its projection solved for the drawn images under the 18 CIFAR templates (built once
+    per session; nothing modifies it)."""
+    images, labels = draw_images(len(RAW_NAMES), PER_CLASS)
     model = tiny_model()
     embeddings = direct_text_embeddings(model, CLEAN_NAMES, shipped_templates())
     determine(model, preprocess(images, model.config.image_size), embeddings,
               designed_scores(labels, len(RAW_NAMES), WRONG))
     return model
+
+
+@pytest.fixture(scope="module")
+def determined():
+    return determined_cifar_model()
 
 
 # ---------------------------------------------------------------- classifier

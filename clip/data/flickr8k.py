@@ -54,7 +54,7 @@ def _first_dir(root: str, candidates: tuple[str, ...], must_contain: Optional[st
 
 
 def _read_lines(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         return f.read().splitlines()
 
 
@@ -81,7 +81,7 @@ class Flickr8kCaptions(CaptionSource):
 
 def open_split(root: str, split: str) -> Flickr8kCaptions:
     """Read the split from disk; token lines for absent images (the known dangling one) are skipped with a warning."""
-    require_dir(root, "flickr8k")
+    require_dir(root, "flickr8k data.path")
     if split not in SPLIT_FILES:
         raise UserError(f"data.split: {split!r} is not a Flickr8k split (expected train, dev or test)")
     image_dir = _first_dir(root, IMAGE_DIRS)
@@ -121,7 +121,7 @@ def open_split(root: str, split: str) -> Flickr8kCaptions:
 
 def load(cfg: DatasetConfig) -> Flickr8kCaptions:
     """Training source (cfg.split, normally "train")."""
-    root = require_dir(cfg.path, "flickr8k")
+    root = require_dir(cfg.path, "flickr8k data.path")
     verify_sha256(root, cfg.sha256)
     return open_split(root, cfg.split)
 

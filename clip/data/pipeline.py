@@ -20,6 +20,8 @@ from clip.errors import UserError
 log = logging.getLogger(__name__)
 
 COLUMNS = ["images", "tokens", "unreadable", "bad_index"]
+MAX_CONSECUTIVE_UNREADABLE = 32  # beyond this the data is broken (wrong path?), not a few bad files
+GAVE_UP = -1  # value of the `unreadable` column when no readable replacement was found
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
@@ -90,9 +92,10 @@ class EpochSamples:
         return len(self.layout)
 
     def _readable(self, index: int) -> tuple[Image.Image | None, int, int]:
-        """(image, index actually used, failed loads) starting from `index`; image None if none is readable."""
+        """(image, index actually used, failed loads) starting from `index`; (None, index, GAVE_UP) when
+        MAX_CONSECUTIVE_UNREADABLE samples in a row (or all) are unreadable."""
         n = len(self.source)
-        for attempt in range(n):
+        for attempt in range(min(n, MAX_CONSECUTIVE_UNREADABLE)):
             i = (index + attempt) % n
             try:
                 return self.source.image(i), i, attempt
@@ -100,7 +103,7 @@ class EpochSamples:
                 reason = exc.reason if isinstance(exc, UnreadableImage) else str(exc)
                 log.warning("unreadable image %s skipped (%s); trying sample %d", self.source.name(i), reason,
                             (i + 1) % n)
-        return None, index, n
+        return None, index, GAVE_UP
 
     def __getitem__(self, position: int):
         index = int(self.layout[position])
@@ -140,9 +143,10 @@ class TrainBatches:
         if self._dataset is None:
             return
         for images, tokens, failed, bad in self._dataset.create_tuple_iterator(output_numpy=True, num_epochs=1):
-            if (failed >= len(self._source)).any():
-                raise UserError(f"data: none of the {len(self._source)} images could be read "
-                                f"(first: {self._source.name(0)!r}); check data.path")
+            if (failed == GAVE_UP).any():
+                first = self._source.name(int(bad[failed == GAVE_UP][0]))
+                raise UserError(f"data: no readable image among {min(len(self._source), MAX_CONSECUTIVE_UNREADABLE)} "
+                                f"consecutive samples from {first!r}; check data.path and the image files")
             if failed.any():
                 self.unreadable += int(failed.sum())
                 self.unreadable_names.extend(self._source.name(int(i)) for i in bad[bad >= 0])

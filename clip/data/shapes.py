@@ -57,27 +57,42 @@ def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
             (cx - r, cy - w), (cx - w, cy - w)]
 
 
-def render(seed: int, split: str, i: int) -> tuple[Image.Image, int, list[str]]:
-    """Sample i: (image, class label, captions); class = i mod the number of classes, so splits are balanced."""
-    rng = np.random.default_rng((seed, SPLITS[split], i))
+def _layout(rng: np.random.Generator, i: int) -> dict:
+    """Class and geometry of sample i: the first draws of its generator, enough for the captions."""
     label = i % len(CLASSNAMES)
-    colour = list(COLOURS)[label // len(SHAPES)]
-    shape = SHAPES[label % len(SHAPES)]
     size = ("small", "large")[int(rng.integers(2))]
     r = float(rng.uniform(*SIZES[size]))
     cx, cy = (float(v) for v in rng.uniform(r + 1, IMAGE_SIZE - r - 1, size=2))
+    return {"label": label, "colour": list(COLOURS)[label // len(SHAPES)], "shape": SHAPES[label % len(SHAPES)],
+            "size": size, "r": r, "cx": cx, "cy": cy}
+
+
+def _captions(s: dict) -> list[str]:
+    words = {"size": s["size"], "colour": s["colour"], "shape": s["shape"], "place": _place(s["cx"], s["cy"])}
+    return [re.sub(r"\ba (?=[aeiou])", "an ", c.format(**words)) for c in _CAPTIONS]
+
+
+def describe(seed: int, split: str, i: int) -> tuple[int, list[str]]:
+    """(class label, captions) of sample i without drawing it."""
+    s = _layout(np.random.default_rng((seed, SPLITS[split], i)), i)
+    return s["label"], _captions(s)
+
+
+def render(seed: int, split: str, i: int) -> tuple[Image.Image, int, list[str]]:
+    """Sample i: (image, class label, captions); class = i mod the number of classes, so splits are balanced."""
+    rng = np.random.default_rng((seed, SPLITS[split], i))
+    s = _layout(rng, i)
     grey = int(rng.integers(100, 160))
     noise = rng.integers(-12, 13, size=(IMAGE_SIZE, IMAGE_SIZE, 1))
-    base = np.clip(grey + noise, 0, 255).astype(np.uint8).repeat(3, axis=2)
-    img = Image.fromarray(base)
+    img = Image.fromarray(np.clip(grey + noise, 0, 255).astype(np.uint8).repeat(3, axis=2))
+    fill = tuple(int(c) for c in np.clip(np.array(COLOURS[s["colour"]]) + rng.integers(-15, 16, 3), 0, 255))
     draw = ImageDraw.Draw(img)
-    fill = tuple(int(c) for c in np.clip(np.array(COLOURS[colour]) + rng.integers(-15, 16, 3), 0, 255))
-    if shape == "circle":
+    r, cx, cy = s["r"], s["cx"], s["cy"]
+    if s["shape"] == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     else:
-        draw.polygon(_outline(shape, cx, cy, r), fill=fill)
-    words = {"size": size, "colour": colour, "shape": shape, "place": _place(cx, cy)}
-    return img, label, [re.sub(r"\ba (?=[aeiou])", "an ", c.format(**words)) for c in _CAPTIONS]
+        draw.polygon(_outline(s["shape"], cx, cy, r), fill=fill)
+    return img, s["label"], _captions(s)
 
 
 def _check(cfg: DatasetConfig) -> None:
@@ -97,7 +112,7 @@ class ShapesCaptions(CaptionSource):
         return self.num_samples
 
     def captions(self, i: int) -> list[str]:
-        return render(self.seed, self.split, i)[2]
+        return describe(self.seed, self.split, i)[1]
 
     def image(self, i: int) -> Image.Image:
         return render(self.seed, self.split, i)[0]

@@ -181,7 +181,9 @@ def main(out_dir):
                "get_rank": distributed.get_rank(), "get_world_size": distributed.get_world_size()}
     results["sum_float"] = distributed.all_reduce_sum(info.rank + 0.5)
     results["sum_int_array"] = distributed.all_reduce_sum(np.array([info.rank, 2 ** 40 + info.rank])).tolist()
-    results["sum_tensor"] = distributed.all_reduce_sum(ms.Tensor([info.rank + 1.0], ms.float32)).asnumpy().tolist()
+    summed = distributed.all_reduce_sum(ms.Tensor([info.rank + 1.0], ms.float32))
+    counts = distributed.all_reduce_sum(ms.Tensor([[info.rank, 1]], ms.int32))
+    results["sum_tensor"] = [str(summed.dtype), summed.asnumpy().tolist(), str(counts.dtype), counts.asnumpy().tolist()]
     distributed.barrier()
     results["gather"] = gather_checks(info)
     results["params"] = param_checks(info)
