@@ -330,6 +330,7 @@ class Trainer:
         self.task = task
         self.config = cfg
         self._trained: Optional[str] = None
+        self._loaded: Optional[tuple] = None  # ((weights path, mtime), model) of the last prediction
 
     def train(self, train_checkpoint: Optional[str] = None) -> dict:
         """Train as `python -m clip.train` does (outputs in config.output_dir); returns the final zero-shot
@@ -365,7 +366,11 @@ class Trainer:
         items, _, single = expand_inputs(input_data)
         images = decode_all(items)
         if predict_checkpoint or self._trained or self._model is None:
-            model = resolve_model(self.config.model.name, self._weights(predict_checkpoint), self.config.model.dtype)
+            path = self._weights(predict_checkpoint)
+            key = (path, os.stat(path).st_mtime_ns)
+            if self._loaded is None or self._loaded[0] != key:  # reload only when the weights file changed
+                self._loaded = (key, resolve_model(self.config.model.name, path, self.config.model.dtype))
+            model = self._loaded[1]
         else:
             model = self._model
         results = predict_images(model, images, labels, top_k, template)

@@ -4,6 +4,7 @@ I/O edge of the run subcommand: reads the machine (cards, cores, free port, Slur
 tables), builds the pure plan (launcher.plan) and hands it to launcher.supervisor.
 """
 import argparse
+import dataclasses
 import glob
 import os
 import shutil
@@ -108,8 +109,7 @@ def _check_numbers(args) -> None:
 
 
 def _cluster_specs(base: plan.PlanOptions, attempt_dir: str, port: Optional[int]) -> List[plan.WorkerSpec]:
-    opts = plan.PlanOptions(**{**base.__dict__, "log_dir": attempt_dir,
-                               "master_port": port if port is not None else free_port()})
+    opts = dataclasses.replace(base, log_dir=attempt_dir, master_port=port if port is not None else free_port())
     return plan.cluster_plan(opts, sys.executable)
 
 
@@ -175,11 +175,10 @@ def main(args) -> int:
     else:
         table_path, table, local, generated = _ascend_inputs(args, log_dir, nnodes)
         rank_size = len(ranktable.workers(table))
-        base = plan.PlanOptions(**{**base.__dict__, "nproc": args.nproc or len(local)})
+        base = dataclasses.replace(base, nproc=args.nproc or len(local))
 
         def make_specs(attempt: int) -> List[plan.WorkerSpec]:
-            opts = plan.PlanOptions(**{**base.__dict__, "log_dir": plan.attempt_log_dir(
-                log_dir, attempt, args.max_restarts)})
+            opts = dataclasses.replace(base, log_dir=plan.attempt_log_dir(log_dir, attempt, args.max_restarts))
             return plan.ascend_plan(opts, table_path, rank_size, local)
         world = rank_size
 
