@@ -70,7 +70,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         labels = (check_labels([part.strip() for part in args.candidate_labels.split(",")], "--candidate_labels")
                   if args.candidate_labels else default_labels(cfg))
-        paths, _, _ = expand_inputs(list(args.predict_data))
+        paths, _ = expand_inputs(list(args.predict_data))
         images = decode_all(paths)
         model = resolve_model(cfg.model.name, weights_for(cfg, args.checkpoint), cfg.model.dtype)
         results = predict_images(model, images, labels, args.top_k, DEFAULT_TEMPLATE)

@@ -239,29 +239,26 @@ def default_labels(cfg: RunConfig) -> list[str]:
     return list(build_eval_source(cfg.data.eval).classnames)
 
 
-def expand_inputs(input_data) -> tuple[list, list[str], bool]:
-    """(items, names, single): PIL images and image paths, directories expanded to their images (sorted);
+def expand_inputs(input_data) -> tuple[list, bool]:
+    """(items, single): PIL images and image paths, directories expanded to their images (sorted);
     `single` when one image (not a list or a directory) was given."""
     from PIL import Image
 
     from clip.predict import expand_image_paths
 
     single = not isinstance(input_data, (list, tuple))
-    items, names = [], []
+    items: list = []
     for item in ([input_data] if single else input_data):
         if isinstance(item, (str, os.PathLike)):
             path = os.fspath(item)
             single = single and not os.path.isdir(path)
-            expanded = expand_image_paths([path])
-            items += expanded
-            names += expanded
+            items += expand_image_paths([path])
         elif isinstance(item, Image.Image):
             items.append(item)
-            names.append(f"<image {len(names)}>")
         else:
             raise UserError(f"input_data: got {type(item).__name__}, expected a PIL image, an image path or a "
                             f"directory (or a list of them)")
-    return items, names, single
+    return items, single
 
 
 def decode_all(items: Sequence) -> list:
@@ -363,7 +360,7 @@ class Trainer:
 
         labels = check_labels(candidate_labels) if candidate_labels is not None else default_labels(self.config)
         template = check_template(template if template is not None else DEFAULT_TEMPLATE)
-        items, _, single = expand_inputs(input_data)
+        items, single = expand_inputs(input_data)
         images = decode_all(items)
         if predict_checkpoint or self._trained or self._model is None:
             path = self._weights(predict_checkpoint)

@@ -1,5 +1,6 @@
 """The run config: YAML + --set, typed and validated once; mistakes are one line naming file and key."""
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -97,3 +98,11 @@ def test_cli_get_is_fast_and_mindspore_free(repo_root, tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip() == "error: unknown key 'train.lrr' (did you mean 'train.lr'?)"
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    """Every shipped config loads; converted weights are the user's to provide, so the file check is lifted."""
+    cfg = load_config(str(path), ["model.checkpoint=null"])
+    assert cfg.output_dir.startswith("runs/")

@@ -35,10 +35,13 @@ def cifar_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A Trainer given a CLIPModel object, trained for two steps."""
     out = tmp_path_factory.mktemp("trainer") / "run"
-    trainer = Trainer(task=PRETRAIN, model="clip_tiny", config={**TINY_RUN, "output_dir": str(out)})
+    ms.set_seed(11)
+    start = create_model("clip_tiny")
+    trainer = Trainer(task=PRETRAIN, model=start, config={**TINY_RUN, "output_dir": str(out)})
     result = trainer.train()
-    return trainer, result, out
+    return trainer, result, out, start
 
 
 @pytest.fixture()
@@ -148,18 +151,24 @@ def test_dataset_locations_map_onto_data_train_and_data_eval(tmp_path, cifar_dir
 # ---------------------------------------------------------------- Trainer: train, evaluate, predict
 
 def test_trainer_trains_like_clip_train(trained):
-    trainer, result, out = trained
+    trainer, result, out, start = trained
     assert {"checkpoints", "config.yaml", "metrics.jsonl", "metrics.png"} <= {p.name for p in out.iterdir()}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
     final = [r for r in rows if "eval_top1" in r][-1]
     assert result["top1"] == final["eval_top1"] and result["n"] == 24 and result["classes"] == 24
     from clip.config import load_config
-    assert load_config(str(out / "config.yaml")).train.mode == "pynative"
+    cfg = load_config(str(out / "config.yaml"))
+    assert cfg.train.mode == "pynative" and cfg.model.checkpoint == str(out / "initial_model.ckpt")
+    initial = ms.load_checkpoint(cfg.model.checkpoint)  # training started from the object's weights
+    trained_weights = ms.load_checkpoint(str(out / "checkpoints" / "last.ckpt"))
+    for param in start.get_parameters():
+        assert np.array_equal(initial[param.name].asnumpy(), param.asnumpy()), param.name
+    assert not np.array_equal(trained_weights["visual.proj"].asnumpy(), start.visual.proj.asnumpy())
 
 
 def test_trainer_evaluates_the_trained_weights_as_clip_eval_does(trained):
-    trainer, train_result, out = trained
+    trainer, train_result, out, _ = trained
     result = trainer.evaluate()
     assert result["checkpoint"] == str(out / "checkpoints" / "last.ckpt")
     assert (result["top1"], result["top5"], result["n"]) == \
@@ -168,7 +177,7 @@ def test_trainer_evaluates_the_trained_weights_as_clip_eval_does(trained):
 
 
 def test_trainer_predicts_like_the_pipeline(trained, tmp_path):
-    trainer, _, out = trained
+    trainer, _, out, _ = trained
     image = render(0, "val", 5)[0]
     top3 = trainer.predict(input_data=image, top_k=3)
     assert len(top3) == 3 and all(p["label"] in CLASSNAMES for p in top3)
@@ -195,7 +204,7 @@ def test_trainer_predicts_like_the_pipeline(trained, tmp_path):
 
 
 def test_zero_shot_task_on_a_cifar_directory(trained, cifar_dir, tmp_path):
-    _, _, out = trained
+    _, _, out, _ = trained
     ckpt = str(out / "checkpoints" / "last.ckpt")
     trainer = Trainer(task=ZERO_SHOT, model=ckpt, eval_dataset=cifar_dir, config={"output_dir": str(tmp_path)})
     assert trainer.config.model.name == "clip_tiny" and trainer.config.model.checkpoint == ckpt

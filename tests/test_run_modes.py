@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
 
 from clip.data.shapes import render
 from test_equivalence import REPO, clean_env
