@@ -1,7 +1,7 @@
 """`python -m clip --config FILE --run_mode train|eval|predict`: one command with run modes, for people used
-to MindFormers' run_mindformer.py. Each mode runs its own tool's code: train = `python -m clip.train` (also on
-many cards under scripts/run_distribute.sh), eval = `python -m clip.eval` (zero-shot on data.eval),
-predict = the `clip.predict` pipeline.
+to MindFormers' run_mindformer.py. Each mode runs its own tool's code: train = the job of `python -m clip.train`
+(for many cards, scripts/run_distribute.sh runs that job on every card), eval = `python -m clip.eval`
+(zero-shot on data.eval), predict = the `clip.predict` pipeline.
 
 Weights for eval and predict: --checkpoint, else model.checkpoint, else the preset's converted weights in the
 model directory ($CLIP_MODEL_DIR, see CLIPModel.from_pretrained). For train, --checkpoint is the starting point.

@@ -329,15 +329,13 @@ class Trainer:
         self._trained: Optional[str] = None
         self._loaded: Optional[tuple] = None  # ((weights path, mtime), model) of the last prediction
 
-    def train(self, train_checkpoint: Optional[str] = None) -> dict:
+    def train(self) -> dict:
         """Train as `python -m clip.train` does (outputs in config.output_dir); returns the final zero-shot
-        result on data.eval ({} without one). train_checkpoint: weights to start from."""
+        result on data.eval ({} without one)."""
         if self.task != PRETRAIN:
             raise UserError(f"task {self.task!r} does not train (as in MindFormers); use task={PRETRAIN!r}")
         cfg = self.config
-        if train_checkpoint:
-            cfg = with_model(cfg, checkpoint=existing_file(train_checkpoint, "train_checkpoint"))
-        elif self._model is not None:
+        if self._model is not None:
             path = save_weights(self._model, os.path.join(cfg.output_dir, INITIAL_WEIGHTS))
             cfg = with_model(cfg, checkpoint=path)
         result = run_train(cfg)

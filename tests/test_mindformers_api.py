@@ -219,6 +219,20 @@ def test_zero_shot_task_on_a_cifar_directory(trained, cifar_dir, tmp_path):
         trainer.train()
 
 
+def test_explicit_checkpoints_win_over_the_model_directory(trained, cifar_dir, model_dir, tmp_path):
+    _, _, out, _ = trained
+    ckpt = str(out / "checkpoints" / "last.ckpt")
+    data = DatasetConfig(type="cifar100", path=cifar_dir, split="test", templates=["a photo of a {}."])
+    by_name = Trainer(task=ZERO_SHOT, model="clip_tiny", eval_dataset=data, config={"output_dir": str(tmp_path / "a")})
+    by_path = Trainer(task=ZERO_SHOT, model=ckpt, eval_dataset=data, config={"output_dir": str(tmp_path / "b")})
+    with pytest.raises(UserError, match="no converted weights for clip_tiny"):  # model_dir is empty
+        by_name.evaluate()
+    a, b = by_name.evaluate(eval_checkpoint=ckpt), by_path.evaluate()
+    assert a["checkpoint"] == ckpt and (a["top1"], a["per_class"]) == (b["top1"], b["per_class"])
+    image = render(0, "val", 7)[0]
+    assert by_name.predict(input_data=image, predict_checkpoint=ckpt) == by_path.predict(input_data=image)
+
+
 def test_trainer_accepts_a_model_object(cifar_dir, tmp_path):
     ms.set_seed(5)
     model = create_model("clip_tiny")
