@@ -131,9 +131,19 @@ def cluster_plan(opts: PlanOptions, python: str) -> List[WorkerSpec]:
 
 
 def ascend_plan(opts: PlanOptions, rank_table_file: str, rank_size: int,
-                local_devices: Sequence[Tuple[int, int]]) -> List[WorkerSpec]:
-    """Rank table start-up: one worker per (global rank, physical chip) of this server's table entry."""
+                local_devices: Sequence[Tuple[int, int]],
+                visible_chips: Optional[Sequence[int]] = None) -> List[WorkerSpec]:
+    """Rank table start-up: one worker per (global rank, physical chip) of this server's table entry.
+
+    The table names physical chips, but a worker that inherits ASCEND_RT_VISIBLE_DEVICES sees only the
+    visible chips, renumbered from 0: its DEVICE_ID is then the chip's position in that list."""
     _validate(opts)
+    if visible_chips is not None:
+        missing = [chip for _, chip in local_devices if chip not in visible_chips]
+        if missing:
+            raise UserError(f"chip {missing[0]} is in the rank table but not in ASCEND_RT_VISIBLE_DEVICES "
+                            f"({','.join(map(str, visible_chips))})")
+        local_devices = [(rank, list(visible_chips).index(chip)) for rank, chip in local_devices]
     if not os.path.isabs(rank_table_file):
         raise UserError(f"rank table {rank_table_file!r}: expected an absolute path")
     if len(local_devices) != opts.nproc:

@@ -175,11 +175,13 @@ def main(args) -> int:
     else:
         table_path, table, local, generated = _ascend_inputs(args, log_dir, nnodes)
         rank_size = len(ranktable.workers(table))
+        visible_env = os.environ.get("ASCEND_RT_VISIBLE_DEVICES", "").strip()
+        visible_chips = ranktable.parse_devices(visible_env, "ASCEND_RT_VISIBLE_DEVICES") if visible_env else None
         base = dataclasses.replace(base, nproc=args.nproc or len(local))
 
         def make_specs(attempt: int) -> List[plan.WorkerSpec]:
             opts = dataclasses.replace(base, log_dir=plan.attempt_log_dir(log_dir, attempt, args.max_restarts))
-            return plan.ascend_plan(opts, table_path, rank_size, local)
+            return plan.ascend_plan(opts, table_path, rank_size, local, visible_chips)
         world = rank_size
 
     tee_ranks = parse_tee(args.tee, world)

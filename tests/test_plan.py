@@ -68,6 +68,15 @@ def test_ascend_plan_exact_env():
     assert [s.log_path for s in specs] == ["/logs/attempt_0/worker_2.log", "/logs/attempt_0/worker_3.log"]
 
 
+def test_ascend_plan_renumbers_device_ids_under_visible_devices():
+    """With ASCEND_RT_VISIBLE_DEVICES=4,5,6,7 chip 5 is device 1 inside the worker; the table keeps chip 5."""
+    specs = plan.ascend_plan(options(nproc=2), "/cfg/table.json", rank_size=2, local_devices=[(0, 5), (1, 7)],
+                             visible_chips=[4, 5, 6, 7])
+    assert [s.env["DEVICE_ID"] for s in specs] == ["1", "3"]
+    with pytest.raises(UserError, match="chip 7 is in the rank table but not in ASCEND_RT_VISIBLE_DEVICES"):
+        plan.ascend_plan(options(nproc=2), "/t.json", 2, [(0, 5), (1, 7)], visible_chips=[4, 5])
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: plan.cluster_plan(options(command=()), "python"), "no command to run"),
     (lambda: plan.cluster_plan(options(nproc=0), "python"), "--nproc 0"),
