@@ -181,9 +181,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             steps = args.steps or STEPS.get(preset, 5)
-            entry = {"torch_reference": measure(preset, args.batch, steps, "torch", 1, Path(tmp))}
-            for ranks in (1, 2):
-                entry[f"mindspore_{ranks}_rank"] = measure(preset, args.batch, steps, "mindspore", ranks, Path(tmp))
+            # This machine is shared and torch's threads suffer most from it: torch runs before and after
+            # MindSpore and the faster of the two is the reference (the conservative choice for our ratio).
+            before = measure(preset, args.batch, steps, "torch", 1, Path(tmp))
+            entry = {f"mindspore_{ranks}_rank": measure(preset, args.batch, steps, "mindspore", ranks, Path(tmp))
+                     for ranks in (1, 2)}
+            after = measure(preset, args.batch, steps, "torch", 1, Path(tmp))
+            entry["torch_runs_samples_per_s"] = [before["samples_per_s"], after["samples_per_s"]]
+            entry["torch_reference"] = max(before, after, key=lambda r: r["samples_per_s"])
             ref = entry["torch_reference"]["samples_per_s"]
             entry["ratio_1_rank_vs_torch"] = round(entry["mindspore_1_rank"]["samples_per_s"] / ref, 3)
             entry["ratio_2_ranks_vs_torch"] = round(entry["mindspore_2_rank"]["samples_per_s"] / ref, 3)

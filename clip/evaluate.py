@@ -1,7 +1,7 @@
 """`python -m clip.eval`: zero-shot classification (data.eval) or image-text retrieval (data.retrieval) of a
 checkpoint, with the same typed config as training.
 
-On many cards rank 0 evaluates and the other ranks wait at a barrier, unless --sharded asks every rank to
+On many cards rank 0 evaluates and the other ranks finish at once, unless --sharded asks every rank to
 evaluate its share (counts are summed over ranks, which gives the single-card numbers exactly).
 Results go to `<output_dir>/eval.json` (zero-shot) or `<output_dir>/retrieval.json`, written atomically.
 """
@@ -42,7 +42,7 @@ def write_json_atomic(path: str, data: dict) -> None:
 
 def dataset_for(cfg, task: str):
     """The dataset config the task reads, or a UserError naming the missing config key."""
-    data = cfg.data.eval if task == "zeroshot" else getattr(cfg.data, "retrieval", None)
+    data = cfg.data.eval if task == "zeroshot" else cfg.data.retrieval
     key = "data.eval" if task == "zeroshot" else "data.retrieval"
     if data is None:
         raise UserError(f"{key} is not set; --task {task} needs a dataset there")
@@ -67,11 +67,14 @@ def run(cfg, task: str, checkpoint: Optional[str], sharded: bool) -> Optional[di
 
     info = distributed.init_from_env()
     sharded = sharded and info.world_size > 1
-    result = None
-    if sharded or info.rank == 0:
-        result = evaluate(cfg, task, data, source, checkpoint, sharded)
-        result.update(world_size=info.world_size, sharded=sharded)
-    distributed.barrier()
+    if not sharded and info.rank != 0:
+        # Nothing to wait for: a barrier here would fail once rank 0's evaluation outlasts the CPU collective
+        # timeout (tens of seconds, MS_CPU_COMM_OP_TIMEOUT), and a worker that ends cleanly does not disturb
+        # the others in a dynamic cluster.
+        log.info("rank %d of %d: rank 0 evaluates (pass --sharded to share the work)", info.rank, info.world_size)
+        return None
+    result = evaluate(cfg, task, data, source, checkpoint, sharded)
+    result.update(world_size=info.world_size, sharded=sharded)
     return result if info.rank == 0 else None
 
 
@@ -112,10 +115,13 @@ def report(result: dict, task: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from clip.config import add_config_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m clip.eval", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m clip.eval",
+                                     description="Zero-shot accuracy (data.eval) or image-text retrieval "
+                                                 "(data.retrieval) of a checkpoint.")
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", help="weights to evaluate (default: model.checkpoint)")
-    parser.add_argument("--task", choices=TASKS, default="zeroshot")
+    parser.add_argument("--task", choices=TASKS, default="zeroshot",
+                        help="zeroshot: eval.json from data.eval; retrieval: retrieval.json from data.retrieval")
     parser.add_argument("--sharded", action="store_true",
                         help="zero-shot on many cards: every rank evaluates a shard, counts are summed")
     return parser

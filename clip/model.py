@@ -136,6 +136,10 @@ def l2_normalize(x):
 def create_model(name_or_config: Union[str, CLIPConfig], checkpoint: Optional[str] = None,
                  dtype: str = "float32") -> CLIPModel:
     config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    if dtype == "bfloat16" and ms.get_context("device_target") == "CPU":
+        # Fail here with one line rather than deep inside the first forward pass.
+        raise UserError("dtype bfloat16 needs an Ascend or GPU device: MindSpore's CPU kernels have no bfloat16 "
+                        "MatMul; use float32 or float16 on CPU")
     model = CLIPModel(config.with_dtype(dtype))
     if checkpoint:
         load_weights(model, checkpoint)

@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image

@@ -133,6 +133,7 @@ def test_two_worker_cluster_gives_single_card_numbers(setup, tmp_path, sharded):
     assert_designed(result, setup["expected"])
     assert result["world_size"] == 2 and result["sharded"] is sharded
     assert "zero-shot top1 84.38%" in logs["worker_0"] and "zero-shot top1" not in logs["worker_1"]
+    assert ("rank 0 evaluates" in logs["worker_1"]) is not sharded
 
 
 @pytest.mark.parametrize("suffix, preset, weights", [

@@ -122,3 +122,34 @@ def test_eval_cli_retrieval_task(determined, tmp_path):
     assert result["images"] == 6 and result["captions"] == 12 and result["task"] == "retrieval"
     assert "retrieval 6 images 12 captions: image_to_text_R@1 100.00" in proc.stdout
     assert not (tmp_path / "out" / "eval.json").exists()
+
+
+def test_flickr8k_test_split_with_five_captions_per_image(tmp_path):
+    """The official layout (misspelt image folder, token file, split files); only the test split is read."""
+    import mindspore as ms
+
+    from clip.retrieval import retrieval_eval
+    from clip.tokenizer import tokenize
+
+    images, _ = draw_images(6, 1, seed=9)
+    captions = [[f"scene {i} seen in way {k}" for k in range(5)] for i in range(6)]
+    model = tiny_model(seed=6)
+    texts = [c for caps in captions for c in caps]
+    feats = model.encode_text(ms.Tensor(tokenize(texts, model.config.context_length))).asnumpy().astype(np.float64)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    owner = np.repeat(np.arange(6), 5)
+    determine(model, preprocess(images, model.config.image_size), feats,
+              (owner[None, :] == np.arange(6)[:, None]).astype(np.float64))
+    (tmp_path / "Flicker8k_Dataset").mkdir()
+    (tmp_path / "Flickr8k_text").mkdir()
+    names = [f"{1000 + i}_x.png" for i in range(6)]
+    for name, image in zip(names, images):
+        Image.fromarray(image).save(tmp_path / "Flicker8k_Dataset" / name)
+    (tmp_path / "Flickr8k_text" / "Flickr8k.token.txt").write_text(
+        "".join(f"{n}#{k}\t{c}\n" for n, caps in zip(names, captions) for k, c in enumerate(caps)))
+    (tmp_path / "Flickr8k_text" / "Flickr_8k.testImages.txt").write_text("\n".join(names[:4]) + "\n")
+    (tmp_path / "Flickr8k_text" / "Flickr_8k.trainImages.txt").write_text("\n".join(names[4:]) + "\n")
+    cfg = DatasetConfig(type="flickr8k", path=str(tmp_path), split="test")
+    r = retrieval_eval(model, cfg, model.config.image_size, batch_size=3)
+    assert r["images"] == 4 and r["captions"] == 20
+    assert r["image_to_text_R@1"] == 100.0 and r["text_to_image_R@1"] == 100.0

@@ -198,6 +198,13 @@ def test_classifier_equals_direct_computation_and_shards_sum_to_it():
     np.testing.assert_array_equal(shards[0] + shards[1], classifier)
 
 
+def test_trim_padding_keeps_every_token_up_to_the_longest_end_token():
+    from clip.zeroshot import trim_padding
+
+    tokens = np.array([[49406, 7, 49407, 0, 0, 0], [49406, 5, 6, 8, 49407, 0]], np.int32)
+    np.testing.assert_array_equal(trim_padding(tokens), tokens[:, :5])
+
+
 def test_classifier_needs_classes_and_templates():
     from clip.zeroshot import build_classifier
 
@@ -206,7 +213,7 @@ def test_classifier_needs_classes_and_templates():
 
 
 def test_count_batch_tallies_top1_top5_and_confusion():
-    from clip.zeroshot import count_batch, summarize
+    from clip.zeroshot import Counts, count_batch, summarize
 
     logits = np.array([[9, 1, 2, 3, 4, 5, 6],    # label 0: right
                        [1, 9, 8, 7, 6, 5, 4],    # label 2: second place
@@ -218,6 +225,8 @@ def test_count_batch_tallies_top1_top5_and_confusion():
     assert counts.top5.tolist() == [1, 1, 1, 0, 0, 0, 0]
     assert counts.total.tolist() == [1, 1, 1, 0, 0, 0, 1]
     assert counts.confusion[2, 1] == 1 and counts.confusion[6, 0] == 1 and counts.confusion[1, 0] == 1
+    back = Counts.from_vector(counts.add(counts).to_vector(), 7)  # what sharded ranks exchange
+    assert back.top5.tolist() == [2, 2, 2, 0, 0, 0, 0] and back.confusion.sum() == 8
     summary = summarize(counts)
     assert summary["top1"] == 25.0 and summary["top5"] == 75.0 and summary["n"] == 4
     assert summary["per_class"] == [100.0, 0.0, 0.0, None, None, None, 0.0]
@@ -240,6 +249,8 @@ def test_cifar100_reads_the_python_format(cifar_root, drawn):
         assert label == labels[9]
     custom = load(DatasetConfig(type="cifar100", path=cifar_root, split="test", templates=["itap of a {}."]))
     assert custom.templates == ["itap of a {}."]
+    with pytest.raises(UserError, match=r"data.eval.templates: '\{\} and \{\}' is not a usable template"):
+        load(DatasetConfig(type="cifar100", path=cifar_root, split="test", templates=["{} and {}"]))
 
 
 def test_cifar100_sha256_check(cifar_root):
@@ -346,7 +357,7 @@ def test_imagefolder_source_and_accuracy(tmp_path, determined, drawn):
     names_file.write_text("only one\n")
     with pytest.raises(UserError, match="has 1 names, expected one per class folder"):
         load(DatasetConfig(type="imagefolder", path=str(tmp_path / "val"), classnames_file=str(names_file)))
-    with pytest.raises(UserError, match="must be a non-empty list of strings containing"):
+    with pytest.raises(UserError, match="'no placeholder' is not a usable template"):
         load(DatasetConfig(type="imagefolder", path=str(tmp_path / "val"), templates=["no placeholder"]))
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from clip.data.base import ClassificationSource, DatasetConfig, require_dir, verify_sha256
 from clip.errors import UserError
+from clip.zeroshot import check_templates
 
 SPLITS = ("test", "train")
 _ALLOWED_GLOBALS = {
@@ -114,4 +115,4 @@ def load(cfg: DatasetConfig) -> Cifar100:
         raise UserError(f"{split_path!r}: labels span {labels.min()}..{labels.max()}, "
                         f"but meta names {len(raw)} classes")
     _, templates = shipped_prompts()
-    return Cifar100(images, labels, clean_classnames(raw), list(cfg.templates or templates), cfg.split)
+    return Cifar100(images, labels, clean_classnames(raw), check_templates(cfg.templates or templates), cfg.split)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from clip.data.base import ClassificationSource, DatasetConfig, load_image_file, require_dir, verify_sha256
 from clip.errors import UserError
+from clip.zeroshot import check_templates
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 
@@ -42,14 +43,6 @@ def read_classnames(path: str, n_folders: int) -> list[str]:
         raise UserError(f"data.eval.classnames_file: {path!r} has {len(names)} names, "
                         f"expected one per class folder ({n_folders})")
     return names
-
-
-def validate_templates(templates: list[str]) -> list[str]:
-    bad = [t for t in templates if not isinstance(t, str) or "{}" not in t]
-    if bad or not templates:
-        raise UserError(f"data.eval.templates: {bad[0] if bad else templates!r} "
-                        "must be a non-empty list of strings containing '{}'")
-    return list(templates)
 
 
 class ImageFolder(ClassificationSource):
@@ -86,4 +79,4 @@ def load(cfg: DatasetConfig) -> ImageFolder:
         raise UserError(f"data.eval.path: {root!r} has class folders but no image files in them")
     classnames = (read_classnames(cfg.classnames_file, len(folders)) if cfg.classnames_file
                   else [f.replace("_", " ") for f in folders])
-    return ImageFolder(files, labels, classnames, validate_templates(cfg.templates or DEFAULT_TEMPLATES), root)
+    return ImageFolder(files, labels, classnames, check_templates(cfg.templates or DEFAULT_TEMPLATES), root)
