@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -111,9 +112,9 @@ def main(argv=None):
     t_pixels, t_tokens = torch.from_numpy(pixels), torch.from_numpy(tokens).long()
 
     def timed(fn):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _process_cpu_seconds()
         out = fn()
-        return time.perf_counter() - start, out
+        return time.perf_counter() - start, out, _process_cpu_seconds() - cpu
 
     runs = {
         "ours_image": lambda: ours_image(ms_pixels).asnumpy(),
@@ -122,14 +123,17 @@ def main(argv=None):
         "torch_text": lambda: reference.encode_text(t_tokens).numpy(),
     }
     times = {k: [] for k in runs}
+    cpu_times = {k: [] for k in runs}
     load_before = os.getloadavg()
     with torch.no_grad():
         first, outputs = {}, {}
         for name, fn in runs.items():
-            first[name], outputs[name] = timed(fn)
+            first[name], outputs[name], _ = timed(fn)
         for _ in range(args.rounds):
             for name, fn in runs.items():
-                times[name].append(timed(fn)[0])
+                wall, _, cpu = timed(fn)
+                times[name].append(wall)
+                cpu_times[name].append(cpu)
     load_after = os.getloadavg()
 
     result = {
@@ -147,20 +151,29 @@ def main(argv=None):
     }
     for name in runs:
         result[name] = summarise(times[name], args.batch)
+        # CPU seconds spent by the whole process (all threads): less sensitive to other processes than
+        # wall time; equal to wall time x threads when the threads are fully busy.
+        result[name]["per_cpu_second_best"] = round(args.batch / min(cpu_times[name]), 3)
     for kind in ("image", "text"):
         ours, ref = result[f"ours_{kind}"], result[f"torch_{kind}"]
         result[f"ratio_{kind}_best"] = round(ours["best_per_s"] / ref["best_per_s"], 3)
         result[f"ratio_{kind}_median"] = round(ours["median_per_s"] / ref["median_per_s"], 3)
+        result[f"ratio_{kind}_per_cpu_second"] = round(ours["per_cpu_second_best"] / ref["per_cpu_second_best"], 3)
     write_json_atomic(Path(args.out), result)
     print(f"{args.model} batch {args.batch} fp32 {args.mode}, {args.threads} threads "
           f"(load {load_before[0]:.1f} -> {load_after[0]:.1f})")
     for kind, unit in (("image", "images/s"), ("text", "texts/s")):
         print(f"  {unit:9s} ours {result[f'ours_{kind}']['best_per_s']:7.2f}  torch "
               f"{result[f'torch_{kind}']['best_per_s']:7.2f}  ratio {result[f'ratio_{kind}_best']:.2f} (best round), "
-              f"{result[f'ratio_{kind}_median']:.2f} (median)")
+              f"{result[f'ratio_{kind}_median']:.2f} (median), {result[f'ratio_{kind}_per_cpu_second']:.2f} (per CPU-second)")
     print(f"  max |ours - torch|: image {result['max_abs_diff_image']:.1e}, text {result['max_abs_diff_text']:.1e}")
     print(f"  written to {args.out}")
     return 0
+
+
+def _process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _cpu_name() -> str:
