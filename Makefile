@@ -1,25 +1,34 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test`. Both create or reuse .venv idempotently.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.runtime-installed
+TESTDEPS := $(VENV)/.test-installed
 
 .PHONY: setup demo test bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# open_clip's tokenizer is the tests' reference; installed without deps because its torchvision has no wheel here.
+$(TESTDEPS): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps 'open_clip_torch==3.3.0'  # tokenizer reference for tests; its torchvision dep has no wheel here
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps 'open_clip_torch==3.3.0'
+	touch $@
 
-setup: $(STAMP)
+setup: $(RUNTIME)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/run_distribute.sh 2 configs/demo_shapes.yaml
 
-test: $(STAMP)
+test: $(TESTDEPS)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests
+
+bench: $(TESTDEPS)
+	for b in bench/bench_*.py; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs output
