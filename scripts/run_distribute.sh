@@ -4,7 +4,7 @@
 # cluster). Logs go to <output_dir>/logs; the script exits with the job's exit code.
 #   bash scripts/run_distribute.sh N CONFIG [key=value ...]
 # Environment: PYTHON (interpreter, default python3), LAUNCHER_OPTS (extra `launcher run` options,
-# e.g. "--max-restarts 2 --bind-cores").
+# e.g. "--max-restarts 2 --bind-cores"), GLOG_v (MindSpore log level, default 3: errors only).
 set -u
 
 usage() {
@@ -33,6 +33,8 @@ for override in "$@"; do
     SETS+=(--set "$override")
 done
 
+# MindSpore logs only errors unless asked (GLOG_v=2 shows its warnings, 1 its info lines).
+export GLOG_v=${GLOG_v:-3}
 PYTHON=${PYTHON:-python3}
 OUTPUT_DIR=$("$PYTHON" -m clip.config --config "$CONFIG" ${SETS[@]+"${SETS[@]}"} --get output_dir) || exit $?
 read -r -a EXTRA <<< "${LAUNCHER_OPTS:-}"

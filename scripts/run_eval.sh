@@ -25,4 +25,5 @@ if [ $# -ge 1 ] && [ "${1#--}" = "$1" ]; then
     ARGS+=(--checkpoint "$1")
     shift
 fi
+export GLOG_v=${GLOG_v:-3}  # MindSpore logs errors only unless asked (GLOG_v=2: warnings)
 exec "${PYTHON:-python3}" -m clip.eval "${ARGS[@]}" "$@"

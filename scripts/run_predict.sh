@@ -13,4 +13,5 @@ CKPT=$1
 IMAGE=$2
 LABELS=$3
 shift 3
+export GLOG_v=${GLOG_v:-3}  # MindSpore logs errors only unless asked (GLOG_v=2: warnings)
 exec "${PYTHON:-python3}" -m clip.predict --checkpoint "$CKPT" --image "$IMAGE" --labels "$LABELS" "$@"
