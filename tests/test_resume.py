@@ -5,8 +5,10 @@ resumed half runs on a 2-worker CPU cluster with the same global batch, which th
 """
 import subprocess
 import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
 
 from test_equivalence import REPO, TINY, clean_env, losses, max_param_diff, model_params, run_training, \
@@ -74,3 +76,47 @@ def test_resume_from_a_file_that_is_not_a_training_checkpoint_is_a_user_error(re
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"train.resume: '{bogus}' is not a readable MindSpore checkpoint" in proc.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def _worker(launcher: "psutil.Process", rank: int):
+    for child in launcher.children(recursive=True):
+        try:
+            env = child.environ()
+        except psutil.Error:
+            continue
+        if env.get("MS_ROLE") == "MS_WORKER" and env.get("MS_NODE_ID") == str(rank):
+            return child
+    return None
+
+
+@pytest.mark.slow
+def test_killed_worker_restarts_and_resumes_to_the_uninterrupted_parameters(tmp_path):
+    """The launcher's --max-restarts with train.resume=auto: SIGKILL rank 1 after the first checkpoint; the
+    restarted job resumes from it and ends exactly where the same job ends without the crash."""
+    overrides = [o for o in TINY if not o.startswith(("train.max_steps", "train.resume"))] + [
+        "train.max_steps=12", "train.save_every=4", "train.keep_last=1", "train.resume=auto"]
+    run_training(tmp_path / "straight", 2, overrides + ["train.batch_size=4"])
+
+    out = tmp_path / "crashed"
+    cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", "2", "--max-restarts", "1",
+           "--log-dir", str(out / "logs"), "--no-chdir", "--"] + train_command(
+        overrides + ["train.batch_size=4", f"output_dir={out}"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    launcher = psutil.Process(proc.pid)
+    first_checkpoint = out / "checkpoints" / "step_00000004.ckpt"
+    deadline = time.monotonic() + 240
+    while not first_checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim = _worker(launcher, 1)
+    assert first_checkpoint.exists() and victim is not None, "the job never reached its first checkpoint"
+    victim.kill()
+    output, _ = proc.communicate(timeout=300)
+
+    assert proc.returncode == 0, output[-3000:]
+    assert "rank 1" in output and "restart" in output.lower(), output[-3000:]
+    resumed_log = (out / "logs" / "attempt_1" / "worker_0.log").read_text()
+    assert "resumed from" in resumed_log
+    diff, key = max_param_diff(model_params(out / "checkpoints" / "last.ckpt"),
+                               model_params(tmp_path / "straight" / "checkpoints" / "last.ckpt"))
+    assert diff <= 1e-5, f"{key} differs by {diff:.3g} after a crash and restart"
