@@ -13,6 +13,7 @@ nn.MultiheadAttention / nn.LayerNorm / nn.Conv2d, i.e. the same kernels open_cli
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -177,13 +178,10 @@ def _process_cpu_seconds() -> float:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
 
 

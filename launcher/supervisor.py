@@ -4,6 +4,7 @@ Each process runs in its own session (so its data-loader children share its proc
 with it) and with a parent-death signal (so nothing outlives a launcher killed with SIGKILL). Success
 is judged by the workers' exit codes only: MindSpore's scheduler can exit 0 after a worker failed.
 """
+import contextlib
 import ctypes
 import os
 import signal
@@ -157,10 +158,8 @@ class Group:
     def signal_all(self, signum: int) -> None:
         """Signal every process group, including groups whose leader already exited."""
         for proc in self.procs.values():
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signum)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def alive(self) -> List[int]:
         return [index for index, code in self.returncodes().items() if code is None]
