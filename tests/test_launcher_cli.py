@@ -152,3 +152,14 @@ def test_run_subcommand_is_wired_to_launcher_run(work, clean_env):
                     sys.executable, "-c", "pass")
     assert proc.returncode == 0, proc.stderr
     assert "MS_WORKER_NUM" in proc.stdout and "MS_SCHED" in proc.stdout
+
+
+def test_launcher_never_imports_mindspore():
+    """The launcher must start fast and run where MindSpore is broken: no module of it may import MindSpore."""
+    code = ("import pkgutil, importlib, sys, launcher\n"
+            "for m in pkgutil.iter_modules(launcher.__path__):\n"
+            "    if m.name != '__main__': importlib.import_module('launcher.' + m.name)\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] == 'mindspore'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
