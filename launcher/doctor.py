@@ -148,10 +148,10 @@ def try_bind(port: int) -> tuple[bool, str]:
 def usable_cores() -> int:
     import psutil
 
-    try:
-        return len(psutil.Process().cpu_affinity())
-    except (AttributeError, NotImplementedError):
-        return psutil.cpu_count() or 1
+    process = psutil.Process()
+    if hasattr(process, "cpu_affinity"):  # Linux and Windows; psutil has no affinity on macOS
+        return len(process.cpu_affinity())
+    return psutil.cpu_count() or 1
 
 
 def run_checks(nproc: int = 1, hccn_conf: str | None = None, rank_table: str | None = None,

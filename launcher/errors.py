@@ -19,3 +19,15 @@ def exit_on_user_error(main):
             raise SystemExit(2)
 
     return wrapper
+
+
+def read_user_file(path, what: str, missing_hint: str = "") -> str:
+    """Text of a file the user named; a missing or unreadable one is a UserError naming it and `what` it is."""
+    from pathlib import Path
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found{missing_hint}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {exc})") from None

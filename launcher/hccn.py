@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from launcher.errors import UserError
+from launcher.errors import UserError, read_user_file
 
 DEFAULT_HCCN_CONF = "/etc/hccn.conf"
 
@@ -70,12 +70,7 @@ def parse_hccn_conf(text: str, source: str = DEFAULT_HCCN_CONF) -> dict[int, str
 
 def read_hccn_conf(path: str | Path = DEFAULT_HCCN_CONF) -> dict[int, str]:
     """Parse hccn.conf at `path`; a missing or unreadable file is a UserError naming it."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: hccn.conf not found (pass --hccn-conf PATH)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read hccn.conf ({exc.__class__.__name__}: {exc})") from None
+    text = read_user_file(path, "hccn.conf", " (pass --hccn-conf PATH)")
     return parse_hccn_conf(text, str(path))
 
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from launcher import cluster, hccn
-from launcher.errors import UserError
+from launcher.errors import UserError, read_user_file
 
 VERSION = "1.0"
 SERVER_CARDS = (8, 16)
@@ -347,12 +347,7 @@ def load(path) -> dict:
 
 def read_json(path):
     """Parsed JSON of `path`; UserError naming file and line for unreadable or malformed files."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: rank table not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read rank table ({exc.__class__.__name__}: {exc})") from None
+    text = read_user_file(path, "rank table")
     if not text.strip():
         raise UserError(f"{path}: empty file (expected a JSON rank table)")
     try:
