@@ -74,7 +74,7 @@ def ours(source, state, batch_size):
 def compile_time(model, source, batch_size):
     """First call of a fresh compiled image encoder minus a second call on the same batch."""
     from clip.transforms import image_transform
-    from clip.zeroshot import encode_in_batches, encoder, worth_compiling
+    from clip.encode import encode_in_batches, encoder, worth_compiling
 
     if not worth_compiling(len(source), batch_size):
         return 0.0

@@ -66,35 +66,43 @@ def save(params: list, output_dir: str, meta: dict, keep_last: int) -> str:
     A crash at any moment leaves either the previous last.ckpt or the new one, never a partial file."""
     import mindspore as ms
 
+    from clip.safe_write import link_atomic, write_with
+
     directory = checkpoint_dir(output_dir)
-    os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, step_file(meta["step"]))
-    tmp = os.path.join(directory, f".tmp_{os.getpid()}_{step_file(meta['step'])}")
-    ms.save_checkpoint([{"name": p.name, "data": p} for p in params], tmp,
-                       append_dict={k: int(meta[k]) for k in META_KEYS})
-    os.replace(tmp, final)
-    link = os.path.join(directory, f".tmp_{os.getpid()}_{LAST}")
-    try:
-        os.link(final, link)
-    except OSError:  # file systems without hard links: a copy is still atomic via the rename
-        import shutil
-        shutil.copyfile(final, link)
-    os.replace(link, os.path.join(directory, LAST))
+    write_with(final, lambda tmp: ms.save_checkpoint([{"name": p.name, "data": p} for p in params], tmp,
+                                                     append_dict={k: int(meta[k]) for k in META_KEYS}), mode=None)
+    link_atomic(final, os.path.join(directory, LAST))
     for name in to_prune(os.listdir(directory), keep_last):
         os.remove(os.path.join(directory, name))
     return final
 
 
-def load(path: str) -> tuple[dict, dict]:
-    """(parameter name -> Parameter, run position) from a checkpoint; a bad file is a UserError naming it."""
+def read(path: str, what: str = "checkpoint") -> dict:
+    """Every parameter of a MindSpore checkpoint (name -> Parameter): the one reader of .ckpt files. A missing,
+    unreadable or foreign file is a one-line UserError that starts with `what` and names the file."""
     import mindspore as ms
 
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path!r} is a directory, expected a MindSpore .ckpt file")
     if not os.path.isfile(path):
-        raise UserError(f"train.resume: checkpoint {path!r} does not exist")
+        raise UserError(f"{what} {path!r} does not exist")
     try:
-        stored = ms.load_checkpoint(path)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise UserError(f"train.resume: {path!r} is not a readable MindSpore checkpoint ({exc})") from None
+        return ms.load_checkpoint(path)
+    except Exception as exc:  # MindSpore raises ValueError/RuntimeError/TypeError for corrupt files
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise UserError(f"{what} {path!r} is not a readable MindSpore checkpoint ({reason})") from None
+
+
+def shapes(path: str, what: str = "checkpoint") -> dict:
+    """Parameter name -> shape of a checkpoint."""
+    return {name: tuple(p.shape) for name, p in read(path, what).items()}
+
+
+def load(path: str) -> tuple[dict, dict]:
+    """(parameter name -> Parameter, run position) from a checkpoint; a bad file is a UserError naming it."""
+    stored = read(path, "train.resume:")
     missing = [k for k in META_KEYS if k not in stored]
     if missing:
         raise UserError(f"train.resume: {path!r} is not a training checkpoint (no {', '.join(missing)}); "

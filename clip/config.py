@@ -11,19 +11,18 @@ import difflib
 import math
 import os
 import sys
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import yaml
 
-from clip.data.base import EVAL_TYPES, TRAIN_TYPES, DatasetConfig
+from clip.data import EVAL_TYPES, TRAIN_TYPES, DatasetConfig
 from clip.errors import UserError, exit_on_user_error
+from clip.loss_modes import LOSS_MODES
+from clip.presets import DTYPES as MODEL_DTYPES
 
-MODEL_DTYPES = ("float32", "float16", "bfloat16")
 TRAIN_MODES = ("graph", "pynative")
-LOSS_MODES = ("local", "full", "local_only")
 
 
 @dataclass
@@ -344,12 +343,9 @@ def dump_yaml(cfg: RunConfig) -> str:
 
 def write_resolved(cfg: RunConfig, path: str) -> None:
     """The config the run actually used, written atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(dump_yaml(cfg))
-    os.replace(tmp, path)
+    from clip.safe_write import write_text
+
+    write_text(path, dump_yaml(cfg))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -257,19 +257,11 @@ def write_checkpoint(params: Dict[str, np.ndarray], dst: str, dtype: str) -> Non
     """Atomic: MindSpore writes a temporary file in the destination directory, which then replaces DST."""
     import mindspore as ms
 
-    directory = os.path.dirname(os.path.abspath(dst))
-    tmp = os.path.join(directory, f".{os.path.basename(dst)}.{os.getpid()}.tmp.ckpt")
-    try:
-        try:
-            ms.save_checkpoint([{"name": name, "data": ms.Tensor(np.asarray(value, dtype=dtype, order="C"))}
-                                for name, value in params.items()], tmp)
-            os.replace(tmp, dst)
-        except (OSError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot write {dst}: {reason}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from clip.safe_write import write_with
+
+    write_with(dst, lambda tmp: ms.save_checkpoint(
+        [{"name": name, "data": ms.Tensor(np.asarray(value, dtype=dtype, order="C"))}
+         for name, value in params.items()], tmp), mode=None)
 
 
 def check_destination(dst: str) -> None:

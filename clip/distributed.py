@@ -290,6 +290,3 @@ class AllGatherWithGrad(nn.Cell):
         rows = x.shape[0]
         return (self.all_reduce(dout)[self.rank * rows:(self.rank + 1) * rows],)
 
-
-# The name docs/ARCHITECTURE.md's contract uses.
-GatherWithGrad = AllGatherWithGrad

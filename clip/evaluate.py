@@ -8,36 +8,19 @@ Results go to `<output_dir>/eval.json` (zero-shot) or `<output_dir>/retrieval.js
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from typing import Optional
 
 from clip.errors import UserError, exit_on_user_error
+from clip.safe_write import write_json
 
 log = logging.getLogger("clip.eval")
 
 TASKS = ("zeroshot", "retrieval")
 RESULT_FILES = {"zeroshot": "eval.json", "retrieval": "retrieval.json"}
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".eval-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def dataset_for(cfg, task: str):
@@ -146,7 +129,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             log.info("%s", confusion_summary(result["worst"]))
         path = os.path.join(cfg.output_dir, RESULT_FILES[args.task])
-        write_json_atomic(path, result)
+        write_json(path, result)
         print(report(result, args.task))
         log.info("wrote %s", path)
     return 0

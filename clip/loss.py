@@ -13,8 +13,8 @@ from mindspore import nn, ops
 
 from clip.distributed import AllGatherWithGrad, DistInfo, init_from_env
 from clip.errors import UserError
+from clip.loss_modes import LOSS_MODES
 
-LOSS_MODES = ("local", "full", "local_only")
 LOGIT_SCALE_MAX = math.log(100.0)
 
 

@@ -9,8 +9,9 @@ import json
 import math
 import os
 import sys
-import tempfile
 from typing import Optional
+
+from clip.safe_write import write_text, write_with
 
 METRICS = "metrics.jsonl"
 PLOT = "metrics.png"
@@ -23,14 +24,6 @@ def read(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 class MetricsLog:
     """Append-only metrics.jsonl; on resume the lines after the checkpoint's step are dropped first, so a
     resumed run's file reads like an uninterrupted one."""
@@ -39,7 +32,7 @@ class MetricsLog:
         self.path = os.path.join(output_dir, METRICS)
         os.makedirs(output_dir, exist_ok=True)
         kept = [r for r in read(self.path) if resume_step is not None and r.get("step", 0) <= resume_step]
-        _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
@@ -113,7 +106,7 @@ def plot(records: list[dict], path: str) -> None:
         acc.set_ylim(0, 100)
     ax.set_title("training")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

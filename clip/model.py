@@ -9,14 +9,15 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
+from clip.checkpoint import read as read_checkpoint, shapes as checkpoint_shapes
 from clip.errors import UserError
-from clip.presets import PRESETS, CLIPConfig, get_config, infer_config
+from clip.presets import DTYPES, PRESETS, CLIPConfig, get_config, infer_config
 from clip.transformer import LayerNorm, Transformer, causal_mask, normal
 
 MODEL_DIR_ENV = "CLIP_MODEL_DIR"
 OPENAI_FILES = {"clip_vit_b_32": "ViT-B-32.pt", "clip_vit_b_16": "ViT-B-16.pt", "clip_vit_l_14": "ViT-L-14.pt",
                 "clip_vit_l_14@336": "ViT-L-14-336px.pt", "clip_tiny": "(no OpenAI release; train it)"}
-MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
+MS_DTYPES = {name: getattr(ms, name) for name in DTYPES}
 
 
 class VisionTransformer(nn.Cell):
@@ -144,20 +145,6 @@ def create_model(name_or_config: Union[str, CLIPConfig], checkpoint: Optional[st
     if checkpoint:
         load_weights(model, checkpoint)
     return model
-
-
-def read_checkpoint(checkpoint: str) -> dict:
-    if not os.path.isfile(checkpoint):
-        raise UserError(f"checkpoint {checkpoint} does not exist")
-    try:
-        return ms.load_checkpoint(checkpoint)
-    except Exception as exc:  # MindSpore raises ValueError/RuntimeError for corrupt files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {checkpoint} is not a readable MindSpore checkpoint ({reason})") from None
-
-
-def checkpoint_shapes(checkpoint: str) -> dict:
-    return {name: tuple(p.shape) for name, p in read_checkpoint(checkpoint).items()}
 
 
 def load_weights(model: CLIPModel, checkpoint: str) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from clip.errors import UserError, exit_on_user_error
+from clip.presets import DTYPES
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 TASK = "zero_shot_image_classification"
@@ -146,17 +147,10 @@ def resolve_model(model, checkpoint: Optional[str] = None, dtype: str = "float32
 
 
 def config_of_checkpoint(path: str):
-    import mindspore as ms
-
+    from clip.checkpoint import shapes
     from clip.presets import infer_config
 
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path!r} does not exist")
-    try:
-        params = ms.load_checkpoint(path)
-    except Exception as exc:  # MindSpore raises ValueError/RuntimeError for corrupt files
-        raise UserError(f"checkpoint {path!r} is not a readable MindSpore checkpoint ({exc})") from None
-    return infer_config({name: tuple(p.shape) for name, p in params.items()})
+    return infer_config(shapes(path))
 
 
 class ZeroShotImageClassificationPipeline:
@@ -177,7 +171,7 @@ class ZeroShotImageClassificationPipeline:
 
     def label_features(self, labels: Sequence[str], template: str) -> np.ndarray:
         """Normalised prompt embeddings [L, E] for the labels."""
-        from clip.zeroshot import encode_texts, l2_normalize
+        from clip.encode import encode_texts, l2_normalize
 
         key = (tuple(labels), template)
         if key not in self._text_cache:
@@ -186,7 +180,7 @@ class ZeroShotImageClassificationPipeline:
 
     def scores(self, images: Sequence[Image.Image], labels: Sequence[str], template: str) -> np.ndarray:
         """Probabilities [N, L] over labels for each image."""
-        from clip.zeroshot import encode_images, l2_normalize
+        from clip.encode import encode_images, l2_normalize
 
         pixels = np.stack([self.transform(im) for im in images]).astype(np.float32)
         features = l2_normalize(encode_images(self.model, pixels, self.batch_size))
@@ -232,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", required=True, help='candidate labels, comma-separated: "cat,dog,bird"')
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"prompt template (default {DEFAULT_TEMPLATE!r})")
     parser.add_argument("--top-k", type=int, default=None, help="show only the K most likely labels")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 

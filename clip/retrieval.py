@@ -54,7 +54,7 @@ def encode_source(model, source, image_size: int, batch_size: int) -> tuple[np.n
     """Normalised image features [I, E], caption features [T, E] and the caption->image index [T]."""
     from clip.data.base import UnreadableImage
     from clip.transforms import image_transform
-    from clip.zeroshot import encode_in_batches, encode_texts, encoder, l2_normalize, worth_compiling
+    from clip.encode import encode_in_batches, encode_texts, encoder, l2_normalize, worth_compiling
 
     transform = image_transform(image_size)
     compiled = worth_compiling(len(source), batch_size)

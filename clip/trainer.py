@@ -180,17 +180,9 @@ def save_weights(model, path: str) -> str:
     """A model's parameters (OpenAI names) as a MindSpore checkpoint, written atomically."""
     import mindspore as ms
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".weights-", suffix=".ckpt")
-    os.close(fd)
-    try:
-        ms.save_checkpoint(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from clip.safe_write import write_with
+
+    return write_with(path, lambda tmp: ms.save_checkpoint(model, tmp), mode=None)
 
 
 def require_single_card(env: Mapping[str, str]) -> None:
@@ -217,7 +209,8 @@ def run_train(cfg: RunConfig) -> dict:
 
 def run_eval(cfg: RunConfig, checkpoint: Optional[str], weights_label: Optional[str] = None) -> Optional[dict]:
     """`python -m clip.eval` (zero-shot on data.eval): result on rank 0, also written to eval.json."""
-    from clip.evaluate import RESULT_FILES, report, run, write_json_atomic
+    from clip.evaluate import RESULT_FILES, report, run
+    from clip.safe_write import write_json
     from clip.zeroshot import confusion_summary
 
     result = run(cfg, "zeroshot", checkpoint, sharded=False)
@@ -225,7 +218,7 @@ def run_eval(cfg: RunConfig, checkpoint: Optional[str], weights_label: Optional[
         if weights_label is not None:
             result["checkpoint"] = weights_label
         log.info("%s", confusion_summary(result["worst"]))
-        write_json_atomic(os.path.join(cfg.output_dir, RESULT_FILES["zeroshot"]), result)
+        write_json(os.path.join(cfg.output_dir, RESULT_FILES["zeroshot"]), result)
         print(report(result, "zeroshot"), flush=True)
     return result
 

@@ -199,7 +199,7 @@ def test_classifier_equals_direct_computation_and_shards_sum_to_it():
 
 
 def test_trim_padding_keeps_every_token_up_to_the_longest_end_token():
-    from clip.zeroshot import trim_padding
+    from clip.encode import trim_padding
 
     tokens = np.array([[49406, 7, 49407, 0, 0, 0], [49406, 5, 6, 8, 49407, 0]], np.int32)
     np.testing.assert_array_equal(trim_padding(tokens), tokens[:, :5])
@@ -376,7 +376,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, determined):
 def test_compiled_encoders_match_eager_and_see_loaded_weights():
     import mindspore as ms
 
-    from clip.zeroshot import encode_images, encode_texts
+    from clip.encode import encode_images, encode_texts
 
     model = tiny_model(seed=5)
     pixels = np.random.default_rng(0).normal(size=(6, 3, 64, 64)).astype(np.float32)

@@ -18,9 +18,6 @@ from clip.errors import UserError
 
 ImageLike = Union[Image.Image, np.ndarray]
 
-TRAIN_TYPES = ("shapes", "flickr8k", "csv")
-EVAL_TYPES = ("shapes", "cifar100", "imagefolder")
-
 
 @dataclass
 class DatasetConfig:
@@ -87,6 +84,15 @@ class ClassificationSource(abc.ABC):
 
     def name(self, i: int) -> str:
         return f"sample {i}"
+
+
+def check_templates(templates) -> list[str]:
+    """Prompt templates as a list, or a UserError: each needs exactly one '{}' for the class name."""
+    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+    if bad or not templates:
+        raise UserError(f"data.eval.templates: {bad[0] if bad else list(templates)!r} is not a usable template "
+                        "(expected a non-empty list of texts, each with exactly one '{}' for the class name)")
+    return list(templates)
 
 
 def load_image_file(path: str) -> Image.Image:

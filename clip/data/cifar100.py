@@ -14,9 +14,8 @@ from importlib import resources
 import numpy as np
 from PIL import Image
 
-from clip.data.base import ClassificationSource, DatasetConfig, require_dir, verify_sha256
+from clip.data.base import ClassificationSource, DatasetConfig, check_templates, require_dir, verify_sha256
 from clip.errors import UserError
-from clip.zeroshot import check_templates
 
 SPLITS = ("test", "train")
 _ALLOWED_GLOBALS = {

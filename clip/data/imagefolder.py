@@ -10,9 +10,9 @@ import os
 
 from PIL import Image
 
-from clip.data.base import ClassificationSource, DatasetConfig, load_image_file, require_dir, verify_sha256
+from clip.data.base import (ClassificationSource, DatasetConfig, check_templates, load_image_file, require_dir,
+                             verify_sha256)
 from clip.errors import UserError
-from clip.zeroshot import check_templates
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 
