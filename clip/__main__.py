@@ -9,14 +9,13 @@ model directory ($CLIP_MODEL_DIR, see CLIPModel.from_pretrained). For train, --c
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional
 
 from clip.config import add_config_arguments, load_config
 from clip.errors import UserError, exit_on_user_error
-from clip.trainer import (decode_all, default_labels, existing_file, expand_inputs, predict_images, run_eval,
-                          run_train, weights_for, with_datasets, with_model)
+from clip.app import (configure_logging, decode_all, default_labels, evaluate_and_write, existing_file, expand_inputs,
+                      predict_images, weights_for, with_datasets, with_model)
 
 RUN_MODES = ("train", "eval", "predict")
 
@@ -47,8 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    configure_logging()
     if args.run_mode == "predict" and not args.predict_data:
         raise UserError("--run_mode predict needs --predict_data PATH (image files or directories)")
     for flag in ("predict_data", "candidate_labels"):
@@ -62,17 +60,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.run_mode == "train":
         if args.checkpoint:
             cfg = with_model(cfg, checkpoint=existing_file(args.checkpoint, "--checkpoint"))
-        run_train(cfg)
+        from clip.train import train
+
+        train(cfg)
     elif args.run_mode == "eval":
-        run_eval(cfg, weights_for(cfg, args.checkpoint))
+        evaluate_and_write(cfg, "zeroshot", weights_for(cfg, args.checkpoint))
     else:
-        from clip.predict import DEFAULT_TEMPLATE, check_labels, format_table, resolve_model
+        from clip.model import load_model
+        from clip.predict import DEFAULT_TEMPLATE, check_labels, format_table
 
         labels = (check_labels([part.strip() for part in args.candidate_labels.split(",")], "--candidate_labels")
                   if args.candidate_labels else default_labels(cfg))
         paths, _ = expand_inputs(list(args.predict_data))
         images = decode_all(paths)
-        model = resolve_model(cfg.model.name, weights_for(cfg, args.checkpoint), cfg.model.dtype)
+        model = load_model(cfg.model.name, weights_for(cfg, args.checkpoint), cfg.model.dtype)
         results = predict_images(model, images, labels, args.top_k, DEFAULT_TEMPLATE)
         print(format_table(list(zip(paths, results))))
     return 0

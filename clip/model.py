@@ -7,7 +7,6 @@ from typing import Optional, Union
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import initializer
 
 from clip.checkpoint import read as read_checkpoint, shapes as checkpoint_shapes
 from clip.errors import UserError
@@ -94,10 +93,8 @@ class CLIPModel(nn.Cell):
     def from_pretrained(cls, name_or_path: str, dtype: str = "float32") -> "CLIPModel":
         """A `.ckpt` path (architecture inferred from its shapes) or a preset name, whose converted weights are
         looked up in the local model directory. Nothing is downloaded."""
-        if name_or_path in PRESETS:
-            return create_model(name_or_path, checkpoint=pretrained_checkpoint(name_or_path), dtype=dtype)
-        if os.path.isfile(name_or_path):
-            return create_model(infer_config(checkpoint_shapes(name_or_path)), checkpoint=name_or_path, dtype=dtype)
+        if name_or_path in PRESETS or os.path.isfile(name_or_path):
+            return load_model(name_or_path, dtype=dtype)
         raise UserError(f"{name_or_path!r} is neither a checkpoint file nor a preset ({', '.join(PRESETS)})")
 
     def encode_image(self, pixels):
@@ -182,3 +179,24 @@ def pretrained_checkpoint(name: str) -> str:
             f"{OPENAI_FILES[name]} with: python -m clip.convert {OPENAI_FILES[name]} {path} "
             f"(or set {MODEL_DIR_ENV} to the directory holding {path.name})")
     return str(path)
+
+
+def load_model(model, checkpoint: Optional[str] = None, dtype: str = "float32"):
+    """The one way a model is made from what a user names: a CLIPModel as is, a preset name (with the given
+    checkpoint, else its converted weights in the model directory), or a checkpoint path (architecture
+    inferred from its parameter shapes)."""
+    if isinstance(model, CLIPModel):
+        if checkpoint:
+            raise UserError("pass either a model object or a checkpoint, not both")
+        return model
+    if not isinstance(model, (str, os.PathLike)) and model is not None:
+        raise UserError(f"model: got {type(model).__name__}, expected a CLIPModel, preset name or checkpoint")
+    if model is None and checkpoint is None:
+        raise UserError("no model: give a preset name, a checkpoint path or a CLIPModel")
+    model = os.fspath(model) if model is not None else None
+    if model in PRESETS:  # a bare preset name means its converted weights, as in MindFormers' pipeline
+        return create_model(model, checkpoint=checkpoint or pretrained_checkpoint(model), dtype=dtype)
+    if model is not None and (checkpoint is not None or not os.path.isfile(model)):
+        raise UserError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
+    path = model or checkpoint
+    return create_model(infer_config(checkpoint_shapes(path)), checkpoint=path, dtype=dtype)

@@ -121,38 +121,6 @@ def as_image(item) -> Image.Image:
     raise UserError(f"image: got {type(item).__name__}, expected a PIL image or a path")
 
 
-# ---------------------------------------------------------------- model
-
-def resolve_model(model, checkpoint: Optional[str] = None, dtype: str = "float32"):
-    """A CLIPModel from a model object, a preset name (optionally with checkpoint), or a checkpoint path
-    (architecture inferred from its parameter shapes)."""
-    from clip.model import CLIPModel, create_model, pretrained_checkpoint
-    from clip.presets import PRESETS
-
-    if isinstance(model, CLIPModel):
-        if checkpoint:
-            raise UserError("pass either a model object or a checkpoint, not both")
-        return model
-    if not isinstance(model, (str, os.PathLike)) and model is not None:
-        raise UserError(f"model: got {type(model).__name__}, expected a CLIPModel, preset name or checkpoint")
-    if model is None and checkpoint is None:
-        raise UserError("no model: give a preset name, a checkpoint path or a CLIPModel")
-    model = os.fspath(model) if model is not None else None
-    if model in PRESETS:  # a bare preset name means its converted weights, as in MindFormers' pipeline
-        return create_model(model, checkpoint=checkpoint or pretrained_checkpoint(model), dtype=dtype)
-    if model is not None and (checkpoint is not None or not os.path.isfile(model)):
-        raise UserError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
-    path = model or checkpoint
-    return create_model(config_of_checkpoint(path), checkpoint=path, dtype=dtype)
-
-
-def config_of_checkpoint(path: str):
-    from clip.checkpoint import shapes
-    from clip.presets import infer_config
-
-    return infer_config(shapes(path))
-
-
 class ZeroShotImageClassificationPipeline:
     """Callable: image(s) -> [{"score", "label"}] sorted; label embeddings are computed once per label set."""
 
@@ -209,9 +177,11 @@ def pipeline(task: str = TASK, model=None, candidate_labels: Optional[Sequence[s
              template: str = DEFAULT_TEMPLATE, checkpoint: Optional[str] = None, dtype: str = "float32",
              top_k: Optional[int] = None) -> ZeroShotImageClassificationPipeline:
     """`pipeline("zero_shot_image_classification", model=<CLIPModel | preset | .ckpt>, candidate_labels=[...])`."""
+    from clip.model import load_model
+
     if task != TASK:
         raise UserError(f"pipeline task {task!r} is not supported (expected {TASK!r})")
-    return ZeroShotImageClassificationPipeline(resolve_model(model, checkpoint, dtype), candidate_labels,
+    return ZeroShotImageClassificationPipeline(load_model(model, checkpoint, dtype), candidate_labels,
                                                template, top_k)
 
 
@@ -238,11 +208,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     template = check_template(args.template)
     if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top-k {args.top_k}: expected a positive integer")
+    from clip.model import load_model
+
     paths = expand_image_paths(args.image)
     for path in paths:  # every file is decoded once before the model loads, so errors come first
         load_image(path)
-    model = resolve_model(args.model, args.checkpoint, args.dtype) if args.model else \
-        resolve_model(args.checkpoint, None, args.dtype)
+    model = load_model(args.model, args.checkpoint, args.dtype) if args.model else \
+        load_model(args.checkpoint, None, args.dtype)
     pipe = ZeroShotImageClassificationPipeline(model, labels, template, args.top_k)
     results = []
     for start in range(0, len(paths), pipe.batch_size):

@@ -18,7 +18,8 @@ from clip.data.shapes import CLASSNAMES, render
 from clip.errors import UserError
 from clip.model import CLIPModel, create_model
 from clip.presets import CLIPConfig
-from clip.trainer import PRETRAIN, ZERO_SHOT, Trainer, config_from, dataset_from_path
+from clip.app import config_from, dataset_from_path
+from clip.trainer import PRETRAIN, ZERO_SHOT, Trainer
 from test_zeroshot import RAW_NAMES, draw_images, write_cifar
 
 TINY_RUN = {"model.name": "clip_tiny", "data.train.num_samples": 16, "data.eval.num_samples": 24,
