@@ -81,13 +81,6 @@ def encode_source(model, source, image_size: int, batch_size: int) -> tuple[np.n
     return l2_normalize(image_features), l2_normalize(text_features), owner
 
 
-def retrieval_eval(model, cfg, image_size: int, batch_size: int) -> dict:
-    """Recall@1/5/10 both ways on a caption dataset config (flickr8k or csv; its split is used)."""
-    from clip.data import build_train_source
-
-    return evaluate_captions(model, build_train_source(cfg), image_size, batch_size)
-
-
 def evaluate_captions(model, source, image_size: int, batch_size: int) -> dict:
     """Recall@1/5/10 both ways on a CaptionSource, plus the number of images and captions."""
     images, texts, owner = encode_source(model, source, image_size, batch_size)

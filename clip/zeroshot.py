@@ -121,11 +121,6 @@ def summarize(counts: Counts) -> dict:
             "per_class": per_class, "n": n}
 
 
-def evaluate_classifier(model, classifier: np.ndarray, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """top1, top5 (percent), per-class top-1 list and sample count for the given batches."""
-    return summarize(count_predictions(model, classifier, batches))
-
-
 def worst_classes(counts: Counts, classnames: Sequence[str], n: int = 10) -> list[dict]:
     """The n classes with the lowest top-1 and what they were most often mistaken for."""
     rows = []

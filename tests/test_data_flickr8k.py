@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from clip.data import DatasetConfig, build_train_source
-from clip.data.flickr8k import load_test, parse_tokens
+from clip.data.flickr8k import open_split, parse_tokens
 from clip.errors import UserError
 
 NAMES = [f"{1000 + i}_abc{i}.jpg" for i in range(10)]
@@ -58,7 +58,7 @@ def test_both_layouts_load_split_with_five_ordered_captions(layout, request, cap
 
 
 def test_test_split_for_retrieval(official):
-    test = load_test(official)
+    test = open_split(official, "test")
     assert [test.name(i) for i in range(len(test))] == SPLITS["test"]
     assert all(len(test.captions(i)) == 5 for i in range(len(test)))
     dev = build_train_source(DatasetConfig(type="flickr8k", path=official, split="dev"))

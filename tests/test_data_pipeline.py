@@ -7,12 +7,21 @@ from PIL import Image
 
 import clip
 from clip.data import DatasetConfig, build_train_source
-from clip.data.pipeline import (caption_index, epoch_order, global_batch, rank_indices, shard_layout,
-                                steps_per_epoch, train_batches)
+from clip.data.pipeline import (caption_index, epoch_order, global_batch, shard_layout, steps_per_epoch,
+                                train_batches)
 from clip.errors import UserError
 
 SIZE, CTX, SEED = 32, 24, 7
 GLOBAL = 8  # global batch; W x B = 1x8, 2x4, 4x2
+
+
+def rank_indices(num_samples: int, *, batch_size: int, rank: int, world_size: int, epoch: int, seed: int,
+                 start_step: int = 0) -> np.ndarray:
+    """Sample indices this rank loads from `start_step` to the end of the epoch, shape [steps, B]."""
+    steps = steps_per_epoch(num_samples, batch_size, world_size)
+    g = batch_size * world_size
+    blocks = epoch_order(num_samples, seed, epoch)[start_step * g:steps * g]
+    return blocks.reshape(-1, world_size, batch_size)[:, rank, :]
 
 
 def run(source, world_size, epoch=0, start_step=0, num_workers=1):

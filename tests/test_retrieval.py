@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from clip.data.base import DatasetConfig
+from clip.data import DatasetConfig, build_train_source
 from test_zeroshot import determine, draw_images, preprocess, tiny_model
 
 N_IMAGES = 6
@@ -83,22 +83,24 @@ def determined(tmp_path_factory):
 
 
 def test_generated_set_is_retrieved_perfectly(determined):
-    from clip.retrieval import retrieval_eval
+    from clip.retrieval import evaluate_captions
 
     path = write_csv_set(determined["root"] / "right", determined["images"], CAPTIONS)
     model = determined["model"]
-    r = retrieval_eval(model, DatasetConfig(type="csv", path=path), model.config.image_size, batch_size=4)
+    r = evaluate_captions(model, build_train_source(DatasetConfig(type="csv", path=path)), model.config.image_size,
+                          batch_size=4)
     assert r["images"] == N_IMAGES and r["captions"] == 2 * N_IMAGES
     assert all(r[f"{d}_R@{k}"] == 100.0 for d in ("image_to_text", "text_to_image") for k in (1, 5, 10))
 
 
 def test_swapped_captions_cost_exactly_their_recall_at_1(determined):
-    from clip.retrieval import retrieval_eval
+    from clip.retrieval import evaluate_captions
 
     swapped = [CAPTIONS[1], CAPTIONS[0]] + CAPTIONS[2:]
     path = write_csv_set(determined["root"] / "swapped", determined["images"], swapped)
     model = determined["model"]
-    r = retrieval_eval(model, DatasetConfig(type="csv", path=path), model.config.image_size, batch_size=4)
+    r = evaluate_captions(model, build_train_source(DatasetConfig(type="csv", path=path)), model.config.image_size,
+                          batch_size=4)
     # Images 0 and 1 now own each other's captions: both image queries and those four caption queries miss.
     assert r["image_to_text_R@1"] == pytest.approx(100 * 4 / 6)
     assert r["text_to_image_R@1"] == pytest.approx(100 * 8 / 12)
@@ -128,7 +130,7 @@ def test_flickr8k_test_split_with_five_captions_per_image(tmp_path):
     """The official layout (misspelt image folder, token file, split files); only the test split is read."""
     import mindspore as ms
 
-    from clip.retrieval import retrieval_eval
+    from clip.retrieval import evaluate_captions
     from clip.tokenizer import tokenize
 
     images, _ = draw_images(6, 1, seed=9)
@@ -150,6 +152,6 @@ def test_flickr8k_test_split_with_five_captions_per_image(tmp_path):
     (tmp_path / "Flickr8k_text" / "Flickr_8k.testImages.txt").write_text("\n".join(names[:4]) + "\n")
     (tmp_path / "Flickr8k_text" / "Flickr_8k.trainImages.txt").write_text("\n".join(names[4:]) + "\n")
     cfg = DatasetConfig(type="flickr8k", path=str(tmp_path), split="test")
-    r = retrieval_eval(model, cfg, model.config.image_size, batch_size=3)
+    r = evaluate_captions(model, build_train_source(cfg), model.config.image_size, batch_size=3)
     assert r["images"] == 4 and r["captions"] == 20
     assert r["image_to_text_R@1"] == 100.0 and r["text_to_image_R@1"] == 100.0

@@ -320,12 +320,12 @@ def test_zero_shot_eval_gives_the_designed_accuracy(determined, cifar_root, draw
 
 
 def test_evaluate_classifier_on_batches(determined, drawn):
-    from clip.zeroshot import build_classifier, evaluate_classifier
+    from clip.zeroshot import build_classifier, count_predictions, summarize
 
     images, labels = drawn
     classifier = build_classifier(determined, CLEAN_NAMES, shipped_templates())
     pixels = preprocess(images, determined.config.image_size)
-    result = evaluate_classifier(determined, classifier, [(pixels[:20], labels[:20]), (pixels[20:], labels[20:])])
+    result = summarize(count_predictions(determined, classifier, [(pixels[:20], labels[:20]), (pixels[20:], labels[20:])]))
     expected = expected_metrics(labels, len(RAW_NAMES), WRONG)
     assert result["top1"] == pytest.approx(expected["top1"]) and result["top5"] == pytest.approx(expected["top5"])
     assert result["per_class"] == pytest.approx(expected["per_class"])

@@ -124,8 +124,3 @@ def load(cfg: DatasetConfig) -> Flickr8kCaptions:
     root = require_dir(cfg.path, "flickr8k data.path")
     verify_sha256(root, cfg.sha256)
     return open_split(root, cfg.split)
-
-
-def load_test(root: str) -> Flickr8kCaptions:
-    """The 1000-image test split as (image, five captions) pairs, for image-text retrieval."""
-    return open_split(root, "test")

@@ -41,15 +41,6 @@ def global_batch(num_samples: int, *, batch_size: int, world_size: int, epoch: i
     return epoch_order(num_samples, seed, epoch)[step * g:(step + 1) * g]
 
 
-def rank_indices(num_samples: int, *, batch_size: int, rank: int, world_size: int, epoch: int, seed: int,
-                 start_step: int = 0) -> np.ndarray:
-    """Sample indices this rank loads from `start_step` to the end of the epoch, shape [steps, B]."""
-    steps = steps_per_epoch(num_samples, batch_size, world_size)
-    g = batch_size * world_size
-    blocks = epoch_order(num_samples, seed, epoch)[start_step * g:steps * g]
-    return blocks.reshape(-1, world_size, batch_size)[:, rank, :]
-
-
 def shard_layout(num_samples: int, *, batch_size: int, world_size: int, epoch: int, seed: int,
                  start_step: int = 0) -> np.ndarray:
     """Indices laid out so that GeneratorDataset's interleaved sharding (position p -> shard p mod W)
