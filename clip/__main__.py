@@ -13,22 +13,15 @@ import sys
 from typing import Optional
 
 from clip.config import add_config_arguments, load_config
-from clip.errors import UserError, exit_on_user_error
+from common.errors import ArgumentParser, UserError, exit_on_user_error
 from clip.app import (configure_logging, decode_all, default_labels, evaluate_and_write, existing_file, expand_inputs,
                       predict_images, weights_for, with_datasets, with_model)
 
 RUN_MODES = ("train", "eval", "predict")
 
 
-class _Parser(argparse.ArgumentParser):
-    """Argument mistakes as one-line user errors (exit 2), like every other mistake."""
-
-    def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m clip", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m clip", description=__doc__.split("\n\n")[0])
     add_config_arguments(parser)
     parser.add_argument("--run_mode", required=True, choices=RUN_MODES)
     parser.add_argument("--train_dataset_dir", metavar="DIR",

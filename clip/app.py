@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from clip.config import RunConfig, all_keys, build, load_config, validate
 from clip.data.base import DatasetConfig
-from clip.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger("clip.app")
 

@@ -11,7 +11,7 @@ import os
 import re
 from typing import Iterable, Optional
 
-from clip.errors import UserError
+from common.errors import UserError
 
 LAST = "last.ckpt"
 _STEP_RE = re.compile(r"^step_(\d+)\.ckpt$")

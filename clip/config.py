@@ -18,7 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from clip.data import EVAL_TYPES, TRAIN_TYPES, DatasetConfig
-from clip.errors import UserError, exit_on_user_error
+from common.errors import ArgumentParser, UserError, exit_on_user_error
 from clip.loss_modes import LOSS_MODES
 from clip.presets import DTYPES as MODEL_DTYPES
 
@@ -356,7 +356,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 @exit_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clip.config",
+    parser = ArgumentParser(prog="python -m clip.config",
                                      description="Validate a run config and print it or one key of it.")
     add_config_arguments(parser)
     parser.add_argument("--get", metavar="KEY", help="print only this key's value (e.g. output_dir)")

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from clip import torch_archive
-from clip.errors import UserError, exit_on_user_error
+from common.errors import UserError, exit_on_user_error
 from clip.presets import PRESETS, CLIPConfig, get_config, infer_config
 
 OUTPUT_DTYPES = ("float32", "float16")

@@ -16,7 +16,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import communication, nn, ops
 
-from clip.errors import UserError
+from common.errors import UserError
 
 DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
 _BACKEND_OF_DEVICE = {"Ascend": "hccl", "GPU": "nccl", "CPU": "mccl"}

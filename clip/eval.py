@@ -14,11 +14,11 @@ from typing import Optional
 
 from clip.app import TASKS, configure_logging, evaluate_and_write
 from clip.config import add_config_arguments, load_config
-from clip.errors import UserError, exit_on_user_error
+from common.errors import ArgumentParser, UserError, exit_on_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clip.eval",
+    parser = ArgumentParser(prog="python -m clip.eval",
                                      description="Zero-shot accuracy (data.eval) or image-text retrieval "
                                                  "(data.retrieval) of a checkpoint.")
     add_config_arguments(parser)

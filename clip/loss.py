@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from clip.distributed import AllGatherWithGrad, DistInfo, init_from_env
-from clip.errors import UserError
+from common.errors import UserError
 from clip.loss_modes import LOSS_MODES
 
 LOGIT_SCALE_MAX = math.log(100.0)

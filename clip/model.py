@@ -9,7 +9,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from clip.checkpoint import read as read_checkpoint, shapes as checkpoint_shapes
-from clip.errors import UserError
+from common.errors import UserError
 from clip.presets import DTYPES, PRESETS, CLIPConfig, get_config, infer_config
 from clip.transformer import LayerNorm, Transformer, causal_mask, normal
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from clip.errors import UserError, exit_on_user_error
+from common.errors import ArgumentParser, UserError, exit_on_user_error
 from clip.presets import DTYPES
 
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -188,7 +188,7 @@ def pipeline(task: str = TASK, model=None, candidate_labels: Optional[Sequence[s
 # ---------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clip.predict",
+    parser = ArgumentParser(prog="python -m clip.predict",
                                      description="Zero-shot label probabilities for images.")
     parser.add_argument("--checkpoint", required=True, help="MindSpore checkpoint (OpenAI parameter names)")
     parser.add_argument("--model", help="preset name (default: inferred from the checkpoint's shapes)")

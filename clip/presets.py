@@ -2,7 +2,7 @@
 from dataclasses import dataclass, fields, replace
 from typing import Dict
 
-from clip.errors import UserError
+from common.errors import UserError
 
 DTYPES = ("float32", "float16", "bfloat16")
 

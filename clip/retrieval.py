@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from clip.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 

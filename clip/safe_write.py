@@ -9,7 +9,7 @@ import os
 import tempfile
 from typing import Callable, Optional, Union
 
-from clip.errors import UserError
+from common.errors import UserError
 
 REASONS = {
     errno.ENOSPC: "disk full",

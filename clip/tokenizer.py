@@ -15,7 +15,7 @@ import ftfy
 import numpy as np
 import regex
 
-from clip.errors import UserError
+from common.errors import UserError
 
 SOT_TOKEN = "<|startoftext|>"
 EOT_TOKEN = "<|endoftext|>"

@@ -21,7 +21,7 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 
-from clip.errors import UserError
+from common.errors import UserError
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.dtype("float64"),

@@ -10,7 +10,6 @@ learning rate (param -= lr * (m / (sqrt(v) + eps) + wd * param)). See docs/train
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -25,7 +24,7 @@ from clip import checkpoint, distributed, metrics
 from clip.config import RunConfig, add_config_arguments, load_config, write_resolved
 from clip.data import build_train_source
 from clip.data.pipeline import steps_per_epoch as epoch_steps, train_batches
-from clip.errors import UserError, exit_on_user_error
+from common.errors import ArgumentParser, UserError, exit_on_user_error
 from clip.loss import ContrastiveLoss, clamp_logit_scale
 from clip.model import create_model
 
@@ -224,7 +223,7 @@ def train(cfg: RunConfig) -> dict:
 
 @exit_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clip.train", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m clip.train", description=__doc__.splitlines()[0])
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)

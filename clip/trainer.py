@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from clip.app import (config_from, decode_all, default_labels, evaluate_and_write, existing_file, expand_inputs,
                       predict_images, preset_of_checkpoint, require_single_card, save_weights, weights_for,
                       with_datasets, with_model)
-from clip.errors import UserError
+from common.errors import UserError
 
 PRETRAIN = "contrastive_language_image_pretrain"
 ZERO_SHOT = "zero_shot_image_classification"

@@ -14,7 +14,7 @@ from typing import Tuple
 import numpy as np
 from PIL import Image
 
-from clip.errors import UserError
+from common.errors import UserError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from clip.encode import encode_in_batches, encode_texts, encoder, l2_normalize, worth_compiling
-from clip.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from launcher import hccn, ranktable
-from launcher.errors import UserError, exit_on_user_error
+from common.errors import ArgumentParser, UserError, exit_on_user_error
 
 
 def _order(text: str | None) -> list[str] | None:
@@ -104,7 +104,7 @@ def add_ranktable_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; the `run` options come from launcher.run, imported only when `run` is the command."""
-    parser = argparse.ArgumentParser(prog="python -m launcher",
+    parser = ArgumentParser(prog="python -m launcher",
                                      description="Data-parallel launcher for MindSpore clusters.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from launcher.errors import UserError
+from common.errors import UserError
 
 
 # Container and VPN bridges: their addresses are not reachable from other servers.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import hccn, ranktable
-from launcher.errors import UserError
+from common.errors import UserError
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 

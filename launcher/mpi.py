@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from launcher import ranktable
-from launcher.errors import UserError
+from common.errors import UserError
 
 RANK_FIELD = "{rank}"
 

@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from launcher.errors import UserError
+from common.errors import UserError
 
 BACKENDS = ("auto", "ascend", "cluster")
 

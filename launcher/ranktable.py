@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from launcher import cluster, hccn
-from launcher.errors import UserError, read_user_file
+from common.errors import UserError, read_user_file
 
 VERSION = "1.0"
 SERVER_CARDS = (8, 16)

@@ -15,7 +15,7 @@ from typing import List, Optional
 import psutil
 
 from launcher import cluster, plan, ranktable, supervisor
-from launcher.errors import UserError, exit_on_user_error
+from common.errors import UserError, exit_on_user_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

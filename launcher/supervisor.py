@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
 import psutil
 
-from launcher.errors import UserError
+from common.errors import UserError
 from launcher.plan import WorkerSpec
 
 POLL_INTERVAL = 0.05

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from clip.config import RunConfig, all_keys, load_config, write_resolved
-from clip.errors import UserError
+from common.errors import UserError
 
 
 def write(tmp_path, text, name="run.yaml"):

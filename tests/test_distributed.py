@@ -18,7 +18,7 @@ import pytest
 
 from clip import distributed
 from clip.distributed import AllGatherWithGrad, DistInfo, EnvPlan, plan_from_env
-from clip.errors import UserError
+from common.errors import UserError
 
 JOB = Path(__file__).resolve().parent / "jobs" / "grad_equivalence_job.py"
 CLUSTER_TIMEOUT = 240
@@ -77,7 +77,7 @@ def test_bad_environment_is_a_one_line_user_error(env, target, words):
 
 def test_missing_rank_table_exits_2_with_one_line(clean_env, tmp_path):
     """The I/O edge: a wrapped entry point turns the bad environment into 'error: ...' and exit code 2."""
-    script = ("from clip.errors import exit_on_user_error\n"
+    script = ("from common.errors import exit_on_user_error\n"
               "from clip.distributed import init_from_env\n"
               "exit_on_user_error(init_from_env)()\n")
     env = {**clean_env, "RANK_TABLE_FILE": str(tmp_path / "missing.json"), "RANK_SIZE": "2", "RANK_ID": "1"}

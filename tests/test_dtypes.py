@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import torch_reference
-from clip.errors import UserError
+from common.errors import UserError
 from clip.model import create_model
 from clip.presets import get_config
 from clip.tokenizer import tokenize

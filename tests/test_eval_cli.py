@@ -141,7 +141,7 @@ def test_two_worker_cluster_gives_single_card_numbers(setup, tmp_path, sharded):
     ("vit_l_14", "clip_vit_l_14", "ViT-L-14"), ("vit_l_14_336", "clip_vit_l_14@336", "ViT-L-14-336px")])
 def test_shipped_cifar100_configs(repo_root, suffix, preset, weights):
     from clip.config import load_config
-    from clip.errors import UserError
+    from common.errors import UserError
 
     path = str(repo_root / "configs" / f"eval_cifar100_{suffix}.yaml")
     cfg = load_config(path, ["model.checkpoint=null"])

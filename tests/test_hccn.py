@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from launcher import hccn
-from launcher.errors import UserError
+from common.errors import UserError
 
 GOOD = """\
 # written by hccn_tool

@@ -7,7 +7,7 @@ import pytest
 from mindspore import nn, ops
 
 from clip.distributed import DistInfo
-from clip.errors import UserError
+from common.errors import UserError
 from clip.loss import LOGIT_SCALE_MAX, LOSS_MODES, ContrastiveLoss, clamp_logit_scale, full_loss, local_loss
 
 SINGLE = DistInfo(rank=0, world_size=1, backend="none", device_target="CPU")

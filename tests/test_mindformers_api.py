@@ -15,7 +15,7 @@ from PIL import Image
 import clip
 from clip.data.base import DatasetConfig
 from clip.data.shapes import CLASSNAMES, render
-from clip.errors import UserError
+from common.errors import UserError
 from clip.model import CLIPModel, create_model
 from clip.presets import CLIPConfig
 from clip.app import config_from, dataset_from_path

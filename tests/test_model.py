@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import clip
-from clip.errors import UserError
+from common.errors import UserError
 from clip.model import CLIPModel, create_model
 from clip.presets import PRESETS, CLIPConfig, get_config, infer_config
 

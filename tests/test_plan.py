@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from launcher import plan, ranktable
-from launcher.errors import UserError
+from common.errors import UserError
 
 
 def options(**overrides):

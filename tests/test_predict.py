@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip.errors import UserError
+from common.errors import UserError
 from test_zeroshot import determine, draw_images, preprocess, tiny_model
 
 LABELS = ["red square", "green circle", "blue triangle"]

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from launcher import cluster, ranktable
-from launcher.errors import UserError
+from common.errors import UserError
 
 
 def hccn_text(server: int, chips=range(8)) -> str:

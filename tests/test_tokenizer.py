@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import clip
-from clip.errors import UserError
+from common.errors import UserError
 from clip.tokenizer import EOT_ID, SOT_ID, clean_text, default_tokenizer, tokenize
 
 TEXTS = [

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from clip import checkpoint, metrics
-from clip.errors import UserError
+from common.errors import UserError
 from test_equivalence import REPO, clean_env, run_training, train_command
 
 

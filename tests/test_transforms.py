@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import clip
-from clip.errors import UserError
+from common.errors import UserError
 from clip.transforms import OPENAI_MEAN, OPENAI_STD, center_crop_box, image_transform, resized_size
 
 

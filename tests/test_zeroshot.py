@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from clip.data.base import DatasetConfig
-from clip.errors import UserError
+from common.errors import UserError
 
 RAW_NAMES = ["apple", "aquarium_fish", "maple_tree", "lawn_mower", "bus", "rose", "sweet_pepper", "whale"]
 CLEAN_NAMES = ["apple", "aquarium fish", "maple tree", "lawn mower", "bus", "rose", "sweet pepper", "whale"]

@@ -14,7 +14,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
-from clip.errors import UserError
+from common.errors import UserError
 
 ImageLike = Union[Image.Image, np.ndarray]
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from clip.data.base import ClassificationSource, DatasetConfig, check_templates, require_dir, verify_sha256
-from clip.errors import UserError
+from common.errors import UserError
 
 SPLITS = ("test", "train")
 _ALLOWED_GLOBALS = {

@@ -12,7 +12,7 @@ from PIL import Image
 
 from clip.data.base import (ClassificationSource, DatasetConfig, check_templates, load_image_file, require_dir,
                              verify_sha256)
-from clip.errors import UserError
+from common.errors import UserError
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 

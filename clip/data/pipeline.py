@@ -15,7 +15,7 @@ from PIL import Image
 
 import clip
 from clip.data.base import CaptionSource, UnreadableImage
-from clip.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""User-facing errors for the launcher: one line, exit code 2, never a traceback."""
+"""User-facing errors: one line, exit code 2, never a traceback (launcher and CLIP alike)."""
+import argparse
 import sys
 
 
@@ -31,3 +32,14 @@ def read_user_file(path, what: str, missing_hint: str = "") -> str:
         raise UserError(f"{path}: {what} not found{missing_hint}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {exc})") from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error format: a usage mistake is one line `error: PROG: ...` and exit 2.
+
+    `--help` is untouched; sub-commands inherit the class, so they report the same way.
+    """
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
