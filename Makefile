@@ -13,7 +13,8 @@ $(RUNTIME): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-# open_clip's tokenizer is the tests' reference; installed without deps because its torchvision has no wheel here.
+# open_clip: the tests' reference tokenizer and the benchmarks' anchor model (bench/openclip_anchor.py); installed
+# without deps because its torchvision has no working wheel here.
 $(TESTDEPS): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps 'open_clip_torch==3.3.0'

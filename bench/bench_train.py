@@ -1,14 +1,16 @@
-"""Train-step throughput (samples/s): our MindSpore train step on 1 and 2 ranks vs the torch reference.
+"""Train-step throughput (samples/s): our MindSpore train step on 1 and 2 ranks vs open_clip on torch.
 
     python bench/bench_train.py [--presets clip_tiny clip_vit_b_32] [--batch 16] [--out bench/results/train.json]
 
 The MindSpore step is exactly clip.train's (`TrainStep`: forward, contrastive loss, gradients, mean
-all-reduce, AdamWeightDecay, logit_scale clamp, GRAPH_MODE); 2 ranks run as a real CPU dynamic cluster
-through the launcher, each with `--batch` samples (global batch 2 x batch). The torch reference is
-tests/torch_reference.py (OpenAI's architecture in plain torch) with torch.optim.AdamW and the same loss,
+all-reduce, AdamWeightDecay, logit_scale clamp, GRAPH_MODE). The anchor is open_clip 3.3.0 itself
+(bench/openclip_anchor.py: QuickGELU, our preset's shapes, ClipLoss, torch.optim.AdamW plain and fused),
 one process, timed with every core and with one thread (the faster counts), before and after the
-MindSpore runs (the faster counts again). Inputs are fixed random tensors: the data pipeline is not
-measured. The first MindSpore step (graph compilation) is reported separately and excluded from the rate.
+MindSpore runs (the faster counts again: the conservative choice for our ratio). Ours runs on 1 rank at
+batch B (against open_clip at B), on 1 rank at 2B and on 2 ranks x 1 core (launcher --bind-cores) at B
+each: the last two have the same global batch and give the scaling efficiency. Inputs are fixed random
+tensors: the data pipeline is not measured. The first step (graph compilation) is reported separately
+and excluded from the rate. Load averages are recorded with every measurement (the machine is shared).
 """
 from __future__ import annotations
 
@@ -86,58 +88,50 @@ def mindspore_worker(args) -> None:
         Path(args.result).write_text(json.dumps(result))
 
 
-def torch_worker(args) -> None:
-    """The torch reference: same architecture, AdamW, CLIP loss, one process (all cores or one thread)."""
+def openclip_worker(args) -> None:
+    """The anchor: open_clip's CLIP (QuickGELU, our preset's shapes) with its ClipLoss and torch.optim.AdamW,
+    plain and fused, one process, timed with every core and with one thread (the faster counts)."""
     import torch
-    sys.path.insert(0, str(REPO / "tests"))
-    from torch_reference import Shapes, build, random_state_dict
+    sys.path.insert(0, str(REPO / "bench"))
+    import openclip_anchor
 
     from clip.presets import get_config
 
-    torch.manual_seed(0)
     config = get_config(args.preset)
-    shapes = Shapes.of(config)
-    model = build(random_state_dict(shapes)).train()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.2}, {"params": rest, "weight_decay": 0.0}],
-                            lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
     images, tokens = fake_batch(config, args.batch, seed=0)
     images, tokens = torch.from_numpy(images), torch.from_numpy(tokens).long()
-    labels = torch.arange(args.batch)
-
-    def one_step():
-        logits, logits_t = model(images, tokens)
-        loss = 0.5 * (torch.nn.functional.cross_entropy(logits, labels) +
-                      torch.nn.functional.cross_entropy(logits_t, labels))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, 4.6052)
-
-    start = time.perf_counter()
-    one_step()
-    first = time.perf_counter() - start
-    # torch's worker threads stall when another process holds a core; one thread does not: time both.
-    per_threads = {}
-    for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
-        torch.set_num_threads(threads)
-        times = []
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            one_step()
-            times.append(time.perf_counter() - start)
-        per_threads[threads] = statistics.median(times)
-    threads, step_s = min(per_threads.items(), key=lambda item: item[1])
-    Path(args.result).write_text(json.dumps({
-        "ranks": 1, "threads": threads, "batch_per_rank": args.batch, "steps": args.steps,
-        "first_step_s": round(first, 3), "step_s": round(step_s, 4),
-        "step_s_by_threads": {str(k): round(v, 4) for k, v in per_threads.items()},
-        "samples_per_s": round(args.batch / step_s, 2), "peak_rss_gb": round(peak_rss_gb(), 2),
-        "torch": torch.__version__}))
+    out = {"ranks": 1, "batch_per_rank": args.batch, "steps": args.steps, "torch": torch.__version__,
+           "open_clip": openclip_anchor.import_open_clip().__version__}
+    all_threads = torch.get_num_threads()
+    for fused in (False, True):
+        torch.manual_seed(0)
+        torch.set_num_threads(all_threads)
+        model = openclip_anchor.create(args.preset).train()
+        step = openclip_anchor.train_step(model, openclip_anchor.optimizer(model, fused=fused))
+        start = time.perf_counter()
+        step(images, tokens)
+        first = time.perf_counter() - start
+        # torch's worker threads stall when another process holds a core; one thread does not: time both.
+        per_threads = {}
+        for threads in sorted({all_threads, 1}, reverse=True):
+            torch.set_num_threads(threads)
+            times = []
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                step(images, tokens)
+                times.append(time.perf_counter() - start)
+            per_threads[threads] = statistics.median(times)
+        threads, step_s = min(per_threads.items(), key=lambda item: item[1])
+        out["fused" if fused else "plain"] = {
+            "threads": threads, "first_step_s": round(first, 3), "step_s": round(step_s, 4),
+            "step_s_by_threads": {str(k): round(v, 4) for k, v in per_threads.items()},
+            "samples_per_s": round(args.batch / step_s, 2)}
+        del model, step
+    out["samples_per_s"] = out["plain"]["samples_per_s"]
+    out["step_s"] = out["plain"]["step_s"]
+    out["first_step_s"] = out["plain"]["first_step_s"]
+    out["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    Path(args.result).write_text(json.dumps(out))
 
 
 def run(cmd, timeout: float) -> None:
@@ -148,20 +142,47 @@ def run(cmd, timeout: float) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
-def measure(preset: str, batch: int, steps: int, kind: str, ranks: int, workdir: Path) -> dict:
-    result = workdir / f"{preset}_{kind}_{ranks}.json"
+def measure(preset: str, batch: int, steps: int, kind: str, ranks: int, workdir: Path,
+            bind_cores: bool = False) -> dict:
+    result = workdir / f"{preset}_{kind}_{ranks}_{batch}.json"
     worker = [sys.executable, str(Path(__file__).resolve()), f"--{kind}-worker", "--preset", preset,
               "--batch", str(batch), "--steps", str(steps), "--result", str(result)]
     if ranks > 1:
         worker = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(ranks),
-                  "--log-dir", str(workdir / f"logs_{preset}_{ranks}"), "--no-chdir", "--"] + worker
+                  "--log-dir", str(workdir / f"logs_{preset}_{ranks}"), "--no-chdir"] + \
+                 (["--bind-cores"] if bind_cores else []) + ["--"] + worker
     start = time.perf_counter()
     run(worker, timeout=3600)
     out = json.loads(result.read_text())
     out["wall_s"] = round(time.perf_counter() - start, 1)
-    print(f"{preset:14s} {kind:9s} ranks={ranks}: {out['samples_per_s']:8.2f} samples/s "
-          f"(step {out['step_s']:.3f} s, first step {out['first_step_s']:.1f} s)", flush=True)
+    out["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    extra = f", fused {out['fused']['samples_per_s']:.2f}" if "fused" in out else ""
+    print(f"{preset:14s} {kind:10s} ranks={ranks} batch={batch}: {out['samples_per_s']:8.2f} samples/s{extra} "
+          f"(step {out['step_s']:.3f} s, first step {out['first_step_s']:.1f} s, load {out['load_avg'][0]})",
+          flush=True)
     return out
+
+
+def compare(preset: str, batch: int, steps: int, workdir: Path) -> dict:
+    """open_clip before and after ours (the faster run counts), ours on 1 rank at batch B and 2B, and on
+    2 ranks x 1 core at batch B each (same global batch as 1 rank x 2 cores at 2B: scaling efficiency)."""
+    before = measure(preset, batch, steps, "openclip", 1, workdir)
+    ours = measure(preset, batch, steps, "mindspore", 1, workdir)
+    ours_2b = measure(preset, 2 * batch, steps, "mindspore", 1, workdir)
+    ours_2 = measure(preset, batch, steps, "mindspore", 2, workdir, bind_cores=True)
+    after = measure(preset, batch, steps, "openclip", 1, workdir)
+    anchor = max(before, after, key=lambda r: r["samples_per_s"])
+    fused = max(before["fused"]["samples_per_s"], after["fused"]["samples_per_s"])
+    return {
+        "mindspore_1_rank": ours, "mindspore_1_rank_global_batch": ours_2b, "mindspore_2_ranks_1_core_each": ours_2,
+        "open_clip_runs_samples_per_s": {"plain": [before["samples_per_s"], after["samples_per_s"]],
+                                         "fused": [before["fused"]["samples_per_s"], after["fused"]["samples_per_s"]]},
+        "open_clip": anchor,
+        "ratio_vs_open_clip_adamw": round(ours["samples_per_s"] / anchor["samples_per_s"], 3),
+        "ratio_vs_open_clip_fused_adamw": round(ours["samples_per_s"] / fused, 3),
+        "scaling_efficiency_2_ranks": round(ours_2["samples_per_s"] / ours_2b["samples_per_s"], 3),
+        "ratio_2_ranks_vs_open_clip_adamw": round(ours_2["samples_per_s"] / anchor["samples_per_s"], 3),
+    }
 
 
 def main() -> int:
@@ -171,36 +192,24 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default per preset)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
     parser.add_argument("--mindspore-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--openclip-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mindspore_worker:
         mindspore_worker(args)
         return 0
-    if args.torch_worker:
-        torch_worker(args)
+    if args.openclip_worker:
+        openclip_worker(args)
         return 0
 
-    results = {"machine": {"cpus": psutil.cpu_count(), "load_avg_at_start": os.getloadavg(),
+    results = {"machine": {"cpus": psutil.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
                            "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1)},
                "batch_per_rank": args.batch, "presets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
-            steps = args.steps or STEPS.get(preset, 5)
-            # This machine is shared and torch's threads suffer most from it: torch runs before and after
-            # MindSpore and the faster of the two is the reference (the conservative choice for our ratio).
-            before = measure(preset, args.batch, steps, "torch", 1, Path(tmp))
-            entry = {f"mindspore_{ranks}_rank": measure(preset, args.batch, steps, "mindspore", ranks, Path(tmp))
-                     for ranks in (1, 2)}
-            after = measure(preset, args.batch, steps, "torch", 1, Path(tmp))
-            entry["torch_runs_samples_per_s"] = [before["samples_per_s"], after["samples_per_s"]]
-            entry["torch_reference"] = max(before, after, key=lambda r: r["samples_per_s"])
-            ref = entry["torch_reference"]["samples_per_s"]
-            entry["ratio_1_rank_vs_torch"] = round(entry["mindspore_1_rank"]["samples_per_s"] / ref, 3)
-            entry["ratio_2_ranks_vs_torch"] = round(entry["mindspore_2_rank"]["samples_per_s"] / ref, 3)
-            results["presets"][preset] = entry
-    results["machine"]["load_avg_at_end"] = os.getloadavg()
+            results["presets"][preset] = compare(preset, args.batch, args.steps or STEPS.get(preset, 5), Path(tmp))
+    results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".json.tmp")

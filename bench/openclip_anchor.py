@@ -1,0 +1,128 @@
+"""open_clip 3.3.0 as the benchmarks' reference: the model a user would otherwise train with, on torch.
+
+open_clip's model code needs torchvision only at import time, for `torchvision.ops.misc.FrozenBatchNorm2d`
+(ResNet towers, unused here) and a few names of `torchvision.transforms` (its preprocessing, unused here:
+the benchmarks feed tensors). The PyPI torchvision wheels do not load beside the CPU torch on this machine
+("operator torchvision::nms does not exist"), so when torchvision is missing this module registers a
+minimal stand-in providing exactly those names; anything that would really use one of them raises.
+Used by bench/ only; the parity tests keep tests/torch_reference.py.
+
+Architecture: open_clip's `-quickgelu` configuration (OpenAI's weights and our model use QuickGELU; its
+plain configs use GELU): `ViT-B-32-quickgelu` for clip_vit_b_32, and `CLIP(..., quick_gelu=True)` with our
+preset's shapes for the others (clip_tiny).
+"""
+from __future__ import annotations
+
+import enum
+import importlib.util
+import sys
+import types
+
+OPEN_CLIP_NAMES = {"clip_vit_b_32": "ViT-B-32-quickgelu", "clip_vit_b_16": "ViT-B-16-quickgelu",
+                   "clip_vit_l_14": "ViT-L-14-quickgelu"}
+TRANSFORM_NAMES = ("Compose", "Normalize", "Resize", "CenterCrop", "RandomResizedCrop", "ToTensor",
+                   "ColorJitter", "Grayscale")
+
+
+class InterpolationMode(enum.Enum):
+    NEAREST = "nearest"
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+
+
+def _unavailable(name: str):
+    class Unavailable:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError(f"torchvision.{name} is a benchmark stand-in (bench/openclip_anchor.py); "
+                               f"install a working torchvision to use open_clip's image transforms")
+    Unavailable.__name__ = Unavailable.__qualname__ = name.rsplit(".", 1)[-1]
+    return Unavailable
+
+
+def _functional_getattr(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    def unavailable(*args, **kwargs):
+        raise RuntimeError(f"torchvision.transforms.functional.{name} is a benchmark stand-in")
+    return unavailable
+
+
+def install_torchvision_stand_in() -> bool:
+    """Register the stand-in modules unless a real torchvision is importable; True when installed."""
+    if "torchvision" in sys.modules:
+        return False
+    try:
+        if importlib.util.find_spec("torchvision") is not None:
+            import torchvision  # noqa: F401  (a real one that loads wins)
+            return False
+    except Exception:  # a broken real torchvision: fall through to the stand-in
+        for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+            del sys.modules[key]
+    modules = {name: types.ModuleType(name) for name in
+               ("torchvision", "torchvision.ops", "torchvision.ops.misc", "torchvision.transforms",
+                "torchvision.transforms.functional")}
+    modules["torchvision.ops.misc"].FrozenBatchNorm2d = _unavailable("ops.misc.FrozenBatchNorm2d")
+    transforms = modules["torchvision.transforms"]
+    transforms.InterpolationMode = InterpolationMode
+    for name in TRANSFORM_NAMES:
+        setattr(transforms, name, _unavailable(f"transforms.{name}"))
+    modules["torchvision.transforms.functional"].__getattr__ = _functional_getattr
+    modules["torchvision"].ops = modules["torchvision.ops"]
+    modules["torchvision"].transforms = transforms
+    modules["torchvision.ops"].misc = modules["torchvision.ops.misc"]
+    transforms.functional = modules["torchvision.transforms.functional"]
+    modules["torchvision"].__version__ = "0.0+bench-stand-in"
+    sys.modules.update(modules)
+    return True
+
+
+def import_open_clip():
+    install_torchvision_stand_in()
+    import open_clip
+    return open_clip
+
+
+def create(preset: str):
+    """open_clip's CLIP with our preset's architecture (QuickGELU), random init, float32, train mode."""
+    open_clip = import_open_clip()
+    if preset in OPEN_CLIP_NAMES:
+        model = open_clip.create_model(OPEN_CLIP_NAMES[preset], pretrained=None)
+    else:
+        from clip.presets import get_config
+        c = get_config(preset)
+        vision = open_clip.CLIPVisionCfg(layers=c.vision_layers, width=c.vision_width,
+                                         head_width=c.vision_width // c.vision_heads,
+                                         patch_size=c.patch_size, image_size=c.image_size)
+        text = open_clip.CLIPTextCfg(context_length=c.context_length, vocab_size=c.vocab_size,
+                                     width=c.text_width, heads=c.text_heads, layers=c.text_layers)
+        model = open_clip.CLIP(c.embed_dim, vision, text, quick_gelu=True)
+    return model.float()
+
+
+def optimizer(model, fused: bool, lr: float = 1e-4, weight_decay: float = 0.2):
+    """torch.optim.AdamW as open_clip's training script builds it: decay on matrices only."""
+    import torch
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": rest, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused)
+
+
+def train_step(model, opt):
+    """open_clip's step: forward, ClipLoss, backward, AdamW, clamp of logit_scale to [0, ln 100]."""
+    import math
+    import torch
+    open_clip = import_open_clip()
+    loss_fn = open_clip.ClipLoss()
+
+    def step(images, tokens):
+        image_features, text_features, logit_scale = model(images, tokens)
+        loss = loss_fn(image_features, text_features, logit_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        return loss
+    return step
