@@ -235,6 +235,15 @@ def test_forked_parameters_are_detected_and_broadcast_fixes_them(cluster):
         assert res["params"]["broadcast_error_vs_rank0_seed"] == 0.0
 
 
+def test_bucketed_reducer_is_bit_identical_to_per_tensor_reducer(cluster):
+    for res in cluster["results"]:
+        buckets = res["buckets"]
+        assert len(buckets["buckets"]) > 1  # the check really split the gradients
+        for mode in ("pynative", "graph"):
+            assert buckets[f"max_diff_{mode}"] == 0.0, buckets
+            assert buckets[f"shapes_{mode}"] == buckets["expected_shapes"]
+
+
 @pytest.mark.parametrize("exec_mode", ["pynative", "jit", "graph"])
 @pytest.mark.parametrize("mode", ["local", "full"])
 def test_data_parallel_equals_single_process_global_batch(cluster, mode, exec_mode):

@@ -16,6 +16,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from clip import distributed
+from clip.buckets import BucketedGradReducer
 from clip.distributed import AllGatherWithGrad, DistInfo
 from clip.loss import LOSS_MODES, ContrastiveLoss
 
@@ -141,6 +142,31 @@ def param_checks(info):
     return {"fork_message": fork_message, "broadcast_error_vs_rank0_seed": broadcast_error}
 
 
+def bucket_checks(info):
+    """Largest gap between the bucketed reducer (buckets small enough to split, one tensor larger than a
+    bucket, a scalar) and MindSpore's per-tensor DistributedGradReducer, eagerly and compiled."""
+    rng = np.random.RandomState(50 + info.rank)
+    shapes = [(3, 4), (), (1000,), (7,), (50, 60), (2,)]
+    params = [ms.Parameter(ms.Tensor(np.zeros(s, np.float32)), name=f"bucket_p{i}") for i, s in enumerate(shapes)]
+    grads = tuple(ms.Tensor(np.asarray(rng.randn(*s), np.float32)) for s in shapes)
+    reference = nn.DistributedGradReducer(params, mean=True, degree=info.world_size,
+                                          group=distributed.world_group())(grads)
+    bucketed = BucketedGradReducer(params, info.world_size, distributed.world_group(),
+                                   bucket_mb=4000 * 4 / 2 ** 20)
+    results = {"buckets": [list(b) for b in bucketed.buckets]}
+    for exec_mode in ("pynative", "graph"):
+        if exec_mode == "graph":
+            ms.set_context(mode=ms.GRAPH_MODE)
+        try:
+            out = bucketed(grads)
+        finally:
+            ms.set_context(mode=ms.PYNATIVE_MODE)
+        results[f"max_diff_{exec_mode}"] = max_abs_diff(out, reference)
+        results[f"shapes_{exec_mode}"] = [list(o.shape) for o in out]
+    results["expected_shapes"] = [list(s) for s in shapes]
+    return results
+
+
 def equivalence_checks(info):
     """Gap between data-parallel (loss, grads) and the single-process global-batch (loss, grads)."""
     rng = np.random.RandomState(0)
@@ -187,6 +213,7 @@ def main(out_dir):
     distributed.barrier()
     results["gather"] = gather_checks(info)
     results["params"] = param_checks(info)
+    results["buckets"] = bucket_checks(info)
     results["equivalence"] = equivalence_checks(info)
     distributed.barrier()
     results["seconds"] = time.perf_counter() - started
