@@ -184,11 +184,9 @@ def preset_of_checkpoint(path: str) -> str:
 
 def save_weights(model, path: str) -> str:
     """A model's parameters (OpenAI names) as a MindSpore checkpoint, written atomically."""
-    import mindspore as ms
+    from clip import checkpoint
 
-    from clip.safe_write import write_with
-
-    return write_with(path, lambda tmp: ms.save_checkpoint(model, tmp), mode=None)
+    return checkpoint.write(path, model)
 
 
 def require_single_card(env: Mapping[str, str]) -> None:
@@ -273,8 +271,11 @@ def evaluate_and_write(cfg, task: str, checkpoint: Optional[str], sharded: bool 
                        weights_label: Optional[str] = None) -> Optional[dict]:
     """Evaluate, then (on the rank that has the result) write <output_dir>/eval.json or retrieval.json and print
     the one-line summary: the only place evaluation results are written."""
+    from clip.preflight import check_output_file
     from clip.safe_write import write_json
 
+    path = os.path.join(cfg.output_dir, RESULT_FILES[task])
+    check_output_file(path, "output_dir")
     result = run(cfg, task, checkpoint, sharded)
     if result is None:
         return None
@@ -284,7 +285,6 @@ def evaluate_and_write(cfg, task: str, checkpoint: Optional[str], sharded: bool 
         from clip.zeroshot import confusion_summary
 
         log.info("%s", confusion_summary(result["worst"]))
-    path = os.path.join(cfg.output_dir, RESULT_FILES[task])
     write_json(path, result)
     print(report(result, task), flush=True)
     log.info("wrote %s", path)

@@ -60,18 +60,35 @@ def unique_parameters(cells) -> list:
     return params
 
 
+def write(path: str, save_obj, append_dict: Optional[dict] = None) -> str:
+    """The one checkpoint writer: ms.save_checkpoint through clip.safe_write (temporary file, fsync, rename);
+    a failure is one line naming the file and the reason, and MindSpore's own multi-line report of it is held
+    back (it would only repeat that line)."""
+    import mindspore as ms
+    from mindspore import log as ms_log
+
+    from clip.safe_write import write_with
+
+    def save_to(tmp: str) -> None:
+        logger = ms_log._get_logger()  # MindSpore's logger object; its CRITICAL line would precede ours
+        disabled, logger.disabled = logger.disabled, True
+        try:
+            ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
+        finally:
+            logger.disabled = disabled
+
+    return write_with(path, save_to, mode=None)
+
+
 def save(params: list, output_dir: str, meta: dict, keep_last: int) -> str:
     """Write step_<n>.ckpt through a temporary file, point last.ckpt at it (hard link, rename), prune.
 
     A crash at any moment leaves either the previous last.ckpt or the new one, never a partial file."""
-    import mindspore as ms
-
-    from clip.safe_write import link_atomic, write_with
+    from clip.safe_write import link_atomic
 
     directory = checkpoint_dir(output_dir)
     final = os.path.join(directory, step_file(meta["step"]))
-    write_with(final, lambda tmp: ms.save_checkpoint([{"name": p.name, "data": p} for p in params], tmp,
-                                                     append_dict={k: int(meta[k]) for k in META_KEYS}), mode=None)
+    write(final, [{"name": p.name, "data": p} for p in params], {k: int(meta[k]) for k in META_KEYS})
     link_atomic(final, os.path.join(directory, LAST))
     for name in to_prune(os.listdir(directory), keep_last):
         os.remove(os.path.join(directory, name))

@@ -61,6 +61,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     log_every: int = 1                    # steps between metrics lines
     resume: str = "auto"                  # auto | none | path to a .ckpt
+    overwrite: bool = False               # a fresh run may replace an earlier run's files in output_dir
     mode: str = "graph"                   # graph (compiled step) | pynative (debugging)
     num_workers: int = 1                  # data-loading worker processes per card
 
@@ -213,15 +214,39 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+MAX_NESTING = 64  # run configs nest 3 levels; YAML parsing of deep flow nesting is quadratic, then recursive
+
+
+def flow_depth(text: str) -> int:
+    """The deepest nesting of [ and { in a YAML text (quotes ignored: only an upper bound is needed)."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def safe_yaml(text: str):
+    """yaml.safe_load, refusing nesting no run config has before the parser spends time or stack on it."""
+    if flow_depth(text) > MAX_NESTING:
+        raise RecursionError
+    return yaml.safe_load(text)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` from the command line; the value is read as YAML so lists and null work."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set {text!r}: expected key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        raise UserError(f"--set {text!r}: value nested too deeply") from None
     return key.strip(), value
 
 
@@ -292,11 +317,15 @@ def load_config(path: Optional[str], overrides: typing.Sequence[str] = ()) -> Ru
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
+                data = safe_yaml(f.read()) or {}
         except FileNotFoundError:
             raise UserError(f"config file {path!r} does not exist") from None
         except IsADirectoryError:
             raise UserError(f"config file {path!r} is a directory, expected a YAML file") from None
+        except RecursionError:
+            raise UserError(f"{path}: nested too deeply for a run config") from None
+        except (UnicodeDecodeError, PermissionError) as exc:
+            raise UserError(f"config file {path!r} cannot be read ({exc.__class__.__name__})") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""

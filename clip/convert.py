@@ -10,6 +10,7 @@ names, which are our model's parameter names, so `create_model(name, checkpoint=
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -21,7 +22,7 @@ import numpy as np
 
 from clip import torch_archive
 from common.errors import UserError, exit_on_user_error
-from clip.presets import PRESETS, CLIPConfig, get_config, infer_config
+from clip.presets import PRESETS, CLIPConfig, expected_shapes, get_config, infer_config
 
 OUTPUT_DTYPES = ("float32", "float16")
 # Tensors that checkpoints carry but that are not parameters (sizes, masks, index buffers).
@@ -42,41 +43,6 @@ class Conversion:
 
 
 # ---------------------------------------------------------------------------------------------- pure logic
-
-def expected_shapes(config: CLIPConfig) -> Dict[str, Tuple[int, ...]]:
-    """OpenAI parameter name -> shape for a configuration (the model's parameters, without building it)."""
-    shapes: Dict[str, Tuple[int, ...]] = {}
-
-    def tower(prefix: str, width: int, layers: int):
-        for i in range(layers):
-            block = f"{prefix}transformer.resblocks.{i}."
-            shapes.update({
-                block + "attn.in_proj_weight": (3 * width, width), block + "attn.in_proj_bias": (3 * width,),
-                block + "attn.out_proj.weight": (width, width), block + "attn.out_proj.bias": (width,),
-                block + "ln_1.weight": (width,), block + "ln_1.bias": (width,),
-                block + "mlp.c_fc.weight": (4 * width, width), block + "mlp.c_fc.bias": (4 * width,),
-                block + "mlp.c_proj.weight": (width, 4 * width), block + "mlp.c_proj.bias": (width,),
-                block + "ln_2.weight": (width,), block + "ln_2.bias": (width,),
-            })
-
-    vw, tw, p = config.vision_width, config.text_width, config.patch_size
-    shapes.update({
-        "visual.class_embedding": (vw,),
-        "visual.positional_embedding": (config.grid_size ** 2 + 1, vw),
-        "visual.conv1.weight": (vw, 3, p, p),
-        "visual.ln_pre.weight": (vw,), "visual.ln_pre.bias": (vw,),
-        "visual.ln_post.weight": (vw,), "visual.ln_post.bias": (vw,),
-        "visual.proj": (vw, config.embed_dim),
-        "token_embedding.weight": (config.vocab_size, tw),
-        "positional_embedding": (config.context_length, tw),
-        "ln_final.weight": (tw,), "ln_final.bias": (tw,),
-        "text_projection": (tw, config.embed_dim),
-        "logit_scale": (),
-    })
-    tower("visual.", vw, config.vision_layers)
-    tower("", tw, config.text_layers)
-    return shapes
-
 
 def find_layout(names: List[str], source: str) -> Tuple[str, str]:
     """(layout, prefix): 'openai' or 'hf', and the wrapper prefix such as 'state_dict.' or 'module.'."""
@@ -238,9 +204,44 @@ def _is_torchscript(path: str) -> bool:
         return False
 
 
+MAX_SAFETENSORS_HEADER = 100 << 20  # the header only lists tensors; safetensors itself allows 100 MB
+
+
+def check_safetensors_header(path: str) -> None:
+    """The JSON header's size, shape and tensor sizes, checked before the library maps the file."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        total = os.fstat(f.fileno()).st_size
+        if size > min(MAX_SAFETENSORS_HEADER, total - 8):
+            raise UserError(f"{path}: safetensors header claims {size} bytes, the file has {total} "
+                            f"(damaged or not a safetensors file)")
+        try:
+            header = json.loads(f.read(size))
+        except RecursionError:
+            raise UserError(f"{path}: safetensors header is nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: damaged safetensors header ({exc})") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: damaged safetensors header (expected a JSON object)")
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in shape):
+            raise UserError(f"{path}: tensor {name!r} has a bad shape {shape!r:.60}")
+        if math.prod(shape) > torch_archive.MAX_ELEMENTS:
+            raise UserError(f"{path}: tensor {name!r} claims {math.prod(shape)} elements "
+                            f"(limit {torch_archive.MAX_ELEMENTS})")
+
+
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
+
+    check_safetensors_header(path)
     try:
         return load_file(path)
     except TypeError as exc:
@@ -257,11 +258,10 @@ def write_checkpoint(params: Dict[str, np.ndarray], dst: str, dtype: str) -> Non
     """Atomic: MindSpore writes a temporary file in the destination directory, which then replaces DST."""
     import mindspore as ms
 
-    from clip.safe_write import write_with
+    from clip import checkpoint
 
-    write_with(dst, lambda tmp: ms.save_checkpoint(
-        [{"name": name, "data": ms.Tensor(np.asarray(value, dtype=dtype, order="C"))}
-         for name, value in params.items()], tmp), mode=None)
+    checkpoint.write(dst, [{"name": name, "data": ms.Tensor(np.asarray(value, dtype=dtype, order="C"))}
+                           for name, value in params.items()])
 
 
 def check_destination(dst: str) -> None:
@@ -272,6 +272,8 @@ def check_destination(dst: str) -> None:
         raise UserError(f"output directory {directory} does not exist")
     if os.path.isdir(dst):
         raise UserError(f"output {dst} is a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UserError(f"output directory {directory}: permission denied")
 
 
 def convert(src: str, dst: str, model: Optional[str] = None, dtype: str = "float32") -> Conversion:

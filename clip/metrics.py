@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Optional
 
+from common.errors import UserError
 from clip.safe_write import write_text, write_with
 
 METRICS = "metrics.jsonl"
@@ -18,10 +19,30 @@ PLOT = "metrics.png"
 
 
 def read(path: str) -> list[dict]:
+    """The records of a metrics file. A last line cut short (a crash mid-write) is dropped; any other line
+    that is not a JSON object is a UserError naming the file and line."""
     if not os.path.isfile(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read metrics ({exc.__class__.__name__}: {exc})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            if number == len(lines):  # no newline after it: the write was interrupted
+                continue
+            record = None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: line {number} is not a metrics record (a JSON object); "
+                            f"repair or remove the file, or use another output_dir")
+        records.append(record)
+    return records
 
 
 class MetricsLog:

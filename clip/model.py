@@ -10,7 +10,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from clip.checkpoint import read as read_checkpoint, shapes as checkpoint_shapes
 from common.errors import UserError
-from clip.presets import DTYPES, PRESETS, CLIPConfig, get_config, infer_config
+from clip.presets import DTYPES, PRESETS, CLIPConfig, expected_shapes, get_config, infer_config
 from clip.transformer import LayerNorm, Transformer, causal_mask, normal
 
 MODEL_DIR_ENV = "CLIP_MODEL_DIR"
@@ -138,22 +138,24 @@ def create_model(name_or_config: Union[str, CLIPConfig], checkpoint: Optional[st
         # Fail here with one line rather than deep inside the first forward pass.
         raise UserError("dtype bfloat16 needs an Ascend or GPU device: MindSpore's CPU kernels have no bfloat16 "
                         "MatMul; use float32 or float16 on CPU")
+    params = read_checkpoint(checkpoint) if checkpoint else None
+    if params is not None:  # checked before the model is built: a wrong file costs no memory and no time
+        check_parameters(params, config, checkpoint)
     model = CLIPModel(config.with_dtype(dtype))
-    if checkpoint:
-        load_weights(model, checkpoint)
+    if params is not None:
+        for p in model.get_parameters():
+            p.set_data(Tensor(params[p.name].asnumpy().astype(np.float32)))
     return model
 
 
-def load_weights(model: CLIPModel, checkpoint: str) -> None:
-    """Load a converted or training checkpoint, insisting every parameter is present with the right shape."""
-    params = read_checkpoint(checkpoint)
-    for p in model.get_parameters():
-        if p.name not in params:
-            raise UserError(f"checkpoint {checkpoint} has no parameter {p.name}")
-        if tuple(params[p.name].shape) != tuple(p.shape):
-            raise UserError(f"checkpoint {checkpoint}: parameter {p.name} has shape {tuple(params[p.name].shape)}, "
-                            f"model {model_name(model.config)} expects {tuple(p.shape)}")
-        p.set_data(Tensor(params[p.name].asnumpy().astype(np.float32)))
+def check_parameters(params: dict, config: CLIPConfig, checkpoint: str) -> None:
+    """Every parameter of the model present in the checkpoint with the right shape, or a UserError naming it."""
+    for name, shape in expected_shapes(config).items():
+        if name not in params:
+            raise UserError(f"checkpoint {checkpoint} has no parameter {name}")
+        if tuple(params[name].shape) != shape:
+            raise UserError(f"checkpoint {checkpoint}: parameter {name} has shape {tuple(params[name].shape)}, "
+                            f"model {model_name(config)} expects {shape}")
 
 
 def model_name(config: CLIPConfig) -> str:
@@ -194,6 +196,9 @@ def load_model(model, checkpoint: Optional[str] = None, dtype: str = "float32"):
     if model is None and checkpoint is None:
         raise UserError("no model: give a preset name, a checkpoint path or a CLIPModel")
     model = os.fspath(model) if model is not None else None
+    if model is not None and model not in PRESETS and checkpoint is None and (
+            os.sep in model or model.endswith(".ckpt") or os.path.exists(model)):
+        model, checkpoint = None, model  # a path: checkpoint.read names what is wrong with it
     if model in PRESETS:  # a bare preset name means its converted weights, as in MindFormers' pipeline
         return create_model(model, checkpoint=checkpoint or pretrained_checkpoint(model), dtype=dtype)
     if model is not None and (checkpoint is not None or not os.path.isfile(model)):

@@ -43,7 +43,9 @@ def check_labels(labels: Sequence[str], what: str = "candidate_labels") -> list[
 
 
 def check_template(template: str) -> str:
-    if not isinstance(template, str) or template.count("{}") != 1:
+    from clip.data.base import is_template
+
+    if not is_template(template):
         raise UserError(f"--template {template!r}: expected a text with exactly one '{{}}' for the label")
     return template
 

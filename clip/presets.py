@@ -1,6 +1,7 @@
 """Model shapes by the names users know from MindFormers and OpenAI, plus a tiny one for tests and the demo."""
+import math
 from dataclasses import dataclass, fields, replace
-from typing import Dict
+from typing import Dict, Tuple
 
 from common.errors import UserError
 
@@ -23,6 +24,10 @@ class CLIPConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "dtype" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"model {f.name} is {value!r}, expected a positive integer")
         if self.dtype not in DTYPES:
             raise UserError(f"model dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.image_size % self.patch_size:
@@ -76,16 +81,23 @@ def get_config(name: str) -> CLIPConfig:
 
 def infer_config(shapes: Dict[str, tuple]) -> CLIPConfig:
     """Recover the architecture from parameter shapes (OpenAI names), so any checkpoint loads without --model."""
-    def need(key):
+    def need(key, ndim):
         if key not in shapes:
             raise UserError(f"checkpoint has no parameter {key!r}; is it a CLIP ViT checkpoint?")
-        return tuple(shapes[key])
+        shape = tuple(shapes[key])
+        if len(shape) != ndim or any(not isinstance(n, int) or n < 1 for n in shape):
+            raise UserError(f"checkpoint parameter {key!r} has shape {shape}, expected {ndim} positive sizes")
+        return shape
 
-    vision_width, _, patch_size, _ = need("visual.conv1.weight")
-    grid = round((need("visual.positional_embedding")[0] - 1) ** 0.5)
-    context_length, text_width = need("positional_embedding")
-    vocab_size = need("token_embedding.weight")[0]
-    embed_dim = need("text_projection")[1]
+    vision_width, _, patch_size, _ = need("visual.conv1.weight", 4)
+    positions = need("visual.positional_embedding", 2)[0] - 1
+    grid = math.isqrt(positions)
+    if grid < 1 or grid * grid != positions:
+        raise UserError(f"checkpoint parameter 'visual.positional_embedding' has {positions + 1} rows, expected "
+                        f"a square number of patches plus one")
+    context_length, text_width = need("positional_embedding", 2)
+    vocab_size = need("token_embedding.weight", 2)[0]
+    embed_dim = need("text_projection", 2)[1]
 
     def layers(prefix):
         return len({k.split(".")[len(prefix.split("."))] for k in shapes if k.startswith(prefix + ".")})
@@ -101,3 +113,38 @@ def infer_config(shapes: Dict[str, tuple]) -> CLIPConfig:
                if f.name not in ("vision_heads", "text_heads")):
             return preset
     return found
+
+
+def expected_shapes(config: CLIPConfig) -> Dict[str, Tuple[int, ...]]:
+    """OpenAI parameter name -> shape for a configuration (the model's parameters, without building it)."""
+    shapes: Dict[str, Tuple[int, ...]] = {}
+
+    def tower(prefix: str, width: int, layers: int):
+        for i in range(layers):
+            block = f"{prefix}transformer.resblocks.{i}."
+            shapes.update({
+                block + "attn.in_proj_weight": (3 * width, width), block + "attn.in_proj_bias": (3 * width,),
+                block + "attn.out_proj.weight": (width, width), block + "attn.out_proj.bias": (width,),
+                block + "ln_1.weight": (width,), block + "ln_1.bias": (width,),
+                block + "mlp.c_fc.weight": (4 * width, width), block + "mlp.c_fc.bias": (4 * width,),
+                block + "mlp.c_proj.weight": (width, 4 * width), block + "mlp.c_proj.bias": (width,),
+                block + "ln_2.weight": (width,), block + "ln_2.bias": (width,),
+            })
+
+    vw, tw, p = config.vision_width, config.text_width, config.patch_size
+    shapes.update({
+        "visual.class_embedding": (vw,),
+        "visual.positional_embedding": (config.grid_size ** 2 + 1, vw),
+        "visual.conv1.weight": (vw, 3, p, p),
+        "visual.ln_pre.weight": (vw,), "visual.ln_pre.bias": (vw,),
+        "visual.ln_post.weight": (vw,), "visual.ln_post.bias": (vw,),
+        "visual.proj": (vw, config.embed_dim),
+        "token_embedding.weight": (config.vocab_size, tw),
+        "positional_embedding": (config.context_length, tw),
+        "ln_final.weight": (tw,), "ln_final.bias": (tw,),
+        "text_projection": (tw, config.embed_dim),
+        "logit_scale": (),
+    })
+    tower("visual.", vw, config.vision_layers)
+    tower("", tw, config.text_layers)
+    return shapes

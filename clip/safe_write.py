@@ -3,6 +3,7 @@ directory. Readers never see half a file, a crash leaves the previous file, and 
 file is removed and the failure is a one-line UserError naming the path and the reason."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -82,9 +83,19 @@ def write_with(path: str, writer: Callable[[str], None], mode: Optional[int] = 0
     except (OSError, RuntimeError, ValueError) as exc:  # MindSpore reports failed writes as RuntimeError
         raise UserError(f"cannot write {path}: {reason(exc)}") from None
     finally:
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            remove_temporaries(tmp, ext)
     return path
+
+
+def remove_temporaries(tmp: str, ext: str) -> None:
+    """Our temporary file and any a library derived from its name (MindSpore writes '<name>.tmp' first)."""
+    directory, name = os.path.split(tmp)
+    stem = name[:-len(f".tmp{ext}")]
+    for entry in os.listdir(directory):
+        if entry == name or entry.startswith(stem + "."):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, entry))
 
 
 def write_bytes(path: str, data: Union[bytes, str], mode: Optional[int] = 0o644) -> str:

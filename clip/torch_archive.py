@@ -12,6 +12,7 @@ Supported containers: the zip format of `torch.save` (PyTorch >= 1.6) and of `to
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -38,6 +39,10 @@ _STORAGE_DTYPES = {
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 ZIP_MAGIC = b"PK\x03\x04"
+# The largest tensor of the largest preset (token embedding 49408 x 768, ~38M elements) with room for custom
+# models 16x that size; a file claiming more is refused before anything is allocated.
+MAX_ELEMENTS = 1 << 30
+MAX_PICKLE_BYTES = 256 << 20  # the pickle only names tensors (OpenAI's ViT-L/14: ~100 KB)
 
 
 class UnsafeArchiveError(UserError):
@@ -48,8 +53,15 @@ class ArchiveError(UserError):
     """The file is not a readable PyTorch archive (truncated, corrupt or another format)."""
 
 
+class _Sealed:
+    """The reader's own records: a pickle BUILD instruction may not overwrite their fields."""
+
+    def __setstate__(self, state):
+        raise UnsafeArchiveError("the pickle tries to overwrite the reader's tensor records")
+
+
 @dataclass(frozen=True)
-class StorageType:
+class StorageType(_Sealed):
     """Stands in for `torch.<X>Storage`; only its element type matters."""
     name: str
 
@@ -59,7 +71,7 @@ class StorageType:
 
 
 @dataclass(frozen=True)
-class StorageRef:
+class StorageRef(_Sealed):
     """A persistent id from the pickle: which record holds the bytes, of what type, how many elements."""
     key: str
     storage_type: StorageType
@@ -67,7 +79,7 @@ class StorageRef:
 
 
 @dataclass(frozen=True)
-class TensorRef:
+class TensorRef(_Sealed):
     """A tensor as the pickle describes it; materialised only after the pickle has been read."""
     storage: StorageRef
     offset: int
@@ -93,7 +105,17 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     """`torch._utils._rebuild_tensor_v2` / `_rebuild_tensor`: keep the view description only."""
     if not isinstance(storage, StorageRef):
         raise UnsafeArchiveError("tensor record without storage")
-    return TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+    if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
+        raise ArchiveError("tensor record with a non-sequence size or stride")
+    return TensorRef(storage, _index(storage_offset), tuple(_index(s) for s in size),
+                     tuple(_index(s) for s in stride))
+
+
+def _index(value) -> int:
+    """An integer field of a tensor record (size, stride, offset), refused when absurd."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -(1 << 62) < value < (1 << 62):
+        raise ArchiveError(f"tensor record with a bad size, stride or offset {value!r:.40}")
+    return value
 
 
 def _rebuild_parameter(data, *_ignored):
@@ -148,7 +170,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise UnsafeArchiveError(f"{self.source}: unexpected persistent id {pid!r:.80}")
         if len(pid) > 5 and pid[5] is not None:
             raise ArchiveError(f"{self.source}: legacy storage views are not supported")
-        return StorageRef(str(pid[2]), pid[1], int(pid[4]))
+        numel = _index(pid[4])
+        if not 0 <= numel <= MAX_ELEMENTS:
+            raise ArchiveError(f"{self.source}: a storage claims {numel} elements (limit {MAX_ELEMENTS})")
+        return StorageRef(str(pid[2]), pid[1], numel)
 
 
 def unpickle(file, source: str):
@@ -157,8 +182,10 @@ def unpickle(file, source: str):
         return RestrictedUnpickler(file, source).load()
     except UserError:
         raise
+    except RecursionError:
+        raise ArchiveError(f"{source}: the pickle is nested too deeply") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, struct.error) as exc:
+            KeyError, struct.error, MemoryError, OverflowError) as exc:
         raise ArchiveError(f"{source}: corrupt or truncated pickle ({type(exc).__name__}: {exc})") from None
 
 
@@ -188,8 +215,13 @@ def materialize(ref: TensorRef, storage: np.ndarray, source: str, name: str) -> 
     """Copy the strided view a tensor describes out of its storage, with bounds checked first."""
     if len(ref.shape) != len(ref.stride) or any(s < 0 for s in ref.shape + ref.stride) or ref.offset < 0:
         raise ArchiveError(f"{source}: tensor '{name}' has an invalid shape/stride")
+    numel = math.prod(ref.shape)
+    if numel > MAX_ELEMENTS:
+        raise ArchiveError(f"{source}: tensor '{name}' claims {numel} elements (limit {MAX_ELEMENTS})")
     if 0 in ref.shape:
         return np.zeros(ref.shape, dtype=storage.dtype)
+    if numel > storage.size:
+        raise ArchiveError(f"{source}: tensor '{name}' has {numel} elements but its storage holds {storage.size}")
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
     if last >= storage.size:
         raise ArchiveError(f"{source}: tensor '{name}' reaches past its storage (file truncated?)")
@@ -210,6 +242,8 @@ def _contiguous_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
 
 
 def _storage_array(raw: bytes, ref: StorageRef, big_endian: bool, source: str) -> np.ndarray:
+    if not isinstance(ref.storage_type, StorageType) or ref.storage_type.name not in _STORAGE_DTYPES:
+        raise ArchiveError(f"{source}: storage '{ref.key}' has an unknown type")
     dtype = ref.storage_type.dtype
     if len(raw) < ref.numel * dtype.itemsize:
         raise ArchiveError(f"{source}: storage '{ref.key}' holds {len(raw)} bytes, expected "
@@ -237,6 +271,9 @@ def _read_zip(path: str) -> Dict[str, np.ndarray]:
         pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
         if not pickles:
             raise ArchiveError(f"{path}: zip file without a data.pkl record: not a PyTorch archive")
+        if archive.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
+            raise ArchiveError(f"{path}: data.pkl holds {archive.getinfo(pickles[0]).file_size} bytes "
+                               f"(limit {MAX_PICKLE_BYTES}); not a checkpoint's tensor index")
         root = pickles[0][: -len("data.pkl")]
         big_endian = (root + "byteorder" in names
                       and archive.read(root + "byteorder").strip() == b"big")
@@ -246,6 +283,10 @@ def _read_zip(path: str) -> Dict[str, np.ndarray]:
             record = f"{root}data/{ref.key}"
             if record not in names:
                 raise ArchiveError(f"{path}: missing tensor record '{record}' (file truncated?)")
+            needed = ref.numel * ref.storage_type.dtype.itemsize
+            if archive.getinfo(record).file_size > needed + 4096:  # no decompressing far more than is used
+                raise ArchiveError(f"{path}: tensor record '{record}' holds {archive.getinfo(record).file_size} "
+                                   f"bytes, its tensors use {needed}")
             return _storage_array(archive.read(record), ref, big_endian, path)
 
         return _resolve(refs, read_storage, path)
@@ -254,9 +295,10 @@ def _read_zip(path: str) -> Dict[str, np.ndarray]:
 def _read_legacy(path: str) -> Dict[str, np.ndarray]:
     """Pre-1.6 `torch.save`: magic, protocol, sys info, the object, storage keys, then raw storages."""
     with open(path, "rb") as f:
-        header = [unpickle(f, path) for _ in range(3)]
-        if header[0] != _LEGACY_MAGIC:
+        if unpickle(f, path) != _LEGACY_MAGIC:
             raise ArchiveError(f"{path}: not a PyTorch file (bad magic number)")
+        for _ in range(2):  # protocol version, system info
+            unpickle(f, path)
         refs = flatten(unpickle(f, path))
         keys = unpickle(f, path)
         types = {r.storage.key: r.storage for r in refs.values()}
@@ -266,6 +308,8 @@ def _read_legacy(path: str) -> Dict[str, np.ndarray]:
             if len(count_raw) != 8:
                 raise ArchiveError(f"{path}: storage '{key}' missing (file truncated?)")
             numel = struct.unpack("<q", count_raw)[0]
+            if not 0 <= numel <= MAX_ELEMENTS:
+                raise ArchiveError(f"{path}: storage '{key}' claims {numel} elements (limit {MAX_ELEMENTS})")
             ref = types.get(str(key))
             if ref is None:
                 raise ArchiveError(f"{path}: storage '{key}' is not referenced by any tensor")

@@ -20,7 +20,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from clip import checkpoint, distributed, metrics
+from clip import checkpoint, distributed, metrics, preflight
 from clip.config import RunConfig, add_config_arguments, load_config, write_resolved
 from clip.data import build_train_source
 from clip.data.pipeline import steps_per_epoch as epoch_steps, train_batches
@@ -111,6 +111,7 @@ def train(cfg: RunConfig) -> dict:
     ms.set_context(mode=ms.GRAPH_MODE if cfg.train.mode == "graph" else ms.PYNATIVE_MODE)
     # The other ranks wait in a barrier while rank 0 evaluates; CPU collectives give up after 30 s by default.
     os.environ.setdefault("MS_CPU_COMM_OP_TIMEOUT", str(EVAL_WAIT_SECONDS))
+    preflight.check_train(cfg, checkpoint.resume_path(cfg.train.resume, cfg.output_dir))
     info = distributed.init_from_env()
     rank, world = info.rank, info.world_size
     main_rank = rank == 0

@@ -71,7 +71,11 @@ class Trainer:
         result on data.eval ({} without one)."""
         if self.task != PRETRAIN:
             raise UserError(f"task {self.task!r} does not train (as in MindFormers); use task={PRETRAIN!r}")
+        from clip.checkpoint import resume_path
+        from clip.preflight import check_train
+
         cfg = self.config
+        check_train(cfg, resume_path(cfg.train.resume, cfg.output_dir))
         if self._model is not None:
             path = save_weights(self._model, os.path.join(cfg.output_dir, INITIAL_WEIGHTS))
             cfg = with_model(cfg, checkpoint=path)

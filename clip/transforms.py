@@ -44,6 +44,35 @@ def normalize(rgb: np.ndarray) -> np.ndarray:
     return (x - mean) / std
 
 
+# Beyond this ratio of resized area to crop area the image is resized only where the crop will be.
+ELONGATED = 4
+
+
+def resize_crop(image: Image.Image, new_size: Tuple[int, int], size: int) -> Image.Image:
+    """Resize(new_size) then CenterCrop(size), computed one axis at a time on just the source region the crop
+    needs, so that a 1 x 100000 image costs memory by the output size, not by its resized size. PIL resizes
+    horizontally, then vertically, and a box on one axis reads the same pixels around it as a full pass: the
+    result equals resize-then-crop (up to rounding of the box coordinates: at most 1 level, rarely)."""
+    left, top, right, bottom = center_crop_box(new_size[0], new_size[1], size)
+    if new_size == image.size:
+        return image.crop((left, top, right, bottom))
+    premultiplied = {"RGBA": "RGBa", "LA": "La"}.get(image.mode)
+    if premultiplied:  # resize() would premultiply per call; once for both passes, as in one full resize
+        image = image.convert(premultiplied)
+    if new_size[0] != image.width:
+        sx = image.width / new_size[0]
+        image = image.resize((size, image.height), Image.Resampling.BICUBIC,
+                             box=(left * sx, 0, right * sx, image.height))
+    else:
+        image = image.crop((left, 0, right, image.height))
+    if new_size[1] != image.height:
+        sy = image.height / new_size[1]
+        image = image.resize((size, size), Image.Resampling.BICUBIC, box=(0, top * sy, size, bottom * sy))
+    else:
+        image = image.crop((0, top, size, bottom))
+    return image.convert({"RGBa": "RGBA", "La": "LA"}[image.mode]) if premultiplied else image
+
+
 @dataclass(frozen=True)
 class ImageTransform:
     """PIL image -> float32 [3, image_size, image_size]; a picklable callable so that data-loader
@@ -56,9 +85,12 @@ class ImageTransform:
             raise UserError(f"image_transform: got {type(image).__name__}, expected a PIL.Image.Image")
         size = self.image_size
         new_size = resized_size(image.width, image.height, size)
-        if new_size != image.size:
-            image = image.resize(new_size, Image.Resampling.BICUBIC)
-        image = image.crop(center_crop_box(image.width, image.height, size))
+        if new_size[0] * new_size[1] > ELONGATED * size * size:
+            image = resize_crop(image, new_size, size)
+        else:
+            if new_size != image.size:
+                image = image.resize(new_size, Image.Resampling.BICUBIC)
+            image = image.crop(center_crop_box(image.width, image.height, size))
         if image.mode != "RGB":
             image = image.convert("RGB")
         return normalize(np.asarray(image, dtype=np.uint8))

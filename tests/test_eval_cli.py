@@ -74,7 +74,8 @@ def test_eval_script_writes_designed_accuracy_and_worst_classes(setup, repo_root
     (["--set", "data.eval.path=/nonexistent/cifar"], "error: data.eval.path: dataset directory '/nonexistent/cifar' does not exist"),
     (["--checkpoint", "/nonexistent/w.ckpt"], "error: --checkpoint '/nonexistent/w.ckpt' does not exist"),
     (["--set", "data.eval.splitt=test"], "error: --set data.eval.splitt=test: unknown key 'data.eval.splitt'"),
-    (["--set", "data.eval.split=val"], "error: data.eval.split: 'val' is not a CIFAR-100 split (expected test or train)"),
+    (["--set", "data.eval.split=dev"],
+     "error: data.eval.split: 'dev' is not a CIFAR-100 split (expected test or train; val means test)"),
     (["--task", "retrieval"], "error: data.retrieval is not set; --task retrieval needs a dataset there"),
 ], ids=["data-path", "checkpoint", "unknown-key", "split", "no-retrieval-set"])
 def test_user_errors_are_one_line_exit_2_and_write_nothing(setup, tmp_path, args, message):

@@ -271,8 +271,9 @@ def test_cifar100_user_errors(tmp_path, cifar_root):
 
     with pytest.raises(UserError, match="does not exist"):
         load(DatasetConfig(type="cifar100", path=str(tmp_path / "nowhere"), split="test"))
-    with pytest.raises(UserError, match="split: 'val' is not a CIFAR-100 split"):
-        load(DatasetConfig(type="cifar100", path=cifar_root, split="val"))
+    with pytest.raises(UserError, match="split: 'dev' is not a CIFAR-100 split"):
+        load(DatasetConfig(type="cifar100", path=cifar_root, split="dev"))
+    assert load(DatasetConfig(type="cifar100", path=cifar_root, split="val")).split == "test"  # the eval default
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match=r"meta' does not exist \(expected CIFAR-100 python format"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
+import string
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -86,9 +87,23 @@ class ClassificationSource(abc.ABC):
         return f"sample {i}"
 
 
+def is_template(text) -> bool:
+    """True for a text with exactly one replacement field, the bare '{}' (no name, conversion or format spec),
+    so that text.format(label) can neither fail nor read anything but the label."""
+    if not isinstance(text, str):
+        return False
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(text) if name is not None]
+    except ValueError:  # a lone '{' or '}'
+        return False
+    return fields == [("", "", None)]
+
+
 def check_templates(templates) -> list[str]:
     """Prompt templates as a list, or a UserError: each needs exactly one '{}' for the class name."""
-    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+    if not isinstance(templates, (list, tuple)):
+        raise UserError(f"data.eval.templates: {templates!r} is not a list of templates")
+    bad = [t for t in templates if not is_template(t)]
     if bad or not templates:
         raise UserError(f"data.eval.templates: {bad[0] if bad else list(templates)!r} is not a usable template "
                         "(expected a non-empty list of texts, each with exactly one '{}' for the class name)")

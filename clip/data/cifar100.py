@@ -17,7 +17,8 @@ from PIL import Image
 from clip.data.base import ClassificationSource, DatasetConfig, check_templates, require_dir, verify_sha256
 from common.errors import UserError
 
-SPLITS = ("test", "train")
+SPLITS = {"test": "test", "train": "train", "val": "test"}  # CIFAR-100 evaluates on test: data.eval's default
+                                                          # split "val" means it here
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
@@ -58,8 +59,14 @@ def decode_split(data: dict, path: str) -> tuple[np.ndarray, np.ndarray]:
     """Images [N,32,32,3] uint8 and fine labels [N] from a split dict; rows are R(1024) G(1024) B(1024)."""
     if b"data" not in data or b"fine_labels" not in data:
         raise UserError(f"{path!r} lacks b'data' or b'fine_labels' (is it a CIFAR-100 split file?)")
-    pixels = np.asarray(data[b"data"])
-    labels = np.asarray(data[b"fine_labels"], dtype=np.int64)
+    pixels = data[b"data"]
+    raw_labels = data[b"fine_labels"]
+    if not isinstance(pixels, np.ndarray):
+        raise UserError(f"{path!r}: data is a {type(pixels).__name__}, expected a (N, 3072) uint8 array")
+    if not isinstance(raw_labels, (list, tuple, np.ndarray)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw_labels):
+        raise UserError(f"{path!r}: fine_labels must be a list of integers")
+    labels = np.asarray(raw_labels, dtype=np.int64).reshape(-1)
     if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3072:
         raise UserError(f"{path!r}: data has shape {pixels.shape} {pixels.dtype}, expected (N, 3072) uint8")
     if labels.shape != (pixels.shape[0],):
@@ -101,17 +108,25 @@ def load(cfg: DatasetConfig) -> Cifar100:
     root = require_dir(cfg.path, "data.eval.path")
     verify_sha256(root, cfg.sha256)
     if cfg.split not in SPLITS:
-        raise UserError(f"data.eval.split: {cfg.split!r} is not a CIFAR-100 split (expected test or train)")
+        raise UserError(f"data.eval.split: {cfg.split!r} is not a CIFAR-100 split (expected test or train; "
+                        f"val means test)")
     folder = resolve_root(root)
     meta_path = os.path.join(folder, "meta")
     meta = read_pickle(meta_path)
     if b"fine_label_names" not in meta:
         raise UserError(f"{meta_path!r} lacks b'fine_label_names' (is it the CIFAR-100 meta file?)")
-    raw = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in meta[b"fine_label_names"]]
-    split_path = os.path.join(folder, cfg.split)
+    names = meta[b"fine_label_names"]
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, (bytes, str)) for n in names):
+        raise UserError(f"{meta_path!r}: fine_label_names must be a non-empty list of names")
+    try:
+        raw = [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError:
+        raise UserError(f"{meta_path!r}: fine_label_names are not UTF-8 text") from None
+    split_path = os.path.join(folder, SPLITS[cfg.split])
     images, labels = decode_split(read_pickle(split_path), split_path)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(raw)):
         raise UserError(f"{split_path!r}: labels span {labels.min()}..{labels.max()}, "
                         f"but meta names {len(raw)} classes")
     _, templates = shipped_prompts()
-    return Cifar100(images, labels, clean_classnames(raw), check_templates(cfg.templates or templates), cfg.split)
+    return Cifar100(images, labels, clean_classnames(raw), check_templates(cfg.templates or templates),
+                    SPLITS[cfg.split])

@@ -10,7 +10,7 @@ import re
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clip.data.base import CaptionSource, ClassificationSource, DatasetConfig
+from clip.data.base import CaptionSource, ClassificationSource, DatasetConfig, check_templates
 from common.errors import UserError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -153,4 +153,4 @@ def load(cfg: DatasetConfig) -> ShapesCaptions:
 def load_eval(cfg: DatasetConfig) -> ShapesClasses:
     """Zero-shot source; the same seed and split give the same images as load()."""
     _check(cfg)
-    return ShapesClasses(cfg.seed, cfg.split, cfg.num_samples, cfg.templates or TEMPLATES)
+    return ShapesClasses(cfg.seed, cfg.split, cfg.num_samples, check_templates(cfg.templates or TEMPLATES))

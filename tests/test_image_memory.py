@@ -1,0 +1,48 @@
+"""Images are reduced while they are decoded and cropped before they are resized: predicting on a 1 x 100000
+PNG (277 bytes, passes the decompression-bomb guard) costs no more memory than on a normal photo."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def peak_rss_kib(argv: list, cwd: Path) -> int:
+    """Peak resident memory of one real `python -m clip.predict` process (its own rusage, via wait4)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_"))}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "clip.predict", *argv], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, err
+    assert "cat" in out and "dog" in out
+    return usage.ru_maxrss
+
+
+def test_a_1_by_100000_png_costs_what_a_normal_image_costs(tmp_path):
+    import mindspore as ms
+
+    from clip.model import create_model
+
+    ms.set_seed(0)
+    ckpt = tmp_path / "tiny.ckpt"
+    ms.save_checkpoint(create_model("clip_tiny"), str(ckpt))
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (1, 100000), (200, 30, 30)).save(thin)
+    normal = tmp_path / "normal.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(normal)
+    assert thin.stat().st_size < 1000
+    args = ["--checkpoint", str(ckpt), "--labels", "cat,dog"]
+    base = peak_rss_kib(args + ["--image", str(normal)], tmp_path)
+    thin_peak = peak_rss_kib(args + ["--image", str(thin)], tmp_path)
+    print(f"peak RSS: normal image {base / 1024:.0f} MiB, 1 x 100000 PNG {thin_peak / 1024:.0f} MiB")
+    assert thin_peak <= 1.25 * base
