@@ -12,7 +12,7 @@ import sys
 from typing import Optional
 
 from common.errors import UserError
-from clip.safe_write import write_text, write_with
+from clip.safe_write import reason, write_text, write_with
 
 METRICS = "metrics.jsonl"
 PLOT = "metrics.png"
@@ -57,8 +57,11 @@ class MetricsLog:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise UserError(f"cannot write {self.path}: {reason(exc)}") from None
 
     def close(self) -> None:
         self._file.close()

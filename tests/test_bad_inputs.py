@@ -237,7 +237,7 @@ GOOD_CONFIG = ("model: {name: clip_tiny}\n"
 
 CONFIG_CASES = [
     C("config-missing", "config", ["--config", "{ws}/nope.yaml"], "does not exist", category="missing file"),
-    C("config-directory", "config", ["--config", "{ws}"], "is a directory", category="path is a directory"),
+    C("config-directory", "config", ["--config", "{ws}"], "is a directory", category="path is a directory/file"),
     C("config-binary", "config", ["--config", "{ws}/c.yaml"], "c.yaml", {"c.yaml": b"\x00\x01\x02\xff\xfe"},
       category="empty/binary file"),
     C("config-not-utf8", "config", ["--config", "{ws}/c.yaml"], "c.yaml", {"c.yaml": b"train: {lr: \xff\xfe}\n"},
@@ -313,6 +313,10 @@ TRAIN_CASES = [
       "data.train: none of the first", {"c.yaml": GOOD_CONFIG, "pairs.csv": "filepath,title\nno1.jpg,a cat\nno2.jpg,a dog\n",
                                         "out/config.yaml": "keep me\n", "out/metrics.jsonl": '{"step": 3}\n'},
       category="earlier run"),
+    C("train-csv-huge-field", "train", ["--config", "{ws}/c.yaml", "--set", "data.train.type=csv",
+                                        "--set", "data.train.path={ws}/pairs.csv", "--set", "output_dir={ws}/out"],
+      "not a readable table", {"c.yaml": GOOD_CONFIG, "pairs.csv": "filepath,title\na.jpg," + "x" * 200000 + "\n"},
+      category="huge/tiny number"),
     C("train-csv-is-image", "train", ["--config", "{ws}/c.yaml", "--set", "data.train.type=csv",
                                       "--set", "data.train.path={asset:png}", "--set", "output_dir={ws}/out"],
       "", {"c.yaml": GOOD_CONFIG}, category="wrong file"),

@@ -26,6 +26,13 @@ def parse_table(text: str, where: str, sep: str, image_key: str, caption_key: st
                 ) -> tuple[list[str], dict[str, list[str]]]:
     """Rows -> (image paths in first-seen order, image path -> captions); errors name file, line and column."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    try:
+        return _parse_rows(reader, where, sep, image_key, caption_key)
+    except csv.Error as exc:  # e.g. a field beyond csv's size limit, a stray NUL byte
+        raise UserError(f"{where} line {reader.line_num}: not a readable table ({exc})") from None
+
+
+def _parse_rows(reader, where: str, sep: str, image_key: str, caption_key: str):
     header = next(reader, None)
     if header is None:
         raise UserError(f"{where}: file is empty (expected a header row with columns {image_key!r} and {caption_key!r})")
