@@ -272,7 +272,7 @@ def evaluate_and_write(cfg, task: str, checkpoint: Optional[str], sharded: bool 
     """Evaluate, then (on the rank that has the result) write <output_dir>/eval.json or retrieval.json and print
     the one-line summary: the only place evaluation results are written."""
     from clip.preflight import check_output_file
-    from clip.safe_write import write_json
+    from common.safe_write import write_json
 
     path = os.path.join(cfg.output_dir, RESULT_FILES[task])
     check_output_file(path, "output_dir")

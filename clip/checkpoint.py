@@ -61,13 +61,13 @@ def unique_parameters(cells) -> list:
 
 
 def write(path: str, save_obj, append_dict: Optional[dict] = None) -> str:
-    """The one checkpoint writer: ms.save_checkpoint through clip.safe_write (temporary file, fsync, rename);
+    """The one checkpoint writer: ms.save_checkpoint through common.safe_write (temporary file, fsync, rename);
     a failure is one line naming the file and the reason, and MindSpore's own multi-line report of it is held
     back (it would only repeat that line)."""
     import mindspore as ms
     from mindspore import log as ms_log
 
-    from clip.safe_write import write_with
+    from common.safe_write import write_with
 
     def save_to(tmp: str) -> None:
         logger = ms_log._get_logger()  # MindSpore's logger object; its CRITICAL line would precede ours
@@ -84,7 +84,7 @@ def save(params: list, output_dir: str, meta: dict, keep_last: int) -> str:
     """Write step_<n>.ckpt through a temporary file, point last.ckpt at it (hard link, rename), prune.
 
     A crash at any moment leaves either the previous last.ckpt or the new one, never a partial file."""
-    from clip.safe_write import link_atomic
+    from common.safe_write import link_atomic
 
     directory = checkpoint_dir(output_dir)
     final = os.path.join(directory, step_file(meta["step"]))

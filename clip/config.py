@@ -372,7 +372,7 @@ def dump_yaml(cfg: RunConfig) -> str:
 
 def write_resolved(cfg: RunConfig, path: str) -> None:
     """The config the run actually used, written atomically."""
-    from clip.safe_write import write_text
+    from common.safe_write import write_text
 
     write_text(path, dump_yaml(cfg))
 

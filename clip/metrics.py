@@ -12,7 +12,7 @@ import sys
 from typing import Optional
 
 from common.errors import UserError
-from clip.safe_write import reason, write_text, write_with
+from common.safe_write import reason, write_text, write_with
 
 METRICS = "metrics.jsonl"
 PLOT = "metrics.png"

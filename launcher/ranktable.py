@@ -12,11 +12,11 @@ import ipaddress
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from launcher import cluster, hccn
 from common.errors import UserError, read_user_file
+from common.safe_write import write_text
 
 VERSION = "1.0"
 SERVER_CARDS = (8, 16)
@@ -320,19 +320,11 @@ def dumps(table: dict) -> str:
 
 
 def write_atomic(table: dict, path) -> Path:
-    """Write JSON to a temp file next to `path`, then os.replace: readers never see half a table."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(dumps(table))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write the table through common.safe_write (temporary file, fsync, rename): readers never see half a
+    table, and a failed write is one line naming the file."""
+    text = dumps(table)
+    write_text(str(path), text)
+    return Path(path)
 
 
 def load(path) -> dict:

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, TextIO
 import psutil
 
 from common.errors import UserError
+from common.safe_write import write_text
 from launcher.plan import WorkerSpec
 
 POLL_INTERVAL = 0.05
@@ -73,11 +74,7 @@ def _child_setup(cores: Optional[Sequence[int]], parent_pid: int) -> Callable[[]
 
 
 def _write_env_log(path: str, env: Dict[str, str]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.writelines(f"{key}={env[key]}\n" for key in sorted(env))
-    os.replace(tmp, path)
+    write_text(path, "".join(f"{key}={env[key]}\n" for key in sorted(env)))
 
 
 class _Tee:

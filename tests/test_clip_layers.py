@@ -6,7 +6,7 @@ from pathlib import Path
 CLIP = Path(__file__).resolve().parent.parent / "clip"
 FRONT_DOORS = {"clip.trainer", "clip.__main__", "clip.eval"}
 APPLICATION = {"clip.app"}
-FOUNDATIONS = {"clip.errors", "clip.safe_write", "clip.presets", "clip.loss_modes", "clip.config", "clip.tokenizer",
+FOUNDATIONS = {"clip.presets", "clip.loss_modes", "clip.config", "clip.tokenizer",
                "clip.transforms", "clip.torch_archive"}
 
 

@@ -143,7 +143,7 @@ def test_size_limited_file_is_one_line_and_leaves_nothing(tmp_path):
 
 
 def test_user_error_names_the_reason_for_every_errno():
-    from clip.safe_write import reason
+    from common.safe_write import reason
 
     assert reason(OSError(28, "No space left on device")) == "disk full"
     assert reason(PermissionError(13, "Permission denied")) == "permission denied"
