@@ -144,9 +144,10 @@ def assets(tmp_path_factory):
     os.makedirs(a["image_dir"])
     Image.fromarray(images[1]).save(os.path.join(a["image_dir"], "one.png"))
     a["torch_ok"] = torch_save(root / "ok.pt", crafted_state())
-    a["torch_zero_pos"] = torch_save(root / "zero_pos.pt", crafted_state(visual__positional_embedding=np.zeros((0, 64))))
-    a["torch_scalar_pos"] = torch_save(root / "scalar_pos.pt", crafted_state(visual__positional_embedding=np.float32(3)))
-    a["torch_zero_patch"] = torch_save(root / "zero_patch.pt", crafted_state(visual__conv1__weight=np.zeros((64, 3, 0, 0))))
+    for name, change in (("torch_zero_pos", {"visual__positional_embedding": np.zeros((0, 64))}),
+                         ("torch_scalar_pos", {"visual__positional_embedding": np.float32(3)}),
+                         ("torch_zero_patch", {"visual__conv1__weight": np.zeros((64, 3, 0, 0))})):
+        a[name] = torch_save(root / f"{name}.pt", crafted_state(**change))
     a["torch_no_vision"] = torch_save(root / "no_vision.pt", {"fc.weight": np.zeros((2, 2))})
     a["torch_resnet"] = torch_save(root / "resnet.pt", {"visual.attnpool.c_proj.weight": np.zeros((2, 2))})
     a["torch_int"] = torch_save(root / "int.pt", {k: torch.zeros(v.shape, dtype=torch.int64)
@@ -310,7 +311,8 @@ TRAIN_CASES = [
     C("train-csv-images-missing", "train", ["--config", "{ws}/c.yaml", "--set", "output_dir={ws}/out",
                                             "--set", "data.train.type=csv", "--set", "data.train.path={ws}/pairs.csv",
                                             "--set", "train.overwrite=true"],
-      "data.train: none of the first", {"c.yaml": GOOD_CONFIG, "pairs.csv": "filepath,title\nno1.jpg,a cat\nno2.jpg,a dog\n",
+      "data.train: none of the first", {"c.yaml": GOOD_CONFIG,
+                                        "pairs.csv": "filepath,title\nno1.jpg,a cat\nno2.jpg,a dog\n",
                                         "out/config.yaml": "keep me\n", "out/metrics.jsonl": '{"step": 3}\n'},
       category="earlier run"),
     C("train-csv-huge-field", "train", ["--config", "{ws}/c.yaml", "--set", "data.train.type=csv",
@@ -417,16 +419,19 @@ EVAL_CASES = [
     C("eval-data-is-file", "eval", ["--config", "{ws}/c.yaml", "--checkpoint", "{asset:ckpt}",
                                     "--set", "output_dir={ws}/out"],
       "data.eval.path", {"c.yaml": cifar_config("{asset:png}")}, category="path is a directory/file"),
-    C("eval-no-eval-set", "eval", ["--config", "{ws}/c.yaml", "--set", "data.eval=null", "--set", "output_dir={ws}/out"],
+    C("eval-no-eval-set", "eval", ["--config", "{ws}/c.yaml", "--set", "data.eval=null",
+                                   "--set", "output_dir={ws}/out"],
       "data.eval is not set", {"c.yaml": cifar_config()}),
     C("eval-retrieval-unset", "eval", ["--task", "retrieval", "--set", "output_dir={ws}/out"],
       "data.retrieval is not set"),
     C("eval-sharded-retrieval", "eval", ["--task", "retrieval", "--sharded"], "--sharded applies"),
     C("eval-templates-extra-field", "eval", ["--config", "{ws}/c.yaml", "--checkpoint", "{asset:ckpt}",
-                                             "--set", "data.eval.templates=['a {} {x}']", "--set", "output_dir={ws}/out"],
+                                             "--set", "data.eval.templates=['a {} {x}']",
+                                             "--set", "output_dir={ws}/out"],
       "data.eval.templates", {"c.yaml": cifar_config()}, category="templates"),
     C("eval-templates-positional", "eval", ["--config", "{ws}/c.yaml", "--checkpoint", "{asset:ckpt}",
-                                            "--set", "data.eval.templates=['a {0} {1}']", "--set", "output_dir={ws}/out"],
+                                            "--set", "data.eval.templates=['a {0} {1}']",
+                                            "--set", "output_dir={ws}/out"],
       "data.eval.templates", {"c.yaml": cifar_config()}, category="templates"),
     C("eval-templates-brace", "eval", ["--config", "{ws}/c.yaml", "--checkpoint", "{asset:ckpt}",
                                        "--set", "data.eval.templates=['a { photo']", "--set", "output_dir={ws}/out"],
@@ -542,8 +547,10 @@ PREDICT_CASES = [
 CONVERT_CASES = [
     C("convert-no-args", "convert", [], "required", category="command line"),
     C("convert-src-missing", "convert", ["{ws}/nope.pt", "{ws}/out.ckpt"], "does not exist", category="missing file"),
-    C("convert-src-directory", "convert", ["{ws}", "{ws}/out.ckpt"], "is not a file", category="path is a directory/file"),
-    C("convert-src-empty", "convert", ["{asset:empty}", "{ws}/out.ckpt"], "unknown format", category="empty/binary file"),
+    C("convert-src-directory", "convert", ["{ws}", "{ws}/out.ckpt"], "is not a file",
+      category="path is a directory/file"),
+    C("convert-src-empty", "convert", ["{asset:empty}", "{ws}/out.ckpt"], "unknown format",
+      category="empty/binary file"),
     C("convert-src-text", "convert", ["{asset:text}", "{ws}/out.ckpt"], "unknown format", category="wrong file"),
     C("convert-src-binary", "convert", ["{asset:binary}", "{ws}/out.ckpt"], "", category="empty/binary file"),
     C("convert-src-png", "convert", ["{asset:png}", "{ws}/out.ckpt"], "unknown format", category="wrong file"),
@@ -573,7 +580,8 @@ CONVERT_CASES = [
     C("convert-zero-patch", "convert", ["{asset:torch_zero_patch}", "{ws}/out.ckpt"], "conv1", category="shapes"),
     C("convert-not-clip", "convert", ["{asset:torch_no_vision}", "{ws}/out.ckpt"], "unknown layout",
       category="wrong file"),
-    C("convert-resnet", "convert", ["{asset:torch_resnet}", "{ws}/out.ckpt"], "ResNet", category="file from another version"),
+    C("convert-resnet", "convert", ["{asset:torch_resnet}", "{ws}/out.ckpt"], "ResNet",
+      category="file from another version"),
     C("convert-integer-tensors", "convert", ["{asset:torch_int}", "{ws}/out.ckpt"], "floating point",
       category="wrong file"),
     C("convert-wrong-model", "convert", ["{asset:torch_ok}", "{ws}/out.ckpt", "--model", "clip_vit_b_32"],
