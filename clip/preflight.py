@@ -37,6 +37,21 @@ def earlier_run(output_dir: str) -> list[str]:
     return [name for name in EARLIER_RUN if os.path.exists(os.path.join(output_dir, name))]
 
 
+def same_job(cfg) -> bool:
+    """An attempt of this very job that stopped before its first checkpoint (the launcher restarting it with
+    train.resume: auto): its config.yaml is this config. It starts again from step 0."""
+    from clip.config import dump_yaml
+
+    path = os.path.join(cfg.output_dir, "config.yaml")
+    if cfg.train.resume != "auto" or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read() == dump_yaml(cfg)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def probe(source, key: str) -> None:
     """Read the first few samples: a dataset none of whose first images can be read is refused now, not
     after the run has started (single unreadable images are replaced later, as always)."""
@@ -62,7 +77,7 @@ def check_train(cfg, resume_from: Optional[str]) -> None:
 
     check_output_dir(cfg.output_dir)
     found = earlier_run(cfg.output_dir)
-    if resume_from is None and found and not cfg.train.overwrite:
+    if resume_from is None and found and not cfg.train.overwrite and not same_job(cfg):
         raise UserError(f"output_dir {cfg.output_dir!r} holds an earlier run ({', '.join(found)}); continue it with "
                         f"train.resume: auto, choose another output_dir, or set train.overwrite: true to replace it")
     probe(build_train_source(cfg.data.train), "data.train")

@@ -733,3 +733,24 @@ def test_bad_input_as_a_process(case_id, assets, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
     assert fill(case.expect, ws, assets) in lines[0]
     assert tree_digest(ws) == before
+
+
+def test_an_attempt_of_the_same_job_may_start_again(tmp_path):
+    """A launcher restart (train.resume: auto, no checkpoint yet, this very config.yaml) is not an earlier run;
+    another config in that directory is, and so is resume: none."""
+    from clip.config import dump_yaml, load_config
+    from clip.preflight import check_train
+    from common.errors import UserError
+
+    out = tmp_path / "out"
+    cfg = load_config(None, ["data.train.num_samples=8", "data.eval=null", f"output_dir={out}"])
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    check_train(cfg, None)
+    other = load_config(None, ["data.train.num_samples=8", "data.eval=null", f"output_dir={out}", "train.lr=0.1"])
+    with pytest.raises(UserError, match="holds an earlier run"):
+        check_train(other, None)
+    fresh = load_config(None, ["data.train.num_samples=8", "data.eval=null", f"output_dir={out}", "train.resume=none"])
+    with pytest.raises(UserError, match="holds an earlier run"):
+        check_train(fresh, None)
