@@ -345,6 +345,11 @@ TRAIN_CASES = [
     C("train-resume-auto-garbage", "train", ["--config", "{ws}/c.yaml", "--set", "output_dir={ws}/out"],
       "not a readable MindSpore checkpoint", {"c.yaml": GOOD_CONFIG, "out/checkpoints/last.ckpt": b"\x00" * 100,
                                               "out/metrics.jsonl": '{"step": 1}\n'}, category="empty/binary file"),
+    C("train-metrics-broken", "train", ["--config", "{ws}/c.yaml", "--set", "output_dir={ws}/out"],
+      "metrics.jsonl: line 2", {"c.yaml": GOOD_CONFIG, "out/checkpoints/last.ckpt": b"\x00" * 100,
+                                "out/config.yaml": "old\n",
+                                "out/metrics.jsonl": '{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n'},
+      category="empty/binary file"),
     C("train-model-checkpoint-text", "train", ["--config", "{ws}/c.yaml", "--set", "model.checkpoint={asset:text}",
                                                "--set", "output_dir={ws}/out"],
       "not a readable MindSpore checkpoint", {"c.yaml": GOOD_CONFIG}, category="wrong file"),
@@ -753,3 +758,15 @@ def test_an_attempt_of_the_same_job_may_start_again(tmp_path):
     fresh = load_config(None, ["data.train.num_samples=8", "data.eval=null", f"output_dir={out}", "train.resume=none"])
     with pytest.raises(UserError, match="holds an earlier run"):
         check_train(fresh, None)
+
+
+def test_a_metrics_line_cut_by_a_crash_is_dropped_and_any_other_is_refused(tmp_path):
+    from clip import metrics
+    from common.errors import UserError
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    assert metrics.read(str(path)) == [{"step": 1, "loss": 2.0}]
+    path.write_text('{"step": 1}\n[1, 2]\n')
+    with pytest.raises(UserError, match="line 2 is not a metrics record"):
+        metrics.read(str(path))
