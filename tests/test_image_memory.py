@@ -46,3 +46,23 @@ def test_a_1_by_100000_png_costs_what_a_normal_image_costs(tmp_path):
     thin_peak = peak_rss_kib(args + ["--image", str(thin)], tmp_path)
     print(f"peak RSS: normal image {base / 1024:.0f} MiB, 1 x 100000 PNG {thin_peak / 1024:.0f} MiB")
     assert thin_peak <= 1.25 * base
+
+
+def test_cropping_before_resizing_gives_the_same_pixels():
+    """The elongated-image path equals OpenAI's resize-then-crop (within one level of rounding)."""
+    from clip.transforms import ELONGATED, center_crop_box, resize_crop, resized_size
+
+    rng = np.random.default_rng(1)
+    size = 64
+    for width, height, mode in ((50, 400, "RGB"), (1000, 37, "L"), (3, 900, "RGBA"), (900, 5, "LA"), (20, 300, "P"),
+                                (1, 5000, "RGB"), (64, 1000, "RGB"), (257, 64, "RGBA"), (37, 1000, "RGB")):
+        channels = {"RGB": 3, "RGBA": 4, "LA": 2}.get(mode)
+        pixels = rng.integers(0, 256, (height, width) + ((channels,) if channels else ()), dtype=np.uint8)
+        image = Image.fromarray(pixels, "L" if mode == "P" else mode)
+        image = image.convert("P") if mode == "P" else image
+        new_size = resized_size(width, height, size)
+        assert new_size[0] * new_size[1] > ELONGATED * size * size
+        full = image.resize(new_size, Image.Resampling.BICUBIC).crop(center_crop_box(*new_size, size))
+        fast = resize_crop(image, new_size, size)
+        diff = np.abs(np.asarray(full.convert("RGBA"), np.int16) - np.asarray(fast.convert("RGBA"), np.int16))
+        assert fast.size == (size, size) and diff.max() <= 1, (width, height, mode, diff.max())
