@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
+from common.safe_write import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,11 +45,7 @@ def parse_args(argv=None):
 
 def write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(str(path), data, indent=2)
 
 
 def summarise(times, batch):

@@ -19,11 +19,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common.safe_write import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "eval.json"
@@ -161,10 +161,7 @@ def main():
                     "torch": torch.__version__, "mindspore": __import__("mindspore").__version__, "torch_threads": torch.get_num_threads()},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, RESULTS)
+    write_json(str(RESULTS), report)
     print(json.dumps(report, indent=1))
 
 

@@ -25,6 +25,7 @@ RESULTS = REPO / "bench" / "results" / "launcher.json"
 sys.path.insert(0, str(REPO / "tests"))
 
 from jobs.processes import job_processes, leftovers  # noqa: E402
+from common.safe_write import write_json
 
 
 def free_port() -> int:
@@ -102,9 +103,7 @@ def main() -> int:
                     for tool, runs in samples.items()},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
+    write_json(str(RESULTS), report, indent=2)
     print(json.dumps({tool: {k: v for k, v in r.items() if k != "samples"} for tool, r in report["results"].items()},
                      indent=2))
     return 0

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from common.safe_write import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "loss.json"
@@ -145,9 +146,7 @@ def main(argv=None) -> None:
                            "load_average_at_end": os.getloadavg()},
                "summary": summary, "rows": rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, RESULTS)
+    write_json(str(RESULTS), payload)
     print(json.dumps(summary, indent=1))
     print(f"wrote {RESULTS}")
 

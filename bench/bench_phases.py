@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_train import fake_batch, run  # noqa: E402
+from common.safe_write import write_json
 
 REPEATS = {"clip_tiny": 10, "clip_vit_b_32": 2}
 
@@ -211,9 +212,7 @@ def main() -> int:
     results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    write_json(str(out), results, indent=2)
     print(f"wrote {out}")
     return 0
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import psutil
+from common.safe_write import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = {"clip_tiny": 30, "clip_vit_b_32": 3}
@@ -212,9 +213,7 @@ def main() -> int:
     results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    write_json(str(out), results, indent=2)
     print(f"wrote {out}")
     return 0
 
