@@ -1,9 +1,8 @@
-"""Data-parallel plumbing: the only module that knows that Ascend, GPU and CPU clusters differ.
+"""Data-parallel plumbing: the only clip module that knows that Ascend, GPU and CPU clusters differ.
 
-Workers learn their rank and world size from the environment the launcher sets:
-``RANK_TABLE_FILE``/``RANK_ID``/``RANK_SIZE``/``DEVICE_ID`` (Ascend, HCCL rank table),
-``MS_ROLE``/``MS_SCHED_HOST``/``MS_SCHED_PORT``/``MS_WORKER_NUM``/``MS_NODE_ID`` (MindSpore dynamic
-cluster, CPU by default, GPU or Ascend on request), or nothing at all (one card, no communication).
+Workers learn their rank and world size from the environment the launcher sets; which variables each
+start-up mode (HCCL rank table, MindSpore dynamic cluster, single card) writes and how they read back is
+defined once, in common.backends. This module turns that reading into MindSpore calls.
 """
 from __future__ import annotations
 
@@ -17,11 +16,10 @@ import numpy as np
 from mindspore import communication, nn, ops
 
 from clip.buckets import BucketedGradReducer
+from common import backends
+from common.backends import ranktable
+from common.backends.env import EnvPlan
 from common.errors import UserError
-
-DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
-_BACKEND_OF_DEVICE = {"Ascend": "hccl", "GPU": "nccl", "CPU": "mccl"}
-_ROLES = {"MS_WORKER": "worker", "MS_SCHED": "scheduler"}
 
 
 @dataclass(frozen=True)
@@ -33,87 +31,12 @@ class DistInfo:
     device_target: str
 
 
-@dataclass(frozen=True)
-class EnvPlan:
-    """What the environment asks for, decided before any MindSpore call.
-
-    ``startup`` is "ranktable", "dynamic" or "single"; ``device_target`` is None when the caller left
-    the choice to MindSpore's current context (single card only).
-    """
-    startup: str
-    role: str
-    device_target: Optional[str]
-    backend: str
-    device_id: Optional[int]
-    rank: int
-    world_size: int
-    rank_table: Optional[str] = None
-
-
-def _int_var(env: Mapping[str, str], key: str, minimum: int, default: Optional[int] = None) -> int:
-    raw = env.get(key, "")
-    if raw == "":
-        if default is None:
-            raise UserError(f"environment variable {key} is not set; expected an integer >= {minimum}")
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UserError(f"environment variable {key}={raw!r}: expected an integer >= {minimum}") from None
-    if value < minimum:
-        raise UserError(f"environment variable {key}={raw!r}: expected an integer >= {minimum}")
-    return value
-
-
-def _rank_var(env: Mapping[str, str], key: str, world_size: int, size_key: str) -> int:
-    rank = _int_var(env, key, 0, default=0)
-    if rank >= world_size:
-        raise UserError(f"environment variable {key}={rank} is out of range: "
-                        f"expected 0 <= {key} < {size_key}={world_size}")
-    return rank
-
-
-def _normalise_target(device_target: Optional[str]) -> Optional[str]:
-    if device_target is None:
-        return None
-    for name in DEVICE_TARGETS:
-        if device_target.lower() == name.lower():
-            return name
-    raise UserError(f"device_target={device_target!r}: expected one of {', '.join(DEVICE_TARGETS)}")
-
-
 def plan_from_env(env: Mapping[str, str], device_target: Optional[str] = None) -> EnvPlan:
-    """Decide start-up mode, backend and expected rank from environment variables (pure)."""
-    target = _normalise_target(device_target)
-    if env.get("RANK_TABLE_FILE"):
-        if target not in (None, "Ascend"):
-            raise UserError(f"RANK_TABLE_FILE is set (HCCL rank table, Ascend only) but "
-                            f"device_target={target!r}; unset RANK_TABLE_FILE or use Ascend")
-        size = _int_var(env, "RANK_SIZE", 1)
-        return EnvPlan("ranktable", "worker", "Ascend", "hccl", _int_var(env, "DEVICE_ID", 0, default=0),
-                       _rank_var(env, "RANK_ID", size, "RANK_SIZE"), size, env["RANK_TABLE_FILE"])
-    if env.get("MS_ROLE"):
-        role = _ROLES.get(env["MS_ROLE"])
-        if role is None:
-            raise UserError(f"environment variable MS_ROLE={env['MS_ROLE']!r}: expected MS_WORKER or MS_SCHED")
-        if not env.get("MS_SCHED_HOST"):
-            raise UserError("environment variable MS_SCHED_HOST is not set; expected the scheduler's address "
-                            "(dynamic cluster, MS_ROLE is set)")
-        port = _int_var(env, "MS_SCHED_PORT", 1)
-        if port > 65535:
-            raise UserError(f"environment variable MS_SCHED_PORT={port}: expected a port in 1..65535")
-        size = _int_var(env, "MS_WORKER_NUM", 1)
-        rank = _rank_var(env, "MS_NODE_ID", size, "MS_WORKER_NUM") if role == "worker" else 0
-        target = target or "CPU"
-        device_id = _int_var(env, "DEVICE_ID", 0, default=0) if target != "CPU" else None
-        backend = "mccl" if role == "scheduler" else _BACKEND_OF_DEVICE[target]
-        return EnvPlan("dynamic", role, target, backend, device_id, rank, size)
-    size = _int_var(env, "RANK_SIZE", 1, default=1)
-    if size > 1:
-        raise UserError(f"environment variable RANK_SIZE={size} asks for {size} cards but neither "
-                        f"RANK_TABLE_FILE (Ascend) nor MS_ROLE (dynamic cluster) is set")
-    device_id = _int_var(env, "DEVICE_ID", 0) if env.get("DEVICE_ID") else None
-    return EnvPlan("single", "worker", target, "none", device_id, 0, 1)
+    """Decide start-up mode, backend and expected rank from environment variables (pure).
+
+    The variables are those the launcher wrote; each start-up mode's module in common.backends owns both.
+    """
+    return backends.read_env(env, device_target)
 
 
 _INFO: Optional[DistInfo] = None
@@ -132,7 +55,7 @@ def init_from_env(device_target: Optional[str] = None) -> DistInfo:
         return _INFO
     plan = plan_from_env(os.environ, device_target)
     if plan.rank_table is not None and not os.path.isfile(plan.rank_table):
-        raise UserError(f"RANK_TABLE_FILE={plan.rank_table}: no such file; expected a rank table JSON")
+        raise UserError(f"{ranktable.RANK_TABLE_FILE}={plan.rank_table}: no such file; expected a rank table JSON")
     if plan.device_target is not None:
         ms.set_device(plan.device_target, plan.device_id)
     if plan.role == "scheduler":

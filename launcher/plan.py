@@ -1,28 +1,26 @@
 """The launch plan: one `WorkerSpec` per process this node starts. Pure: no processes, no files.
 
 The plan is the seam between the launcher and the workers: `--dry-run` prints it, the supervisor
-starts it. Only the variables the launcher sets are in `WorkerSpec.env`; the supervisor lays them over
-the launcher's own environment when it starts a process.
+starts it. Only the variables the launcher sets are in `WorkerSpec.env`, and they come from the start-up
+mode's module in common.backends (which also reads them back in the worker); the supervisor lays them
+over the launcher's own environment when it starts a process.
 """
 import os
 import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from common.backends import dynamic, ranktable
 from common.errors import UserError
 
-BACKENDS = ("auto", "ascend", "cluster")
-
-# The dynamic-cluster scheduler only has to join and serve the cluster; MindSpore's own msrun starts a
-# full copy of the user's script for it, this one-liner is lighter and never touches user code.
-SCHEDULER_CODE = ('import mindspore as ms; ms.set_device("CPU"); '
-                  'from mindspore.communication import init; init()')
+# What `launcher run --backend` offers: the start-up modes the launcher plans, plus `auto`.
+BACKENDS = ("auto", ranktable.NAME, dynamic.NAME)
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
     """One process to start: who it is, what it runs, where, with which variables and cores."""
-    role: str                      # "scheduler" or "worker"
+    role: str                      # "worker", or the name of a service process such as "scheduler"
     rank: int                      # global rank; -1 for the scheduler
     argv: Tuple[str, ...]
     cwd: str
@@ -30,10 +28,11 @@ class WorkerSpec:
     cores: Optional[Tuple[int, ...]]
     log_path: str
     env_log: Optional[str] = None  # where the worker's full environment is recorded
+    awaited: bool = False          # a service the job waits for after the workers (multi-node scheduler)
 
     @property
     def name(self) -> str:
-        return "scheduler" if self.role == "scheduler" else f"rank {self.rank}"
+        return f"rank {self.rank}" if self.role == "worker" else self.role
 
 
 @dataclass(frozen=True)
@@ -117,16 +116,15 @@ def cluster_plan(opts: PlanOptions, python: str) -> List[WorkerSpec]:
     if not 0 < opts.master_port < 65536:
         raise UserError(f"--master-port {opts.master_port}: expected a port number 1..65535")
     world = opts.nnodes * opts.nproc
-    common = {"MS_SCHED_HOST": opts.master_addr, "MS_SCHED_PORT": str(opts.master_port),
-              "MS_WORKER_NUM": str(world)}
+    host, port = opts.master_addr, opts.master_port
     ranks = [opts.node_rank * opts.nproc + local for local in range(opts.nproc)]
-    workers = _worker_specs(opts, [(r, {"MS_ROLE": "MS_WORKER", **common, "MS_NODE_ID": str(r)})
-                                   for r in ranks])
+    workers = _worker_specs(opts, [(r, dynamic.worker_env(host, port, world, r)) for r in ranks])
     if opts.node_rank != 0:
         return workers
-    scheduler = WorkerSpec(role="scheduler", rank=-1, argv=(python, "-c", SCHEDULER_CODE),
-                           cwd=opts.log_dir, env={"MS_ROLE": "MS_SCHED", **common}, cores=None,
-                           log_path=os.path.join(opts.log_dir, "scheduler.log"))
+    # with several nodes the scheduler serves the others too: the job ends when it exits
+    scheduler = WorkerSpec(role="scheduler", rank=-1, argv=(python, "-c", dynamic.SCHEDULER_CODE),
+                           cwd=opts.log_dir, env=dynamic.scheduler_env(host, port, world), cores=None,
+                           log_path=os.path.join(opts.log_dir, "scheduler.log"), awaited=opts.nnodes > 1)
     return [scheduler] + workers
 
 
@@ -149,8 +147,7 @@ def ascend_plan(opts: PlanOptions, rank_table_file: str, rank_size: int,
     if len(local_devices) != opts.nproc:
         raise UserError(f"--nproc {opts.nproc}: the rank table lists {len(local_devices)} devices "
                         f"for this server ({rank_table_file})")
-    return _worker_specs(opts, [(rank, {"RANK_TABLE_FILE": rank_table_file, "RANK_SIZE": str(rank_size),
-                                        "RANK_ID": str(rank), "DEVICE_ID": str(device)})
+    return _worker_specs(opts, [(rank, ranktable.worker_env(rank_table_file, rank_size, rank, device))
                                 for rank, device in local_devices])
 
 

@@ -10,12 +10,14 @@ import os
 import shutil
 import socket
 import sys
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 import psutil
 
-from launcher import cluster, plan, ranktable, supervisor
+from common.backends import dynamic
+from common.backends import ranktable as ranktable_backend
 from common.errors import UserError, exit_on_user_error
+from launcher import cluster, plan, ranktable, supervisor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +145,49 @@ def _ascend_inputs(args, log_dir: str, nnodes: int):
     return path, table, [(rank, chip) for rank, _, chip in rows], True
 
 
+@dataclasses.dataclass
+class Job:
+    """One backend's plan for this node: world size, the specs of attempt k, and files to write first."""
+    world: int
+    make_specs: Callable[[int], List[plan.WorkerSpec]]
+    files: Dict[str, dict] = dataclasses.field(default_factory=dict)   # rank tables to write: path -> table
+
+
+def _cluster_job(args, base: plan.PlanOptions, log_dir: str) -> Job:
+    """Dynamic cluster: a free (or the given, or the Slurm-derived) scheduler port, fresh every attempt."""
+    nnodes = base.nnodes
+    port = args.master_port
+    if port is None and nnodes > 1:
+        job = os.environ.get("SLURM_JOB_ID", "")
+        if not job.isdigit():
+            raise UserError(f"--nnodes {nnodes}: pass --master-port (the same on every node)")
+        port = 20000 + int(job) % 20000  # every node of a Slurm job derives the same port
+    if nnodes > 1 and args.master_addr is None and cluster.node_info(os.environ).master_addr is None:
+        raise UserError(f"--nnodes {nnodes}: pass --master-addr (node 0's address, the same on every node)")
+
+    def make_specs(attempt: int) -> List[plan.WorkerSpec]:
+        return _cluster_specs(base, plan.attempt_log_dir(log_dir, attempt, args.max_restarts), port)
+    return Job(nnodes * base.nproc, make_specs)
+
+
+def _ascend_job(args, base: plan.PlanOptions, log_dir: str) -> Job:
+    """HCCL rank table: the given table, or one generated for this server's chips."""
+    table_path, table, local, generated = _ascend_inputs(args, log_dir, base.nnodes)
+    rank_size = len(ranktable.workers(table))
+    visible_env = os.environ.get("ASCEND_RT_VISIBLE_DEVICES", "").strip()
+    visible_chips = ranktable.parse_devices(visible_env, "ASCEND_RT_VISIBLE_DEVICES") if visible_env else None
+    base = dataclasses.replace(base, nproc=args.nproc or len(local))
+
+    def make_specs(attempt: int) -> List[plan.WorkerSpec]:
+        opts = dataclasses.replace(base, log_dir=plan.attempt_log_dir(log_dir, attempt, args.max_restarts))
+        return plan.ascend_plan(opts, table_path, rank_size, local, visible_chips)
+    return Job(rank_size, make_specs, {table_path: table} if generated else {})
+
+
+# `--backend` value -> how this node's job is planned (the environment itself comes from common.backends).
+_JOBS = {dynamic.NAME: _cluster_job, ranktable_backend.NAME: _ascend_job}
+
+
 @exit_on_user_error
 def main(args) -> int:
     command = _command(args)
@@ -159,44 +204,20 @@ def main(args) -> int:
         nnodes=nnodes, node_rank=node_rank, master_addr=args.master_addr or node.master_addr or "127.0.0.1",
         bind_cores=args.bind_cores, chdir=args.chdir, available_cores=cores)
 
-    if backend == "cluster":
-        port = args.master_port
-        if port is None and nnodes > 1:
-            job = os.environ.get("SLURM_JOB_ID", "")
-            if not job.isdigit():
-                raise UserError(f"--nnodes {nnodes}: pass --master-port (the same on every node)")
-            port = 20000 + int(job) % 20000  # every node of a Slurm job derives the same port
-        if nnodes > 1 and args.master_addr is None and node.master_addr is None:
-            raise UserError(f"--nnodes {nnodes}: pass --master-addr (node 0's address, the same on every node)")
-
-        def make_specs(attempt: int) -> List[plan.WorkerSpec]:
-            return _cluster_specs(base, plan.attempt_log_dir(log_dir, attempt, args.max_restarts), port)
-        world, generated = nnodes * base.nproc, False
-    else:
-        table_path, table, local, generated = _ascend_inputs(args, log_dir, nnodes)
-        rank_size = len(ranktable.workers(table))
-        visible_env = os.environ.get("ASCEND_RT_VISIBLE_DEVICES", "").strip()
-        visible_chips = ranktable.parse_devices(visible_env, "ASCEND_RT_VISIBLE_DEVICES") if visible_env else None
-        base = dataclasses.replace(base, nproc=args.nproc or len(local))
-
-        def make_specs(attempt: int) -> List[plan.WorkerSpec]:
-            opts = dataclasses.replace(base, log_dir=plan.attempt_log_dir(log_dir, attempt, args.max_restarts))
-            return plan.ascend_plan(opts, table_path, rank_size, local, visible_chips)
-        world = rank_size
-
+    job = _JOBS[backend](args, base, log_dir)
+    world, make_specs = job.world, job.make_specs
     tee_ranks = parse_tee(args.tee, world)
     specs = make_specs(0)
     if args.dry_run:
         print(f"# backend {backend}, node {node_rank} of {nnodes}, {len(specs)} processes, logs in {log_dir}")
-        if generated:
-            print(f"# rank table would be written to {table_path}")
+        for path in job.files:
+            print(f"# rank table would be written to {path}")
         for spec in specs:
             print(plan.describe(spec))
         return 0
-    if generated:
-        ranktable.write_atomic(table, table_path)
+    for path, table in job.files.items():
+        ranktable.write_atomic(table, path)
     print(f"launcher: {sum(s.role == 'worker' for s in specs)} workers on node {node_rank} of {nnodes} "
           f"(backend {backend}), logs in {log_dir}", file=sys.stderr, flush=True)
     return supervisor.run_attempts(make_specs, max_restarts=args.max_restarts, grace=args.grace_period,
-                                   timeout=args.timeout, tee_ranks=tee_ranks,
-                                   wait_for_scheduler=nnodes > 1)
+                                   timeout=args.timeout, tee_ranks=tee_ranks)

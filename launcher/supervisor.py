@@ -2,7 +2,9 @@
 
 Each process runs in its own session (so its data-loader children share its process group and die
 with it) and with a parent-death signal (so nothing outlives a launcher killed with SIGKILL). Success
-is judged by the workers' exit codes only: MindSpore's scheduler can exit 0 after a worker failed.
+is judged by the workers' exit codes only (a service such as MindSpore's scheduler can exit 0 after a
+worker failed); a failing service fails the job, and an `awaited` one must also have exited.
+Nothing here depends on the start-up mode.
 """
 import contextlib
 import ctypes
@@ -181,7 +183,7 @@ def _report_failure(spec: WorkerSpec, returncode: int, err: TextIO) -> None:
 
 
 def supervise(specs: Sequence[WorkerSpec], *, grace: float, timeout: Optional[float],
-              tee_ranks: Sequence[int], wait_for_scheduler: bool, interrupts: _Interrupts,
+              tee_ranks: Sequence[int], interrupts: _Interrupts,
               out: TextIO, err: TextIO) -> Outcome:
     """Run one attempt to its end: all workers exit 0, one fails, the launcher is signalled, or time runs out."""
     group = Group(specs)
@@ -189,12 +191,12 @@ def supervise(specs: Sequence[WorkerSpec], *, grace: float, timeout: Optional[fl
     started = time.monotonic()
     group.start()
     workers = [i for i, s in enumerate(specs) if s.role == "worker"]
-    schedulers = [i for i, s in enumerate(specs) if s.role == "scheduler"]
+    services = [i for i, s in enumerate(specs) if s.role != "worker"]
     outcome: Optional[Outcome] = None
     while outcome is None:
         codes = group.returncodes()
         failed = [i for i in workers if codes[i] not in (None, 0)]
-        failed += [i for i in schedulers if codes[i] not in (None, 0)]
+        failed += [i for i in services if codes[i] not in (None, 0)]
         if interrupts.signum is not None:
             err.write(f"launcher: received {signal.Signals(interrupts.signum).name}; stopping "
                       f"{len(group.alive())} processes\n")
@@ -205,9 +207,8 @@ def supervise(specs: Sequence[WorkerSpec], *, grace: float, timeout: Optional[fl
             _report_failure(first, codes[failed[0]], err)
             group.stop(grace)
             outcome = Outcome(exit_code_of(codes[failed[0]]), "failed", first, codes[failed[0]])
-        elif all(codes[i] == 0 for i in workers) and not (
-                wait_for_scheduler and any(codes[i] is None for i in schedulers)):
-            # with several nodes the scheduler serves the others too and exits once the cluster is done
+        elif all(codes[i] == 0 for i in workers) and not any(
+                specs[i].awaited and codes[i] is None for i in services):
             group.stop(grace)
             outcome = Outcome(0, "success")
         elif timeout is not None and time.monotonic() - started > timeout:
@@ -221,14 +222,14 @@ def supervise(specs: Sequence[WorkerSpec], *, grace: float, timeout: Optional[fl
 
 
 def run_attempts(make_specs: Callable[[int], List[WorkerSpec]], *, max_restarts: int, grace: float,
-                 timeout: Optional[float], tee_ranks: Sequence[int], wait_for_scheduler: bool,
+                 timeout: Optional[float], tee_ranks: Sequence[int],
                  out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run the group, restarting it after a failure up to `max_restarts` times; the job's exit code."""
     attempt = 0
     with _Interrupts() as interrupts:
         while True:
             outcome = supervise(make_specs(attempt), grace=grace, timeout=timeout, tee_ranks=tee_ranks,
-                                wait_for_scheduler=wait_for_scheduler, interrupts=interrupts,
+                                interrupts=interrupts,
                                 out=out, err=err)
             if outcome.reason in ("success", "interrupted") or attempt == max_restarts:
                 return outcome.exit_code

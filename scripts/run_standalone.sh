@@ -40,11 +40,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# A single card: none of the launcher's variables, so clip.train initialises no communication.
-unset MS_ROLE MS_SCHED_HOST MS_SCHED_PORT MS_WORKER_NUM MS_NODE_ID RANK_TABLE_FILE RANK_SIZE RANK_ID
-if [ -n "$DEVICE_ID" ]; then
-    export DEVICE_ID
-else
-    unset DEVICE_ID
-fi
-exec "${PYTHON:-python3}" -m clip.train --config "$CONFIG" "${SETS[@]}"
+# A single card: none of the launcher's variables (their names live in common/backends), so
+# clip.train initialises no communication; only the chip, if given.
+PYTHON=${PYTHON:-python3}
+SINGLE_ENV=$("$PYTHON" -m common.backends single ${DEVICE_ID:+--device-id "$DEVICE_ID"}) || exit $?
+eval "$SINGLE_ENV"
+exec "$PYTHON" -m clip.train --config "$CONFIG" "${SETS[@]}"

@@ -1,9 +1,10 @@
 """Shared test fixtures. Tests run real MindSpore and real processes; nothing is mocked."""
-import os
 import sys
 from pathlib import Path
 
 import pytest
+
+from clusters import clean_environ
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +22,4 @@ def python_exe() -> str:
 @pytest.fixture()
 def clean_env():
     """The environment a fresh worker would see: no launcher or cluster variables leaking in."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MS_", "RANK_", "DEVICE_", "ASCEND_", "OMPI_", "PMI", "SLURM_"))}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return {**clean_environ(), "PYTHONUNBUFFERED": "1"}

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from clusters import clean_environ
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
 def test_demo_config_reaches_60_percent_zero_shot(tmp_path):
     out = tmp_path / "demo"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_", "ASCEND_"))}
+    env = clean_environ()
     env.update(PYTHON=sys.executable, GLOG_v="3", PYTHONUNBUFFERED="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     proc = subprocess.run(["bash", "scripts/run_distribute.sh", "2", "configs/demo_shapes.yaml", f"output_dir={out}"],

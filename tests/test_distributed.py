@@ -5,8 +5,6 @@ tests/jobs/grad_equivalence_job.py once per world size, then check what the work
 """
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,9 @@ import pytest
 
 from clip import distributed
 from clip.distributed import AllGatherWithGrad, DistInfo, EnvPlan, plan_from_env
+from clusters import clean_environ, run_cluster
+from common import backends
+from common.backends import dynamic, ranktable
 from common.errors import UserError
 
 JOB = Path(__file__).resolve().parent / "jobs" / "grad_equivalence_job.py"
@@ -27,8 +28,7 @@ TOLERANCE = 1e-6
 
 # ---------------------------------------------------------------- environment -> plan (pure)
 
-DYNAMIC = {"MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "8118",
-           "MS_WORKER_NUM": "4", "MS_NODE_ID": "3"}
+DYNAMIC = dynamic.worker_env("127.0.0.1", 8118, world_size=4, rank=3)
 
 
 def test_no_environment_is_a_single_card():
@@ -38,7 +38,7 @@ def test_no_environment_is_a_single_card():
 
 
 def test_rank_table_means_ascend_hccl():
-    env = {"RANK_TABLE_FILE": "/x/hccl_8p.json", "RANK_SIZE": "8", "RANK_ID": "6", "DEVICE_ID": "6"}
+    env = ranktable.worker_env("/x/hccl_8p.json", rank_size=8, rank=6, device_id=6)
     assert plan_from_env(env) == EnvPlan("ranktable", "worker", "Ascend", "hccl", 6, 6, 8, "/x/hccl_8p.json")
 
 
@@ -100,8 +100,7 @@ def test_gather_backward_is_reduce_scatter_only_on_hccl():
 
 @pytest.fixture(scope="module")
 def single_card():
-    saved = {k: os.environ.pop(k) for k in list(os.environ)
-             if k.startswith(("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "RANK_SIZE"))}
+    saved = {k: os.environ.pop(k) for k in backends.all_variables() if k in os.environ}
     try:
         yield distributed.init_from_env()
     finally:
@@ -145,43 +144,11 @@ def test_all_reduce_sum_rejects_text(single_card):
 
 # ---------------------------------------------------------------- real dynamic clusters
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _worker_env(world_size, port, role, node_id=None):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MS_", "RANK_", "DEVICE_", "ASCEND_", "OMPI_", "PMI", "SLURM_"))}
-    env.update(PYTHONUNBUFFERED="1", MS_ROLE=role, MS_SCHED_HOST="127.0.0.1", MS_SCHED_PORT=str(port),
-               MS_WORKER_NUM=str(world_size), GLOG_v="3")
-    if node_id is not None:
-        env["MS_NODE_ID"] = str(node_id)
-    return env
-
-
 def _run_cluster(world_size, out_dir):
     """Start scheduler + workers, each in its own session; return their exit codes and log tails."""
-    port = _free_port()
-    roles = [("scheduler", "MS_SCHED", None)] + [(f"worker_{i}", "MS_WORKER", i) for i in range(world_size)]
-    procs = {}
-    try:
-        for name, role, node in roles:
-            log = open(out_dir / f"{name}.log", "w")
-            procs[name] = subprocess.Popen([sys.executable, str(JOB), str(out_dir)], cwd=out_dir,
-                                           env=_worker_env(world_size, port, role, node), stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
-            log.close()
-        deadline = time.monotonic() + CLUSTER_TIMEOUT
-        codes = {name: proc.wait(timeout=max(1.0, deadline - time.monotonic())) for name, proc in procs.items()}
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    tails = {name: (out_dir / f"{name}.log").read_text(errors="replace")[-3000:] for name in procs}
-    return codes, tails
+    env = {**clean_environ(), "PYTHONUNBUFFERED": "1", "GLOG_v": "3"}
+    codes, logs = run_cluster([sys.executable, str(JOB), str(out_dir)], world_size, out_dir, env, CLUSTER_TIMEOUT)
+    return codes, {name: text[-3000:] for name, text in logs.items()}
 
 
 @pytest.fixture(scope="module", params=[2, pytest.param(4, marks=pytest.mark.slow)], ids=lambda w: f"W{w}")

@@ -6,13 +6,14 @@ One run per configuration, shared by all checks; 24 samples / global batch 8 = 3
 5 steps also cross an epoch boundary (new permutation, new captions).
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from clusters import clean_environ
 
 REPO = Path(__file__).resolve().parent.parent
 TOL = 1e-5
@@ -23,8 +24,7 @@ TINY = ["model.name=clip_tiny", "data.train.type=shapes", "data.train.num_sample
 
 
 def clean_env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MS_", "RANK_", "DEVICE_", "ASCEND_", "OMPI_", "PMI", "SLURM_"))}
+    env = clean_environ()
     env["PYTHONUNBUFFERED"] = "1"
     env["GLOG_v"] = "3"  # MindSpore: errors only, keep worker logs readable
     return env

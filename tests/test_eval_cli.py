@@ -2,14 +2,14 @@
 designed (see test_zeroshot.py), one-line user errors, and a real 2-worker CPU cluster."""
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
+
+import clusters
+from clusters import clean_environ
 
 from test_zeroshot import PER_CLASS, RAW_NAMES, WRONG, determined_cifar_model, draw_images, expected_metrics, write_cifar
 
@@ -43,8 +43,7 @@ def run_eval(args, cwd, env=None):
 
 
 def clean_env():
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MS_", "RANK_", "DEVICE_", "ASCEND_", "OMPI_", "PMI", "SLURM_"))}
+    env = clean_environ()
     env.update(PYTHONUNBUFFERED="1", GLOG_v="3")
     return env
 
@@ -88,35 +87,9 @@ def test_user_errors_are_one_line_exit_2_and_write_nothing(setup, tmp_path, args
     assert not out.exists() or not list(out.iterdir())
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_cluster(args, world_size, cwd):
     """Scheduler + workers of a real dynamic cluster, each in its own session; exit codes and logs."""
-    port = _free_port()
-    roles = [("scheduler", "MS_SCHED", None)] + [(f"worker_{i}", "MS_WORKER", i) for i in range(world_size)]
-    procs = {}
-    try:
-        for name, role, node in roles:
-            env = clean_env()
-            env.update(MS_ROLE=role, MS_SCHED_HOST="127.0.0.1", MS_SCHED_PORT=str(port),
-                       MS_WORKER_NUM=str(world_size))
-            if node is not None:
-                env["MS_NODE_ID"] = str(node)
-            with open(cwd / f"{name}.log", "w") as log:
-                procs[name] = subprocess.Popen([sys.executable, "-m", "clip.eval", *args], cwd=cwd, env=env,
-                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + TIMEOUT
-        codes = {name: p.wait(timeout=max(1.0, deadline - time.monotonic())) for name, p in procs.items()}
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-    return codes, {name: (cwd / f"{name}.log").read_text(errors="replace") for name in procs}
+    return clusters.run_cluster([sys.executable, "-m", "clip.eval", *args], world_size, cwd, clean_env(), TIMEOUT)
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from PIL import Image
 import clip
 from clip.data.base import DatasetConfig
 from clip.data.shapes import CLASSNAMES, render
+from common.backends import dynamic
 from common.errors import UserError
 from clip.model import CLIPModel, create_model
 from clip.presets import CLIPConfig
@@ -261,8 +262,7 @@ def test_missing_converted_weights_through_the_trainer(cifar_dir, model_dir, tmp
 
 
 @pytest.mark.parametrize("env", [
-    {"MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "8118", "MS_WORKER_NUM": "2",
-     "MS_NODE_ID": "1"},
+    dynamic.worker_env("127.0.0.1", 8118, world_size=2, rank=1),
     {"RANK_SIZE": "4"},
 ])
 def test_trainer_refuses_a_multi_card_launch(monkeypatch, env):

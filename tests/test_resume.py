@@ -11,6 +11,7 @@ import numpy as np
 import psutil
 import pytest
 
+from common.backends import dynamic
 from test_equivalence import REPO, TINY, clean_env, losses, max_param_diff, model_params, run_training, \
     train_command
 
@@ -84,7 +85,7 @@ def _worker(launcher: "psutil.Process", rank: int):
             env = child.environ()
         except psutil.Error:
             continue
-        if env.get("MS_ROLE") == "MS_WORKER" and env.get("MS_NODE_ID") == str(rank):
+        if env.get(dynamic.MS_ROLE) == dynamic.WORKER and env.get(dynamic.MS_NODE_ID) == str(rank):
             return child
     return None
 

@@ -29,7 +29,7 @@ def spec(tmp_path, rank, code, cores=None, log_dir=None, env=None):
 def run(specs_for, max_restarts=0, grace=2.0, timeout=None, tee=()):
     out, err = io.StringIO(), io.StringIO()
     code = run_attempts(specs_for, max_restarts=max_restarts, grace=grace, timeout=timeout, tee_ranks=tee,
-                        wait_for_scheduler=False, out=out, err=err)
+                        out=out, err=err)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -150,8 +150,7 @@ root = sys.argv[1]
 code = "import time; open(__import__('sys').argv[1] + '/started_' + __import__('sys').argv[2], 'w').close(); time.sleep(120)"
 specs = [plan.WorkerSpec("worker", r, (sys.executable, "-c", code, root, str(r)), root, {}, None,
                          f"{root}/worker_{r}.log") for r in range(2)]
-sys.exit(supervisor.run_attempts(lambda a: specs, max_restarts=0, grace=2.0, timeout=None, tee_ranks=[],
-                                 wait_for_scheduler=False))
+sys.exit(supervisor.run_attempts(lambda a: specs, max_restarts=0, grace=2.0, timeout=None, tee_ranks=[]))
 """
 
 
