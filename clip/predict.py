@@ -105,11 +105,13 @@ def to_supported_mode(image: Image.Image) -> Image.Image:
 
 def load_image(path: str) -> Image.Image:
     """A fully decoded image from a file, or a one-line UserError naming the file."""
+    from clip.transforms import reduce_while_decoding
+
     if not os.path.exists(path):
         raise UserError(f"image {path!r} does not exist")
     try:
         with Image.open(path) as img:
-            img.load()
+            reduce_while_decoding(img).load()
             return to_supported_mode(img.copy())
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UserError(f"image {path!r} cannot be read ({str(exc) or type(exc).__name__})") from None

@@ -44,6 +44,21 @@ def normalize(rgb: np.ndarray) -> np.ndarray:
     return (x - mean) / std
 
 
+# JPEGs of more pixels than this are decoded at 1/2, 1/4 or 1/8 scale (PIL draft, in the DCT), keeping at least
+# DRAFT_MIN_SIDE pixels on each side: twice the largest preset's input (336), so every output pixel still comes from
+# several source pixels. Photos up to 24 MP decode in full, exactly as OpenAI's pipeline decodes them.
+DRAFT_MIN_PIXELS = 24_000_000
+DRAFT_MIN_SIDE = 2 * 336
+
+
+def reduce_while_decoding(image: Image.Image) -> Image.Image:
+    """Call on a freshly opened, not yet loaded image: a huge JPEG then costs memory by the model's input size,
+    not by its pixel count."""
+    if image.format == "JPEG" and image.width * image.height > DRAFT_MIN_PIXELS:
+        image.draft(image.mode, (DRAFT_MIN_SIDE, DRAFT_MIN_SIDE))
+    return image
+
+
 # Beyond this ratio of resized area to crop area the image is resized only where the crop will be.
 ELONGATED = 4
 

@@ -66,3 +66,19 @@ def test_cropping_before_resizing_gives_the_same_pixels():
         fast = resize_crop(image, new_size, size)
         diff = np.abs(np.asarray(full.convert("RGBA"), np.int16) - np.asarray(fast.convert("RGBA"), np.int16))
         assert fast.size == (size, size) and diff.max() <= 1, (width, height, mode, diff.max())
+
+
+def test_huge_jpegs_are_decoded_at_a_reduced_scale(tmp_path):
+    """A 6400 x 4800 (31 MP) JPEG decodes at 1/4 scale, still at least twice the largest model input per side;
+    a 12 MP photo decodes in full."""
+    from clip.data.base import load_image_file
+    from clip.predict import load_image
+    from clip.transforms import DRAFT_MIN_SIDE
+
+    huge, photo = tmp_path / "huge.jpg", tmp_path / "photo.jpg"
+    Image.new("RGB", (6400, 4800), (10, 120, 200)).save(huge, quality=80)
+    Image.new("RGB", (4000, 3000), (10, 120, 200)).save(photo, quality=80)
+    for load in (load_image, load_image_file):
+        reduced = load(str(huge))
+        assert reduced.size == (1600, 1200) and min(reduced.size) >= DRAFT_MIN_SIDE
+        assert load(str(photo)).size == (4000, 3000)

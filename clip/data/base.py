@@ -15,6 +15,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
+from clip.transforms import reduce_while_decoding
 from common.errors import UserError
 
 ImageLike = Union[Image.Image, np.ndarray]
@@ -114,7 +115,7 @@ def load_image_file(path: str) -> Image.Image:
     """Decode an image file fully to RGB now, so that truncated files fail here and not later."""
     try:
         with Image.open(path) as img:
-            img.load()
+            reduce_while_decoding(img).load()
             return img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(os.path.basename(path), str(exc) or type(exc).__name__) from None
