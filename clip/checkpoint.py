@@ -2,7 +2,9 @@
 
 A checkpoint holds the model parameters under their OpenAI names (so `create_model(checkpoint=...)`,
 `clip.eval` and `clip.predict` load it directly), the optimiser state (`adam_m.*`, `adam_v.*`,
-`global_step`) and the position of the run (`step`, `epoch`, `step_in_epoch`, `global_batch`, `seed`).
+`global_step`), the position of the run (`step`, `epoch`, `step_in_epoch`, `global_batch`, `seed`), the
+training `precision` and, in fp16, the loss scaler's state (`loss_scale`, `loss_scale_good_steps`,
+`skipped_steps`, `skipped_in_a_row`).
 The learning rate is not stored: it is recomputed from the config.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from common.errors import UserError
 LAST = "last.ckpt"
 _STEP_RE = re.compile(r"^step_(\d+)\.ckpt$")
 META_KEYS = ("step", "epoch", "step_in_epoch", "global_batch", "seed")
+TEXT_META = {"precision": "fp32"}  # text entries with the value assumed for checkpoints written before them
 NOT_STORED = ("learning_rate",)
 
 
@@ -88,7 +91,8 @@ def save(params: list, output_dir: str, meta: dict, keep_last: int) -> str:
 
     directory = checkpoint_dir(output_dir)
     final = os.path.join(directory, step_file(meta["step"]))
-    write(final, [{"name": p.name, "data": p} for p in params], {k: int(meta[k]) for k in META_KEYS})
+    write(final, [{"name": p.name, "data": p} for p in params],
+          {**{k: int(meta[k]) for k in META_KEYS}, **{k: str(meta.get(k, default)) for k, default in TEXT_META.items()}})
     link_atomic(final, os.path.join(directory, LAST))
     for name in to_prune(os.listdir(directory), keep_last):
         os.remove(os.path.join(directory, name))
@@ -125,6 +129,7 @@ def load(path: str) -> tuple[dict, dict]:
         raise UserError(f"train.resume: {path!r} is not a training checkpoint (no {', '.join(missing)}); "
                         f"use it as model.checkpoint instead")
     meta = {k: int(stored.pop(k).asnumpy()) for k in META_KEYS}
+    meta.update({k: str(stored.pop(k, default)) for k, default in TEXT_META.items()})
     return stored, meta
 
 

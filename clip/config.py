@@ -23,13 +23,16 @@ from clip.loss_modes import LOSS_MODES
 from clip.presets import DTYPES as MODEL_DTYPES
 
 TRAIN_MODES = ("graph", "pynative")
+OPTIMIZERS = ("adamw", "adamweightdecay")
+LR_SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass
 class ModelConfig:
     name: str = "clip_tiny"               # preset name (clip.presets.PRESETS)
     checkpoint: Optional[str] = None      # MindSpore .ckpt with OpenAI parameter names to start from
-    dtype: str = "float32"                # compute dtype of the towers; loss, LayerNorm, optimiser stay fp32
+    dtype: str = "float32"                # compute dtype for evaluation/prediction; training uses train.precision
 
 
 @dataclass
@@ -47,13 +50,20 @@ class TrainConfig:
     max_steps: Optional[int] = None       # total optimiser steps; overrides epochs when set
     stop_after: Optional[int] = None      # end this invocation at this step (wall-time limits); the schedule
                                           # still spans the whole run and `resume: auto` continues it later
+    optimizer: str = "adamw"              # adamw (torch semantics) | adamweightdecay (MindSpore's, no bias correction)
     lr: float = 5e-4                      # peak learning rate
-    min_lr: float = 0.0                   # end of the cosine decay
-    warmup_steps: int = 0                 # linear warm-up, then cosine decay to min_lr
+    lr_schedule: str = "cosine"           # cosine | linear | constant, after the warm-up
+    min_lr: float = 0.0                   # end of the cosine / linear decay
+    warmup_steps: int = 0                 # linear warm-up, then the schedule
     weight_decay: float = 0.2             # decoupled; not applied to gains, biases, logit_scale
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
+    grad_clip_norm: float = 0.0           # clip the global gradient L2 norm to this (torch clip_grad_norm_); 0 = off
+    precision: str = "fp32"               # fp32 | fp16 (dynamic loss scaling) | bf16 (Ascend/GPU)
+    loss_scale_init: float = 65536.0      # fp16: initial dynamic loss scale
+    max_skipped_steps: int = 50           # fp16: more overflowing steps in a row than this ends the run
+    resume_reset_scaler: bool = False     # allow resuming under another precision (fresh loss scaler)
     seed: int = 0                         # weights, data order and caption choice
     save_every: int = 0                   # steps between checkpoints; 0 = only at the end
     keep_last: int = 3                    # step checkpoints kept besides last.ckpt
@@ -300,6 +310,13 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
     for key in ("beta1", "beta2"):
         need(0 <= getattr(t, key) < 1, f"train.{key}", f"{getattr(t, key)} must be in [0, 1)")
     need(t.eps > 0, "train.eps", f"{t.eps} must be positive")
+    need(t.optimizer in OPTIMIZERS, "train.optimizer", f"{t.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    need(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule",
+         f"{t.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+    need(t.grad_clip_norm >= 0, "train.grad_clip_norm", f"{t.grad_clip_norm} must not be negative (0 = off)")
+    need(t.precision in PRECISIONS, "train.precision", f"{t.precision!r} is not one of {', '.join(PRECISIONS)}")
+    need(t.loss_scale_init >= 1, "train.loss_scale_init", f"{t.loss_scale_init} must be at least 1")
+    need(t.max_skipped_steps >= 0, "train.max_skipped_steps", f"{t.max_skipped_steps} must not be negative")
     need(t.mode in TRAIN_MODES, "train.mode", f"{t.mode!r} is not one of {', '.join(TRAIN_MODES)}")
     need(t.resume in ("auto", "none") or os.path.isfile(t.resume), "train.resume",
          f"{t.resume!r} is neither auto, none nor an existing checkpoint file")

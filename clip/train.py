@@ -4,9 +4,8 @@ Reads top to bottom: set-up, resume, the loop (compiled train step, global loss,
 evaluation and checkpoints on rank 0), and the end of the run. Rank and world size come from the
 environment the launcher sets (see clip.distributed); with none, this is the single-card path.
 
-Optimiser: `nn.AdamWeightDecay` (fastest MindSpore AdamW on CPU and in graph mode). Its semantics differ
-from torch's AdamW: no bias correction, and the decay is added to the update before scaling by the
-learning rate (param -= lr * (m / (sqrt(v) + eps) + wd * param)). See docs/training.md.
+The step itself (optimiser, clipping, loss scaling) is built from clip.optim and clip.precision; see
+docs/training.md for what matches torch.
 """
 from __future__ import annotations
 
@@ -20,13 +19,15 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from clip import checkpoint, distributed, metrics, preflight
+from clip import checkpoint, distributed, metrics, precision, preflight
 from clip.config import RunConfig, add_config_arguments, load_config, write_resolved
 from clip.data import build_train_source
 from clip.data.pipeline import steps_per_epoch as epoch_steps, train_batches
 from common.errors import ArgumentParser, UserError, exit_on_user_error
 from clip.loss import ContrastiveLoss, clamp_logit_scale
 from clip.model import create_model
+from clip.optim import GradNorm, build_optimizer, clip_coefficient, lr_schedule, scale_gradients
+from clip.precision import LossScaler
 
 EVAL_WAIT_SECONDS = 7200
 
@@ -37,23 +38,18 @@ def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int:
     return cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
 
 
-def lr_schedule(lr: float, min_lr: float, warmup_steps: int, steps: int) -> list[float]:
-    """Per-step learning rates: linear warm-up reaching `lr` at the end of step warmup_steps, then cosine
-    decay towards `min_lr`, built from MindSpore's dynamic-LR functions (index = optimiser step)."""
-    # warmup_lr starts at 0 for step 0; shifting by one step gives lr * (t + 1) / warmup_steps instead.
-    ramp = nn.warmup_lr(lr, warmup_steps + 1, 1, warmup_steps)[1:steps + 1] if warmup_steps else []
-    decay = steps - len(ramp)
-    cosine = nn.cosine_decay_lr(min_lr, lr, decay, 1, decay) if decay else []
-    return [float(v) for v in list(ramp) + list(cosine)]
+def record_line(step: int, loss: float, lr: float, logit_scale: float, grad_norm: float, samples_per_s: float,
+                scaler: Optional[dict] = None) -> dict:
+    """A metrics.jsonl training line; fp16 runs add the loss scale and the running count of skipped steps."""
+    return {"step": step, "loss": loss, "lr": lr, "logit_scale": logit_scale, "grad_norm": grad_norm,
+            "samples_per_s": samples_per_s, **(scaler or {})}
 
 
-def decays(name: str, ndim: int) -> bool:
-    """Weight decay on matrices only: not on gains, biases, class embedding or logit_scale (as OpenAI)."""
-    return ndim >= 2 and "logit_scale" not in name
-
-
-def record_line(step: int, loss: float, lr: float, logit_scale: float, samples_per_s: float) -> dict:
-    return {"step": step, "loss": loss, "lr": lr, "logit_scale": logit_scale, "samples_per_s": samples_per_s}
+def check_skipped(step: int, in_a_row: int, limit: int, loss_scale: float) -> None:
+    """fp16: overflowing steps are normal, a long run of them means the model diverged."""
+    if in_a_row > limit:
+        raise UserError(f"train.max_skipped_steps: {in_a_row} steps in a row up to step {step} had non-finite "
+                        f"gradients (loss scale now {loss_scale:g}); lower train.lr or check the data")
 
 
 # ---------------------------------------------------------------- cells (MindSpore)
@@ -72,35 +68,46 @@ class NetWithLoss(nn.Cell):
 
 
 class TrainStep(nn.Cell):
-    """One compiled step: forward + loss, gradients, mean all-reduce, AdamW, clamp of logit_scale."""
+    """One compiled step: forward + loss, gradients, mean all-reduce, global norm and clipping, optimiser,
+    clamp of logit_scale. With a LossScaler (fp16) the loss is scaled before the backward pass, the
+    all-reduced gradients are unscaled, and the optimiser runs only when they are finite (the same decision
+    on every rank, since they are the same numbers). Returns (this rank's loss, global gradient norm)."""
 
-    def __init__(self, model, loss_fn, optimizer, reducer):
+    def __init__(self, model, loss_fn, optimizer, reducer, grad_clip_norm: float = 0.0,
+                 scaler: Optional[LossScaler] = None):
         super().__init__(auto_prefix=False)
         self.net = NetWithLoss(model, loss_fn)
         self.optimizer = optimizer
         self.weights = optimizer.parameters
-        self.grad = ops.GradOperation(get_by_list=True)
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.reducer = reducer
         self.logit_scale = model.logit_scale
+        self.learning_rate = optimizer.learning_rate
+        self.grad_norm = GradNorm()
+        self.hyper_map = ops.HyperMap()
+        self.clip = grad_clip_norm > 0
+        self.max_norm = grad_clip_norm
+        self.scaler = scaler
+        self.dynamic = scaler is not None
 
-    def construct(self, images, tokens):
+    def construct(self, images, tokens, lr):
         loss = self.net(images, tokens)
-        grads = self.reducer(self.grad(self.net, self.weights)(images, tokens))
+        sens = self.scaler.scale.astype(loss.dtype) if self.dynamic else ops.ones_like(loss)
+        grads = self.reducer(self.grad(self.net, self.weights)(images, tokens, sens))
+        if self.dynamic:
+            grads = scale_gradients(self.hyper_map, 1.0 / sens, grads)
+        norm = self.grad_norm(grads)
+        if self.clip:
+            grads = scale_gradients(self.hyper_map, clip_coefficient(norm, self.max_norm), grads)
+        grads = ops.depend(grads, ops.assign(self.learning_rate, lr))
+        if self.dynamic:
+            finite = ops.isfinite(norm)
+            if finite:
+                loss = ops.depend(loss, self.optimizer(grads))
+                loss = ops.depend(loss, clamp_logit_scale(self.logit_scale))
+            return ops.depend(loss, self.scaler(finite)), norm
         loss = ops.depend(loss, self.optimizer(grads))
-        return ops.depend(loss, clamp_logit_scale(self.logit_scale))
-
-
-def build_optimizer(model, cfg: RunConfig, steps: int):
-    """AdamWeightDecay with decay on matrices only and the warm-up + cosine schedule."""
-    t = cfg.train
-    params = model.trainable_params()
-    decay = [p for p in params if decays(p.name, len(p.shape))]
-    no_decay = [p for p in params if not decays(p.name, len(p.shape))]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0},
-              {"order_params": params}]
-    lrs = np.array(lr_schedule(t.lr, t.min_lr, t.warmup_steps, steps), np.float32)
-    optimizer = nn.AdamWeightDecay(groups, learning_rate=ms.Tensor(lrs), beta1=t.beta1, beta2=t.beta2, eps=t.eps)
-    return optimizer, lrs
+        return ops.depend(loss, clamp_logit_scale(self.logit_scale)), norm
 
 
 # ---------------------------------------------------------------- the job
@@ -116,6 +123,7 @@ def train(cfg: RunConfig) -> dict:
     rank, world = info.rank, info.world_size
     main_rank = rank == 0
     t = cfg.train
+    dtype = precision.model_dtype(t.precision, cfg.model.dtype)
     source = build_train_source(cfg.data.train)
     per_epoch = epoch_steps(len(source), t.batch_size, world)
     if per_epoch == 0:
@@ -131,17 +139,23 @@ def train(cfg: RunConfig) -> dict:
             raise UserError(f"train.resume: {resume_from!r} was trained with a global batch of "
                             f"{meta['global_batch']}; this run has {world} x {t.batch_size} = "
                             f"{world * t.batch_size}; set train.batch_size to match or train.resume: none")
+        precision.check_resume(meta["precision"], t.precision, t.resume_reset_scaler, resume_from)
         start = meta["step"]
 
     ms.set_seed(t.seed)
-    model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, dtype=cfg.model.dtype)
+    model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, dtype=dtype)
     distributed.check_identical_params(model)
-    optimizer, lrs = build_optimizer(model, cfg, steps)
+    optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
+    lrs = lr_schedule(t.lr_schedule, t.lr, t.min_lr, t.warmup_steps, steps).astype(np.float32)
+    scaler = LossScaler(t.loss_scale_init) if t.precision == "fp16" else None
     loss_fn = ContrastiveLoss(cfg.loss.mode)
-    step_cell = TrainStep(model, loss_fn, optimizer, distributed.grad_reducer(optimizer.parameters, info))
-    stored_params = checkpoint.unique_parameters([model, optimizer])
+    step_cell = TrainStep(model, loss_fn, optimizer, distributed.grad_reducer(optimizer.parameters, info),
+                          t.grad_clip_norm, scaler)
+    stored_params = checkpoint.unique_parameters([model, optimizer] + ([scaler] if scaler else []))
     if resume_from:
-        checkpoint.restore(stored_params, stored, resume_from)
+        fresh_scaler = meta["precision"] != t.precision  # allowed by train.resume_reset_scaler
+        checkpoint.restore([p for p in stored_params if not (fresh_scaler and p.name in precision.SCALER_STATE)],
+                           stored, resume_from)
     if main_rank:
         write_resolved(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         log = metrics.MetricsLog(cfg.output_dir, start if resume_from else None)
@@ -155,7 +169,8 @@ def train(cfg: RunConfig) -> dict:
             epoch, in_epoch = divmod(step, per_epoch)
             checkpoint.save(stored_params, cfg.output_dir,
                             {"step": step, "epoch": epoch, "step_in_epoch": in_epoch,
-                             "global_batch": world * t.batch_size, "seed": t.seed}, t.keep_last)
+                             "global_batch": world * t.batch_size, "seed": t.seed, "precision": t.precision},
+                            t.keep_last)
 
     def evaluate(step: int) -> dict:
         result = {}
@@ -179,16 +194,23 @@ def train(cfg: RunConfig) -> dict:
                                 rank=rank, world_size=world, epoch=epoch, seed=t.seed, start_step=in_epoch,
                                 num_workers=t.num_workers)
         for images, tokens in batches:
-            loss = step_cell(ms.Tensor(images), ms.Tensor(tokens))
+            loss, grad_norm = step_cell(ms.Tensor(images), ms.Tensor(tokens), ms.Tensor(lrs[step]))
             global_loss = float(distributed.all_reduce_sum(loss.asnumpy().reshape(1).astype(np.float64))[0]) / world
             step += 1
             since += 1
-            if not math.isfinite(global_loss):
-                raise RuntimeError(f"loss is {global_loss} at step {step}; lower train.lr or check the data")
+            scaler_state = None
+            if scaler is not None:  # fp16: a non-finite gradient skipped the step on every rank
+                scaler_state = {"loss_scale": float(scaler.scale.asnumpy()),
+                                "skipped_steps": int(scaler.skipped.asnumpy())}
+                check_skipped(step, int(scaler.in_a_row.asnumpy()), t.max_skipped_steps, scaler_state["loss_scale"])
+            elif not math.isfinite(global_loss):
+                raise UserError(f"loss is {global_loss} at step {step} (train.precision {t.precision}); lower "
+                                f"train.lr or check the data")
             if main_rank and (step % t.log_every == 0 or step == stop):
                 now = time.perf_counter()
-                record = record_line(step, global_loss, float(lrs[step - 1]),
-                                     float(model.logit_scale.asnumpy()), since * world * t.batch_size / (now - tick))
+                record = record_line(step, global_loss, float(lrs[step - 1]), float(model.logit_scale.asnumpy()),
+                                     float(grad_norm.asnumpy()), since * world * t.batch_size / (now - tick),
+                                     scaler_state)
                 log.write(record)
                 progress.step(record)
                 tick, since = now, 0
@@ -206,6 +228,7 @@ def train(cfg: RunConfig) -> dict:
                              + (f" (rank 0: {', '.join(batches.unreadable_names[:5])})" if batches.unreadable else ""))
 
     # ---- the end
+    distributed.check_identical_params(model)  # every rank took (or skipped) the same steps
     save(step)
     if step == steps:
         result = evaluate(step)

@@ -1,0 +1,152 @@
+"""The optimiser side of a train step: learning-rate schedules, weight-decay groups, torch-semantics AdamW,
+global gradient norm and clipping.
+
+`AdamW` is torch.optim.AdamW (bias-corrected moments, decoupled decay `p <- p - lr*wd*p` before the Adam
+step) running on MindSpore's fused `AdamWeightDecay` primitive, which computes
+`p <- p - lr' * (m / (sqrt(v) + eps') + wd' * p)` without bias correction. With
+`lr' = lr * sqrt(1 - b2^t) / (1 - b1^t)`, `eps' = eps * sqrt(1 - b2^t)` and `wd' = lr * wd / lr'` this is
+exactly torch's update (the Adam term does not depend on p, so decaying first or in the same expression is
+the same), so it costs what `nn.AdamWeightDecay` costs: one fused kernel per parameter plus a few scalar ops.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+from clip.config import LR_SCHEDULES, OPTIMIZERS
+
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: coef = max_norm / (total_norm + 1e-6), at most 1
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def lr_schedule(kind: str, lr: float, min_lr: float, warmup_steps: int, steps: int) -> np.ndarray:
+    """Learning rate of each optimiser step t = 0..steps-1 (float64), closed forms:
+
+    warm-up (t < warmup_steps): lr * (t + 1) / warmup_steps;
+    then with u = (t - warmup_steps) / (steps - warmup_steps) in [0, 1):
+    cosine: min_lr + (lr - min_lr) * (1 + cos(pi u)) / 2; linear: lr - (lr - min_lr) * u; constant: lr.
+    """
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule {kind!r} is not one of {', '.join(LR_SCHEDULES)}")
+    t = np.arange(steps, dtype=np.float64)
+    decay_steps = max(steps - warmup_steps, 1)
+    u = np.clip((t - warmup_steps) / decay_steps, 0.0, 1.0)
+    if kind == "cosine":
+        after = min_lr + (lr - min_lr) * (1 + np.cos(np.pi * u)) / 2
+    elif kind == "linear":
+        after = lr - (lr - min_lr) * u
+    else:
+        after = np.full(steps, lr, np.float64)
+    ramp = lr * (t + 1) / max(warmup_steps, 1)
+    return np.where(t < warmup_steps, ramp, after)
+
+
+def decays(name: str, ndim: int) -> bool:
+    """Weight decay on matrices only: not on gains, biases, class embedding or logit_scale (as OpenAI)."""
+    return ndim >= 2 and "logit_scale" not in name
+
+
+# ---------------------------------------------------------------- cells (MindSpore)
+
+class AdamW(nn.Cell):
+    """torch.optim.AdamW on the fused AdamWeightDecay kernel (see the module docstring).
+
+    `learning_rate` is a Parameter the train step assigns before calling; `global_step` counts applied
+    steps (a skipped fp16 step does not count, as torch's GradScaler skips optimizer.step()).
+    State names match nn.AdamWeightDecay's (`adam_m.*`, `adam_v.*`, `global_step`), so checkpoints read alike.
+    """
+
+    def __init__(self, params, weight_decays, beta1: float, beta2: float, eps: float):
+        super().__init__(auto_prefix=False)
+        self.parameters = ParameterTuple(params)
+        self.moments1 = self.parameters.clone(prefix="adam_m", init="zeros")
+        self.moments2 = self.parameters.clone(prefix="adam_v", init="zeros")
+        self.learning_rate = Parameter(Tensor(0.0, ms.float32), name="learning_rate", requires_grad=False)
+        self.global_step = Parameter(Tensor([0], ms.int32), name="global_step", requires_grad=False)
+        self.weight_decays = tuple(Tensor(float(wd), ms.float32) for wd in weight_decays)
+        self.beta1 = Tensor(beta1, ms.float32)
+        self.beta2 = Tensor(beta2, ms.float32)
+        self.eps = Tensor(eps, ms.float32)
+        self.one = Tensor(1.0, ms.float32)
+        self.fused = ops.AdamWeightDecay()
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, gradients):
+        step = self.global_step + 1
+        ops.assign(self.global_step, step)
+        t = step.astype(ms.float32)[0]
+        lr = self.learning_rate
+        bc1 = self.one - ops.pow(self.beta1, t)
+        bc2 = ops.sqrt(self.one - ops.pow(self.beta2, t))
+        step_lr = lr * bc2 / bc1
+        step_eps = self.eps * bc2
+        decay_ratio = lr / step_lr
+        return self.hyper_map(ops.partial(_adamw_update, self.fused, self.beta1, self.beta2, step_eps, step_lr,
+                                          decay_ratio),
+                              self.weight_decays, self.parameters, self.moments1, self.moments2, gradients)
+
+
+_adamw = ops.MultitypeFuncGraph("adamw")
+
+
+@_adamw.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                 "Tensor", "Tensor")
+def _adamw_update(fused, beta1, beta2, eps, lr, decay_ratio, weight_decay, param, m, v, gradient):
+    fused(param, m, v, lr, beta1, beta2, eps, weight_decay * decay_ratio, gradient.astype(param.dtype))
+    return True
+
+
+def build_optimizer(model, name: str, weight_decay: float, beta1: float, beta2: float, eps: float):
+    """The configured optimiser over the model's trainable parameters, decay on matrices only."""
+    params = model.trainable_params()
+    wds = [weight_decay if decays(p.name, len(p.shape)) else 0.0 for p in params]
+    if name == "adamw":
+        return AdamW(params, wds, beta1, beta2, eps)
+    if name != "adamweightdecay":
+        raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
+    decay = [p for p, wd in zip(params, wds) if wd]
+    no_decay = [p for p, wd in zip(params, wds) if not wd]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+              {"order_params": params}]
+    # A float learning rate becomes the Parameter `learning_rate`, which the train step assigns every step.
+    return nn.AdamWeightDecay(groups, learning_rate=0.0, beta1=beta1, beta2=beta2, eps=eps)
+
+
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+
+
+@_square_sum.register("Tensor")
+def _grad_square_sum(gradient):
+    return ops.square(gradient.astype(ms.float32)).sum()
+
+
+_scale = ops.MultitypeFuncGraph("scale")
+
+
+@_scale.register("Tensor", "Tensor")
+def _scale_gradient(factor, gradient):
+    return gradient * factor.astype(gradient.dtype)
+
+
+class GradNorm(nn.Cell):
+    """Global L2 norm over all gradients (float32), as torch.nn.utils.clip_grad_norm_ computes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, gradients):
+        squares = self.hyper_map(_grad_square_sum, gradients)
+        return ops.sqrt(ops.addn(squares))
+
+
+def scale_gradients(hyper_map, factor, gradients):
+    """Every gradient times the scalar `factor` (inside a compiled step)."""
+    return hyper_map(ops.partial(_scale, factor), gradients)
+
+
+def clip_coefficient(norm, max_norm: float):
+    """torch's clip_grad_norm_ factor: max_norm / (norm + 1e-6), at most 1."""
+    return ops.minimum(max_norm / (norm + CLIP_EPS), 1.0)
