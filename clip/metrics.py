@@ -1,6 +1,7 @@
 """What a run reports: metrics.jsonl (one JSON object per line), progress on the console, a PNG of the curves.
 
-Records are plain dicts: training lines carry step, loss (global), lr, logit_scale, samples_per_s;
+Records are plain dicts: training lines carry step, loss (global), lr, logit_scale, grad_norm, samples_per_s
+(and in fp16 loss_scale, skipped_steps);
 evaluation lines carry step and eval_top1 / eval_top5.
 """
 from __future__ import annotations
@@ -72,8 +73,10 @@ def format_line(record: dict, total_steps: int) -> str:
     if "eval_top1" in record:
         return (f"eval step {record['step']}/{total_steps}: zero-shot top-1 {record['eval_top1']:.2f}% "
                 f"top-5 {record['eval_top5']:.2f}% ({record['eval_n']} images, {record['eval_classes']} classes)")
+    extra = "".join(f" {key} {record[key]:.3g}" for key in ("grad_norm", "loss_scale", "skipped_steps")
+                    if key in record)
     return (f"step {record['step']}/{total_steps} loss {record['loss']:.4f} lr {record['lr']:.3g} "
-            f"logit_scale {record['logit_scale']:.3f} {record['samples_per_s']:.1f} samples/s")
+            f"logit_scale {record['logit_scale']:.3f}{extra} {record['samples_per_s']:.1f} samples/s")
 
 
 class Progress:

@@ -150,3 +150,35 @@ def scale_gradients(hyper_map, factor, gradients):
 def clip_coefficient(norm, max_norm: float):
     """torch's clip_grad_norm_ factor: max_norm / (norm + 1e-6), at most 1."""
     return ops.minimum(max_norm / (norm + CLIP_EPS), 1.0)
+
+
+class GradientUpdate(nn.Cell):
+    """What a step does with the all-reduced gradients: divide by the loss scale (fp16), take the global L2
+    norm, clip it to `grad_clip_norm` (0 = off), and run the optimiser at learning rate `lr`. With a
+    LossScaler the optimiser runs only when the norm is finite (else nothing but the scaler changes), and
+    the scaler is advanced. Returns the global norm before clipping (after unscaling)."""
+
+    def __init__(self, optimizer, grad_clip_norm: float = 0.0, scaler=None):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.learning_rate = optimizer.learning_rate
+        self.grad_norm = GradNorm()
+        self.hyper_map = ops.HyperMap()
+        self.clip = grad_clip_norm > 0
+        self.max_norm = grad_clip_norm
+        self.scaler = scaler
+        self.dynamic = scaler is not None
+
+    def construct(self, grads, lr):
+        if self.dynamic:
+            grads = scale_gradients(self.hyper_map, 1.0 / self.scaler.scale, grads)
+        norm = self.grad_norm(grads)
+        if self.clip:
+            grads = scale_gradients(self.hyper_map, clip_coefficient(norm, self.max_norm), grads)
+        grads = ops.depend(grads, ops.assign(self.learning_rate, lr))
+        if self.dynamic:
+            finite = ops.isfinite(norm)
+            if finite:
+                norm = ops.depend(norm, self.optimizer(grads))
+            return ops.depend(norm, self.scaler(finite))
+        return ops.depend(norm, self.optimizer(grads))

@@ -26,7 +26,7 @@ from clip.data.pipeline import steps_per_epoch as epoch_steps, train_batches
 from common.errors import ArgumentParser, UserError, exit_on_user_error
 from clip.loss import ContrastiveLoss, clamp_logit_scale
 from clip.model import create_model
-from clip.optim import GradNorm, build_optimizer, clip_coefficient, lr_schedule, scale_gradients
+from clip.optim import GradientUpdate, build_optimizer, lr_schedule
 from clip.precision import LossScaler
 
 EVAL_WAIT_SECONDS = 7200
@@ -68,25 +68,19 @@ class NetWithLoss(nn.Cell):
 
 
 class TrainStep(nn.Cell):
-    """One compiled step: forward + loss, gradients, mean all-reduce, global norm and clipping, optimiser,
-    clamp of logit_scale. With a LossScaler (fp16) the loss is scaled before the backward pass, the
-    all-reduced gradients are unscaled, and the optimiser runs only when they are finite (the same decision
-    on every rank, since they are the same numbers). Returns (this rank's loss, global gradient norm)."""
+    """One compiled step: forward + loss, gradients (of the loss times the fp16 loss scale), mean all-reduce,
+    then clip.optim.GradientUpdate (unscale, global norm, clipping, optimiser unless skipped), and the clamp
+    of logit_scale. Returns (this rank's loss, global gradient norm)."""
 
     def __init__(self, model, loss_fn, optimizer, reducer, grad_clip_norm: float = 0.0,
                  scaler: Optional[LossScaler] = None):
         super().__init__(auto_prefix=False)
         self.net = NetWithLoss(model, loss_fn)
-        self.optimizer = optimizer
         self.weights = optimizer.parameters
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.reducer = reducer
+        self.update = GradientUpdate(optimizer, grad_clip_norm, scaler)
         self.logit_scale = model.logit_scale
-        self.learning_rate = optimizer.learning_rate
-        self.grad_norm = GradNorm()
-        self.hyper_map = ops.HyperMap()
-        self.clip = grad_clip_norm > 0
-        self.max_norm = grad_clip_norm
         self.scaler = scaler
         self.dynamic = scaler is not None
 
@@ -94,19 +88,7 @@ class TrainStep(nn.Cell):
         loss = self.net(images, tokens)
         sens = self.scaler.scale.astype(loss.dtype) if self.dynamic else ops.ones_like(loss)
         grads = self.reducer(self.grad(self.net, self.weights)(images, tokens, sens))
-        if self.dynamic:
-            grads = scale_gradients(self.hyper_map, 1.0 / sens, grads)
-        norm = self.grad_norm(grads)
-        if self.clip:
-            grads = scale_gradients(self.hyper_map, clip_coefficient(norm, self.max_norm), grads)
-        grads = ops.depend(grads, ops.assign(self.learning_rate, lr))
-        if self.dynamic:
-            finite = ops.isfinite(norm)
-            if finite:
-                loss = ops.depend(loss, self.optimizer(grads))
-                loss = ops.depend(loss, clamp_logit_scale(self.logit_scale))
-            return ops.depend(loss, self.scaler(finite)), norm
-        loss = ops.depend(loss, self.optimizer(grads))
+        norm = self.update(grads, lr)
         return ops.depend(loss, clamp_logit_scale(self.logit_scale)), norm
 
 
