@@ -118,7 +118,7 @@ def read(path: str, what: str = "checkpoint") -> dict:
 
 def shapes(path: str, what: str = "checkpoint") -> dict:
     """Parameter name -> shape of a checkpoint."""
-    return {name: tuple(p.shape) for name, p in read(path, what).items()}
+    return {name: tuple(p.shape) for name, p in read(path, what).items() if name not in TEXT_META}
 
 
 def load(path: str) -> tuple[dict, dict]:

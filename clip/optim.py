@@ -4,9 +4,10 @@ global gradient norm and clipping.
 `AdamW` is torch.optim.AdamW (bias-corrected moments, decoupled decay `p <- p - lr*wd*p` before the Adam
 step) running on MindSpore's fused `AdamWeightDecay` primitive, which computes
 `p <- p - lr' * (m / (sqrt(v) + eps') + wd' * p)` without bias correction. With
-`lr' = lr * sqrt(1 - b2^t) / (1 - b1^t)`, `eps' = eps * sqrt(1 - b2^t)` and `wd' = lr * wd / lr'` this is
-exactly torch's update (the Adam term does not depend on p, so decaying first or in the same expression is
-the same), so it costs what `nn.AdamWeightDecay` costs: one fused kernel per parameter plus a few scalar ops.
+`lr' = lr * sqrt(1 - b2^t) / (1 - b1^t)`, `eps' = eps * sqrt(1 - b2^t)` and `wd' = lr * wd / lr'`
+(= `wd * (1 - b1^t) / sqrt(1 - b2^t)`) this is exactly torch's update (the Adam term does not depend on p, so
+decaying first or in the same expression is the same), so it costs what `nn.AdamWeightDecay` costs: one fused
+kernel per parameter plus a few scalar ops.
 """
 from __future__ import annotations
 
@@ -58,14 +59,15 @@ class AdamW(nn.Cell):
     State names match nn.AdamWeightDecay's (`adam_m.*`, `adam_v.*`, `global_step`), so checkpoints read alike.
     """
 
-    def __init__(self, params, weight_decays, beta1: float, beta2: float, eps: float):
+    def __init__(self, params, decay_flags, weight_decay: float, beta1: float, beta2: float, eps: float):
         super().__init__(auto_prefix=False)
         self.parameters = ParameterTuple(params)
         self.moments1 = self.parameters.clone(prefix="adam_m", init="zeros")
         self.moments2 = self.parameters.clone(prefix="adam_v", init="zeros")
         self.learning_rate = Parameter(Tensor(0.0, ms.float32), name="learning_rate", requires_grad=False)
         self.global_step = Parameter(Tensor([0], ms.int32), name="global_step", requires_grad=False)
-        self.weight_decays = tuple(Tensor(float(wd), ms.float32) for wd in weight_decays)
+        self.decay_flags = tuple(bool(flag) for flag in decay_flags)
+        self.weight_decay = Tensor(weight_decay, ms.float32)
         self.beta1 = Tensor(beta1, ms.float32)
         self.beta2 = Tensor(beta2, ms.float32)
         self.eps = Tensor(eps, ms.float32)
@@ -81,33 +83,35 @@ class AdamW(nn.Cell):
         bc1 = self.one - ops.pow(self.beta1, t)
         bc2 = ops.sqrt(self.one - ops.pow(self.beta2, t))
         step_lr = lr * bc2 / bc1
-        step_eps = self.eps * bc2
-        decay_ratio = lr / step_lr
-        return self.hyper_map(ops.partial(_adamw_update, self.fused, self.beta1, self.beta2, step_eps, step_lr,
-                                          decay_ratio),
-                              self.weight_decays, self.parameters, self.moments1, self.moments2, gradients)
+        step_decay = self.weight_decay * bc1 / bc2  # lr' * wd' = lr * wd
+        return self.hyper_map(ops.partial(_adamw_update, self.fused, self.beta1, self.beta2, self.eps * bc2, step_lr,
+                                          step_decay),
+                              self.parameters, self.moments1, self.moments2, gradients, self.decay_flags)
 
 
 _adamw = ops.MultitypeFuncGraph("adamw")
 
 
 @_adamw.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                 "Tensor", "Tensor")
-def _adamw_update(fused, beta1, beta2, eps, lr, decay_ratio, weight_decay, param, m, v, gradient):
-    fused(param, m, v, lr, beta1, beta2, eps, weight_decay * decay_ratio, gradient.astype(param.dtype))
+                 "Tensor", "Bool")
+def _adamw_update(fused, beta1, beta2, eps, lr, weight_decay, param, m, v, gradient, decay):
+    if decay:
+        fused(param, m, v, lr, beta1, beta2, eps, weight_decay, gradient.astype(param.dtype))
+    else:
+        fused(param, m, v, lr, beta1, beta2, eps, 0.0, gradient.astype(param.dtype))
     return True
 
 
 def build_optimizer(model, name: str, weight_decay: float, beta1: float, beta2: float, eps: float):
     """The configured optimiser over the model's trainable parameters, decay on matrices only."""
     params = model.trainable_params()
-    wds = [weight_decay if decays(p.name, len(p.shape)) else 0.0 for p in params]
+    flags = [decays(p.name, len(p.shape)) for p in params]
     if name == "adamw":
-        return AdamW(params, wds, beta1, beta2, eps)
+        return AdamW(params, flags, weight_decay, beta1, beta2, eps)
     if name != "adamweightdecay":
         raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
-    decay = [p for p, wd in zip(params, wds) if wd]
-    no_decay = [p for p, wd in zip(params, wds) if not wd]
+    decay = [p for p, flag in zip(params, flags) if flag]
+    no_decay = [p for p, flag in zip(params, flags) if not flag]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
               {"order_params": params}]
     # A float learning rate becomes the Parameter `learning_rate`, which the train step assigns every step.

@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from clip.errors import UserError
+from common.errors import UserError
 from clip.precision import check_resume, model_dtype
 from test_equivalence import REPO, TINY, clean_env, losses, max_param_diff, metric, model_params, run_training, \
     train_command
