@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import io
 import os
 import string
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class DatasetConfig:
     classnames_file: Optional[str] = None  # imagefolder only: one class name per line
     templates: Optional[list[str]] = None  # zero-shot prompt templates; None = the dataset's own
     sha256: Optional[dict[str, str]] = None  # relative file path -> expected hex digest
+    index_dir: Optional[str] = None  # webdataset only: where shard indexes go; None = beside the shards
 
 
 class UnreadableImage(Exception):
@@ -65,6 +67,14 @@ class CaptionSource(abc.ABC):
     def name(self, i: int) -> str:
         """What to call sample i in warnings (a file name where there is one)."""
         return f"sample {i}"
+
+    def encoded_image(self, i: int) -> bytes:
+        """Sample i's image as an encoded file (what packing stores); file-backed sources return the file's
+        own bytes so that a packed copy decodes to the same pixels. Here: lossless PNG of image(i)."""
+        img = self.image(i)
+        buf = io.BytesIO()
+        (Image.fromarray(img) if isinstance(img, np.ndarray) else img).save(buf, format="PNG")
+        return buf.getvalue()
 
     def __getitem__(self, i: int) -> tuple[ImageLike, list[str]]:
         return self.image(i), self.captions(i)
@@ -119,6 +129,27 @@ def load_image_file(path: str) -> Image.Image:
             return img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(os.path.basename(path), str(exc) or type(exc).__name__) from None
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode an in-memory image file fully to RGB; the same decoding every format goes through."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("RGB")
+    except Image.UnidentifiedImageError:
+        raise UnreadableImage(name, "not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(name, str(exc) or type(exc).__name__) from None
+
+
+def read_file_bytes(path: str) -> bytes:
+    """A file's bytes, or UnreadableImage naming it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UnreadableImage(os.path.basename(path), exc.strerror or str(exc)) from None
 
 
 def require_dir(path: Optional[str], what: str) -> str:

@@ -11,7 +11,7 @@ import io
 import os
 from typing import Optional
 
-from clip.data.base import CaptionSource, DatasetConfig, load_image_file
+from clip.data.base import CaptionSource, DatasetConfig, load_image_file, read_file_bytes
 from common.errors import UserError
 
 
@@ -79,6 +79,9 @@ class CsvCaptions(CaptionSource):
 
     def image(self, i: int):
         return load_image_file(os.path.join(self.base_dir, self.images[i]))
+
+    def encoded_image(self, i: int) -> bytes:
+        return read_file_bytes(os.path.join(self.base_dir, self.images[i]))
 
     def name(self, i: int) -> str:
         return self.images[i]

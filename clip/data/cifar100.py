@@ -104,11 +104,12 @@ def resolve_root(path: str) -> str:
     return inner if os.path.isdir(inner) else path
 
 
-def load(cfg: DatasetConfig) -> Cifar100:
-    root = require_dir(cfg.path, "data.eval.path")
+def load(cfg: DatasetConfig, key: str = "data.eval") -> Cifar100:
+    """`key` is the config section named in errors (data.eval, or data.train when training on CIFAR-100)."""
+    root = require_dir(cfg.path, f"{key}.path")
     verify_sha256(root, cfg.sha256)
     if cfg.split not in SPLITS:
-        raise UserError(f"data.eval.split: {cfg.split!r} is not a CIFAR-100 split (expected test or train; "
+        raise UserError(f"{key}.split: {cfg.split!r} is not a CIFAR-100 split (expected test or train; "
                         f"val means test)")
     folder = resolve_root(root)
     meta_path = os.path.join(folder, "meta")

@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Optional
 
-from clip.data.base import CaptionSource, DatasetConfig, load_image_file, require_dir, verify_sha256
+from clip.data.base import CaptionSource, DatasetConfig, load_image_file, read_file_bytes, require_dir, verify_sha256
 from common.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,9 @@ class Flickr8kCaptions(CaptionSource):
 
     def image(self, i: int):
         return load_image_file(os.path.join(self.image_dir, self.names[i]))
+
+    def encoded_image(self, i: int) -> bytes:
+        return read_file_bytes(os.path.join(self.image_dir, self.names[i]))
 
     def name(self, i: int) -> str:
         return self.names[i]

@@ -34,13 +34,13 @@ def list_images(folder: str) -> list[str]:
     return found
 
 
-def read_classnames(path: str, n_folders: int) -> list[str]:
+def read_classnames(path: str, n_folders: int, key: str = "data.eval") -> list[str]:
     if not os.path.isfile(path):
-        raise UserError(f"data.eval.classnames_file: {path!r} does not exist")
+        raise UserError(f"{key}.classnames_file: {path!r} does not exist")
     with open(path, encoding="utf-8") as f:
         names = [line.strip() for line in f if line.strip()]
     if len(names) != n_folders:
-        raise UserError(f"data.eval.classnames_file: {path!r} has {len(names)} names, "
+        raise UserError(f"{key}.classnames_file: {path!r} has {len(names)} names, "
                         f"expected one per class folder ({n_folders})")
     return names
 
@@ -62,21 +62,22 @@ class ImageFolder(ClassificationSource):
         return os.path.relpath(self.files[i], self.root)
 
 
-def load(cfg: DatasetConfig) -> ImageFolder:
-    root = require_dir(cfg.path, "data.eval.path")
+def load(cfg: DatasetConfig, key: str = "data.eval") -> ImageFolder:
+    """`key` is the config section named in errors (data.eval, or data.train when training on the folder)."""
+    root = require_dir(cfg.path, f"{key}.path")
     verify_sha256(root, cfg.sha256)
     if cfg.split and os.path.isdir(os.path.join(root, cfg.split)):
         root = os.path.join(root, cfg.split)
     folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     if not folders:
-        raise UserError(f"data.eval.path: {root!r} has no class sub-folders (expected one folder per class)")
+        raise UserError(f"{key}.path: {root!r} has no class sub-folders (expected one folder per class)")
     files, labels = [], []
     for label, folder in enumerate(folders):
         images = list_images(os.path.join(root, folder))
         files += images
         labels += [label] * len(images)
     if not files:
-        raise UserError(f"data.eval.path: {root!r} has class folders but no image files in them")
-    classnames = (read_classnames(cfg.classnames_file, len(folders)) if cfg.classnames_file
+        raise UserError(f"{key}.path: {root!r} has class folders but no image files in them")
+    classnames = (read_classnames(cfg.classnames_file, len(folders), key) if cfg.classnames_file
                   else [f.replace("_", " ") for f in folders])
     return ImageFolder(files, labels, classnames, check_templates(cfg.templates or DEFAULT_TEMPLATES), root)

@@ -166,6 +166,11 @@ def train_batches(source: CaptionSource, *, image_size: int, context_length: int
 
     layout = shard_layout(len(source), batch_size=batch_size, world_size=world_size, epoch=epoch, seed=seed,
                           start_step=start_step)
+    ordered = getattr(source, "ordered_dataset", None)
+    if ordered is not None:  # a format with its own reader (MindRecord): hand it this rank's indices in order
+        dataset = ordered(layout[rank::world_size], image_size=image_size, context_length=context_length,
+                          epoch=epoch, seed=seed, num_workers=num_workers, max_tries=MAX_CONSECUTIVE_UNREADABLE)
+        return TrainBatches(dataset.batch(batch_size, drop_remainder=True), steps - start_step, source)
     samples = EpochSamples(source, layout, image_size=image_size, context_length=context_length,
                            epoch=epoch, seed=seed)
     dataset = ds.GeneratorDataset(samples, COLUMNS, shuffle=False, num_shards=world_size, shard_id=rank,

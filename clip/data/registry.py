@@ -11,8 +11,10 @@ DATASETS: dict[str, dict[str, str]] = {
     "shapes": {"train": "clip.data.shapes:load", "eval": "clip.data.shapes:load_eval"},
     "flickr8k": {"train": "clip.data.flickr8k:load"},
     "csv": {"train": "clip.data.captions:load"},
-    "cifar100": {"eval": "clip.data.cifar100:load"},
-    "imagefolder": {"eval": "clip.data.imagefolder:load"},
+    "cifar100": {"train": "clip.data.classcaptions:load_cifar100", "eval": "clip.data.cifar100:load"},
+    "imagefolder": {"train": "clip.data.classcaptions:load_imagefolder", "eval": "clip.data.imagefolder:load"},
+    "webdataset": {"train": "clip.data.webdataset:load"},
+    "mindrecord": {"train": "clip.data.mindrecord:load"},
 }
 
 
