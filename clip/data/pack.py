@@ -24,7 +24,7 @@ from clip.data.mindrecord import FORMAT, MANIFEST, SCHEMA, VERSION, read_manifes
 from common.errors import ArgumentParser, UserError, exit_on_user_error
 
 FORMATS = ("mindrecord",)
-PACKABLE = ("webdataset", "csv", "flickr8k", "imagefolder", "cifar100", "shapes")
+PACKABLE = ("webdataset", "csv", "flickr8k", "imagefolder", "cifar100", "shapes", "mindrecord")
 PARTIAL = ".partial"
 WRITE_CHUNK = 256
 PAGE_SIZE = 1 << 23  # MindRecord pads each page; its 32 MB default makes small shards huge
@@ -41,6 +41,8 @@ def detect_type(src: str) -> str:
         raise UserError(f"SRC: {src!r} does not exist (expected a shard directory or pattern, a .csv/.tsv file, "
                         f"or a Flickr8k, CIFAR-100 or image-folder directory)")
     names = os.listdir(src)
+    if MANIFEST in names:
+        return "mindrecord"
     if any(n.endswith(".tar") for n in names):
         return "webdataset"
     if any(os.path.isfile(os.path.join(src, d, "Flickr8k.token.txt")) for d in ("", "Flickr8k_text")):
