@@ -175,7 +175,7 @@ def test_interrupted_pack_keeps_finished_shards_and_completes_on_rerun(tmp_path)
     assert "part-00002.mindrecord" not in names
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "part-00000.mindrecord: finished by an earlier run, kept" in again.stderr
+    assert "part-00000.mindrecord: finished by an earlier run, kept" in again.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["samples"] == 2048 and [s["samples"] for s in manifest["shards"]] == [682, 683, 683]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + sorted(
