@@ -73,5 +73,6 @@ def test_missing_table_is_a_user_error(tmp_path):
 
 
 def test_unknown_dataset_type_lists_the_choices():
-    with pytest.raises(UserError, match="'cifar100' is not a caption dataset \\(expected one of shapes, flickr8k, csv\\)"):
-        build_train_source(DatasetConfig(type="cifar100"))
+    with pytest.raises(UserError, match="'coco' is not a caption dataset \\(expected one of shapes, flickr8k, csv, "
+                                        "cifar100, imagefolder, webdataset, mindrecord\\)"):
+        build_train_source(DatasetConfig(type="coco"))

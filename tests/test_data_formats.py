@@ -198,3 +198,38 @@ def test_image_folder_training_learns_its_classes(tmp_path):
     final = [r for r in rows if "eval_top1" in r][-1]
     assert final["eval_classes"] == 6 and final["eval_n"] == 48
     assert final["eval_top1"] >= 50.0, proc.stdout[-2000:]
+
+
+def test_brace_patterns_expand_like_img2dataset_names():
+    from clip.data.webdataset import expand_braces
+
+    assert expand_braces("d/{00000..00002}.tar") == ["d/00000.tar", "d/00001.tar", "d/00002.tar"]
+    assert expand_braces("{a,b}/{8..10}.tar") == ["a/8.tar", "a/9.tar", "a/10.tar", "b/8.tar", "b/9.tar", "b/10.tar"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+
+
+def test_missing_and_truncated_shards_are_named(shards, tmp_path, caplog):
+    from clip.data import DatasetConfig
+    from clip.data.base import UnreadableImage
+    from clip.data.webdataset import load
+
+    root = tmp_path / "gappy"
+    root.mkdir()
+    (root / "00000.tar").write_bytes((shards["root"] / "00000.tar").read_bytes())
+    whole = (shards["root"] / "00002.tar").read_bytes()
+    (root / "00002.tar").write_bytes(whole[:len(whole) // 2])
+    with caplog.at_level("WARNING"):
+        source = load(DatasetConfig(type="webdataset", path=f"{root}/{{00000..00002}}.tar"))
+    assert "1 shard(s)" in caplog.text and "missing, skipped: 00001.tar" in caplog.text
+    assert f"shard {root / '00002.tar'} is truncated" in caplog.text
+    names = [source.name(i) for i in range(len(source))]
+    assert names[:10] == shards["keys"][:10] and 10 < len(names) < 14
+    assert all(n.startswith("00002.tar:") for n in names[10:])
+    readable = 0
+    for i in range(10, len(source)):  # the cut sample lost its image or caption: skip-and-replace, by name
+        try:
+            source.image(i)
+            readable += 1
+        except UnreadableImage as exc:
+            assert exc.name == names[i]
+    assert readable >= 1
