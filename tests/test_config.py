@@ -53,7 +53,7 @@ def test_defaults_need_no_file_and_eval_can_be_disabled():
     ("loss: {mode: lokal}\n", [], "loss.mode: 'lokal' is not one of local, full, local_only"),
     ("model: {name: clip_huge}\n", [], "model.name: unknown model 'clip_huge'"),
     ("train: {resume: /no/such.ckpt}\n", [], "train.resume: '/no/such.ckpt' is neither auto, none nor"),
-    ("data: {train: {type: cifar100}}\n", [], "data.train.type: 'cifar100' is not a training dataset"),
+    ("data: {train: {type: coco}}\n", [], "data.train.type: 'coco' is not a training dataset"),
     ("train: 3\n", [], "run.yaml: train: expected a mapping, got 3"),
     ("- a\n- b\n", [], "expected a mapping of config keys at the top level"),
     ("train: {lr: [\n", [], "run.yaml: line 2:"),
