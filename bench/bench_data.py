@@ -192,10 +192,9 @@ def main() -> int:
                     "load_avg_at_end": os.getloadavg()[0]},
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, RESULTS)
+    from common.safe_write import write_json
+
+    write_json(str(RESULTS), payload)
     print(json.dumps({"images_per_s_per_core": summary, "ratio_to_anchor": payload["ratio_to_anchor"]}, indent=1))
     return 0
 

@@ -10,7 +10,6 @@ half-written shard in OUT, and rerunning the same command keeps the finished sha
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ from clip.data import build_train_source
 from clip.data.base import CaptionSource, DatasetConfig, UnreadableImage, decode_image
 from clip.data.mindrecord import FORMAT, MANIFEST, SCHEMA, VERSION, read_manifest, shard_file
 from common.errors import ArgumentParser, UserError, exit_on_user_error
+from common.safe_write import write_json
 
 FORMATS = ("mindrecord",)
 PACKABLE = ("webdataset", "csv", "flickr8k", "imagefolder", "cifar100", "shapes", "mindrecord")
@@ -80,13 +80,6 @@ def make_record(source: CaptionSource, i: int) -> tuple[dict, Optional[str]]:
     image = image or NO_IMAGE
     return ({"index": i, "name": name, "image": image, "captions": json.dumps(captions, ensure_ascii=False),
              "ok": int(reason is None)}, reason)
-
-
-def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
 
 
 def read_back_digest(path: str) -> tuple[int, str]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from clip.data.base import CaptionSource, DatasetConfig, UnreadableImage, decode_image
 from common.errors import UserError
+from common.safe_write import write_json
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +134,7 @@ def build_index(shard: str, target: str) -> dict:
     members, truncated = scan_tar(shard)
     index = {"version": INDEX_VERSION, "shard": os.path.basename(shard), **_stamp(shard),
              "truncated": truncated, "members": members}
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(index, f, separators=(",", ":"))
-    os.replace(tmp, target)  # ranks building the same index at once each replace it whole
+    write_json(target, index, indent=None)  # atomic: ranks building the same index at once each replace it whole
     return index
 
 
