@@ -67,9 +67,17 @@ def run_once(tool: str, nproc: int, fail: bool) -> dict:
             failed_at = json.loads((workdir / "failed_at.json").read_text())["time"]
             sample["failure_to_exit_s"] = round(exited - failed_at, 3)
         else:
-            firsts = [json.loads((workdir / f"result_{r}.json").read_text())["first_allreduce"]
-                      for r in range(nproc)]
-            sample["startup_s"] = round(max(firsts) - started, 3)
+            results = [json.loads((workdir / f"result_{r}.json").read_text()) for r in range(nproc)]
+            sample["startup_s"] = round(max(r["first_allreduce"] for r in results) - started, 3)
+            # where start-up goes (latest rank at each point): launcher + interpreter start, `import
+            # mindspore`, cluster formation in init(), the first AllReduce
+            marks = [("to_script_s", "started"), ("import_mindspore_s", "imported"),
+                     ("cluster_init_s", "initialised"), ("first_allreduce_s", "first_allreduce")]
+            previous = started
+            for name, key in marks:
+                latest = max(r[key] for r in results)
+                sample[name] = round(latest - previous, 3)
+                previous = latest
         return sample
 
 
@@ -96,6 +104,9 @@ def main() -> int:
         "repeats": args.repeats,
         "targets": {"startup": "no slower than msrun", "failure_to_exit_s": 2.0},
         "results": {tool: {"startup_s": summary(runs["success"], "startup_s"),
+                           "startup_breakdown_s": {k: summary(runs["success"], k)["median"] for k in
+                                                   ("to_script_s", "import_mindspore_s", "cluster_init_s",
+                                                    "first_allreduce_s")},
                            "failure_to_exit_s": summary(runs["failure"], "failure_to_exit_s"),
                            "failure_exit_codes": [s["exit_code"] for s in runs["failure"]],
                            "leftover_processes": sum(s["leftover_processes"] for s in runs["success"] + runs["failure"]),

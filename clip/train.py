@@ -23,6 +23,7 @@ from clip import checkpoint, distributed, metrics, precision, preflight
 from clip.config import RunConfig, add_config_arguments, load_config, write_resolved
 from clip.data import build_train_source
 from clip.data.pipeline import steps_per_epoch as epoch_steps, train_batches
+from common import supervision
 from common.errors import ArgumentParser, UserError, exit_on_user_error
 from clip.loss import ContrastiveLoss, clamp_logit_scale
 from clip.model import create_model
@@ -177,9 +178,13 @@ def train(cfg: RunConfig) -> dict:
                                 num_workers=t.num_workers)
         for images, tokens in batches:
             loss, grad_norm = step_cell(ms.Tensor(images), ms.Tensor(tokens), ms.Tensor(lrs[step]))
-            global_loss = float(distributed.all_reduce_sum(loss.asnumpy().reshape(1).astype(np.float64))[0]) / world
+            # one all-reduce carries the loss and the pre-emption vote, so every rank stops at the same step
+            summed = distributed.all_reduce_sum(np.array([loss.asnumpy().reshape(1)[0], supervision.stop_requested()],
+                                                         np.float64))
+            global_loss, preempted = float(summed[0]) / world, summed[1] > 0
             step += 1
             since += 1
+            supervision.heartbeat()
             scaler_state = None
             if scaler is not None:  # fp16: a non-finite gradient skipped the step on every rank
                 scaler_state = {"loss_scale": float(scaler.scale.asnumpy()),
@@ -202,6 +207,10 @@ def train(cfg: RunConfig) -> dict:
             if t.eval_every and step % t.eval_every == 0 and step < steps:
                 result = evaluate(step)
                 tick, since = time.perf_counter(), 0
+            if preempted:  # SIGTERM on some rank: every rank saves here and leaves, resumable
+                save(step)
+                progress.message(f"pre-empted at step {step}: checkpoint saved; resume with train.resume: auto")
+                raise SystemExit(supervision.PREEMPTED_EXIT_CODE)
             if step >= stop:
                 break
         unreadable = int(distributed.all_reduce_sum(np.array([batches.unreadable], np.int64))[0])
@@ -228,11 +237,13 @@ def train(cfg: RunConfig) -> dict:
 
 
 @exit_on_user_error
+@supervision.record
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog="python -m clip.train", description=__doc__.splitlines()[0])
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    supervision.install(stop_on_sigterm=True)
     train(cfg)
     return 0
 

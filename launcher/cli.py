@@ -130,6 +130,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         run_cmd.add_arguments(p)
         p.set_defaults(handler=run_cmd.main)
 
+    p = sub.add_parser("msrun", help="msrun's command line (--worker_num ... SCRIPT ARGS), run by this launcher")
+    if command == "msrun":
+        from launcher import msrun
+
+        msrun.add_arguments(p)
+        p.set_defaults(handler=msrun.main)
+
     p = sub.add_parser("doctor", help="preflight checks, one PASS/FAIL line each")
     from launcher import doctor
 

@@ -2,7 +2,8 @@
 
 Conventions (docs/launcher.md, "Rank tables"):
 - every value is a string; rank ids are global, 0..N-1, increasing through the server list;
-- device ids are physical chip numbers on their server; visible devices only filter them;
+- device ids are physical chip numbers on their server; visible devices filter them, except that
+  hccl_tools' range spelling "[first,end)" selects positions in the visible list, as hccl_tools.py does;
 - merged tables list servers by server IP (numerically) unless an explicit order is given, and ranks
   are renumbered in that order, devices of one server in their original rank order.
 """
@@ -80,6 +81,22 @@ def check_devices(chips: list[int], server_cards: int = 8, what: str = "--device
     return chips
 
 
+def is_position_range(spec: str) -> bool:
+    """hccl_tools' spelling "[first,end)": with visible devices it selects positions in their list."""
+    match = _HALF_OPEN.match(spec.strip())
+    return match is not None and match.group(3) == ")"
+
+
+def visible_positions(spec: str, visible: list[int], visible_what: str) -> list[int]:
+    """hccl_tools.py's rule: "[0,4)" with visible devices 4,5,6,7 means positions 0-3 of that list, i.e.
+    chips 4,5,6,7 (a rank table's device_id is the physical chip)."""
+    positions = parse_devices(spec)
+    if positions[-1] >= len(visible):
+        raise UserError(f"--device-num {spec!r}: selects positions {positions[0]}-{positions[-1]} of the visible "
+                        f"devices, but {visible_what}={','.join(map(str, visible))} lists {len(visible)}")
+    return [visible[p] for p in positions]
+
+
 def select_devices(device_spec: str | list[int] | None, visible: list[int] | None, server_cards: int = 8,
                    visible_what: str = "--visible-devices") -> list[int]:
     """The chips this server contributes: the requested ones (default: all visible) checked against the server."""
@@ -93,6 +110,9 @@ def select_devices(device_spec: str | list[int] | None, visible: list[int] | Non
     if device_spec is None:
         chips = sorted(visible) if visible is not None else list(range(server_cards))
         return check_devices(chips, server_cards, visible_what if visible is not None else "devices")
+    if isinstance(device_spec, str) and visible is not None and is_position_range(device_spec):
+        chips = visible_positions(device_spec, sorted(visible), visible_what)
+        return check_devices(chips, server_cards, f"--device-num {device_spec!r} of {visible_what}")
     if isinstance(device_spec, str):
         chips, spec = parse_devices(device_spec), device_spec
     else:
@@ -346,3 +366,6 @@ def read_json(path):
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply (expected a rank table: an object with a "
+                        f"server_list)") from None

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import glob
 import os
+import random
 import shutil
 import socket
 import sys
@@ -21,7 +22,7 @@ from launcher import cluster, plan, ranktable, supervisor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", "--nproc", type=int, default=None,
+    parser.add_argument("-n", "--nproc", "--nproc-per-node", "--nproc_per_node", type=int, default=None,
                         help="workers on this node (default: the rank table's devices for ascend, 1 for cluster)")
     parser.add_argument("--backend", choices=plan.BACKENDS, default="auto",
                         help="ascend (rank table), cluster (MindSpore dynamic cluster, CPU/GPU) or auto "
@@ -37,15 +38,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="restart the whole group after a failure up to K times (logs in attempt_<k>/)")
     parser.add_argument("--grace-period", type=float, default=5.0,
                         help="seconds between SIGTERM and SIGKILL when stopping workers")
+    parser.add_argument("--preempt-grace", type=float, default=120.0, metavar="S",
+                        help="after SIGTERM/SIGUSR1 to the launcher, seconds the workers get to save and exit "
+                             "before SIGKILL (default 120)")
     parser.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
+    parser.add_argument("--hang-timeout", type=float, default=None, metavar="S",
+                        help="a worker whose heartbeat file (LAUNCHER_HEARTBEAT_FILE) is older than S seconds is "
+                             "hung: its stack is collected, the job stopped (exit 124); workers that never "
+                             "touch the file are not watched (default: off)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print every process's command, directory, environment and cores; start nothing")
     nodes = parser.add_argument_group("multi-node (defaults from Slurm or mpirun when present)")
     nodes.add_argument("--nnodes", type=int, default=None)
-    nodes.add_argument("--node-rank", type=int, default=None)
-    nodes.add_argument("--master-addr", default=None, help="scheduler host (cluster backend; default 127.0.0.1)")
-    nodes.add_argument("--master-port", type=int, default=None,
+    nodes.add_argument("--node-rank", "--node_rank", type=int, default=None)
+    nodes.add_argument("--master-addr", "--master_addr", default=None,
+                       help="scheduler host (cluster backend; default 127.0.0.1)")
+    nodes.add_argument("--master-port", "--master_port", type=int, default=None,
                        help="scheduler port (cluster backend; default: a free port on one node)")
+    nodes.add_argument("--standalone", action="store_true",
+                       help="torchrun's single-node spelling: accepted, it is the default here (local "
+                            "scheduler on a free port)")
     ascend = parser.add_argument_group("ascend backend")
     ascend.add_argument("--rank-table", default=None, help="existing (merged) rank table; generated when absent")
     ascend.add_argument("--device-ids", "--device-num", dest="device_ids", default=None,
@@ -61,10 +73,30 @@ def has_ascend_cards() -> bool:
     return bool(glob.glob("/dev/davinci[0-9]*"))
 
 
-def free_port(host: str = "") -> int:
+def free_port(host: str = "", rng: Optional[random.Random] = None) -> int:
+    """A port that is free now, chosen below the kernel's ephemeral range: the scheduler binds it seconds
+    later, and ports in that range are handed to every outgoing connection on the machine meanwhile."""
+    rng = rng or random.Random()
+    low = _ephemeral_low()
+    for _ in range(50):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
+            return max(int(handle.read().split()[0]), 13024)
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def parse_tee(text: Optional[str], world: int) -> List[int]:
@@ -90,24 +122,31 @@ def _command(args) -> tuple:
     return tuple(command)
 
 
-def _check_executable(command: tuple, cwd: str) -> None:
-    """A typo in the command is the user's mistake: say so before any process starts."""
+def _check_executable(command: tuple, cwd: str, worker_cwd: Optional[str] = None) -> None:
+    """A typo in the command is the user's mistake: say so before any process starts. A relative path
+    must also resolve where the workers run (`worker_cwd`, <log-dir>/rank_<r> unless --no-chdir)."""
     if not command:
         return
     program = command[0]
     found = os.access(os.path.join(cwd, program), os.X_OK) if os.sep in program else shutil.which(program)
     if not found:
         raise UserError(f"command {program!r}: not found or not executable")
+    if os.sep in program and not os.path.isabs(program) and worker_cwd is not None:
+        if not os.access(os.path.normpath(os.path.join(worker_cwd, program)), os.X_OK):
+            raise UserError(f"command {program!r}: a relative path, but workers run in {worker_cwd} where it "
+                            f"does not resolve; give {os.path.abspath(program)!r} or use --no-chdir")
 
 
 def _check_numbers(args) -> None:
     if args.nproc is not None and args.nproc < 1:
         raise UserError(f"--nproc {args.nproc}: expected at least 1 worker per node")
-    for flag, value, low in (("--max-restarts", args.max_restarts, 0), ("--grace-period", args.grace_period, 0)):
+    for flag, value, low in (("--max-restarts", args.max_restarts, 0), ("--grace-period", args.grace_period, 0),
+                             ("--preempt-grace", args.preempt_grace, 0)):
         if value < low:
             raise UserError(f"{flag} {value}: expected a value >= {low}")
-    if args.timeout is not None and args.timeout <= 0:
-        raise UserError(f"--timeout {args.timeout}: expected a positive number of seconds")
+    for flag, value in (("--timeout", args.timeout), ("--hang-timeout", args.hang_timeout)):
+        if value is not None and not value > 0:
+            raise UserError(f"{flag} {value}: expected a positive number of seconds")
 
 
 def _cluster_specs(base: plan.PlanOptions, attempt_dir: str, port: Optional[int]) -> List[plan.WorkerSpec]:
@@ -192,12 +231,17 @@ _JOBS = {dynamic.NAME: _cluster_job, ranktable_backend.NAME: _ascend_job}
 def main(args) -> int:
     command = _command(args)
     _check_numbers(args)
-    _check_executable(command, os.getcwd())
+    log_dir = os.path.abspath(args.log_dir)
+    _check_executable(command, os.getcwd(), plan.worker_dir(log_dir, 0) if args.chdir else None)
     node = cluster.node_info(os.environ)
+    if args.standalone:
+        if (args.nnodes or 1) > 1:
+            raise UserError(f"--standalone with --nnodes {args.nnodes}: standalone means one node")
+        print("launcher: --standalone has no effect here (one node with a local scheduler on a free port is "
+              "the default)", file=sys.stderr)
     nnodes = args.nnodes if args.nnodes is not None else node.nnodes
     node_rank = args.node_rank if args.node_rank is not None else node.node_rank
     backend = plan.choose_backend(args.backend, has_ascend_cards())
-    log_dir = os.path.abspath(args.log_dir)
     cores = tuple(sorted(psutil.Process().cpu_affinity()))
     base = plan.PlanOptions(
         command=command, nproc=args.nproc or 1, log_dir=log_dir, run_dir=log_dir, launch_dir=os.getcwd(),
@@ -220,4 +264,5 @@ def main(args) -> int:
     print(f"launcher: {sum(s.role == 'worker' for s in specs)} workers on node {node_rank} of {nnodes} "
           f"(backend {backend}), logs in {log_dir}", file=sys.stderr, flush=True)
     return supervisor.run_attempts(make_specs, max_restarts=args.max_restarts, grace=args.grace_period,
-                                   timeout=args.timeout, tee_ranks=tee_ranks)
+                                   timeout=args.timeout, tee_ranks=tee_ranks, hang_timeout=args.hang_timeout,
+                                   preempt_grace=args.preempt_grace)

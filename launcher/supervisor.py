@@ -9,6 +9,8 @@ Nothing here depends on the start-up mode.
 import contextlib
 import ctypes
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,12 +20,18 @@ from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
 import psutil
 
+from common import supervision
 from common.errors import UserError
 from common.safe_write import write_text
+from launcher import diagnosis
+from launcher.diagnosis import describe_returncode, exit_code_of
 from launcher.plan import WorkerSpec
 
 POLL_INTERVAL = 0.05
 TAIL_LINES = 20
+TREE_GONE_TIMEOUT = 10.0           # how long stop() waits for every process it started to be gone
+STACK_DUMP_WAIT = 3.0              # how long a hung rank gets to write its stack before it is stopped
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -32,23 +40,9 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 class Outcome:
     """How one attempt ended; `failed` is the first process whose exit failed the job."""
     exit_code: int
-    reason: str                    # "success", "failed", "interrupted", "timeout"
+    reason: str                    # "success", "failed", "interrupted", "preempted", "timeout", "hang"
     failed: Optional[WorkerSpec] = None
     returncode: Optional[int] = None
-
-
-def exit_code_of(returncode: int) -> int:
-    """Shell convention: a process killed by signal N counts as exit code 128+N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def describe_returncode(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name} (exit code {exit_code_of(returncode)})"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit code {returncode}"
 
 
 def tail(path: str, lines: int = TAIL_LINES) -> List[str]:
@@ -79,6 +73,11 @@ def _write_env_log(path: str, env: Dict[str, str]) -> None:
     write_text(path, "".join(f"{key}={env[key]}\n" for key in sorted(env)))
 
 
+# MindSpore's own INFO lines (`[INFO] DISTRIBUTED(pid,...): ... Event base dispatch success!`, printed even
+# with GLOG_v=3 as a worker exits) stay in the worker log.
+_MS_INFO = re.compile(rb"^\[INFO\] [A-Z_]+\(\d+,")
+
+
 class _Tee:
     """Copies new complete lines of chosen workers' logs to the console with a `[rank N]` prefix."""
 
@@ -101,20 +100,22 @@ class _Tee:
             lines = buffered.split(b"\n")
             self.partial[path] = b"" if final else lines.pop()
             for line in lines:
-                if line or not final:
+                if (line or not final) and not _MS_INFO.match(line):
                     self.out.write(self.prefix[path] + line.decode("utf-8", errors="replace") + "\n")
         self.out.flush()
 
 
 class _Interrupts:
-    """SIGINT/SIGTERM to the launcher are remembered, then forwarded by the poll loop to every group."""
+    """SIGINT, SIGTERM and SIGUSR1 to the launcher are remembered, then handled by the poll loop: SIGINT
+    goes to every process group; SIGTERM and SIGUSR1 (a scheduler's pre-emption notice) reach each
+    worker as SIGTERM, so that it can save and exit (see common.supervision)."""
 
     def __init__(self):
         self.signum: Optional[int] = None
         self._previous = {}
 
     def __enter__(self):
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -126,17 +127,31 @@ class _Interrupts:
             signal.signal(signum, handler)
 
 
+def error_file(spec: WorkerSpec) -> str:
+    return os.path.join(os.path.dirname(spec.log_path), f"error_{spec.rank}.json")
+
+
+def heartbeat_file(spec: WorkerSpec) -> str:
+    return os.path.join(os.path.dirname(spec.log_path), f"heartbeat_{spec.rank}")
+
+
 class Group:
     """The processes of one attempt, each the leader of its own session."""
 
     def __init__(self, specs: Sequence[WorkerSpec]):
         self.specs = list(specs)
         self.procs: Dict[int, subprocess.Popen] = {}
+        self.exited_at: Dict[int, float] = {}
 
     def start(self) -> None:
         parent = os.getpid()
         for index, spec in enumerate(self.specs):
             env = {**os.environ, **spec.env}
+            if spec.role == "worker":
+                env.update(supervision.worker_env(error_file(spec), heartbeat_file(spec), spec.rank))
+                for stale in (error_file(spec), heartbeat_file(spec)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(stale)
             os.makedirs(spec.cwd, exist_ok=True)
             os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
             if spec.env_log:
@@ -152,7 +167,12 @@ class Group:
                     raise UserError(f"cannot start {spec.name}: {spec.argv[0]}: {exc.strerror}") from None
 
     def returncodes(self) -> Dict[int, Optional[int]]:
-        return {index: proc.poll() for index, proc in self.procs.items()}
+        codes = {index: proc.poll() for index, proc in self.procs.items()}
+        now = time.time()
+        for index, code in codes.items():
+            if code is not None:
+                self.exited_at.setdefault(index, now)
+        return codes
 
     def signal_all(self, signum: int) -> None:
         """Signal every process group, including groups whose leader already exited."""
@@ -163,18 +183,65 @@ class Group:
     def alive(self) -> List[int]:
         return [index for index, code in self.returncodes().items() if code is None]
 
-    def stop(self, grace: float, signum: int = signal.SIGTERM) -> None:
-        """`signum` to everyone, SIGKILL to whatever is left after `grace` seconds, then reap."""
-        self.signal_all(signum)
+    def tree(self) -> List[psutil.Process]:
+        """Every live process this group started: the leaders, their sessions and their descendants."""
+        sessions = set(proc.pid for proc in self.procs.values())
+        found = {}
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+                if proc.pid in sessions or os.getsid(proc.pid) in sessions:
+                    found[proc.pid] = proc
+        for pid in sessions:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(pid).children(recursive=True):
+                    found[child.pid] = child
+        return [p for p in found.values() if _running(p)]
+
+    def stop(self, grace: float, signum: int = signal.SIGTERM, leaders_only: bool = False) -> List[str]:
+        """`signum` to everyone (or to the worker leaders only), SIGKILL to whatever is left after `grace`
+        seconds, then wait until the whole tree is gone (bounded); returns what survived, named."""
+        if leaders_only:
+            for index in self.alive():
+                if self.specs[index].role == "worker":
+                    with contextlib.suppress(ProcessLookupError):
+                        self.procs[index].send_signal(signum)
+        else:
+            self.signal_all(signum)
         deadline = time.monotonic() + grace
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.02)
+        self.returncodes()
+        stragglers = self.tree()
         self.signal_all(signal.SIGKILL)
+        for straggler in stragglers:  # descendants that left their session
+            with contextlib.suppress(psutil.Error):
+                straggler.kill()
         for proc in self.procs.values():
             proc.wait()
+        self.returncodes()
+        deadline = time.monotonic() + TREE_GONE_TIMEOUT
+        alive = [p for p in stragglers if _running(p)]  # a zombie is gone: it holds no card and no memory
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.02)
+            alive = [p for p in alive if _running(p)]
+        return [f"pid {p.pid} ({_name(p)})" for p in alive]
 
 
-def _report_failure(spec: WorkerSpec, returncode: int, err: TextIO) -> None:
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())[:80] or proc.name()
+    except psutil.Error:
+        return "?"
+
+
+def _report_failure(spec: WorkerSpec, returncode: Optional[int], err: TextIO) -> None:
     err.write(f"launcher: {spec.name} failed with {describe_returncode(returncode)}; "
               f"last lines of {spec.log_path}:\n")
     for line in tail(spec.log_path):
@@ -182,56 +249,185 @@ def _report_failure(spec: WorkerSpec, returncode: int, err: TextIO) -> None:
     err.flush()
 
 
+def _failures(group: Group, workers: Sequence[int], codes: Dict[int, Optional[int]],
+              stopped_at: Optional[float] = None) -> List[diagnosis.Failure]:
+    """Ranks that failed on their own: an error file, or a non-zero exit before the launcher stopped them."""
+    failures = []
+    for index in workers:
+        spec, code = group.specs[index], codes[index]
+        error = diagnosis.read_error_file(error_file(spec))
+        exited = group.exited_at.get(index)
+        own_exit = code not in (None, 0) and (stopped_at is None or (exited or 0) <= stopped_at)
+        if error is None and not own_exit:
+            continue
+        when = error["time"] if error else exited
+        failures.append(diagnosis.Failure(spec.rank, spec.name, spec.log_path, when,
+                                          code if own_exit or code is not None else None, error))
+    return failures
+
+
+def _dump_stacks(group: Group, hung: Sequence[int], err: TextIO) -> List[dict]:
+    """Ask each hung rank for its Python stack: SIGUSR1 for workers that registered faulthandler, else
+    `py-spy dump` when installed; returns where each one was (None when unknown) and how we know."""
+    py_spy = shutil.which("py-spy")
+    offsets = {}
+    for index in hung:
+        spec = group.specs[index]
+        offsets[index] = os.path.getsize(spec.log_path) if os.path.exists(spec.log_path) else 0
+        if diagnosis.dumps_stack_on_sigusr1(heartbeat_file(spec)):
+            with contextlib.suppress(ProcessLookupError):
+                group.procs[index].send_signal(signal.SIGUSR1)
+        elif py_spy:
+            dump = subprocess.run([py_spy, "dump", "--pid", str(group.procs[index].pid)], capture_output=True,
+                                  text=True, timeout=30)
+            with open(spec.log_path, "a", encoding="utf-8") as log:
+                log.write(f"launcher: py-spy dump of {spec.name}\n{dump.stdout}{dump.stderr}")
+    deadline = time.monotonic() + STACK_DUMP_WAIT
+    results = {}
+    while time.monotonic() < deadline and len(results) < len(hung):
+        for index in hung:
+            if index not in results:
+                frame = diagnosis.innermost_frame(_read_from(group.specs[index].log_path, offsets[index]))
+                if frame:
+                    results[index] = frame
+        time.sleep(0.1)
+    report = []
+    for index in hung:
+        spec = group.specs[index]
+        if index in results:
+            how = "its stack is in " + spec.log_path
+        elif diagnosis.dumps_stack_on_sigusr1(heartbeat_file(spec)):
+            how = "it did not answer SIGUSR1 with a stack"
+        elif py_spy:
+            how = "py-spy found no Python stack"
+        else:
+            how = "no stack: it does not dump on SIGUSR1 and py-spy is not installed (pip install py-spy)"
+        line = results.get(index)
+        report.append({"rank": spec.rank, "name": spec.name, "line": line, "how": how, "log_path": spec.log_path,
+                       "waiting": bool(line) and f"{os.sep}mindspore{os.sep}" in line})
+    return report
+
+
+def _read_from(path: str, offset: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _note_survivors(survivors: Sequence[str], err: TextIO) -> None:
+    if survivors:
+        err.write(f"launcher: {len(survivors)} process(es) still alive {TREE_GONE_TIMEOUT:g} s after SIGKILL: "
+                  f"{', '.join(survivors)}\n")
+
+
 def supervise(specs: Sequence[WorkerSpec], *, grace: float, timeout: Optional[float],
-              tee_ranks: Sequence[int], interrupts: _Interrupts,
-              out: TextIO, err: TextIO) -> Outcome:
-    """Run one attempt to its end: all workers exit 0, one fails, the launcher is signalled, or time runs out."""
+              tee_ranks: Sequence[int], interrupts: _Interrupts, out: TextIO, err: TextIO,
+              hang_timeout: Optional[float] = None, preempt_grace: float = 0.0) -> Outcome:
+    """Run one attempt to its end: all workers exit 0, one fails, one hangs, the launcher is signalled,
+    or time runs out."""
     group = Group(specs)
     tee = _Tee([s for s in specs if s.role == "worker" and s.rank in tee_ranks], out)
     started = time.monotonic()
     group.start()
     workers = [i for i, s in enumerate(specs) if s.role == "worker"]
     services = [i for i, s in enumerate(specs) if s.role != "worker"]
+    log_dir = os.path.dirname(specs[workers[0]].log_path) if workers else ""
     outcome: Optional[Outcome] = None
+    survivors: List[str] = []
     while outcome is None:
         codes = group.returncodes()
         failed = [i for i in workers if codes[i] not in (None, 0)]
         failed += [i for i in services if codes[i] not in (None, 0)]
+        errored = [i for i in workers if codes[i] is None and os.path.exists(error_file(specs[i]))]
+        hung = _hung(group, workers, codes, hang_timeout) if hang_timeout and not (failed or errored) else []
         if interrupts.signum is not None:
-            err.write(f"launcher: received {signal.Signals(interrupts.signum).name}; stopping "
-                      f"{len(group.alive())} processes\n")
-            group.stop(grace, interrupts.signum)
-            outcome = Outcome(128 + interrupts.signum, "interrupted")
-        elif failed:
-            first = specs[failed[0]]
-            _report_failure(first, codes[failed[0]], err)
-            group.stop(grace)
-            outcome = Outcome(exit_code_of(codes[failed[0]]), "failed", first, codes[failed[0]])
+            signum = interrupts.signum
+            err.write(f"launcher: received {signal.Signals(signum).name}; stopping "
+                      f"{len(group.alive())} processes" + (" (workers get SIGTERM: save and exit)"
+                                                           if signum in PREEMPTION_SIGNALS else "") + "\n")
+            if signum in PREEMPTION_SIGNALS:
+                survivors = group.stop(max(grace, preempt_grace), signal.SIGTERM, leaders_only=True)
+            else:
+                survivors = group.stop(grace, signum)
+            codes = group.returncodes()
+            if workers and all(codes[i] == supervision.PREEMPTED_EXIT_CODE for i in workers):
+                err.write(f"launcher: pre-empted, resumable: every worker saved and exited with "
+                          f"{supervision.PREEMPTED_EXIT_CODE}\n")
+                outcome = Outcome(supervision.PREEMPTED_EXIT_CODE, "preempted")
+            else:
+                outcome = Outcome(128 + signum, "interrupted")
+        elif failed or errored:
+            stopped_at = time.time()
+            failures = _failures(group, workers, codes) or [diagnosis.Failure(
+                specs[failed[0]].rank, specs[failed[0]].name, specs[failed[0]].log_path, stopped_at, codes[failed[0]])]
+            root = diagnosis.root_cause(failures)
+            root_index = next(i for i in workers + services if specs[i].name == root.name)
+            _report_failure(specs[root_index], root.returncode, err)
+            for line in diagnosis.summary(root, []):
+                err.write(line + "\n")
+            err.flush()
+            survivors = group.stop(grace)
+            codes = group.returncodes()
+            later = [f for f in _failures(group, workers, codes, stopped_at) if f.name != root.name]
+            code = exit_code_of(root.returncode) if root.returncode else (
+                exit_code_of(codes[failed[0]]) if failed else 1)  # 1: what the uncaught exception exits with
+            root.log_tail = tail(root.log_path)
+            path = diagnosis.write_failure_file(log_dir, diagnosis.failure_record("failed", root, later, code))
+            if later:
+                err.write(diagnosis.summary(root, later)[1] + "\n")
+            if path:
+                err.write(f"launcher: failure summary in {path}\n")
+            outcome = Outcome(code, "failed", specs[root_index], root.returncode)
+        elif hung:
+            report = _dump_stacks(group, hung, err)
+            # a rank blocked inside MindSpore (a collective) is usually waiting for the one stuck in its own code
+            stuck = [item for item in report if not item["waiting"]] or report
+            for item in report:
+                what = "hung" if item in stuck else "waiting inside MindSpore, probably for the hung rank"
+                err.write(f"launcher: {item['name']} {what}: no heartbeat for {hang_timeout:g} s; "
+                          f"it was at {item['line'] or 'an unknown line'} ({item['how']})\n")
+                item["hung"] = item in stuck
+            survivors = group.stop(grace)
+            path = diagnosis.write_failure_file(log_dir, diagnosis.failure_record("hang", None, [], 124, report))
+            if path:
+                err.write(f"launcher: failure summary in {path}\n")
+            outcome = Outcome(124, "hang")
         elif all(codes[i] == 0 for i in workers) and not any(
                 specs[i].awaited and codes[i] is None for i in services):
-            group.stop(grace)
+            survivors = group.stop(grace)
             outcome = Outcome(0, "success")
         elif timeout is not None and time.monotonic() - started > timeout:
             err.write(f"launcher: timeout after {timeout:g} s; stopping {len(group.alive())} processes\n")
-            group.stop(grace)
+            survivors = group.stop(grace)
             outcome = Outcome(124, "timeout")
         tee.pump(final=outcome is not None)
         if outcome is None:
             time.sleep(POLL_INTERVAL)
+    _note_survivors(survivors, err)
     return outcome
 
 
+def _hung(group: Group, workers: Sequence[int], codes: Dict[int, Optional[int]], hang_timeout: float) -> List[int]:
+    """Running workers whose heartbeat is older than `hang_timeout` (never beating: not watched)."""
+    now = time.time()
+    return [i for i in workers if codes[i] is None
+            and (diagnosis.heartbeat_age(heartbeat_file(group.specs[i]), now) or 0.0) > hang_timeout]
+
+
 def run_attempts(make_specs: Callable[[int], List[WorkerSpec]], *, max_restarts: int, grace: float,
-                 timeout: Optional[float], tee_ranks: Sequence[int],
-                 out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+                 timeout: Optional[float], tee_ranks: Sequence[int], hang_timeout: Optional[float] = None,
+                 preempt_grace: float = 0.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run the group, restarting it after a failure up to `max_restarts` times; the job's exit code."""
     attempt = 0
     with _Interrupts() as interrupts:
         while True:
             outcome = supervise(make_specs(attempt), grace=grace, timeout=timeout, tee_ranks=tee_ranks,
-                                interrupts=interrupts,
+                                interrupts=interrupts, hang_timeout=hang_timeout, preempt_grace=preempt_grace,
                                 out=out, err=err)
-            if outcome.reason in ("success", "interrupted") or attempt == max_restarts:
+            if outcome.reason in ("success", "interrupted", "preempted") or attempt == max_restarts:
                 return outcome.exit_code
             attempt += 1
             err.write(f"launcher: restarting the whole group (restart {attempt} of {max_restarts})\n")

@@ -4,7 +4,8 @@
 # cluster). Logs go to <output_dir>/logs; the script exits with the job's exit code.
 #   bash scripts/run_distribute.sh N CONFIG [key=value ...]
 # Environment: PYTHON (interpreter, default python3), LAUNCHER_OPTS (extra `launcher run` options,
-# e.g. "--max-restarts 2 --bind-cores"), GLOG_v (MindSpore log level, default 3: errors only).
+# e.g. "--max-restarts 2 --bind-cores"), GLOG_v (MindSpore log level, default 3: errors only),
+# HANG_TIMEOUT (seconds without a training step before a rank counts as hung, default 1800).
 set -u
 
 usage() {
@@ -41,4 +42,5 @@ read -r -a EXTRA <<< "${LAUNCHER_OPTS:-}"
 
 # --no-chdir: paths in the config (data, output_dir) stay relative to where the user typed the command.
 exec "$PYTHON" -m launcher run --nproc "$N" --backend auto --log-dir "$OUTPUT_DIR/logs" --no-chdir --tee 0 \
+    --hang-timeout "${HANG_TIMEOUT:-1800}" \
     ${EXTRA[@]+"${EXTRA[@]}"} -- "$PYTHON" -m clip.train --config "$CONFIG" ${SETS[@]+"${SETS[@]}"}

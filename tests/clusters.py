@@ -5,7 +5,6 @@ give them (common.backends.dynamic); logs in `<cwd>/scheduler.log` and `<cwd>/wo
 """
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Dict, Mapping, Sequence, Tuple
 
 from common import backends
 from common.backends import dynamic
+from launcher.run import free_port
 
 # Besides the start-up variables: MindSpore's own knobs and the variables cluster detection reads.
 _FOREIGN_PREFIXES = ("MS_", "ASCEND_", "OMPI_", "PMI", "SLURM_")
@@ -22,12 +22,6 @@ def clean_environ() -> Dict[str, str]:
     """The environment a fresh worker would see: no launcher or cluster variables leaking in."""
     start_up = set(backends.all_variables())
     return {k: v for k, v in os.environ.items() if k not in start_up and not k.startswith(_FOREIGN_PREFIXES)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_cluster(argv: Sequence[str], world_size: int, cwd: Path, base_env: Mapping[str, str],

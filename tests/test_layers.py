@@ -16,9 +16,9 @@ PACKAGES = ("common", "launcher", "clip")
 LAYERS = [
     ["common", "common.*"],
     # launcher: parsers and pure logic, then processes and machines, then the commands
-    ["launcher", "launcher.hccn", "launcher.cluster", "launcher.plan"],
+    ["launcher", "launcher.hccn", "launcher.cluster", "launcher.plan", "launcher.diagnosis"],
     ["launcher.ranktable", "launcher.supervisor"],
-    ["launcher.*", "launcher.mpi", "launcher.doctor", "launcher.run"],
+    ["launcher.*", "launcher.mpi", "launcher.doctor", "launcher.run", "launcher.msrun"],
     ["launcher.cli", "launcher.__main__"],
     # clip (docs/ARCHITECTURE.md): foundations, components, application, front doors
     ["clip", "clip.safe_write", "clip.presets", "clip.loss_modes", "clip.tokenizer", "clip.transforms",

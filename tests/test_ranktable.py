@@ -69,9 +69,10 @@ def test_visible_devices_filter():
     assert ranktable.select_devices("6,7", [4, 5, 6, 7]) == [6, 7]
     assert ranktable.select_devices(None, None) == list(range(8))
     assert ranktable.select_devices(None, None, 16) == list(range(16))
-    hidden = r"--device-num '\[0,4\)': device 0 is not visible \(--visible-devices=4,5,6,7\)"
+    assert ranktable.select_devices("[0,4)", [4, 5, 6, 7]) == [4, 5, 6, 7]  # hccl_tools: positions in the list
+    hidden = r"--device-num '0,1': device 0 is not visible \(--visible-devices=4,5,6,7\)"
     with pytest.raises(UserError, match=hidden):
-        ranktable.select_devices("[0,4)", [4, 5, 6, 7])
+        ranktable.select_devices("0,1", [4, 5, 6, 7])
     with pytest.raises(UserError, match=r"ASCEND_RT_VISIBLE_DEVICES '4,9': device 9 out of range"):
         ranktable.select_devices(None, [4, 9], visible_what="ASCEND_RT_VISIBLE_DEVICES")
     with pytest.raises(UserError, match="cross the 4-chip group boundary"):
@@ -104,8 +105,11 @@ def test_generate_local_visible_devices_from_env_and_argument(conf):
     assert [d["device_id"] for d in table["server_list"][0]["device"]] == ["0", "1"]
     table = ranktable.generate_local(visible_devices="4,5,6,7", server_ip="10.0.0.7", hccn_conf=conf, env=env)
     assert [d["device_id"] for d in table["server_list"][0]["device"]] == ["4", "5", "6", "7"]
-    with pytest.raises(UserError, match=r"device 2 is not visible \(ASCEND_RT_VISIBLE_DEVICES=0,1\)"):
+    with pytest.raises(UserError, match=r"selects positions 0-3 of the visible devices, but "
+                                        r"ASCEND_RT_VISIBLE_DEVICES=0,1 lists 2"):
         ranktable.generate_local("[0,4)", server_ip="10.0.0.7", hccn_conf=conf, env=env)
+    with pytest.raises(UserError, match=r"device 2 is not visible \(ASCEND_RT_VISIBLE_DEVICES=0,1\)"):
+        ranktable.generate_local("2,3", server_ip="10.0.0.7", hccn_conf=conf, env=env)
 
 
 def test_generate_local_sixteen_cards(tmp_path):

@@ -3,6 +3,7 @@
 The interruption is `train.stop_after` (what a wall-time-limited job does), in the middle of an epoch; the
 resumed half runs on a 2-worker CPU cluster with the same global batch, which the data position supports.
 """
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import numpy as np
 import psutil
 import pytest
 
+from common import supervision
 from common.backends import dynamic
 from test_equivalence import REPO, TINY, clean_env, losses, max_param_diff, model_params, run_training, \
     train_command
@@ -121,3 +123,32 @@ def test_killed_worker_restarts_and_resumes_to_the_uninterrupted_parameters(tmp_
     diff, key = max_param_diff(model_params(out / "checkpoints" / "last.ckpt"),
                                model_params(tmp_path / "straight" / "checkpoints" / "last.ckpt"))
     assert diff <= 1e-5, f"{key} differs by {diff:.3g} after a crash and restart"
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_saves_at_a_step_boundary_and_resume_equals_uninterrupted(resumed, tmp_path):
+    """Pre-emption: SIGTERM to the launcher mid-run; every worker stops at the same step with a checkpoint,
+    exit code 75 reported as "pre-empted, resumable"; `train.resume: auto` then ends where the straight run
+    ends."""
+    out = tmp_path / "preempted"
+    overrides = [o.replace("train.batch_size=8", "train.batch_size=4") for o in resumed["overrides"]]
+    cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", "2", "--log-dir", str(out / "logs"),
+           "--no-chdir", "--"] + train_command(overrides + [f"output_dir={out}"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not ((out / "metrics.jsonl").exists() and '"loss"' in (out / "metrics.jsonl").read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == supervision.PREEMPTED_EXIT_CODE, err
+    assert "pre-empted, resumable" in err
+    stopped = max(losses(out))
+    assert 1 <= stopped < 6 and (out / "checkpoints" / f"step_{stopped:08d}.ckpt").exists()
+    run_training(out, 2, overrides + ["train.resume=auto"])
+    base = resumed["base"]
+    diff, key = max_param_diff(model_params(out / "checkpoints" / "last.ckpt"),
+                               model_params(base / "straight" / "checkpoints" / "last.ckpt"))
+    assert diff <= 1e-5, f"{key} differs by {diff:.3g} after a pre-emption"
+    straight, again = losses(base / "straight"), losses(out)
+    assert sorted(again) == sorted(straight) and max(abs(again[s] - straight[s]) for s in straight) <= 1e-5

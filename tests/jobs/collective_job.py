@@ -61,8 +61,10 @@ def main(argv=None):
     from mindspore import ops
     from mindspore.communication import get_group_size, get_rank, init
 
+    imported = time.time()
     ms.set_device("CPU")
     init()
+    initialised = time.time()
     rank, size = get_rank(), get_group_size()
     value = ms.Tensor([[rank + 1.0, 10.0 * (rank + 1)]], ms.float32)
     summed = ops.AllReduce(ops.ReduceOp.SUM)(value).asnumpy()
@@ -83,6 +85,8 @@ def main(argv=None):
         "cwd": os.getcwd(),
         "affinity": sorted(os.sched_getaffinity(0)),
         "started": started,
+        "imported": imported,
+        "initialised": initialised,
         "first_allreduce": first_allreduce,
     })
     print(f"collective_job: rank {rank} done", flush=True)

@@ -1,0 +1,125 @@
+"""The worker side of the launcher's supervision, for any Python worker (pure stdlib, no MindSpore).
+
+The launcher puts two per-rank paths in each worker's environment:
+- ``LAUNCHER_ERROR_FILE``: a worker that dies of an uncaught exception writes what happened there
+  (rank, host, pid, time, exception type, message, file:line, traceback) as JSON, so the launcher can
+  name the root cause: the earliest failure, not the peers that failed because of it.
+- ``LAUNCHER_HEARTBEAT_FILE``: a worker that touches it shows it is alive; with ``--hang-timeout S`` a
+  rank whose heartbeat is older than S seconds is hung (never touched: never watched).
+
+Use in a worker: ``@record`` on its ``main`` (or ``install()`` once at start-up) and ``heartbeat()`` in
+its loop. ``install()`` also makes SIGUSR1 dump every thread's Python stack to stderr (the launcher asks
+for it before stopping a hung rank) and turns SIGTERM into a request to stop at the next safe point
+(``stop_requested()``): a worker that then saves and exits with ``PREEMPTED_EXIT_CODE`` is reported as
+"pre-empted, resumable".
+"""
+import faulthandler
+import functools
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Optional
+
+ERROR_FILE = "LAUNCHER_ERROR_FILE"
+HEARTBEAT_FILE = "LAUNCHER_HEARTBEAT_FILE"
+RANK = "LAUNCHER_RANK"
+VARIABLES = (ERROR_FILE, HEARTBEAT_FILE, RANK)
+# EX_TEMPFAIL: the job stopped on request with a checkpoint and can be resumed.
+PREEMPTED_EXIT_CODE = 75
+# Written into the heartbeat file by workers whose SIGUSR1 dumps their stack (see install()).
+STACK_ON_SIGUSR1 = "stack-on-SIGUSR1"
+
+_stop_signal: Optional[int] = None
+_stack_registered = False
+_HEARTBEAT_EVERY = 1.0
+_last_beat = 0.0
+
+
+def worker_env(error_file: str, heartbeat_file: str, rank: int) -> dict:
+    """Launcher side: the supervision variables of one worker."""
+    return {ERROR_FILE: error_file, HEARTBEAT_FILE: heartbeat_file, RANK: str(rank)}
+
+
+def error_record(exc: BaseException, rank: Optional[str] = None) -> dict:
+    """What the launcher needs to name a root cause, from an exception (pure apart from the clock/pid)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return {"rank": rank if rank is not None else os.environ.get(RANK, ""), "host": socket.gethostname(),
+            "pid": os.getpid(), "time": time.time(), "type": type(exc).__name__,
+            "message": str(exc).splitlines()[0] if str(exc) else "", "where": where,
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+
+
+def write_error_file(exc: BaseException) -> None:
+    """Record `exc` in the launcher's error file, if there is one; the first error of a process wins."""
+    path = os.environ.get(ERROR_FILE)
+    if not path or os.path.exists(path):
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(error_record(exc), handle)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the error itself is what matters; its log line still reaches the launcher
+
+
+def record(main):
+    """Decorator for a worker's entry point: an uncaught exception is written to the error file, then
+    propagates as usual (SystemExit and KeyboardInterrupt are not errors)."""
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except Exception as exc:
+            write_error_file(exc)
+            raise
+    return wrapper
+
+
+def heartbeat(force: bool = False) -> None:
+    """Show the launcher this worker is alive (cheap: touches the file at most once a second)."""
+    global _last_beat
+    path = os.environ.get(HEARTBEAT_FILE)
+    now = time.monotonic()
+    if not path or (not force and now - _last_beat < _HEARTBEAT_EVERY):
+        return
+    _last_beat = now
+    try:
+        if not os.path.exists(path):
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(STACK_ON_SIGUSR1 if _stack_registered else "")
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def _request_stop(signum, _frame) -> None:
+    global _stop_signal
+    _stop_signal = signum
+
+
+def stop_requested() -> bool:
+    """True once SIGTERM arrived (after install()): stop at the next safe point, save, exit PREEMPTED."""
+    return _stop_signal is not None
+
+
+def install(stop_on_sigterm: bool = False) -> None:
+    """Once at start-up: SIGUSR1 dumps every thread's stack to stderr; uncaught exceptions go to the
+    error file; with `stop_on_sigterm`, SIGTERM only sets stop_requested()."""
+    global _stack_registered
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    _stack_registered = True
+    previous = sys.excepthook
+
+    def hook(kind, exc, tb):
+        if not issubclass(kind, (SystemExit, KeyboardInterrupt)):
+            write_error_file(exc)
+        previous(kind, exc, tb)
+    sys.excepthook = hook
+    if stop_on_sigterm:
+        signal.signal(signal.SIGTERM, _request_stop)

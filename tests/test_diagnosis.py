@@ -1,0 +1,178 @@
+"""Root cause, hangs and console hygiene with real MindSpore CPU clusters under `python -m launcher run`
+(tests/jobs/supervised_job.py), plus the pure parts of launcher.diagnosis."""
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clusters import free_port
+from common import supervision
+from jobs.processes import leftovers
+from common.errors import ArgumentParser
+from launcher import diagnosis, msrun, plan, supervisor
+
+JOB = Path(__file__).resolve().parent / "jobs" / "supervised_job.py"
+HANG_LINE = next(i for i, line in enumerate(JOB.read_text().splitlines(), 1) if "the hung rank's line" in line)
+RAISE_LINE = next(i for i, line in enumerate(JOB.read_text().splitlines(), 1) if "raise ValueError" in line)
+
+
+def launch(tmp_path, env, nproc, *job_args, launcher_args=(), timeout=240):
+    cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(nproc), "--log-dir",
+           str(tmp_path / "logs"), "--grace-period", "1", *launcher_args, "--", sys.executable, str(JOB), "--out", str(tmp_path), *job_args]
+    started = time.time()
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**env, "GLOG_v": "3"}, capture_output=True, text=True,
+                          timeout=timeout)
+    return proc, time.time() - started
+
+
+def test_raise_on_rank_2_of_4_is_the_root_cause(tmp_path, clean_env):
+    proc, _ = launch(tmp_path, clean_env, 4, "--fail-mode", "raise", "--fail-rank", "2")
+    exited = time.time()
+    assert proc.returncode == 1, proc.stderr
+    failed_at = json.loads((tmp_path / "failed_at.json").read_text())["time"]
+    assert exited - failed_at < 2.0 + 1.0  # the summary came within 2 s of the failure (+ process exit)
+    root = [line for line in proc.stderr.splitlines() if "root cause" in line]
+    assert len(root) == 1 and "rank 2" in root[0] and "ValueError: deliberate failure on rank 2" in root[0]
+    assert f"supervised_job.py:{RAISE_LINE}" in root[0]
+    record = json.loads((tmp_path / "logs" / "failure.json").read_text())
+    assert record["reason"] == "failed" and record["root_cause"]["rank"] == 2
+    assert record["root_cause"]["error"]["type"] == "ValueError"
+    assert record["root_cause"]["error"]["where"].endswith(f"supervised_job.py:{RAISE_LINE}")
+    assert all(f["rank"] != 2 for f in record["later_failures"])
+    assert leftovers(str(tmp_path)) == []
+
+
+def test_sigkill_is_named_with_its_signal(tmp_path, clean_env):
+    proc, _ = launch(tmp_path, clean_env, 2, "--fail-mode", "sigkill", "--fail-rank", "1")
+    assert proc.returncode == 137, proc.stderr
+    root = [line for line in proc.stderr.splitlines() if "root cause" in line]
+    assert len(root) == 1 and "rank 1" in root[0] and "signal SIGKILL" in root[0]
+    assert "out-of-memory killer" in root[0]
+    record = json.loads((tmp_path / "logs" / "failure.json").read_text())
+    assert record["root_cause"]["rank"] == 1 and record["root_cause"]["returncode"] == -signal.SIGKILL
+
+
+def test_hung_rank_is_named_with_its_line_and_everything_stops(tmp_path, clean_env):
+    proc, _ = launch(tmp_path, clean_env, 2, "--fail-mode", "hang", "--fail-rank", "1",
+                     launcher_args=("--hang-timeout", "15", "--grace-period", "2"))
+    exited = time.time()
+    hung_at = json.loads((tmp_path / "failed_at.json").read_text())["time"]
+    assert proc.returncode == 124, proc.stderr
+    assert exited - hung_at < 25
+    lines = [line for line in proc.stderr.splitlines() if " hung: " in line]
+    assert len(lines) == 1 and "rank 1" in lines[0] and f"supervised_job.py:{HANG_LINE} in hang" in lines[0]
+    record = json.loads((tmp_path / "logs" / "failure.json").read_text())
+    assert [item["rank"] for item in record["hung"] if item["hung"]] == [1]
+    assert leftovers(str(tmp_path)) == []
+
+
+def test_worker_that_never_beats_is_not_watched(tmp_path, clean_env):
+    cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", "1", "--hang-timeout", "0.5",
+           "--log-dir", str(tmp_path / "logs"), "--", sys.executable, "-c", "import time; time.sleep(3)"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=clean_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "hung" not in proc.stderr
+
+
+# ---------------------------------------------------------------- pure parts
+
+def test_root_cause_is_the_earliest_failure():
+    late = diagnosis.Failure(0, "rank 0", "w0.log", 105.0, 1, {"type": "RuntimeError", "message": "peer gone",
+                                                              "where": "a.py:3", "host": "h", "pid": 9})
+    first = diagnosis.Failure(2, "rank 2", "w2.log", 100.0, 1, {"type": "ValueError", "message": "bad",
+                                                               "where": "job.py:7", "host": "h", "pid": 7})
+    killed = diagnosis.Failure(1, "rank 1", "w1.log", 101.0, -signal.SIGKILL)
+    assert diagnosis.root_cause([late, killed, first]) is first
+    assert diagnosis.cause_line(first) == "rank 2 on h (pid 7): ValueError: bad, raised at job.py:7"
+    assert "signal SIGKILL (exit code 137), often the out-of-memory killer" in diagnosis.cause_line(killed)
+    lines = diagnosis.summary(first, [killed, late])
+    assert "rank 2" in lines[0] and lines[1].endswith("rank 1 (signal SIGKILL (exit code 137), often the "
+                                                      "out-of-memory killer); rank 0 (RuntimeError)")
+
+
+def test_stack_dump_parsing():
+    faulthandler_dump = (
+        "Thread 0x00007f1 (most recent call first):\n"
+        '  File "/venv/threading.py", line 320 in wait\n\n'
+        "Current thread 0x00007f0 (most recent call first):\n"
+        '  File "/job/train.py", line 16 in hang\n'
+        '  File "/job/train.py", line 27 in misbehave\n')
+    assert diagnosis.innermost_frame(faulthandler_dump) == "/job/train.py:16 in hang"
+    py_spy = ('Thread 123 (idle): "MainThread"\n    hang (/job/train.py:16)\n    main (/job/train.py:40)\n')
+    assert diagnosis.innermost_frame(py_spy) == "/job/train.py:16 in hang"
+    assert diagnosis.innermost_frame("no stack here") is None
+
+
+def test_error_record_and_decorator(tmp_path, monkeypatch):
+    path = tmp_path / "error.json"
+    monkeypatch.setenv(supervision.ERROR_FILE, str(path))
+    monkeypatch.setenv(supervision.RANK, "3")
+
+    @supervision.record
+    def broken():
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError):
+        broken()
+    record = diagnosis.read_error_file(str(path))
+    assert record["rank"] == "3" and record["type"] == "KeyError" and "test_diagnosis.py:" in record["where"]
+    assert "Traceback" in record["traceback"]
+
+
+# ---------------------------------------------------------------- msrun and torchrun command lines
+
+def test_msrun_command_line_runs_the_two_worker_job(tmp_path, clean_env):
+    job = Path(__file__).resolve().parent / "jobs" / "collective_job.py"
+    cmd = [sys.executable, "-m", "launcher", "msrun", "--worker_num", "2", "--local_worker_num", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--node_rank", "0", "--log_dir",
+           str(tmp_path / "logs"), "--join", "True", "--cluster_time_out", "120", "--bind_core", "False",
+           "--tail_worker_log", "0", str(job), "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**clean_env, "GLOG_v": "3"}, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads((tmp_path / f"result_{r}.json").read_text()) for r in range(2)]
+    assert [r["world_size"] for r in results] == [2, 2] and results[0]["allreduce"] == [3.0, 30.0]
+    assert "[rank 0] collective_job: rank 0 done" in proc.stdout and "[rank 1]" not in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "logs").glob("worker_*.log")) == ["worker_0.log", "worker_1.log"]
+
+
+def test_msrun_options_without_effect_say_so():
+    parser = ArgumentParser(prog="msrun")
+    msrun.add_arguments(parser)
+    run_args, notes, env = msrun.translate(parser.parse_args(
+        ["--worker_num", "4", "--local_worker_num", "2", "--node_rank", "1", "--master_addr", "10.0.0.1",
+         "--worker_log_name", "w_{ip}", "--bind_core", "True", "train.py", "--lr", "0.1"]), python="/py")
+    assert run_args == ["--backend", "cluster", "--nproc", "2", "--nnodes", "2", "--node-rank", "1",
+                        "--master-addr", "10.0.0.1", "--master-port", "8118", "--log-dir", ".", "--no-chdir",
+                        "--tee", "all", "--bind-cores", "--", "/py", "train.py", "--lr", "0.1"]
+    assert notes == ["--join False has no effect: this launcher always waits for the job and returns its result",
+                     "--worker_log_name w_{ip} has no effect here"]
+    assert env == {"MS_TOPO_TIMEOUT": "600"}
+
+
+def test_torchrun_spellings(tmp_path, clean_env):
+    cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "--nproc-per-node", "2", "--nnodes", "1",
+           "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", "29555", "--standalone",
+           "--dry-run", "--log-dir", str(tmp_path / "logs"), "--", sys.executable, "-c", "pass"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=clean_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("MS_WORKER_NUM=2") == 3 and "MS_SCHED_PORT=29555" in proc.stdout
+    assert proc.stderr.splitlines() == ["launcher: --standalone has no effect here (one node with a local "
+                                        "scheduler on a free port is the default)"]
+
+
+def test_mindspore_info_lines_stay_in_the_worker_log(tmp_path):
+    code = ("print('[INFO] DISTRIBUTED(31931,7f1e,python):2026-11-30-20:37:00.373.463 [tcp_client.cc:367] "
+            "Start] Event base dispatch success!'); print('step 1 loss 0.5')")
+    specs = [plan.WorkerSpec("worker", 0, (sys.executable, "-c", code), str(tmp_path), {}, None,
+                             str(tmp_path / "worker_0.log"))]
+    out, err = io.StringIO(), io.StringIO()
+    assert supervisor.run_attempts(lambda a: specs, max_restarts=0, grace=1.0, timeout=None, tee_ranks=[0],
+                                   out=out, err=err) == 0
+    assert out.getvalue().splitlines() == ["[rank 0] step 1 loss 0.5"]
+    assert "Event base dispatch success!" in (tmp_path / "worker_0.log").read_text()
