@@ -207,8 +207,9 @@ class Group:
                         self.procs[index].send_signal(signum)
         else:
             self.signal_all(signum)
+        waited_for = [i for i, spec in enumerate(self.specs) if spec.role == "worker" or not leaders_only]
         deadline = time.monotonic() + grace
-        while self.alive() and time.monotonic() < deadline:
+        while set(self.alive()) & set(waited_for) and time.monotonic() < deadline:
             time.sleep(0.02)
         self.returncodes()
         stragglers = self.tree()
