@@ -13,7 +13,7 @@ import os
 import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -26,6 +26,7 @@ TRAIN_MODES = ("graph", "pynative")
 OPTIMIZERS = ("adamw", "adamweightdecay")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "fp16", "bf16")
+ACCUM_MODES = ("contrastive", "plain")
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ModelConfig:
     name: str = "clip_tiny"               # preset name (clip.presets.PRESETS)
     checkpoint: Optional[str] = None      # MindSpore .ckpt with OpenAI parameter names to start from
     dtype: str = "float32"                # compute dtype for evaluation/prediction; training uses train.precision
+    recompute: Union[bool, int] = False   # recompute residual blocks in the backward pass: true = all, N = first N per tower
 
 
 @dataclass
@@ -45,7 +47,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32                  # per card; the global batch is world_size * batch_size
+    batch_size: int = 32                  # per card and micro-batch; the global batch is world_size * batch_size * accum_steps
+    accum_steps: int = 1                  # micro-batches per step, one contrastive loss over all of them
+    accum_mode: str = "contrastive"       # contrastive | plain (K separate losses: the wrong objective, a baseline)
     epochs: int = 1                       # used when max_steps is not set
     max_steps: Optional[int] = None       # total optimiser steps; overrides epochs when set
     stop_after: Optional[int] = None      # end this invocation at this step (wall-time limits); the schedule
@@ -314,6 +318,15 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
     need(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule",
          f"{t.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
     need(t.grad_clip_norm >= 0, "train.grad_clip_norm", f"{t.grad_clip_norm} must not be negative (0 = off)")
+    need(t.accum_steps >= 1, "train.accum_steps", f"{t.accum_steps} must be at least 1")
+    need(t.accum_mode in ACCUM_MODES, "train.accum_mode", f"{t.accum_mode!r} is not one of {', '.join(ACCUM_MODES)}")
+    recompute = cfg.model.recompute
+    if not isinstance(recompute, bool) and cfg.model.name in PRESETS:
+        preset = PRESETS[cfg.model.name]
+        most = max(preset.vision_layers, preset.text_layers)
+        need(0 <= recompute <= most, "model.recompute",
+             f"{recompute} blocks: {cfg.model.name} has {preset.vision_layers} vision and {preset.text_layers} text "
+             f"blocks; expected true, false or 0..{most} (blocks per tower)")
     need(t.precision in PRECISIONS, "train.precision", f"{t.precision!r} is not one of {', '.join(PRECISIONS)}")
     need(t.loss_scale_init >= 1, "train.loss_scale_init", f"{t.loss_scale_init} must be at least 1")
     need(t.max_skipped_steps >= 0, "train.max_skipped_steps", f"{t.max_skipped_steps} must not be negative")

@@ -26,7 +26,9 @@ from clip.data.pipeline import steps_per_epoch as epoch_steps, train_batches
 from common import supervision
 from common.errors import ArgumentParser, UserError, exit_on_user_error
 from clip.loss import ContrastiveLoss, clamp_logit_scale
+from clip.accumulate import AccumulatingTrainStep
 from clip.model import create_model
+from clip.recompute import recompute_blocks
 from clip.optim import GradientUpdate, build_optimizer, lr_schedule
 from clip.precision import LossScaler
 
@@ -107,33 +109,42 @@ def train(cfg: RunConfig) -> dict:
     main_rank = rank == 0
     t = cfg.train
     dtype = precision.model_dtype(t.precision, cfg.model.dtype)
+    per_rank = t.batch_size * t.accum_steps  # samples per rank and step: K micro-batches of B
+    global_batch = world * per_rank
+    shape = f"{world} x {t.batch_size}" + (f" x {t.accum_steps}" if t.accum_steps > 1 else "")
     source = build_train_source(cfg.data.train)
-    per_epoch = epoch_steps(len(source), t.batch_size, world)
+    per_epoch = epoch_steps(len(source), per_rank, world)
     if per_epoch == 0:
-        raise UserError(f"data.train: {len(source)} samples are fewer than one global batch "
-                        f"(train.batch_size {t.batch_size} x {world} ranks)")
+        raise UserError(f"data.train: {len(source)} samples are fewer than one global batch of {global_batch} "
+                        f"(train.batch_size {t.batch_size} x {world} ranks"
+                        + (f" x train.accum_steps {t.accum_steps})" if t.accum_steps > 1 else ")"))
     steps = total_steps(cfg, per_epoch)
     stop = min(steps, t.stop_after or steps)
     resume_from = checkpoint.resume_path(t.resume, cfg.output_dir)
     stored, start = {}, 0
     if resume_from:  # read before building anything, so a wrong file fails fast
         stored, meta = checkpoint.load(resume_from)
-        if meta["global_batch"] != world * t.batch_size:
+        if meta["global_batch"] != global_batch:
             raise UserError(f"train.resume: {resume_from!r} was trained with a global batch of "
-                            f"{meta['global_batch']}; this run has {world} x {t.batch_size} = "
-                            f"{world * t.batch_size}; set train.batch_size to match or train.resume: none")
+                            f"{meta['global_batch']}; this run has {shape} = {global_batch}; set "
+                            f"train.batch_size / train.accum_steps to match or train.resume: none")
         precision.check_resume(meta["precision"], t.precision, t.resume_reset_scaler, resume_from)
         start = meta["step"]
 
     ms.set_seed(t.seed)
     model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, dtype=dtype)
+    recompute_blocks(model, cfg.model.recompute)
     distributed.check_identical_params(model)
     optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
     lrs = lr_schedule(t.lr_schedule, t.lr, t.min_lr, t.warmup_steps, steps).astype(np.float32)
     scaler = LossScaler(t.loss_scale_init) if t.precision == "fp16" else None
     loss_fn = ContrastiveLoss(cfg.loss.mode)
-    step_cell = TrainStep(model, loss_fn, optimizer, distributed.grad_reducer(optimizer.parameters, info),
-                          t.grad_clip_norm, scaler)
+    reducer = distributed.grad_reducer(optimizer.parameters, info)
+    if t.accum_steps > 1 or t.accum_mode != "contrastive":
+        step_cell = AccumulatingTrainStep(NetWithLoss(model, loss_fn), optimizer, reducer, t.accum_steps,
+                                          t.grad_clip_norm, scaler, t.accum_mode)
+    else:
+        step_cell = TrainStep(model, loss_fn, optimizer, reducer, t.grad_clip_norm, scaler)
     stored_params = checkpoint.unique_parameters([model, optimizer] + ([scaler] if scaler else []))
     if resume_from:
         fresh_scaler = meta["precision"] != t.precision  # allowed by train.resume_reset_scaler
@@ -143,8 +154,9 @@ def train(cfg: RunConfig) -> dict:
         write_resolved(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         log = metrics.MetricsLog(cfg.output_dir, start if resume_from else None)
     progress = metrics.Progress(steps, start, enabled=main_rank)
-    progress.message(f"training {cfg.model.name} on {world} rank(s) x batch {t.batch_size} "
-                     f"(global {world * t.batch_size}), {per_epoch} steps/epoch, steps {start}->{stop} of {steps}, "
+    progress.message(f"training {cfg.model.name} on {world} rank(s) x batch {t.batch_size}"
+                     + (f" x {t.accum_steps} micro-batches" if t.accum_steps > 1 else "")
+                     + f" (global {global_batch}), {per_epoch} steps/epoch, steps {start}->{stop} of {steps}, "
                      f"loss {cfg.loss.mode}, {t.mode} mode" + (f", resumed from {resume_from}" if resume_from else ""))
 
     def save(step: int) -> None:
@@ -152,7 +164,7 @@ def train(cfg: RunConfig) -> dict:
             epoch, in_epoch = divmod(step, per_epoch)
             checkpoint.save(stored_params, cfg.output_dir,
                             {"step": step, "epoch": epoch, "step_in_epoch": in_epoch,
-                             "global_batch": world * t.batch_size, "seed": t.seed, "precision": t.precision},
+                             "global_batch": global_batch, "seed": t.seed, "precision": t.precision},
                             t.keep_last)
 
     def evaluate(step: int) -> dict:
@@ -173,7 +185,7 @@ def train(cfg: RunConfig) -> dict:
     while step < stop:
         epoch, in_epoch = divmod(step, per_epoch)
         batches = train_batches(source, image_size=model.config.image_size,
-                                context_length=model.config.context_length, batch_size=t.batch_size,
+                                context_length=model.config.context_length, batch_size=per_rank,
                                 rank=rank, world_size=world, epoch=epoch, seed=t.seed, start_step=in_epoch,
                                 num_workers=t.num_workers)
         for images, tokens in batches:
@@ -196,7 +208,7 @@ def train(cfg: RunConfig) -> dict:
             if main_rank and (step % t.log_every == 0 or step == stop):
                 now = time.perf_counter()
                 record = record_line(step, global_loss, float(lrs[step - 1]), float(model.logit_scale.asnumpy()),
-                                     float(grad_norm.asnumpy()), since * world * t.batch_size / (now - tick),
+                                     float(grad_norm.asnumpy()), since * global_batch / (now - tick),
                                      scaler_state)
                 log.write(record)
                 progress.step(record)

@@ -98,13 +98,17 @@ def max_param_diff(a: dict, b: dict) -> tuple:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("equivalence")
-    plan = {"w1": (1, 8, "local", "graph"), "w2": (2, 4, "local", "graph"),
-            "w4": (4, 2, "local", "pynative"), "w2_local_only": (2, 4, "local_only", "graph")}
+    plan = {"w1": (1, 8, "local", "graph", []), "w2": (2, 4, "local", "graph", []),
+            "w4": (4, 2, "local", "pynative", []), "w2_local_only": (2, 4, "local_only", "graph", []),
+            # contrastive gradient accumulation: (W, B, K) = (2, 2, 2) and (1, 2, 4), global batch 8
+            "w2_k2": (2, 2, "local", "graph", ["train.accum_steps=2"]),
+            "w1_k4": (1, 2, "local", "graph", ["train.accum_steps=4"]),
+            "w2_k2_plain": (2, 2, "local", "graph", ["train.accum_steps=2", "train.accum_mode=plain"])}
     result = {}
-    for name, (world, batch, mode, exec_mode) in plan.items():
+    for name, (world, batch, mode, exec_mode, extra) in plan.items():
         out = base / name
         proc = run_training(out, world, TINY + [f"train.batch_size={batch}", f"loss.mode={mode}",
-                                                f"train.mode={exec_mode}"])
+                                                f"train.mode={exec_mode}"] + extra)
         result[name] = {"losses": losses(out), "params": model_params(out / "checkpoints" / "last.ckpt"),
                         "stdout": proc.stdout, "out": out}
     return result
@@ -147,6 +151,25 @@ def test_local_only_loss_is_a_different_objective(runs):
     diff, _ = max_param_diff(got["params"], ref["params"])
     assert worst_loss > 100 * TOL, f"local-only loss agrees within {worst_loss:.3g}"
     assert diff > 100 * TOL, f"local-only parameters agree within {diff:.3g}"
+
+
+def test_contrastive_accumulation_trains_like_the_whole_global_batch(runs):
+    """(W, B, K) = (2, 2, 2) and (1, 2, 4) equal (1, 8, 1): the same per-step global loss and parameters."""
+    ref = runs["w1"]
+    for name in ("w2_k2", "w1_k4"):
+        got = runs[name]
+        assert sorted(got["losses"]) == sorted(ref["losses"])
+        worst = max(abs(got["losses"][s] - ref["losses"][s]) / ref["losses"][s] for s in ref["losses"])
+        assert worst <= 1e-6, f"{name}: per-step global loss differs by {worst:.3g} (relative)"
+        diff, key = max_param_diff(got["params"], ref["params"])
+        assert diff <= TOL, f"{name}: parameter {key} differs by {diff:.3g} from (1, 8, 1)"
+
+
+def test_plain_accumulation_is_a_different_objective(runs):
+    ref, got = runs["w1"], runs["w2_k2_plain"]
+    worst_loss = max(abs(got["losses"][s] - ref["losses"][s]) for s in ref["losses"])
+    diff, _ = max_param_diff(got["params"], ref["params"])
+    assert worst_loss > 100 * TOL and diff > 100 * TOL, f"plain accumulation agrees ({worst_loss:.3g}, {diff:.3g})"
 
 
 def test_rank_zero_reports_the_run(runs):
