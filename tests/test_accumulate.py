@@ -1,0 +1,94 @@
+"""Gradient accumulation and activation recompute: settings checked up front, recompute leaves gradients
+unchanged (ViT-B/32 widths, 2 blocks per tower, compiled), a K > 1 run resumes exactly. The equivalence of
+(W, B, K) with (1, W*B*K, 1) is in tests/test_equivalence.py, next to the runs it compares with."""
+import subprocess
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from clip.config import load_config
+from clip.recompute import blocks_to_recompute
+from common.errors import UserError
+from test_equivalence import REPO, TINY, clean_env, losses, max_param_diff, model_params, run_training, \
+    train_command
+
+
+def test_bad_accumulation_and_recompute_settings_are_one_line_errors():
+    with pytest.raises(UserError, match=r"train.accum_steps: 0 must be at least 1"):
+        load_config(None, ["train.accum_steps=0"])
+    with pytest.raises(UserError, match=r"train.accum_mode: 'sum' is not one of contrastive, plain"):
+        load_config(None, ["train.accum_mode=sum"])
+    with pytest.raises(UserError, match=r"model.recompute: 13 blocks: clip_vit_b_32 has 12 vision and 12 text "
+                                        r"blocks; expected true, false or 0..12"):
+        load_config(None, ["model.name=clip_vit_b_32", "model.recompute=13"])
+    assert load_config(None, ["model.recompute=true"]).model.recompute is True
+    assert load_config(None, ["model.name=clip_vit_l_14", "model.recompute=20"]).model.recompute == 20
+    assert [blocks_to_recompute(s, 12) for s in (True, False, 0, 5, 12)] == [12, 0, 0, 5, 12]
+    assert blocks_to_recompute(20, 12) == 12  # ViT-L/14's text tower has 12 of the 24 blocks asked for
+
+
+def test_a_global_batch_the_dataset_cannot_fill_is_refused(tmp_path):
+    cmd = train_command(TINY + ["train.batch_size=4", "train.accum_steps=8", f"output_dir={tmp_path / 'out'}"])
+    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: data.train: 24 samples are fewer than one global batch of 32 (train.batch_size 4 x "
+                      "1 ranks x train.accum_steps 8)"], proc.stderr[-2000:]
+
+
+def test_recompute_leaves_the_gradients_unchanged():
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    from clip.loss import ContrastiveLoss
+    from clip.model import create_model
+    from clip.presets import get_config
+    from clip.recompute import recompute_blocks
+    from clip.train import NetWithLoss
+
+    config = replace(get_config("clip_vit_b_32"), vision_layers=2, text_layers=2)
+    rng = np.random.default_rng(0)
+    images = ms.Tensor(rng.standard_normal((2, 3, 224, 224)).astype(np.float32))
+    tokens = ms.Tensor(rng.integers(1, 49000, (2, config.context_length)).astype(np.int32))
+
+    class Grads(nn.Cell):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.weights = net, net.trainable_params()
+            self.grad = ops.GradOperation(get_by_list=True)
+
+        def construct(self, x, t):
+            return self.grad(self.net, self.weights)(x, t)
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        results = []
+        for recompute in (False, True):
+            ms.set_seed(0)
+            model = create_model(config)
+            assert recompute_blocks(model, recompute) == (4 if recompute else 0)
+            results.append([g.asnumpy() for g in Grads(NetWithLoss(model, ContrastiveLoss("local")))(images, tokens)])
+    finally:
+        ms.set_context(mode=previous)
+    plain, recomputed = results
+    assert len(plain) == len(recomputed) > 20
+    worst = max(float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(a))), 1e-12) for a, b in zip(plain, recomputed))
+    assert worst <= 1e-6, f"gradients differ by {worst:.3g} (relative) with recompute"
+
+
+@pytest.mark.slow
+def test_a_run_with_accumulation_resumes_exactly(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("train.resume")] + [
+        "train.batch_size=2", "train.accum_steps=4", "train.save_every=2", "train.resume=auto"]
+    run_training(tmp_path / "straight", 1, overrides)
+    first = run_training(tmp_path / "split", 1, overrides + ["train.stop_after=2"])
+    assert "stopped at step 2 of 5" in first.stdout
+    second = run_training(tmp_path / "split", 1, overrides)
+    assert "steps 2->5 of 5" in second.stdout and "x 4 micro-batches (global 8)" in second.stdout
+    diff, key = max_param_diff(model_params(tmp_path / "split" / "checkpoints" / "last.ckpt"),
+                               model_params(tmp_path / "straight" / "checkpoints" / "last.ckpt"))
+    assert diff <= 1e-6, f"{key} differs by {diff:.3g} after resuming"
+    straight, split = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    assert sorted(split) == [1, 2, 3, 4, 5] and all(abs(split[s] - straight[s]) <= 1e-6 for s in straight)
