@@ -26,6 +26,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from bench_train import fake_batch, peak_rss_gb  # noqa: E402
+from common.safe_write import write_json  # noqa: E402
 
 STEPS = {"clip_tiny": 30, "clip_vit_b_32": 3}
 
@@ -97,13 +98,9 @@ def best_of_rounds(preset: str, batch: int, steps: int, variants: list, rounds: 
                    "rounds": r} for name, r in runs.items()}
 
 
-def write_json(path: str, results: dict) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+def write_results(path: str, results: dict) -> None:
+    write_json(path, results, indent=2)
+    print(f"wrote {path}")
 
 
 def worker_arguments(parser) -> None:
@@ -144,7 +141,7 @@ def main() -> int:
               f"{entry['first_step_ratio']}", flush=True)
         results["presets"][preset] = entry
     results["machine"]["load_avg_at_end"] = os.getloadavg()
-    write_json(args.out, results)
+    write_results(args.out, results)
     return 0
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_optim import REPO, STEPS, best_of_rounds, machine, step_worker, worker_arguments, write_json  # noqa: E402
+from bench_optim import REPO, STEPS, best_of_rounds, machine, step_worker, worker_arguments, write_results  # noqa: E402
 
 
 def main() -> int:
@@ -43,7 +43,7 @@ def main() -> int:
               f"{entry['fp16_over_fp32_peak_rss']}", flush=True)
         results["presets"][preset] = entry
     results["machine"]["load_avg_at_end"] = os.getloadavg()
-    write_json(args.out, results)
+    write_results(args.out, results)
     return 0
 
 
