@@ -64,19 +64,25 @@ def runs(shards, tmp_path_factory):
     return out
 
 
-def assert_same_training(a: dict, b: dict, what: str) -> None:
+# Across world sizes the gradient all-reduce sums in another order; AdamW's first steps (update ~ lr * g/|g|)
+# amplify that rounding to ~1e-5 in a few weights. A different sample order moves parameters by ~1e-3.
+CROSS_WORLD_PARAM_TOL = 5e-5
+
+
+def assert_same_training(a: dict, b: dict, what: str, param_tol: float = TOL) -> None:
     assert sorted(a["losses"]) == sorted(b["losses"]) == [1, 2, 3, 4, 5]
     worst = max(abs(a["losses"][s] - b["losses"][s]) for s in a["losses"])
     assert worst <= TOL, f"{what}: per-step loss differs by {worst:.3g}"
     diff, key = max_param_diff(a["params"], b["params"])
-    assert diff <= TOL, f"{what}: parameter {key} differs by {diff:.3g}"
+    assert diff <= param_tol, f"{what}: parameter {key} differs by {diff:.3g}"
 
 
 @pytest.mark.slow
 def test_webdataset_two_cards_equal_one_card_resumed_mid_epoch(runs):
     assert "resumed from" in runs["w1_split"]["second"] and "steps 2->5 of 5" in runs["w1_split"]["second"]
     assert len(set(round(v, 6) for v in runs["w2"]["losses"].values())) == 5  # it trained: agreeing is not trivial
-    assert_same_training(runs["w2"], runs["w1_split"], "webdataset world 2 x 4 vs world 1 x 8 stopped and resumed")
+    assert_same_training(runs["w2"], runs["w1_split"], "webdataset world 2 x 4 vs world 1 x 8 stopped and resumed",
+                         CROSS_WORLD_PARAM_TOL)
 
 
 @pytest.mark.slow
