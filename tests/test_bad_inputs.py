@@ -276,9 +276,9 @@ CONFIG_CASES = [
     C("config-model", "config", ["--set", "model.name=ViT-B/32"], "model.name"),
     C("config-loss-mode", "config", ["--set", "loss.mode=global"], "loss.mode"),
     C("config-train-mode", "config", ["--set", "train.mode=eager"], "train.mode"),
-    C("config-train-type", "config", ["--set", "data.train.type=cifar100"], "data.train.type"),
+    C("config-train-type", "config", ["--set", "data.train.type=coco"], "data.train.type"),
     C("config-eval-type", "config", ["--set", "data.eval.type=flickr8k"], "data.eval.type"),
-    C("config-retrieval-type", "config", ["--set", "data.retrieval.type=imagefolder"], "data.retrieval"),
+    C("config-retrieval-type", "config", ["--set", "data.retrieval.type=coco"], "data.retrieval"),
     C("config-resume-missing", "config", ["--set", "train.resume=/no/such.ckpt"], "train.resume",
       category="missing file"),
     C("config-checkpoint-missing", "config", ["--set", "model.checkpoint={ws}/none.ckpt"], "model.checkpoint",
@@ -688,14 +688,14 @@ def run_main(command: str, argv: list, capsys) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case, assets, tmp_path, capsys, monkeypatch):
+def test_bad_input(case, assets, tmp_path, capfd, monkeypatch):
     ws = tmp_path / "ws"
     ws.mkdir()
     prepare(case, ws, assets)
     monkeypatch.chdir(ws)
     monkeypatch.setenv("CLIP_MODEL_DIR", str(ws / "models"))
     before = tree_digest(ws)
-    code, out, err = run_main(case.command, [fill(a, ws, assets) for a in case.argv], capsys)
+    code, out, err = run_main(case.command, [fill(a, ws, assets) for a in case.argv], capfd)
     lines = err.strip().splitlines()
     assert code == case.code, (code, err)
     assert "Traceback" not in err
