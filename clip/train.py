@@ -19,8 +19,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from clip import checkpoint, distributed, metrics, precision, preflight
-from clip.config import RunConfig, add_config_arguments, load_config, write_resolved
+from clip import checkpoint, compile_cache, distributed, metrics, precision, preflight
+from clip.config import RunConfig, add_config_arguments, load_config, to_dict, write_resolved
 from clip.data import build_train_source
 from clip.data.pipeline import steps_per_epoch as epoch_steps, train_batches
 from common import supervision
@@ -145,6 +145,8 @@ def train(cfg: RunConfig) -> dict:
                                           t.grad_clip_norm, scaler, t.accum_mode)
     else:
         step_cell = TrainStep(model, loss_fn, optimizer, reducer, t.grad_clip_norm, scaler)
+    # The train step is the process's first compiled graph and the only one cached (clip.compile_cache).
+    cache = compile_cache.enable_for_train_step(cfg.output_dir, to_dict(cfg), world, rank) if t.mode == "graph" else None
     stored_params = checkpoint.unique_parameters([model, optimizer] + ([scaler] if scaler else []))
     if resume_from:
         fresh_scaler = meta["precision"] != t.precision  # allowed by train.resume_reset_scaler
@@ -190,6 +192,9 @@ def train(cfg: RunConfig) -> dict:
                                 num_workers=t.num_workers)
         for images, tokens in batches:
             loss, grad_norm = step_cell(ms.Tensor(images), ms.Tensor(tokens), ms.Tensor(lrs[step]))
+            if cache:
+                compile_cache.stop_caching(cache)
+                cache = None
             # one all-reduce carries the loss and the pre-emption vote, so every rank stops at the same step
             summed = distributed.all_reduce_sum(np.array([loss.asnumpy().reshape(1)[0], supervision.stop_requested()],
                                                          np.float64))
