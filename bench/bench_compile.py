@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 def launch(out: Path, preset: str, batch: int, extra: list) -> dict:
     overrides = [f"model.name={preset}", "data.train.type=shapes", f"data.train.num_samples={batch}", "data.eval=null",
                  f"train.batch_size={batch}", "train.max_steps=1", "train.log_every=1", "train.resume=none",
-                 "train.mode=graph", f"output_dir={out}"] + extra
+                 "train.mode=graph", "train.overwrite=true", f"output_dir={out}"] + extra
     cmd = [sys.executable, "-m", "clip.train"] + [a for o in overrides for a in ("--set", o)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_"))}
     env["GLOG_v"] = "3"

@@ -29,8 +29,8 @@ ENABLE, PATH = "MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH"
 DIRNAME = "compile_cache"
 # Config fields that never reach the train step's graph: where files go, how often the loop logs, saves
 # and evaluates, when this invocation stops, and which data feed it (shapes come from the model).
-LOOP_ONLY = ("output_dir", "data", "train.resume", "train.stop_after", "train.log_every", "train.save_every",
-             "train.keep_last", "train.eval_every", "train.eval_batch_size", "train.num_workers")
+LOOP_ONLY = ("output_dir", "data", "train.resume", "train.overwrite", "train.stop_after", "train.log_every",
+             "train.save_every", "train.keep_last", "train.eval_every", "train.eval_batch_size", "train.num_workers")
 _SOURCE_PACKAGES = ("clip", "common")
 
 

@@ -20,7 +20,8 @@ def config(**train) -> dict:
 
 def test_loop_only_fields_do_not_change_the_key():
     base = cache_key(config(), 1, 0, VERSIONS)
-    assert cache_key(config(log_every=10, save_every=5, stop_after=3, resume="none"), 1, 0, VERSIONS) == base
+    assert cache_key(config(log_every=10, save_every=5, stop_after=3, resume="none", overwrite=True), 1, 0,
+                     VERSIONS) == base
     other = config()
     other["output_dir"] = "elsewhere"
     other["data"]["train"]["num_samples"] = 7
@@ -51,7 +52,8 @@ def test_world_size_rank_and_versions_change_the_key():
 @pytest.fixture(scope="module")
 def launches(tmp_path_factory):
     out = tmp_path_factory.mktemp("cache") / "run"
-    overrides = [o for o in TINY if not o.startswith("train.max_steps")] + ["train.max_steps=2", "train.batch_size=8", "train.mode=graph"]
+    overrides = [o for o in TINY if not o.startswith("train.max_steps")] + [
+        "train.max_steps=2", "train.batch_size=8", "train.mode=graph", "train.overwrite=true"]
     params = []
     for extra in ([], [], ["train.beta2=0.9"]):  # cold, the same job again, a changed constant of the graph
         run_training(out, 1, overrides + extra)
