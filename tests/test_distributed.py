@@ -202,12 +202,15 @@ def test_forked_parameters_are_detected_and_broadcast_fixes_them(cluster):
         assert res["params"]["broadcast_error_vs_rank0_seed"] == 0.0
 
 
-def test_bucketed_reducer_is_bit_identical_to_per_tensor_reducer(cluster):
+def test_bucketed_reducer_equals_per_tensor_reducer(cluster):
+    """Two ranks sum in one order either way, so bit-identical; from four ranks the collective chunks a long
+    buffer differently from a short one, so the sum order (and the last bit) may differ."""
     for res in cluster["results"]:
         buckets = res["buckets"]
         assert len(buckets["buckets"]) > 1  # the check really split the gradients
+        limit = 0.0 if cluster["world_size"] == 2 else TOLERANCE
         for mode in ("pynative", "graph"):
-            assert buckets[f"max_diff_{mode}"] == 0.0, buckets
+            assert buckets[f"max_diff_{mode}"] <= limit, buckets
             assert buckets[f"shapes_{mode}"] == buckets["expected_shapes"]
 
 
