@@ -1,10 +1,8 @@
 """The training job's parts (schedule, weight-decay groups, checkpoints, metrics, progress) and one real
 single-card run in PYNATIVE mode (what scripts/run_standalone.sh uses) checking every output file."""
 import io
-import json
 import math
 import subprocess
-import sys
 
 import numpy as np
 import pytest
