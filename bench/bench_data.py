@@ -131,8 +131,8 @@ def anchor(root: Path, epoch: int):
 def child(fmt: str, root: Path) -> dict:
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     make = (lambda e: anchor(root, e)) if fmt == "anchor" else ours(fmt, root)
-    for _ in make(0):  # warm-up epoch: imports, page cache, index load
-        pass
+    warm = sum(1 for _ in make(0))  # warm-up epoch: imports, page cache, index load
+    assert warm > 0, f"{fmt}: the warm-up epoch yielded no batch"
     start, cpu0, n = time.perf_counter(), cpu_seconds(), 0
     for images, tokens in make(1):
         assert images.shape[1:] == (3, SIZE, SIZE) and tokens.shape[1:] == (CONTEXT,)

@@ -116,15 +116,20 @@ def machine() -> dict:
             "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1)}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_bench_arguments(description: str, result_name: str, rounds: int) -> argparse.Namespace:
+    """The command line shared by the step-time benchmarks (this one and bench_precision.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--presets", nargs="+", default=list(STEPS))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default per preset)")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "optim.json"))
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / result_name))
     worker_arguments(parser)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = step_bench_arguments(__doc__.splitlines()[0], "optim.json", rounds=2)
     if args.worker:
         step_worker(args)
         return 0

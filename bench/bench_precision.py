@@ -10,24 +10,16 @@ records what fp16 costs here, while its purpose is Ascend, where float16 is how 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_optim import REPO, STEPS, best_of_rounds, machine, step_worker, worker_arguments, write_results  # noqa: E402
+from bench_optim import STEPS, best_of_rounds, machine, step_bench_arguments, step_worker, write_results  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=list(STEPS))
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default per preset)")
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "precision.json"))
-    worker_arguments(parser)
-    args = parser.parse_args()
+    args = step_bench_arguments(__doc__.splitlines()[0], "precision.json", rounds=1)
     if args.worker:
         step_worker(args)
         return 0

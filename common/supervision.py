@@ -13,6 +13,7 @@ for it before stopping a hung rank) and turns SIGTERM into a request to stop at 
 (``stop_requested()``): a worker that then saves and exits with ``PREEMPTED_EXIT_CODE`` is reported as
 "pre-empted, resumable".
 """
+import contextlib
 import faulthandler
 import functools
 import json
@@ -89,13 +90,13 @@ def heartbeat(force: bool = False) -> None:
     if not path or (not force and now - _last_beat < _HEARTBEAT_EVERY):
         return
     _last_beat = now
-    try:
+    # A heartbeat that cannot be written (log dir removed, disk full) must never fail the training step:
+    # the launcher then sees a stale beat and reports the hang, which is the useful outcome.
+    with contextlib.suppress(OSError):
         if not os.path.exists(path):
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(STACK_ON_SIGUSR1 if _stack_registered else "")
         os.utime(path)
-    except OSError:
-        pass
 
 
 def _request_stop(signum, _frame) -> None:
