@@ -52,14 +52,17 @@ def mindspore_worker(args) -> None:
     from clip.config import load_config
     from clip.loss import ContrastiveLoss, clamp_logit_scale
     from clip.model import create_model
-    from clip.train import NetWithLoss, TrainStep, build_optimizer
+    from clip.optim import GradientUpdate, build_optimizer
+    from clip.train import NetWithLoss, TrainStep
 
     ms.set_context(mode=ms.GRAPH_MODE)
     info = distributed.init_from_env()
     cfg = load_config(None, [f"model.name={args.preset}", f"train.batch_size={args.batch}", "train.lr=1e-4"])
     ms.set_seed(0)
     model = create_model(args.preset)
-    optimizer, _ = build_optimizer(model, cfg, 10 * args.repeats + 10)
+    t = cfg.train
+    optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
+    lr = ms.Tensor(np.float32(t.lr))
     loss_fn = ContrastiveLoss("local")
     net = NetWithLoss(model, loss_fn)
     weights = optimizer.parameters
@@ -75,11 +78,10 @@ def mindspore_worker(args) -> None:
     class Update(nn.Cell):
         def __init__(self):
             super().__init__(auto_prefix=False)
-            self.optimizer, self.logit_scale = optimizer, model.logit_scale
+            self.update, self.logit_scale = GradientUpdate(optimizer), model.logit_scale
 
-        def construct(self, grads):
-            done = ops.depend(ops.zeros((1,), ms.float32), self.optimizer(grads))
-            return ops.depend(done, clamp_logit_scale(self.logit_scale))
+        def construct(self, grads, lr):
+            return ops.depend(self.update(grads, lr), clamp_logit_scale(self.logit_scale))
 
     images_np, tokens_np = fake_batch(model.config, args.batch, seed=info.rank)
     images, tokens = ms.Tensor(images_np), ms.Tensor(tokens_np)
@@ -107,10 +109,10 @@ def mindspore_worker(args) -> None:
     else:
         phases["all_reduce"] = 0.0
         buckets = 0
-    phase("optimizer", lambda: update(grads))
+    phase("optimizer", lambda: update(grads, lr))
     step = TrainStep(model, loss_fn, optimizer, distributed.grad_reducer(weights, info))
-    phase("step", lambda: step(images, tokens))
-    loss = step(images, tokens)
+    phase("step", lambda: step(images, tokens, lr))
+    loss = step(images, tokens, lr)[0]
 
     def host():
         ms.Tensor(images_np), ms.Tensor(tokens_np)
