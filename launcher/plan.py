@@ -8,7 +8,8 @@ over the launcher's own environment when it starts a process.
 import os
 import shlex
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from types import MappingProxyType
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from common.backends import dynamic, ranktable
 from common.errors import UserError
@@ -110,20 +111,23 @@ def _worker_specs(opts: PlanOptions, ranks_and_env: Sequence[Tuple[int, Dict[str
     return specs
 
 
-def cluster_plan(opts: PlanOptions, python: str) -> List[WorkerSpec]:
-    """Dynamic cluster: ranks node_rank*nproc .. +nproc-1 here, the scheduler on node 0 only."""
+def cluster_plan(opts: PlanOptions, python: str,
+                 environ: Mapping[str, str] = MappingProxyType({})) -> List[WorkerSpec]:
+    """Dynamic cluster: ranks node_rank*nproc .. +nproc-1 here, the scheduler on node 0 only. `environ` is
+    what the processes inherit (a formation default it sets is left alone)."""
     _validate(opts)
     if not 0 < opts.master_port < 65536:
         raise UserError(f"--master-port {opts.master_port}: expected a port number 1..65535")
     world = opts.nnodes * opts.nproc
     host, port = opts.master_addr, opts.master_port
     ranks = [opts.node_rank * opts.nproc + local for local in range(opts.nproc)]
-    workers = _worker_specs(opts, [(r, dynamic.worker_env(host, port, world, r)) for r in ranks])
+    tuned = dynamic.formation_env(environ)
+    workers = _worker_specs(opts, [(r, {**tuned, **dynamic.worker_env(host, port, world, r)}) for r in ranks])
     if opts.node_rank != 0:
         return workers
     # with several nodes the scheduler serves the others too: the job ends when it exits
     scheduler = WorkerSpec(role="scheduler", rank=-1, argv=(python, "-c", dynamic.SCHEDULER_CODE),
-                           cwd=opts.log_dir, env=dynamic.scheduler_env(host, port, world), cores=None,
+                           cwd=opts.log_dir, env={**tuned, **dynamic.scheduler_env(host, port, world)}, cores=None,
                            log_path=os.path.join(opts.log_dir, "scheduler.log"), awaited=opts.nnodes > 1)
     return [scheduler] + workers
 

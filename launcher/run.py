@@ -151,7 +151,7 @@ def _check_numbers(args) -> None:
 
 def _cluster_specs(base: plan.PlanOptions, attempt_dir: str, port: Optional[int]) -> List[plan.WorkerSpec]:
     opts = dataclasses.replace(base, log_dir=attempt_dir, master_port=port if port is not None else free_port())
-    return plan.cluster_plan(opts, sys.executable)
+    return plan.cluster_plan(opts, sys.executable, os.environ)
 
 
 def _ascend_inputs(args, log_dir: str, nnodes: int):

@@ -41,7 +41,7 @@ def test_dynamic_cluster_round_trip(world):
         read = backends.read_env(spec.env)
         assert (read.startup, read.role, read.rank, read.world_size) == (dynamic.STARTUP, "worker", spec.rank, world)
         assert (read.device_target, read.backend) == ("CPU", "mccl")
-        assert set(spec.env) <= set(dynamic.VARIABLES)
+        assert set(spec.env) <= set(dynamic.VARIABLES) | set(dynamic.FORMATION_DEFAULTS)
     schedulers = [s for s in specs if s.role == "scheduler"]
     assert len(schedulers) == 1 and schedulers[0].argv[-1] == dynamic.SCHEDULER_CODE
     read = backends.read_env(schedulers[0].env)

@@ -35,17 +35,24 @@ def test_cluster_plan_single_node_exact_env():
     specs = plan.cluster_plan(options(bind_cores=True), python="/venv/python")
     scheduler, w0, w1 = specs
     assert scheduler.role == "scheduler" and scheduler.argv[:2] == ("/venv/python", "-c")
+    fast = {"MS_RETRY_INTERVAL_LOWER": "1", "MS_RETRY_INTERVAL_UPPER": "1"}  # 1 s heartbeats: quicker formation
     assert scheduler.env == {"MS_ROLE": "MS_SCHED", "MS_SCHED_HOST": "127.0.0.1",
-                             "MS_SCHED_PORT": "29500", "MS_WORKER_NUM": "2"}
+                             "MS_SCHED_PORT": "29500", "MS_WORKER_NUM": "2", **fast}
     assert scheduler.log_path == "/logs/attempt_0/scheduler.log"
     for rank, spec in enumerate((w0, w1)):
         assert spec.env == {"MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "29500",
-                            "MS_WORKER_NUM": "2", "MS_NODE_ID": str(rank)}
+                            "MS_WORKER_NUM": "2", "MS_NODE_ID": str(rank), **fast}
         assert spec.argv == ("python", "train.py")
         assert spec.cwd == f"/logs/rank_{rank}"
         assert spec.log_path == f"/logs/attempt_0/worker_{rank}.log"
         assert spec.env_log == f"/logs/rank_{rank}/env.log"
     assert (w0.cores, w1.cores) == ((0, 1, 2, 3), (4, 5, 6, 7))
+
+
+def test_cluster_plan_keeps_a_heartbeat_interval_the_user_set():
+    specs = plan.cluster_plan(options(), python="python", environ={"MS_RETRY_INTERVAL_UPPER": "7"})
+    for spec in specs:
+        assert "MS_RETRY_INTERVAL_LOWER" not in spec.env and "MS_RETRY_INTERVAL_UPPER" not in spec.env
 
 
 def test_cluster_plan_second_node_has_global_ranks_and_no_scheduler():
@@ -128,7 +135,8 @@ def test_dry_run_cluster(env, tmp_path):
     blocks = parse_dry_run(result.stdout)
     assert list(blocks) == ["scheduler", "rank 0", "rank 1"]
     assert blocks["rank 1"]["env"] == {"MS_NODE_ID": "1", "MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1",
-                                       "MS_SCHED_PORT": "29611", "MS_WORKER_NUM": "2"}
+                                       "MS_SCHED_PORT": "29611", "MS_WORKER_NUM": "2",
+                                       "MS_RETRY_INTERVAL_LOWER": "1", "MS_RETRY_INTERVAL_UPPER": "1"}
     assert blocks["scheduler"]["env"]["MS_ROLE"] == "MS_SCHED"
     assert blocks["rank 0"]["command"] == "sh job.sh --lr 0.1"
     assert blocks["rank 0"]["cwd"] == str(tmp_path / "logs" / "rank_0")
