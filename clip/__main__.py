@@ -13,6 +13,7 @@ import sys
 from typing import Optional
 
 from clip.config import add_config_arguments, load_config
+from common import supervision
 from common.errors import ArgumentParser, UserError, exit_on_user_error
 from clip.app import (configure_logging, decode_all, default_labels, evaluate_and_write, existing_file, expand_inputs,
                       predict_images, weights_for, with_datasets, with_model)
@@ -37,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @exit_on_user_error
+@supervision.record
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    supervision.install(stop_on_sigterm=args.run_mode == "train")  # train: SIGTERM saves and exits resumable
     configure_logging()
     if args.run_mode == "predict" and not args.predict_data:
         raise UserError("--run_mode predict needs --predict_data PATH (image files or directories)")

@@ -14,6 +14,7 @@ from typing import Optional
 
 from clip.app import TASKS, configure_logging, evaluate_and_write
 from clip.config import add_config_arguments, load_config
+from common import supervision
 from common.errors import ArgumentParser, UserError, exit_on_user_error
 
 
@@ -31,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @exit_on_user_error
+@supervision.record
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    supervision.install()
     configure_logging()
     if args.sharded and args.task != "zeroshot":
         raise UserError("--sharded applies to --task zeroshot only")

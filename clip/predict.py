@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from common import supervision
 from common.errors import ArgumentParser, UserError, exit_on_user_error
 from clip.presets import DTYPES
 
@@ -206,8 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @exit_on_user_error
+@supervision.record
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    supervision.install()
     labels = parse_labels(args.labels)
     template = check_template(args.template)
     if args.top_k is not None and args.top_k < 1:

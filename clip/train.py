@@ -178,7 +178,12 @@ def train(cfg: RunConfig) -> dict:
                       "eval_n": result["n"], "eval_classes": result["classes"]}
             log.write(record)
             progress.message(metrics.format_line(record, steps))
-        distributed.barrier()
+        # The other ranks wait here while rank 0 evaluates. They keep beating meanwhile so that --hang-timeout
+        # does not take them for hung; rank 0 beats every evaluated batch, so a hang there is still caught, on
+        # rank 0 (docs/launcher.md).
+        waiting = EVAL_WAIT_SECONDS if cfg.data.eval is not None and not main_rank else 0
+        with supervision.beat_while_waiting(waiting):
+            distributed.barrier()
         return result
 
     # ---- the loop

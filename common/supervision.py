@@ -8,7 +8,7 @@ The launcher puts two per-rank paths in each worker's environment:
   rank whose heartbeat is older than S seconds is hung (never touched: never watched).
 
 Use in a worker: ``@record`` on its ``main`` (or ``install()`` once at start-up) and ``heartbeat()`` in
-its loop. ``install()`` also makes SIGUSR1 dump every thread's Python stack to stderr (the launcher asks
+its loop; a rank that waits in a collective while a peer works wraps the wait in ``beat_while_waiting()``. ``install()`` also makes SIGUSR1 dump every thread's Python stack to stderr (the launcher asks
 for it before stopping a hung rank) and turns SIGTERM into a request to stop at the next safe point
 (``stop_requested()``): a worker that then saves and exits with ``PREEMPTED_EXIT_CODE`` is reported as
 "pre-empted, resumable".
@@ -19,8 +19,10 @@ import functools
 import json
 import os
 import signal
+import io
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import Optional
@@ -36,6 +38,7 @@ STACK_ON_SIGUSR1 = "stack-on-SIGUSR1"
 
 _stop_signal: Optional[int] = None
 _stack_registered = False
+_hook_installed = False
 _HEARTBEAT_EVERY = 1.0
 _last_beat = 0.0
 
@@ -109,18 +112,52 @@ def stop_requested() -> bool:
     return _stop_signal is not None
 
 
-def install(stop_on_sigterm: bool = False) -> None:
-    """Once at start-up: SIGUSR1 dumps every thread's stack to stderr; uncaught exceptions go to the
-    error file; with `stop_on_sigterm`, SIGTERM only sets stop_requested()."""
-    global _stack_registered
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
-    _stack_registered = True
-    previous = sys.excepthook
+@contextlib.contextmanager
+def beat_while_waiting(limit: float):
+    """For a rank that waits in a collective while a peer works (the other ranks while rank 0 evaluates): a
+    daemon thread keeps this rank's heartbeat fresh for at most `limit` seconds, so the waiting rank is not
+    taken for hung. Use it only where the peer beats as it works: a real hang is then caught on the peer,
+    whose stack shows where it stopped. A no-op without a heartbeat file or with limit <= 0."""
+    if not os.environ.get(HEARTBEAT_FILE) or limit <= 0:
+        yield
+        return
+    deadline = time.monotonic() + limit
+    done = threading.Event()
 
-    def hook(kind, exc, tb):
-        if not issubclass(kind, (SystemExit, KeyboardInterrupt)):
-            write_error_file(exc)
-        previous(kind, exc, tb)
-    sys.excepthook = hook
+    def beat() -> None:
+        while time.monotonic() < deadline:
+            heartbeat(force=True)
+            if done.wait(min(max(_HEARTBEAT_EVERY, 0.05), max(0.0, deadline - time.monotonic()))):
+                return
+
+    thread = threading.Thread(target=beat, name="heartbeat-while-waiting", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def install(stop_on_sigterm: bool = False) -> None:
+    """Once at start-up (again is harmless): SIGUSR1 dumps every thread's stack to stderr; uncaught
+    exceptions go to the error file; with `stop_on_sigterm`, SIGTERM only sets stop_requested()."""
+    global _stack_registered, _hook_installed
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        _stack_registered = True
+    except (AttributeError, RuntimeError, ValueError, io.UnsupportedOperation):
+        # stderr is not a file (a host that replaced it, a test capturing it): no stack on SIGUSR1, so the
+        # heartbeat file does not claim one and the launcher falls back to py-spy
+        _stack_registered = False
+    if not _hook_installed:
+        previous = sys.excepthook
+
+        def hook(kind, exc, tb):
+            if not issubclass(kind, (SystemExit, KeyboardInterrupt)):
+                write_error_file(exc)
+            previous(kind, exc, tb)
+        sys.excepthook = hook
+        _hook_installed = True
     if stop_on_sigterm:
         signal.signal(signal.SIGTERM, _request_stop)

@@ -2,6 +2,7 @@
 (tests/jobs/supervised_job.py), plus the pure parts of launcher.diagnosis."""
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from clusters import free_port
 from common import supervision
 from jobs.processes import leftovers
+from jobs.supervised_job import SLOW_SECONDS
 from common.errors import ArgumentParser
 from launcher import diagnosis, msrun, plan, supervisor
 
@@ -71,6 +73,16 @@ def test_hung_rank_is_named_with_its_line_and_everything_stops(tmp_path, clean_e
     assert leftovers(str(tmp_path)) == []
 
 
+def test_ranks_waiting_for_a_slow_rank_are_not_taken_for_hung(tmp_path, clean_env):
+    """Rank 0 works longer than the hang timeout (beating) while rank 1 waits in AllReduce, as in clip.train's
+    evaluation: rank 1 waits inside beat_while_waiting, so the job is not stopped (without it, rank 1 would be
+    named hung at 4 s)."""
+    proc, seconds = launch(tmp_path, clean_env, 2, "--fail-mode", "slow", "--fail-rank", "0",
+                           launcher_args=("--hang-timeout", "4"))
+    assert proc.returncode == 0 and "hung" not in proc.stderr, proc.stderr
+    assert seconds > SLOW_SECONDS  # the slow rank did outlast the hang timeout
+
+
 def test_worker_that_never_beats_is_not_watched(tmp_path, clean_env):
     cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", "1", "--hang-timeout", "0.5",
            "--log-dir", str(tmp_path / "logs"), "--", sys.executable, "-c", "import time; time.sleep(3)"]
@@ -122,6 +134,51 @@ def test_error_record_and_decorator(tmp_path, monkeypatch):
     record = diagnosis.read_error_file(str(path))
     assert record["rank"] == "3" and record["type"] == "KeyError" and "test_diagnosis.py:" in record["where"]
     assert "Traceback" in record["traceback"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["clip.eval", "--set", "data.eval.type=cifar100", "--set", "data.eval.path=/nonexistent/cifar"],
+    ["clip.predict", "--checkpoint", "w.ckpt", "--image", "x.png", "--labels", "cat,cat"],
+    ["clip", "--run_mode", "predict"],
+], ids=["clip.eval", "clip.predict", "clip"])
+def test_every_clip_entry_point_writes_the_error_file(tmp_path, clean_env, argv):
+    """Like clip.train, the other entry points a launcher may run record a failure for the root-cause summary
+    (a user error too: still one `error:` line and exit 2)."""
+    path = tmp_path / "error_3.json"
+    env = {**clean_env, supervision.ERROR_FILE: str(path), supervision.RANK: "3"}
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    record = diagnosis.read_error_file(str(path))
+    assert record["rank"] == "3" and record["type"] == "UserError" and line == f"error: {record['message']}"
+
+
+def test_a_rank_waiting_for_a_peer_beats_only_while_it_waits(tmp_path, monkeypatch):
+    """The other ranks while rank 0 evaluates: a thread keeps their heartbeat fresh during the wait, for at
+    most `limit` seconds, and stops with the wait."""
+    import threading
+
+    path = tmp_path / "heartbeat_1"
+    monkeypatch.setenv(supervision.HEARTBEAT_FILE, str(path))
+    monkeypatch.setattr(supervision, "_HEARTBEAT_EVERY", 0.05)
+
+    def touched_within(seconds: float) -> bool:
+        os.utime(path, (0, 0))
+        time.sleep(seconds)
+        return path.stat().st_mtime > 0
+
+    with supervision.beat_while_waiting(limit=30):
+        time.sleep(0.1)
+        assert path.exists() and touched_within(0.2) and touched_within(0.2)
+    assert not touched_within(0.2)
+    with supervision.beat_while_waiting(limit=0.2):
+        time.sleep(0.3)
+        assert not touched_within(0.2)  # past its limit, a wait is watched again
+    monkeypatch.delenv(supervision.HEARTBEAT_FILE)
+    threads = threading.active_count()
+    with supervision.beat_while_waiting(limit=30):
+        assert threading.active_count() == threads  # outside a launcher job: nothing runs
 
 
 # ---------------------------------------------------------------- msrun and torchrun command lines

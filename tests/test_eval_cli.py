@@ -110,6 +110,35 @@ def test_two_worker_cluster_gives_single_card_numbers(setup, tmp_path, sharded):
     assert ("rank 0 evaluates" in logs["worker_1"]) is not sharded
 
 
+def test_rank_failing_under_the_launcher_is_named_with_its_error(setup, tmp_path):
+    """clip.eval as a 2-worker launcher job whose dataset is missing on rank 1's node (simulated by a per-rank
+    path): rank 1 writes its error file, the launcher names it as the root cause with the one-line message
+    and the file:line."""
+    from clip.data import base
+    from jobs.processes import leftovers
+
+    raise_line = next(i for i, line in enumerate(open(base.__file__).read().splitlines(), 1)
+                      if "dataset directory {path!r} does not exist" in line)
+    (tmp_path / "node_0").mkdir()
+    (tmp_path / "node_0" / "cifar").symlink_to(setup["root"] / "data")
+    worker = (f'exec "$0" -m clip.eval --config {setup["config"]} --sharded --set output_dir={tmp_path / "run"} '
+              f'--set data.eval.path={tmp_path}/node_$LAUNCHER_RANK/cifar')
+    logs = tmp_path / "logs"
+    proc = subprocess.run([sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", "2", "--log-dir",
+                           str(logs), "--grace-period", "1", "--", "bash", "-c", worker, sys.executable],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    # 2 (UserError) once rank 1 has exited; 1, as for any uncaught exception, when its error file came first
+    assert proc.returncode in (1, 2), proc.stderr[-3000:]
+    root = [line for line in proc.stderr.splitlines() if "root cause" in line]
+    assert len(root) == 1 and "rank 1 on " in root[0], proc.stderr[-3000:]
+    assert (f"UserError: data.eval.path: dataset directory '{tmp_path}/node_1/cifar' does not exist, "
+            f"raised at {base.__file__}:{raise_line}") in root[0]
+    record = json.loads((logs / "failure.json").read_text())
+    assert record["root_cause"]["rank"] == 1 and record["root_cause"]["error"]["type"] == "UserError"
+    assert "Traceback" not in (logs / "worker_1.log").read_text()  # a user error stays one line
+    assert not (tmp_path / "run").exists() and leftovers(str(tmp_path)) == []
+
+
 @pytest.mark.parametrize("suffix, preset, weights", [
     ("vit_b_32", "clip_vit_b_32", "ViT-B-32"), ("vit_b_16", "clip_vit_b_16", "ViT-B-16"),
     ("vit_l_14", "clip_vit_l_14", "ViT-L-14"), ("vit_l_14_336", "clip_vit_l_14@336", "ViT-L-14-336px")])

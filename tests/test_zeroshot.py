@@ -320,6 +320,51 @@ def test_zero_shot_eval_gives_the_designed_accuracy(determined, cifar_root, draw
     assert result["skipped"] == 0 and result["classes"] == 8 and result["templates"] == 18
 
 
+class BeatWatcher:
+    """A classification source that, as the loop asks for the first image of each batch, notes whether the
+    heartbeat file was touched since the previous batch began, then sets its time back to 0."""
+
+    def __init__(self, source, batch_size: int, heartbeat: str):
+        self.source, self.batch_size, self.heartbeat = source, batch_size, heartbeat
+        self.classnames, self.templates = source.classnames, source.templates
+        self.beaten: list = []
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        if i % self.batch_size == 0:
+            self.beaten.append(os.path.exists(self.heartbeat) and os.stat(self.heartbeat).st_mtime > 0)
+            if os.path.exists(self.heartbeat):
+                os.utime(self.heartbeat, (0, 0))
+        return self.source[i]
+
+    def name(self, i):
+        return self.source.name(i)
+
+
+def test_evaluation_beats_the_launcher_heartbeat_every_batch(determined, cifar_root, tmp_path, monkeypatch):
+    """`--hang-timeout` must not take a long evaluation for a hang: the loop touches LAUNCHER_HEARTBEAT_FILE
+    after the classifier and after every image batch (in a job at most once a second; here every call)."""
+    from clip.data import build_eval_source
+    from clip.zeroshot import evaluate_source
+    from common import supervision
+
+    heartbeat = str(tmp_path / "heartbeat_0")
+    monkeypatch.setenv(supervision.HEARTBEAT_FILE, heartbeat)
+    monkeypatch.setattr(supervision, "_HEARTBEAT_EVERY", 0.0)
+    source = BeatWatcher(build_eval_source(DatasetConfig(type="cifar100", path=cifar_root, split="test",
+                                                         templates=["a photo of a {}."])), 5, heartbeat)
+    result = evaluate_source(determined, source, determined.config.image_size, batch_size=5)
+    assert result["n"] == 32 and source.beaten == [True] * 7  # 32 images in batches of 5
+    assert os.stat(heartbeat).st_mtime > 0  # and after the last batch
+
+    monkeypatch.delenv(supervision.HEARTBEAT_FILE)
+    os.remove(heartbeat)
+    evaluate_source(determined, source, determined.config.image_size, batch_size=5)
+    assert not os.path.exists(heartbeat)  # outside a launcher job: no file, nothing written
+
+
 def test_evaluate_classifier_on_batches(determined, drawn):
     from clip.zeroshot import build_classifier, count_predictions, summarize
 

@@ -11,6 +11,9 @@ import time
 from common import supervision
 
 
+SLOW_SECONDS = 7
+
+
 def hang():
     while True:
         time.sleep(0.2)  # the hung rank's line
@@ -25,13 +28,18 @@ def misbehave(mode: str, out: str, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if mode == "hang":
         hang()
+    if mode == "slow":  # a long evaluation on one rank: it beats as it works
+        until = time.time() + SLOW_SECONDS
+        while time.time() < until:
+            time.sleep(0.2)
+            supervision.heartbeat()
 
 
 @supervision.record
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--fail-mode", choices=("none", "raise", "sigkill", "hang"), default="none")
+    parser.add_argument("--fail-mode", choices=("none", "raise", "sigkill", "hang", "slow"), default="none")
     parser.add_argument("--fail-rank", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
@@ -45,7 +53,11 @@ def main(argv=None) -> int:
     rank = get_rank()
     all_reduce = ops.AllReduce()
     for round_ in range(args.rounds):
-        all_reduce(ms.Tensor([1.0], ms.float32)).asnumpy()
+        # with --fail-mode slow, the other ranks wait here for the slow one as clip.train's ranks wait for rank 0's
+        # evaluation
+        waiting = round_ == 1 and args.fail_mode == "slow" and rank != args.fail_rank
+        with supervision.beat_while_waiting(60 if waiting else 0):
+            all_reduce(ms.Tensor([1.0], ms.float32)).asnumpy()
         supervision.heartbeat(force=True)
         if round_ == 0 and rank == args.fail_rank and args.fail_mode != "none":
             misbehave(args.fail_mode, args.out, rank)
