@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+USER_ERROR_EXIT_CODE = 2
+
 
 class UserError(Exception):
     """A mistake in the user's input (file, key or value), reported as one line."""
@@ -17,7 +19,7 @@ def exit_on_user_error(main):
             return main(*args, **kwargs)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2)
+            raise SystemExit(USER_ERROR_EXIT_CODE)
 
     return wrapper
 
@@ -42,4 +44,4 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         print(f"error: {self.prog}: {message}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(USER_ERROR_EXIT_CODE)

@@ -2,30 +2,33 @@
 
 The launcher puts two per-rank paths in each worker's environment:
 - ``LAUNCHER_ERROR_FILE``: a worker that dies of an uncaught exception writes what happened there
-  (rank, host, pid, time, exception type, message, file:line, traceback) as JSON, so the launcher can
-  name the root cause: the earliest failure, not the peers that failed because of it.
+  (rank, host, pid, time, exception type, message, file:line, exit code, traceback) as JSON, so the
+  launcher can name the root cause: the earliest failure, not the peers that failed because of it.
 - ``LAUNCHER_HEARTBEAT_FILE``: a worker that touches it shows it is alive; with ``--hang-timeout S`` a
   rank whose heartbeat is older than S seconds is hung (never touched: never watched).
 
 Use in a worker: ``@record`` on its ``main`` (or ``install()`` once at start-up) and ``heartbeat()`` in
-its loop; a rank that waits in a collective while a peer works wraps the wait in ``beat_while_waiting()``. ``install()`` also makes SIGUSR1 dump every thread's Python stack to stderr (the launcher asks
-for it before stopping a hung rank) and turns SIGTERM into a request to stop at the next safe point
+its loop; a rank that waits in a collective while a peer works wraps the wait in ``beat_while_waiting()``.
+``install()`` also makes SIGUSR1 dump every thread's Python stack to stderr (the launcher asks for it before
+stopping a hung rank) and turns SIGTERM into a request to stop at the next safe point
 (``stop_requested()``): a worker that then saves and exits with ``PREEMPTED_EXIT_CODE`` is reported as
 "pre-empted, resumable".
 """
 import contextlib
 import faulthandler
 import functools
+import io
 import json
 import os
 import signal
-import io
 import socket
 import sys
 import threading
 import time
 import traceback
 from typing import Optional
+
+from common.errors import USER_ERROR_EXIT_CODE, UserError
 
 ERROR_FILE = "LAUNCHER_ERROR_FILE"
 HEARTBEAT_FILE = "LAUNCHER_HEARTBEAT_FILE"
@@ -52,9 +55,12 @@ def error_record(exc: BaseException, rank: Optional[str] = None) -> dict:
     """What the launcher needs to name a root cause, from an exception (pure apart from the clock/pid)."""
     frames = traceback.extract_tb(exc.__traceback__)
     where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    # exit_code: what the worker is about to exit with, for a launcher that acts before the process is gone:
+    # a UserError becomes one `error:` line and exit 2 (common.errors), any other exception exits 1
     return {"rank": rank if rank is not None else os.environ.get(RANK, ""), "host": socket.gethostname(),
             "pid": os.getpid(), "time": time.time(), "type": type(exc).__name__,
             "message": str(exc).splitlines()[0] if str(exc) else "", "where": where,
+            "exit_code": USER_ERROR_EXIT_CODE if isinstance(exc, UserError) else 1,
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
 
 

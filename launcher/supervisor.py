@@ -242,8 +242,9 @@ def _name(proc: psutil.Process) -> str:
         return "?"
 
 
-def _report_failure(spec: WorkerSpec, returncode: Optional[int], err: TextIO) -> None:
-    err.write(f"launcher: {spec.name} failed with {describe_returncode(returncode)}; "
+def _report_failure(spec: WorkerSpec, returncode: Optional[int], error: Optional[dict], err: TextIO) -> None:
+    how = f"{error.get('type')} (still exiting)" if returncode is None and error else describe_returncode(returncode)
+    err.write(f"launcher: {spec.name} failed with {how}; "
               f"last lines of {spec.log_path}:\n")
     for line in tail(spec.log_path):
         err.write(f"  | {line}\n")
@@ -366,15 +367,19 @@ def supervise(specs: Sequence[WorkerSpec], *, grace: float, timeout: Optional[fl
                 specs[failed[0]].rank, specs[failed[0]].name, specs[failed[0]].log_path, stopped_at, codes[failed[0]])]
             root = diagnosis.root_cause(failures)
             root_index = next(i for i in workers + services if specs[i].name == root.name)
-            _report_failure(specs[root_index], root.returncode, err)
+            _report_failure(specs[root_index], root.returncode, root.error, err)
             for line in diagnosis.summary(root, []):
                 err.write(line + "\n")
             err.flush()
             survivors = group.stop(grace)
             codes = group.returncodes()
             later = [f for f in _failures(group, workers, codes, stopped_at) if f.name != root.name]
-            code = exit_code_of(root.returncode) if root.returncode else (
-                exit_code_of(codes[failed[0]]) if failed else 1)  # 1: what the uncaught exception exits with
+            if root.returncode:
+                code = exit_code_of(root.returncode)
+            elif root.error:  # still tearing down: the exit code its error file announces
+                code = root.error.get("exit_code") if isinstance(root.error.get("exit_code"), int) else 1
+            else:
+                code = exit_code_of(codes[failed[0]]) if failed else 1
             root.log_tail = tail(root.log_path)
             path = diagnosis.write_failure_file(log_dir, diagnosis.failure_record("failed", root, later, code))
             if later:

@@ -133,7 +133,7 @@ def test_error_record_and_decorator(tmp_path, monkeypatch):
         broken()
     record = diagnosis.read_error_file(str(path))
     assert record["rank"] == "3" and record["type"] == "KeyError" and "test_diagnosis.py:" in record["where"]
-    assert "Traceback" in record["traceback"]
+    assert "Traceback" in record["traceback"] and record["exit_code"] == 1
 
 
 @pytest.mark.parametrize("argv", [
@@ -152,6 +152,7 @@ def test_every_clip_entry_point_writes_the_error_file(tmp_path, clean_env, argv)
     line = proc.stderr.strip().splitlines()[-1]
     record = diagnosis.read_error_file(str(path))
     assert record["rank"] == "3" and record["type"] == "UserError" and line == f"error: {record['message']}"
+    assert record["exit_code"] == proc.returncode
 
 
 def test_a_rank_waiting_for_a_peer_beats_only_while_it_waits(tmp_path, monkeypatch):
