@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -475,9 +476,21 @@ EVAL_CASES = [
                                          "--set", "data.eval.type=imagefolder", "--set", "data.eval.path={ws}/folder",
                                          "--set", "output_dir={ws}/out"],
       "data.eval", {"c.yaml": cifar_config(), "folder/cat/readme.txt": "no images\n"}, category="wrong file"),
+    C("eval-imagefolder-classnames-binary", "eval",
+      ["--config", "{ws}/c.yaml", "--checkpoint", "{asset:ckpt}", "--set", "data.eval.type=imagefolder",
+       "--set", "data.eval.path={ws}/folder", "--set", "data.eval.classnames_file={ws}/names.txt",
+       "--set", "output_dir={ws}/out"],
+      "names.txt: cannot read data.eval.classnames_file",
+      {"c.yaml": cifar_config(), "folder": lambda ws, a: image_folder(ws / "folder", a["png"]),
+       "names.txt": b"\xff\xfe\x00cat\n"}, category="empty/binary file"),
     C("eval-metrics-json-as-config", "eval", ["--config", "{ws}/metrics.jsonl"], "metrics.jsonl",
       {"metrics.jsonl": '{"step": 1}\n{"step": 2}\n'}, category="wrong file"),
 ]
+
+
+def image_folder(root: Path, image: str) -> None:
+    (root / "cat").mkdir(parents=True)
+    shutil.copy(image, root / "cat" / "x.png")
 
 
 def evil_cifar(ws: Path) -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from clip.data.base import (ClassificationSource, DatasetConfig, check_templates, load_image_file, require_dir,
                              verify_sha256)
-from common.errors import UserError
+from common.errors import UserError, read_user_file
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 
@@ -37,8 +37,8 @@ def list_images(folder: str) -> list[str]:
 def read_classnames(path: str, n_folders: int, key: str = "data.eval") -> list[str]:
     if not os.path.isfile(path):
         raise UserError(f"{key}.classnames_file: {path!r} does not exist")
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
+    text = read_user_file(path, f"{key}.classnames_file (one UTF-8 class name per line)")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) != n_folders:
         raise UserError(f"{key}.classnames_file: {path!r} has {len(names)} names, "
                         f"expected one per class folder ({n_folders})")
