@@ -95,6 +95,15 @@ class TrainStep(nn.Cell):
         return ops.depend(loss, clamp_logit_scale(self.logit_scale)), norm
 
 
+def build_train_step(t, model, loss_fn, optimizer, reducer, scaler: Optional[LossScaler] = None) -> nn.Cell:
+    """The compiled step for train config `t`: TrainStep, or AccumulatingTrainStep for K > 1 micro-batches
+    (also used by bench/bench_memory.py, so the benchmark measures this very step)."""
+    if t.accum_steps > 1 or t.accum_mode != "contrastive":
+        return AccumulatingTrainStep(NetWithLoss(model, loss_fn), optimizer, reducer, t.accum_steps,
+                                     t.grad_clip_norm, scaler, t.accum_mode)
+    return TrainStep(model, loss_fn, optimizer, reducer, t.grad_clip_norm, scaler)
+
+
 # ---------------------------------------------------------------- the job
 
 def train(cfg: RunConfig) -> dict:
@@ -140,11 +149,7 @@ def train(cfg: RunConfig) -> dict:
     scaler = LossScaler(t.loss_scale_init) if t.precision == "fp16" else None
     loss_fn = ContrastiveLoss(cfg.loss.mode)
     reducer = distributed.grad_reducer(optimizer.parameters, info)
-    if t.accum_steps > 1 or t.accum_mode != "contrastive":
-        step_cell = AccumulatingTrainStep(NetWithLoss(model, loss_fn), optimizer, reducer, t.accum_steps,
-                                          t.grad_clip_norm, scaler, t.accum_mode)
-    else:
-        step_cell = TrainStep(model, loss_fn, optimizer, reducer, t.grad_clip_norm, scaler)
+    step_cell = build_train_step(t, model, loss_fn, optimizer, reducer, scaler)
     # The train step is the process's first compiled graph and the only one cached (clip.compile_cache).
     cache = compile_cache.enable_for_train_step(cfg.output_dir, to_dict(cfg), world, rank) if t.mode == "graph" else None
     stored_params = checkpoint.unique_parameters([model, optimizer] + ([scaler] if scaler else []))

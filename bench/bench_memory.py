@@ -1,0 +1,259 @@
+"""Peak memory and step time of a ViT-B/32 train step: plain, with recompute, and with contrastive accumulation.
+
+    flock /tmp/heavy.lock python bench/bench_memory.py [--batches 16 32 64] [--accum 4] [--steps 3]
+                                                       [--limit-gib 16] [--no-verify] [--quick] [--out FILE]
+
+Every configuration runs in a fresh process (so peaks do not mix) that builds the step exactly as
+clip.train does (create_model, recompute_blocks, build_optimizer, ContrastiveLoss, build_train_step:
+TrainStep or AccumulatingTrainStep; fp32, GRAPH_MODE, 1 process, CPU, fixed random inputs), records its
+RSS after the model and step are built, runs the first step (graph compilation) and `--steps` timed steps,
+and reports its peak RSS (`ru_maxrss`, nothing subtracted) and the median step time. Configurations:
+plain and `model.recompute: true` at each per-card batch, and `train.accum_steps: K` micro-batches of the
+smallest batch. Step-time ratios compare equal global batches (recompute B vs plain B; K x B accumulated
+vs plain K*B). Then peak = a + b * batch is fitted for plain and recompute, the largest batch under
+`--limit-gib` is predicted, and one step at that batch is run to check the prediction. Targets (issue 11):
+recompute cuts the peak by >= 40% at batch 64; K = 4 at batch 16 peaks within 10% of plain batch 16.
+`--quick` is a small smoke run of the same ViT-B/32 step (batches 4 8, K = 2, 1 timed step, no
+verification) written to bench/results/memory_quick.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from bench_train import fake_batch  # noqa: E402
+from common.safe_write import write_json  # noqa: E402
+
+PRESET = "clip_vit_b_32"
+GIB = 2 ** 30
+# Left free beside a verification run: the machine is shared, and running out of memory kills the job.
+HEADROOM_GIB = 1.0
+
+
+# ---------------------------------------------------------------- pure arithmetic
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares (a, b) of y = a + b * x; needs at least two distinct x."""
+    if len(xs) != len(ys) or len(set(xs)) < 2:
+        raise ValueError(f"a line needs at least two distinct x values, got {list(xs)}")
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - b * mx, b
+
+
+def largest_batch(a: float, b: float, limit: float) -> int:
+    """The largest integer batch with a + b * batch <= limit (0 if not even one sample fits)."""
+    if b <= 0:
+        raise ValueError(f"memory per sample must be positive, got {b}")
+    return max(0, math.floor((limit - a) / b))
+
+
+def reduction(value: float, baseline: float) -> float:
+    """How much smaller `value` is than `baseline`, as a fraction of the baseline (0.4 = 40% less)."""
+    return 1.0 - value / baseline
+
+
+# ---------------------------------------------------------------- one measurement (worker process)
+
+def rss_gib() -> float:
+    return psutil.Process().memory_info().rss / GIB
+
+
+def peak_rss_gib() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux: kilobytes
+
+
+def worker(args) -> None:
+    """Build clip.train's step for one configuration, then the first step and `steps` timed steps."""
+    import mindspore as ms
+    import numpy as np
+
+    from clip import distributed
+    from clip.config import load_config
+    from clip.loss import ContrastiveLoss
+    from clip.model import create_model
+    from clip.optim import build_optimizer
+    from clip.recompute import recompute_blocks
+    from clip.train import build_train_step
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    info = distributed.init_from_env()
+    cfg = load_config(None, [f"model.name={PRESET}", f"train.batch_size={args.batch}", "train.lr=1e-4",
+                             f"train.accum_steps={args.accum}", f"model.recompute={str(args.recompute).lower()}"])
+    t = cfg.train
+    ms.set_seed(0)
+    model = create_model(cfg.model.name)
+    marked = recompute_blocks(model, cfg.model.recompute)
+    optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
+    step = build_train_step(t, model, ContrastiveLoss(cfg.loss.mode), optimizer,
+                            distributed.grad_reducer(optimizer.parameters, info))
+    images, tokens = (ms.Tensor(x) for x in fake_batch(model.config, args.batch * args.accum, seed=0))
+    lr = ms.Tensor(np.float32(t.lr))
+    after_build = rss_gib()
+    start = time.perf_counter()
+    step(images, tokens, lr)[0].asnumpy()
+    first = time.perf_counter() - start
+    after_first = peak_rss_gib()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step(images, tokens, lr)[0].asnumpy()
+        times.append(time.perf_counter() - start)
+    peak = peak_rss_gib()
+    Path(args.result).write_text(json.dumps({
+        "batch": args.batch, "accum_steps": args.accum, "global_batch": args.batch * args.accum,
+        "recompute": args.recompute, "recomputed_blocks": marked, "steps": args.steps,
+        "rss_after_build_gib": round(after_build, 3), "peak_rss_after_first_step_gib": round(after_first, 3),
+        "peak_rss_gib": round(peak, 3), "step_increment_gib": round(peak - after_build, 3),
+        "first_step_s": round(first, 2), "step_s": round(statistics.median(times), 3) if times else None,
+        "step_times_s": [round(x, 3) for x in times]}))
+
+
+# ---------------------------------------------------------------- orchestration
+
+def measure(batch: int, steps: int, workdir: Path, recompute: bool = False, accum: int = 1) -> dict:
+    """One configuration in a fresh process; its result plus the load average."""
+    name = f"{'recompute' if recompute else 'plain'}_{batch}" + (f"_x{accum}" if accum > 1 else "")
+    result = workdir / f"{name}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--batch", str(batch), "--accum", str(accum),
+           "--steps", str(steps), "--result", str(result)] + (["--recompute"] if recompute else [])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_"))}
+    env["GLOG_v"] = "3"
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    out = json.loads(result.read_text())
+    out["wall_s"] = round(time.perf_counter() - start, 1)
+    out["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    step = f"{out['step_s']:.2f} s/step" if out["step_s"] is not None else "no timed step"
+    print(f"{name:16s} peak RSS {out['peak_rss_gib']:6.2f} GiB (after build {out['rss_after_build_gib']:.2f}), "
+          f"{step}, first step {out['first_step_s']:.1f} s, load {out['load_avg'][0]}", flush=True)
+    return out
+
+
+def summarise(runs: dict, batches: Sequence[int], accum: int) -> dict:
+    """Ratios against plain at the same batch / global batch and the two targets of issue 11."""
+    small, large = min(batches), max(batches)
+    table = []
+    for name, r in runs.items():
+        plain = runs.get(f"plain_{r['global_batch']}")
+        row = {"config": name, "batch": r["batch"], "accum_steps": r["accum_steps"], "recompute": r["recompute"],
+               "global_batch": r["global_batch"], "peak_rss_gib": r["peak_rss_gib"],
+               "rss_after_build_gib": r["rss_after_build_gib"], "step_increment_gib": r["step_increment_gib"],
+               "step_s": r["step_s"], "first_step_s": r["first_step_s"]}
+        if plain and plain is not r:
+            row["step_time_vs_plain_same_global_batch"] = round(r["step_s"] / plain["step_s"], 3)
+            row["peak_vs_plain_same_global_batch"] = round(r["peak_rss_gib"] / plain["peak_rss_gib"], 3)
+        table.append(row)
+    targets = {}
+    if f"recompute_{large}" in runs:
+        cut = reduction(runs[f"recompute_{large}"]["peak_rss_gib"], runs[f"plain_{large}"]["peak_rss_gib"])
+        inc_cut = reduction(runs[f"recompute_{large}"]["step_increment_gib"], runs[f"plain_{large}"]["step_increment_gib"])
+        targets["recompute_peak_cut"] = {"batch": large, "cut": round(cut, 3), "target": 0.40, "met": cut >= 0.40,
+                                         "cut_of_step_increment": round(inc_cut, 3)}
+    if f"plain_{small}_x{accum}" in runs:
+        over = runs[f"plain_{small}_x{accum}"]["peak_rss_gib"] / runs[f"plain_{small}"]["peak_rss_gib"] - 1.0
+        targets["accumulation_peak"] = {"batch": small, "accum_steps": accum, "over_plain": round(over, 3),
+                                        "target": 0.10, "met": over <= 0.10}
+    return {"table": table, "targets": targets}
+
+
+def fit_and_predict(runs: dict, batches: Sequence[int], limit_gib: float) -> dict:
+    """Per mode: peak = a + b * batch over the measured batches, and the largest batch under the limit."""
+    fits = {}
+    for mode in ("plain", "recompute"):
+        points = [(b, runs[f"{mode}_{b}"]["peak_rss_gib"]) for b in batches if f"{mode}_{b}" in runs]
+        if len({b for b, _ in points}) < 2:
+            continue
+        a, b = fit_line([p[0] for p in points], [p[1] for p in points])
+        fits[mode] = {"a_gib": round(a, 3), "b_gib_per_sample": round(b, 4), "b_mib_per_sample": round(b * 1024, 1),
+                      "limit_gib": limit_gib, "largest_batch": largest_batch(a, b, limit_gib)}
+    return fits
+
+
+def verify(fit: dict, mode: str, workdir: Path) -> dict:
+    """One step at the predicted largest batch, if the machine has the memory free right now."""
+    batch = fit["largest_batch"]
+    free = psutil.virtual_memory().available / GIB
+    if free < fit["limit_gib"] + HEADROOM_GIB:
+        return {"batch": batch, "skipped": f"only {free:.1f} GiB available, {fit['limit_gib'] + HEADROOM_GIB} needed"}
+    out = measure(batch, 0, workdir, recompute=mode == "recompute")
+    return {"batch": batch, "peak_rss_gib": out["peak_rss_gib"], "rss_after_build_gib": out["rss_after_build_gib"],
+            "first_step_s": out["first_step_s"], "predicted_gib": round(fit["a_gib"] + fit["b_gib_per_sample"] * batch, 3),
+            "fits": out["peak_rss_gib"] <= fit["limit_gib"]}
+
+
+def machine() -> dict:
+    return {"cpus": psutil.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+            "memory_gib": round(psutil.virtual_memory().total / GIB, 1)}
+
+
+def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64], help="per-card batches")
+    parser.add_argument("--accum", type=int, default=4, help="micro-batches of the smallest batch")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after the first (compile) step")
+    parser.add_argument("--limit-gib", type=float, default=16.0, help="memory of the card to fit")
+    parser.add_argument("--no-verify", action="store_true", help="do not run the predicted largest batches")
+    parser.add_argument("--quick", action="store_true", help="batches 4 8, K = 2, 1 step, no verification")
+    parser.add_argument("--out", default=None, help="default bench/results/memory.json (memory_quick.json)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batches, args.accum, args.steps, args.no_verify = [4, 8], 2, 1, True
+    args.out = args.out or str(REPO / "bench" / "results" / ("memory_quick.json" if args.quick else "memory.json"))
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    if args.worker:
+        worker(args)
+        return 0
+    batches = sorted(set(args.batches))
+    results = {"machine": machine(), "preset": PRESET, "precision": "fp32", "mode": "graph", "processes": 1,
+               "steps": args.steps, "unit": "GiB (2**30 bytes); peak = ru_maxrss of the worker process", "runs": {}}
+    runs = results["runs"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in batches:
+            runs[f"plain_{batch}"] = measure(batch, args.steps, Path(tmp))
+            runs[f"recompute_{batch}"] = measure(batch, args.steps, Path(tmp), recompute=True)
+        if args.accum > 1:
+            runs[f"plain_{batches[0]}_x{args.accum}"] = measure(batches[0], args.steps, Path(tmp), accum=args.accum)
+        results.update(summarise(runs, batches, args.accum))
+        results["largest_batch"] = fit_and_predict(runs, batches, args.limit_gib)
+        if not args.no_verify:
+            for mode, fit in results["largest_batch"].items():
+                fit["verified"] = verify(fit, mode, Path(tmp))
+    for name, target in results["targets"].items():
+        print(f"{name}: {target}", flush=True)
+    for mode, fit in results["largest_batch"].items():
+        print(f"{mode}: peak = {fit['a_gib']} + {fit['b_gib_per_sample']} GiB x batch -> largest batch under "
+              f"{fit['limit_gib']} GiB: {fit['largest_batch']}" + (f"; verified {fit['verified']}" if "verified" in fit else ""),
+              flush=True)
+    results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    write_json(args.out, results, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
