@@ -1,7 +1,8 @@
 """Peak memory and step time of a ViT-B/32 train step: plain, with recompute, and with contrastive accumulation.
 
     flock /tmp/heavy.lock python bench/bench_memory.py [--batches 16 32 64] [--accum 4] [--steps 3]
-                                                       [--limit-gib 16] [--no-verify] [--quick] [--out FILE]
+                                                       [--limit-gib 16] [--no-verify] [--quick]
+                                                       [--train-mode graph|pynative] [--out FILE]
 
 Every configuration runs in a fresh process (so peaks do not mix) that builds the step exactly as
 clip.train does (create_model, recompute_blocks, build_optimizer, ContrastiveLoss, build_train_step:
@@ -13,6 +14,8 @@ smallest batch. Step-time ratios compare equal global batches (recompute B vs pl
 vs plain K*B). Then peak = a + b * batch is fitted for plain and recompute, the largest batch under
 `--limit-gib` is predicted, and one step at that batch is run to check the prediction. Targets (issue 11):
 recompute cuts the peak by >= 40% at batch 64; K = 4 at batch 16 peaks within 10% of plain batch 16.
+`--train-mode pynative` measures the same step uncompiled (results in memory_pynative.json): on the
+CPU backend the compiled graph keeps its activations, PYNATIVE frees each tensor after its last use.
 `--quick` is a small smoke run of the same ViT-B/32 step (batches 4 8, K = 2, 1 timed step, no
 verification) written to bench/results/memory_quick.json.
 """
@@ -90,9 +93,9 @@ def worker(args) -> None:
     from clip.recompute import recompute_blocks
     from clip.train import build_train_step
 
-    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_context(mode=ms.GRAPH_MODE if args.train_mode == "graph" else ms.PYNATIVE_MODE)
     info = distributed.init_from_env()
-    cfg = load_config(None, [f"model.name={PRESET}", f"train.batch_size={args.batch}", "train.lr=1e-4",
+    cfg = load_config(None, [f"model.name={PRESET}", f"train.batch_size={args.batch}", "train.lr=1e-4", f"train.mode={args.train_mode}",
                              f"train.accum_steps={args.accum}", f"model.recompute={str(args.recompute).lower()}"])
     t = cfg.train
     ms.set_seed(0)
@@ -125,12 +128,13 @@ def worker(args) -> None:
 
 # ---------------------------------------------------------------- orchestration
 
-def measure(batch: int, steps: int, workdir: Path, recompute: bool = False, accum: int = 1) -> dict:
+def measure(batch: int, steps: int, workdir: Path, recompute: bool = False, accum: int = 1,
+            train_mode: str = "graph") -> dict:
     """One configuration in a fresh process; its result plus the load average."""
     name = f"{'recompute' if recompute else 'plain'}_{batch}" + (f"_x{accum}" if accum > 1 else "")
     result = workdir / f"{name}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--batch", str(batch), "--accum", str(accum),
-           "--steps", str(steps), "--result", str(result)] + (["--recompute"] if recompute else [])
+           "--steps", str(steps), "--train-mode", train_mode, "--result", str(result)] + (["--recompute"] if recompute else [])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_"))}
     env["GLOG_v"] = "3"
     start = time.perf_counter()
@@ -186,13 +190,13 @@ def fit_and_predict(runs: dict, batches: Sequence[int], limit_gib: float) -> dic
     return fits
 
 
-def verify(fit: dict, mode: str, workdir: Path) -> dict:
+def verify(fit: dict, mode: str, workdir: Path, train_mode: str) -> dict:
     """One step at the predicted largest batch, if the machine has the memory free right now."""
     batch = fit["largest_batch"]
     free = psutil.virtual_memory().available / GIB
     if free < fit["limit_gib"] + HEADROOM_GIB:
         return {"batch": batch, "skipped": f"only {free:.1f} GiB available, {fit['limit_gib'] + HEADROOM_GIB} needed"}
-    out = measure(batch, 0, workdir, recompute=mode == "recompute")
+    out = measure(batch, 0, workdir, recompute=mode == "recompute", train_mode=train_mode)
     return {"batch": batch, "peak_rss_gib": out["peak_rss_gib"], "rss_after_build_gib": out["rss_after_build_gib"],
             "first_step_s": out["first_step_s"], "predicted_gib": round(fit["a_gib"] + fit["b_gib_per_sample"] * batch, 3),
             "fits": out["peak_rss_gib"] <= fit["limit_gib"]}
@@ -209,9 +213,11 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--accum", type=int, default=4, help="micro-batches of the smallest batch")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the first (compile) step")
     parser.add_argument("--limit-gib", type=float, default=16.0, help="memory of the card to fit")
+    parser.add_argument("--train-mode", choices=("graph", "pynative"), default="graph",
+                        help="train.mode of the step (graph = compiled, as training runs by default)")
     parser.add_argument("--no-verify", action="store_true", help="do not run the predicted largest batches")
     parser.add_argument("--quick", action="store_true", help="batches 4 8, K = 2, 1 step, no verification")
-    parser.add_argument("--out", default=None, help="default bench/results/memory.json (memory_quick.json)")
+    parser.add_argument("--out", default=None, help="default bench/results/memory[_pynative][_quick].json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
@@ -219,7 +225,8 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.accum, args.steps, args.no_verify = [4, 8], 2, 1, True
-    args.out = args.out or str(REPO / "bench" / "results" / ("memory_quick.json" if args.quick else "memory.json"))
+    name = "memory" + ("_pynative" if args.train_mode == "pynative" else "") + ("_quick" if args.quick else "")
+    args.out = args.out or str(REPO / "bench" / "results" / f"{name}.json")
     return args
 
 
@@ -229,20 +236,22 @@ def main() -> int:
         worker(args)
         return 0
     batches = sorted(set(args.batches))
-    results = {"machine": machine(), "preset": PRESET, "precision": "fp32", "mode": "graph", "processes": 1,
+    results = {"machine": machine(), "preset": PRESET, "precision": "fp32", "mode": args.train_mode, "processes": 1,
                "steps": args.steps, "unit": "GiB (2**30 bytes); peak = ru_maxrss of the worker process", "runs": {}}
     runs = results["runs"]
     with tempfile.TemporaryDirectory() as tmp:
         for batch in batches:
-            runs[f"plain_{batch}"] = measure(batch, args.steps, Path(tmp))
-            runs[f"recompute_{batch}"] = measure(batch, args.steps, Path(tmp), recompute=True)
+            runs[f"plain_{batch}"] = measure(batch, args.steps, Path(tmp), train_mode=args.train_mode)
+            runs[f"recompute_{batch}"] = measure(batch, args.steps, Path(tmp), recompute=True,
+                                                 train_mode=args.train_mode)
         if args.accum > 1:
-            runs[f"plain_{batches[0]}_x{args.accum}"] = measure(batches[0], args.steps, Path(tmp), accum=args.accum)
+            runs[f"plain_{batches[0]}_x{args.accum}"] = measure(batches[0], args.steps, Path(tmp), accum=args.accum,
+                                                                 train_mode=args.train_mode)
         results.update(summarise(runs, batches, args.accum))
         results["largest_batch"] = fit_and_predict(runs, batches, args.limit_gib)
         if not args.no_verify:
             for mode, fit in results["largest_batch"].items():
-                fit["verified"] = verify(fit, mode, Path(tmp))
+                fit["verified"] = verify(fit, mode, Path(tmp), args.train_mode)
     for name, target in results["targets"].items():
         print(f"{name}: {target}", flush=True)
     for mode, fit in results["largest_batch"].items():
