@@ -1,0 +1,54 @@
+"""The arithmetic of bench/bench_memory.py: the memory line fit, the largest batch under a limit, the targets."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import bench_memory  # noqa: E402
+
+
+def test_fit_line_recovers_an_exact_line_and_least_squares_of_a_noisy_one():
+    a, b = bench_memory.fit_line([16, 32, 64], [3.0 + 0.125 * x for x in (16, 32, 64)])
+    assert a == pytest.approx(3.0) and b == pytest.approx(0.125)
+    a, b = bench_memory.fit_line([0, 1, 2], [0.0, 2.0, 1.0])
+    assert a == pytest.approx(0.5) and b == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="two distinct"):
+        bench_memory.fit_line([16, 16], [1.0, 2.0])
+
+
+def test_largest_batch_is_the_last_batch_under_the_limit():
+    assert bench_memory.largest_batch(3.0, 0.125, 16.0) == 104  # 3 + 0.125 * 104 = 16 exactly
+    assert bench_memory.largest_batch(3.0, 0.14, 16.0) == 92  # 92 -> 15.88 GiB, 93 -> 16.02 GiB
+    assert bench_memory.largest_batch(17.0, 0.1, 16.0) == 0
+    with pytest.raises(ValueError, match="positive"):
+        bench_memory.largest_batch(3.0, 0.0, 16.0)
+
+
+def run(batch, peak, after_build=1.0, step_s=1.0, accum=1, recompute=False):
+    return {"batch": batch, "accum_steps": accum, "global_batch": batch * accum, "recompute": recompute,
+            "peak_rss_gib": peak, "rss_after_build_gib": after_build, "step_increment_gib": peak - after_build,
+            "step_s": step_s, "first_step_s": 10.0}
+
+
+def test_summary_compares_equal_global_batches_and_judges_both_targets():
+    runs = {"plain_16": run(16, 5.0), "recompute_16": run(16, 4.0, step_s=1.3, recompute=True),
+            "plain_64": run(64, 10.0, step_s=4.0), "recompute_64": run(64, 5.5, step_s=5.0, recompute=True),
+            "plain_16_x4": run(16, 5.6, step_s=6.0, accum=4)}
+    out = bench_memory.summarise(runs, [16, 64], 4)
+    rows = {r["config"]: r for r in out["table"]}
+    assert rows["recompute_64"]["step_time_vs_plain_same_global_batch"] == 1.25
+    assert rows["plain_16_x4"]["step_time_vs_plain_same_global_batch"] == 1.5  # against plain_64
+    assert "step_time_vs_plain_same_global_batch" not in rows["plain_16"]
+    cut = out["targets"]["recompute_peak_cut"]
+    assert cut["cut"] == 0.45 and cut["met"] and cut["batch"] == 64
+    accum = out["targets"]["accumulation_peak"]
+    assert accum["over_plain"] == 0.12 and not accum["met"]
+
+
+def test_fit_and_predict_per_mode():
+    runs = {f"plain_{b}": run(b, 3.0 + 0.125 * b) for b in (16, 32, 64)}
+    runs["recompute_16"] = run(16, 3.5, recompute=True)
+    fits = bench_memory.fit_and_predict(runs, [16, 32, 64], 16.0)
+    assert fits["plain"]["largest_batch"] == 104 and fits["plain"]["b_mib_per_sample"] == 128.0
+    assert "recompute" not in fits  # one point is no line
