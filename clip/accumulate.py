@@ -3,7 +3,8 @@
 Plain accumulation (K losses over K micro-batches, gradients summed) is another objective: each sample sees
 only 1/K of the negatives. This step keeps the one global loss, as open_clip's `accum_freq` / GradCache do:
 
-1. encode the K micro-batches of this rank without gradients (activations of one micro-batch at a time);
+1. encode the K micro-batches of this rank without gradients (only one micro-batch's activations are needed at a
+   time; the CPU graph runtime still keeps all of them, PYNATIVE frees them: docs/training.md);
 2. compute the global contrastive loss over all K*B local and W*K*B gathered features and its gradient with
    respect to the features and the temperature only (the loss is cheap; AllGatherWithGrad's backward hands
    every rank the gradient of its own rows);
