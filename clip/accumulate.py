@@ -3,8 +3,8 @@
 Plain accumulation (K losses over K micro-batches, gradients summed) is another objective: each sample sees
 only 1/K of the negatives. This step keeps the one global loss, as open_clip's `accum_freq` / GradCache do:
 
-1. encode the K micro-batches of this rank without gradients (only one micro-batch's activations are needed at a
-   time; the CPU graph runtime still keeps all of them, PYNATIVE frees them: docs/training.md);
+1. encode the K micro-batches of this rank without gradients (only one micro-batch's activations are alive at a
+   time: each phase is its own compiled graph, see AccumulatingTrainStep);
 2. compute the global contrastive loss over all K*B local and W*K*B gathered features and its gradient with
    respect to the features and the temperature only (the loss is cheap; AllGatherWithGrad's backward hands
    every rank the gradient of its own rows);
@@ -25,61 +25,129 @@ from clip.loss import clamp_logit_scale
 from clip.optim import GradientUpdate
 
 
-class AccumulatingTrainStep(nn.Cell):
+class AccumulatingTrainStep:
     """TrainStep's contract for K micro-batches: inputs hold this rank's K*B samples (micro-batch k is rows
     k*B..(k+1)*B); returns (this rank's share of the global loss, global gradient norm). `net` is the
-    train step's model + loss Cell (clip.train.NetWithLoss)."""
+    train step's model + loss Cell (clip.train.NetWithLoss).
+
+    The step is a short Python loop over compiled graphs, one per phase, each compiled once: a single graph
+    for the whole step keeps every micro-batch's activations alive until it returns (measured on CPU:
+    K = 4 x 16 peaked like plain batch 64), while a graph call frees its intermediates when it returns, so
+    the peak is one micro-batch's activations plus the gradient sum."""
 
     def __init__(self, net, optimizer, reducer, accum_steps: int, grad_clip_norm: float = 0.0, scaler=None,
                  mode: str = "contrastive"):
-        super().__init__(auto_prefix=False)
         if mode not in ACCUM_MODES:
             raise ValueError(f"accumulation mode {mode!r} is not one of {', '.join(ACCUM_MODES)}")
-        self.net = net
-        self.model = net.model
-        self.loss_fn = net.loss_fn
-        self.weights = optimizer.parameters
-        self.reducer = reducer
-        self.update = GradientUpdate(optimizer, grad_clip_norm, scaler)
-        self.logit_scale = net.model.logit_scale
         self.k = accum_steps
         self.plain = mode == "plain"
-        self.scaler = scaler
-        self.dynamic = scaler is not None
-        self.loss_grad = ops.GradOperation(get_all=True, sens_param=True)
-        self.tower_grad = ops.GradOperation(get_by_list=True, sens_param=True)
-        self.net_grad = ops.GradOperation(get_by_list=True, sens_param=True)
-        self.hyper_map = ops.HyperMap()
+        self.weights = optimizer.parameters
+        self.encode = _Encode(net.model)
+        self.loss_grad = _LossGrad(net.loss_fn, scaler)
+        self.tower_grad = _TowerGrad(net.model, self.weights)
+        self.net_grad = _NetGrad(net, self.weights, scaler, accum_steps)
+        self.update = _Update(optimizer, reducer, grad_clip_norm, scaler, net.model.logit_scale)
 
-    def construct(self, images, tokens, lr):
+    def __call__(self, images, tokens, lr):
         b = images.shape[0] // self.k
-        sens = self.scaler.scale if self.dynamic else ops.ones((), ms.float32)
-        grads = None
+        parts = [(images[i * b:(i + 1) * b], tokens[i * b:(i + 1) * b]) for i in range(self.k)]
+        # One graph per phase, so the gradient sum starts from zeros rather than from a second graph for the
+        # first micro-batch (CPU keeps each graph's memory). A tuple of tensors is a compile-time constant to
+        # MindSpore unless marked mutable.
+        grads = ms.mutable(tuple(ops.zeros_like(w) for w in self.weights))
         if self.plain:
             loss = 0.0
-            for i in range(self.k):
-                x, t = images[i * b:(i + 1) * b], tokens[i * b:(i + 1) * b]
-                loss = loss + self.net(x, t) / self.k
-                g = self.net_grad(self.net, self.weights)(x, t, sens / self.k)
-                grads = g if grads is None else self.hyper_map(ops.add, grads, g)
-        else:
-            image_parts, text_parts = [], []
-            scale = None
-            for i in range(self.k):
-                image, text, scale = self.model(images[i * b:(i + 1) * b], tokens[i * b:(i + 1) * b])
-                image_parts.append(ops.stop_gradient(image))
-                text_parts.append(ops.stop_gradient(text))
-            image_all = ops.concat(image_parts, 0)
-            text_all = ops.concat(text_parts, 0)
-            scale = ops.stop_gradient(scale)
-            loss = self.loss_fn(image_all, text_all, scale)
-            d_image, d_text, d_scale = self.loss_grad(self.loss_fn)(image_all, text_all, scale, sens)
-            for i in range(self.k):
-                # the temperature's gradient flows through the model once, with the first micro-batch
-                d_scale_i = d_scale if i == 0 else ops.zeros_like(d_scale)
-                g = self.tower_grad(self.model, self.weights)(
-                    images[i * b:(i + 1) * b], tokens[i * b:(i + 1) * b],
-                    (d_image[i * b:(i + 1) * b], d_text[i * b:(i + 1) * b], d_scale_i))
-                grads = g if grads is None else self.hyper_map(ops.add, grads, g)
+            for x, t in parts:
+                part_loss, grads = self.net_grad(x, t, ms.mutable(grads))
+                loss = loss + part_loss
+            return loss / self.k, self.update(ms.mutable(grads), lr)
+        features = [self.encode(x, t) for x, t in parts]
+        image_all = ops.concat([f[0] for f in features], 0)
+        text_all = ops.concat([f[1] for f in features], 0)
+        loss, d_image, d_text, d_scale = self.loss_grad(image_all, text_all, features[0][2])
+        no_scale = ops.zeros_like(d_scale)
+        for i, (x, t) in enumerate(parts):
+            # the temperature's gradient flows through the model once, with the first micro-batch
+            grads = self.tower_grad(x, t, d_image[i * b:(i + 1) * b], d_text[i * b:(i + 1) * b],
+                                    d_scale if i == 0 else no_scale, ms.mutable(grads))
+        return loss, self.update(ms.mutable(grads), lr)
+
+
+class _Encode(nn.Cell):
+    """Features of one micro-batch, no gradient."""
+
+    def __init__(self, model):
+        super().__init__(auto_prefix=False)
+        self.model = model
+
+    def construct(self, images, tokens):
+        image, text, scale = self.model(images, tokens)
+        return ops.stop_gradient(image), ops.stop_gradient(text), ops.stop_gradient(scale)
+
+
+class _LossGrad(nn.Cell):
+    """The global loss over all cached features and its gradient with respect to them and the temperature
+    (times the fp16 loss scale)."""
+
+    def __init__(self, loss_fn, scaler):
+        super().__init__(auto_prefix=False)
+        self.loss_fn = loss_fn
+        self.scaler = scaler
+        self.dynamic = scaler is not None
+        self.grad = ops.GradOperation(get_all=True, sens_param=True)
+
+    def construct(self, image_all, text_all, scale):
+        sens = self.scaler.scale if self.dynamic else ops.ones((), ms.float32)
+        loss = self.loss_fn(image_all, text_all, scale)
+        d_image, d_text, d_scale = self.grad(self.loss_fn)(image_all, text_all, scale, sens)
+        return loss, d_image, d_text, d_scale
+
+
+class _TowerGrad(nn.Cell):
+    """Re-encode one micro-batch with gradients, back-propagate the cached feature gradients through the
+    towers and add the result to the sum so far."""
+
+    def __init__(self, model, weights):
+        super().__init__(auto_prefix=False)
+        self.model = model
+        self.weights = weights
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, images, tokens, d_image, d_text, d_scale, acc):
+        grads = self.grad(self.model, self.weights)(images, tokens, (d_image, d_text, d_scale))
+        return self.hyper_map(ops.add, acc, grads)
+
+
+class _NetGrad(nn.Cell):
+    """Plain accumulation (the wrong objective): one micro-batch's own loss, its gradient / K added to the sum."""
+
+    def __init__(self, net, weights, scaler, accum_steps: int):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.weights = weights
+        self.scaler = scaler
+        self.dynamic = scaler is not None
+        self.k = accum_steps
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, images, tokens, acc):
+        sens = self.scaler.scale if self.dynamic else ops.ones((), ms.float32)
+        loss = self.net(images, tokens)
+        grads = self.grad(self.net, self.weights)(images, tokens, sens / self.k)
+        return loss, self.hyper_map(ops.add, acc, grads)
+
+
+class _Update(nn.Cell):
+    """One mean all-reduce, the optimiser update (clipping, fp16 unscaling) and the clamp of logit_scale."""
+
+    def __init__(self, optimizer, reducer, grad_clip_norm, scaler, logit_scale):
+        super().__init__(auto_prefix=False)
+        self.reducer = reducer
+        self.update = GradientUpdate(optimizer, grad_clip_norm, scaler)
+        self.logit_scale = logit_scale
+
+    def construct(self, grads, lr):
         norm = self.update(self.reducer(grads), lr)
-        return ops.depend(loss, clamp_logit_scale(self.logit_scale)), norm
+        return ops.depend(norm, clamp_logit_scale(self.logit_scale))
