@@ -9,9 +9,9 @@ numbers. So this module
 - keys the directory by everything the train step's graph depends on: the resolved config (less the
   fields that only steer the loop: output paths, logging, saving, evaluation cadence, data), world size,
   rank, MindSpore and Python versions and a hash of the clip and common sources;
-- caches only the first graph of the process (the train step, compiled before anything else) and turns
-  caching off right after it, so that evaluation graphs, whose order and shapes depend on the data, are
-  always compiled afresh.
+- caches only the graphs compiled during the first train-step call (one for the plain step; one per phase,
+  always in the same order, for the accumulating step) and turns caching off right after it, so that
+  evaluation graphs, whose order and shapes depend on the data, are always compiled afresh.
 The directory lives under the run's output_dir (`<output_dir>/compile_cache/<key>`), where a resumed or
 restarted job finds it; a new run in a new output_dir starts cold. A user who sets
 `MS_COMPILER_CACHE_PATH` or `MS_COMPILER_CACHE_ENABLE` takes over and this module stays out of the way.
