@@ -3,8 +3,9 @@
     python bench/bench_compile.py [--presets clip_tiny clip_vit_b_32] [--batch 4] [--out bench/results/compile.json]
 
 Runs `python -m clip.train` (1 rank, graph mode, synthetic `shapes` data, 1 step, log every step) three
-times in one output_dir: cold, the same job again (the train step's graph comes from
-`<output_dir>/compile_cache`), and with a changed graph constant (train.beta2), which must compile afresh.
+times, each in its own output_dir and all with one fresh compile-cache root (`CLIP_COMPILE_CACHE_DIR`):
+cold, the same job again (the train step's graph comes from the cache), and with a changed graph
+constant (train.beta2), which must compile afresh.
 The first step's time is read from the job's own metrics (step 1's samples/s covers compilation and the
 step since the loop started); the process wall time (launch to exit) is reported too.
 """
@@ -22,13 +23,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def launch(out: Path, preset: str, batch: int, extra: list) -> dict:
+def launch(out: Path, cache: Path, preset: str, batch: int, extra: list) -> dict:
     overrides = [f"model.name={preset}", "data.train.type=shapes", f"data.train.num_samples={batch}", "data.eval=null",
                  f"train.batch_size={batch}", "train.max_steps=1", "train.log_every=1", "train.resume=none",
                  "train.mode=graph", "train.overwrite=true", f"output_dir={out}"] + extra
     cmd = [sys.executable, "-m", "clip.train"] + [a for o in overrides for a in ("--set", o)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_"))}
-    env["GLOG_v"] = "3"
+    env.update(GLOG_v="3", CLIP_COMPILE_CACHE_DIR=str(cache))
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - start
@@ -49,11 +50,11 @@ def main() -> int:
     results = {"load_avg_at_start": [round(x, 2) for x in os.getloadavg()], "batch": args.batch, "presets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
-            out = Path(tmp) / preset
-            entry = {"cold": launch(out, preset, args.batch, []),
-                     "second_launch": launch(out, preset, args.batch, []),
-                     "changed_beta2": launch(out, preset, args.batch, ["train.beta2=0.9"])}
-            entry["cache_dirs"] = len(list((out / "compile_cache").iterdir()))
+            runs, cache = Path(tmp) / preset, Path(tmp) / preset / "cache"
+            entry = {"cold": launch(runs / "cold", cache, preset, args.batch, []),
+                     "second_launch": launch(runs / "again", cache, preset, args.batch, []),
+                     "changed_beta2": launch(runs / "beta2", cache, preset, args.batch, ["train.beta2=0.9"])}
+            entry["cache_dirs"] = len([p for p in cache.iterdir() if p.is_dir()])
             entry["same_loss_on_second_launch"] = entry["cold"]["loss"] == entry["second_launch"]["loss"]
             print(f"{preset}: first step cold {entry['cold']['first_step_s']} s, second launch "
                   f"{entry['second_launch']['first_step_s']} s, changed config {entry['changed_beta2']['first_step_s']} s "

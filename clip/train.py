@@ -151,7 +151,7 @@ def train(cfg: RunConfig) -> dict:
     reducer = distributed.grad_reducer(optimizer.parameters, info)
     step_cell = build_train_step(t, model, loss_fn, optimizer, reducer, scaler)
     # The train step's graphs are the first the process compiles and the only ones cached (clip.compile_cache).
-    cache = compile_cache.enable_for_train_step(cfg.output_dir, to_dict(cfg), world, rank) if t.mode == "graph" else None
+    cache = compile_cache.enable_for_train_step(to_dict(cfg), world, rank) if t.mode == "graph" else None
     stored_params = checkpoint.unique_parameters([model, optimizer] + ([scaler] if scaler else []))
     if resume_from:
         fresh_scaler = meta["precision"] != t.precision  # allowed by train.resume_reset_scaler

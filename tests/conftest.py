@@ -1,5 +1,8 @@
 """Shared test fixtures. Tests run real MindSpore and real processes; nothing is mocked."""
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +10,16 @@ import pytest
 from clusters import clean_environ
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    """One compile cache for the session's runs (keyed by graph, so runs share it exactly as a user's runs
+    do), never the user's own ~/.cache/mindclip/compile."""
+    os.environ["CLIP_COMPILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="clip-compile-cache-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ.pop("CLIP_COMPILE_CACHE_DIR", ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

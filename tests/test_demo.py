@@ -66,11 +66,13 @@ def test_demo_config_reaches_60_percent_zero_shot(demo):
 @pytest.mark.slow
 def test_demo_in_fp16_learns_like_fp32(demo, tmp_path):
     out = tmp_path / "fp16"
-    run_demo(out, "train.precision=fp16", "train.stop_after=200")
+    run_demo(out, "train.precision=fp16", "train.stop_after=100")
     fp32, fp16 = by_step(demo[0], "eval_top1"), by_step(out, "eval_top1")
-    assert sorted(fp16) == [100, 200]
-    assert fp16[200] > fp16[100] + 5, f"fp16 demo did not learn: {fp16}"
-    assert abs(fp16[200] - fp32[200]) <= 5.0, f"fp16 demo {fp16[200]:.2f}% vs fp32 {fp32[200]:.2f}% at step 200"
+    assert sorted(fp16) == [100]
+    losses = by_step(out, "loss")
+    assert losses[100] < losses[10] - 1.0, f"fp16 demo did not learn: losses {losses}"
+    assert fp16[100] > 5 * 100 / 24, f"fp16 demo is near chance: {fp16[100]:.2f}%"
+    assert abs(fp16[100] - fp32[100]) <= 5.0, f"fp16 demo {fp16[100]:.2f}% vs fp32 {fp32[100]:.2f}% at step 100"
     scales = list(by_step(out, "loss_scale").values())
     assert scales and all(s >= 1 for s in scales)
 
