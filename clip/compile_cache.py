@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Mapping, Optional
@@ -111,7 +112,9 @@ def claim(root: str, key: str) -> Optional[Claim]:
     try:
         os.makedirs(root, exist_ok=True)
         lock = open(path + ".lock", "a")
-    except OSError:
+    except OSError as err:
+        print(f"warning: {ROOT_ENV}={root}: cannot write there ({err.strerror}); compiling without the cache",
+              file=sys.stderr)
         return None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -91,9 +91,11 @@ def test_a_crashed_writers_directory_is_wiped_and_an_empty_one_never_marked_comp
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def test_an_unwritable_root_means_no_cache(tmp_path):
+def test_an_unwritable_root_means_no_cache_and_one_warning_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert claim(str(tmp_path / "file" / "below"), "k") is None
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {ROOT_ENV}={tmp_path / 'file' / 'below'}: cannot write")
 
 
 @pytest.fixture(scope="module")
