@@ -388,14 +388,19 @@ def supervise(specs: Sequence[WorkerSpec], *, grace: float, timeout: Optional[fl
                 err.write(f"launcher: failure summary in {path}\n")
             outcome = Outcome(code, "failed", specs[root_index], root.returncode)
         elif hung:
-            report = _dump_stacks(group, hung, err)
+            # The stuck rank and the ranks blocked in a collective waiting for it go silent within moments of
+            # each other, in either order; so every rank silent for half the timeout is a suspect, and its
+            # stack tells which is which.
+            suspects = _silent(group, workers, codes, hang_timeout / 2)
+            report = _dump_stacks(group, list(suspects), err)
             # a rank blocked inside MindSpore (a collective) is usually waiting for the one stuck in its own code
             stuck = [item for item in report if not item["waiting"]] or report
-            for item in report:
+            for index, item in zip(suspects, report):
                 what = "hung" if item in stuck else "waiting inside MindSpore, probably for the hung rank"
-                err.write(f"launcher: {item['name']} {what}: no heartbeat for {hang_timeout:g} s; "
+                err.write(f"launcher: {item['name']} {what}: no heartbeat for {suspects[index]:.0f} s; "
                           f"it was at {item['line'] or 'an unknown line'} ({item['how']})\n")
                 item["hung"] = item in stuck
+                item["silent_s"] = round(suspects[index], 1)
             survivors = group.stop(grace)
             path = diagnosis.write_failure_file(log_dir, diagnosis.failure_record("hang", None, [], 124, report))
             if path:
@@ -418,9 +423,15 @@ def supervise(specs: Sequence[WorkerSpec], *, grace: float, timeout: Optional[fl
 
 def _hung(group: Group, workers: Sequence[int], codes: Dict[int, Optional[int]], hang_timeout: float) -> List[int]:
     """Running workers whose heartbeat is older than `hang_timeout` (never beating: not watched)."""
+    return list(_silent(group, workers, codes, hang_timeout))
+
+
+def _silent(group: Group, workers: Sequence[int], codes: Dict[int, Optional[int]],
+            longer_than: float) -> Dict[int, float]:
+    """Running workers whose heartbeat is older than `longer_than` seconds, with that age."""
     now = time.time()
-    return [i for i in workers if codes[i] is None
-            and (diagnosis.heartbeat_age(heartbeat_file(group.specs[i]), now) or 0.0) > hang_timeout]
+    ages = {i: diagnosis.heartbeat_age(heartbeat_file(group.specs[i]), now) for i in workers if codes[i] is None}
+    return {i: age for i, age in ages.items() if age is not None and age > longer_than}
 
 
 def run_attempts(make_specs: Callable[[int], List[WorkerSpec]], *, max_restarts: int, grace: float,

@@ -70,6 +70,10 @@ def test_hung_rank_is_named_with_its_line_and_everything_stops(tmp_path, clean_e
     assert len(lines) == 1 and "rank 1" in lines[0] and f"supervised_job.py:{HANG_LINE} in hang" in lines[0]
     record = json.loads((tmp_path / "logs" / "failure.json").read_text())
     assert [item["rank"] for item in record["hung"] if item["hung"]] == [1]
+    # rank 0 went silent in the same moment, blocked in AllReduce: whichever crossed the timeout first, it is
+    # named as waiting, not as the hung one
+    waiting = [line for line in proc.stderr.splitlines() if "waiting inside MindSpore" in line]
+    assert len(waiting) == 1 and "rank 0" in waiting[0], proc.stderr
     assert leftovers(str(tmp_path)) == []
 
 
