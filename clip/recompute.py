@@ -1,6 +1,6 @@
 """Activation recompute (`model.recompute`): residual blocks whose activations are recomputed in the backward
 pass instead of stored (MindSpore's `Cell.recompute()`), so a card fits a larger batch at some extra compute.
-Gradients are unchanged (tests/test_recompute.py)."""
+Gradients are unchanged (tests/test_accumulate.py)."""
 from __future__ import annotations
 
 from typing import Union
