@@ -18,7 +18,8 @@ Step 3 gives exactly dL/dtheta = sum_k (dL/df_k)(df_k/dtheta), the gradient of t
 from __future__ import annotations
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import initializer
 
 from clip.config import ACCUM_MODES
 from clip.loss import clamp_logit_scale
@@ -42,25 +43,26 @@ class AccumulatingTrainStep:
         self.k = accum_steps
         self.plain = mode == "plain"
         self.weights = optimizer.parameters
+        # The running gradient sum lives in Parameters that each micro-batch's graph adds to in place, so that
+        # graph holds its own gradients only, not also the sum it was given and the sum it returns.
+        self.sum = ms.ParameterTuple([Parameter(initializer("zeros", w.shape, w.dtype), name=f"grad_sum.{w.name}",
+                                                requires_grad=False) for w in self.weights])
+        self.zero = _Zero(self.sum)
         self.encode = _Encode(net.model)
         self.loss_grad = _LossGrad(net.loss_fn, scaler)
-        self.tower_grad = _TowerGrad(net.model, self.weights)
-        self.net_grad = _NetGrad(net, self.weights, scaler, accum_steps)
-        self.update = _Update(optimizer, reducer, grad_clip_norm, scaler, net.model.logit_scale)
+        self.tower_grad = _TowerGrad(net.model, self.weights, self.sum)
+        self.net_grad = _NetGrad(net, self.weights, scaler, accum_steps, self.sum)
+        self.update = _Update(optimizer, reducer, grad_clip_norm, scaler, net.model.logit_scale, self.sum)
 
     def __call__(self, images, tokens, lr):
         b = images.shape[0] // self.k
         parts = [(images[i * b:(i + 1) * b], tokens[i * b:(i + 1) * b]) for i in range(self.k)]
-        # One graph per phase, so the gradient sum starts from zeros rather than from a second graph for the
-        # first micro-batch (CPU keeps each graph's memory). A tuple of tensors is a compile-time constant to
-        # MindSpore unless marked mutable.
-        grads = ms.mutable(tuple(ops.zeros_like(w) for w in self.weights))
+        self.zero()
         if self.plain:
             loss = 0.0
             for x, t in parts:
-                part_loss, grads = self.net_grad(x, t, ms.mutable(grads))
-                loss = loss + part_loss
-            return loss / self.k, self.update(ms.mutable(grads), lr)
+                loss = loss + self.net_grad(x, t)
+            return loss / self.k, self.update(lr)
         features = [self.encode(x, t) for x, t in parts]
         image_all = ops.concat([f[0] for f in features], 0)
         text_all = ops.concat([f[1] for f in features], 0)
@@ -68,9 +70,24 @@ class AccumulatingTrainStep:
         no_scale = ops.zeros_like(d_scale)
         for i, (x, t) in enumerate(parts):
             # the temperature's gradient flows through the model once, with the first micro-batch
-            grads = self.tower_grad(x, t, d_image[i * b:(i + 1) * b], d_text[i * b:(i + 1) * b],
-                                    d_scale if i == 0 else no_scale, ms.mutable(grads))
-        return loss, self.update(ms.mutable(grads), lr)
+            self.tower_grad(x, t, d_image[i * b:(i + 1) * b], d_text[i * b:(i + 1) * b], d_scale if i == 0 else no_scale)
+        return loss, self.update(lr)
+
+
+class _Zero(nn.Cell):
+    """Set the gradient sum to zero before a step's first micro-batch."""
+
+    def __init__(self, grad_sum):
+        super().__init__(auto_prefix=False)
+        self.grad_sum = grad_sum
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self):
+        return self.hyper_map(_set_zero, self.grad_sum)
+
+
+def _set_zero(parameter):
+    return ops.assign(parameter, ops.zeros_like(parameter))
 
 
 class _Encode(nn.Cell):
@@ -105,49 +122,53 @@ class _LossGrad(nn.Cell):
 
 class _TowerGrad(nn.Cell):
     """Re-encode one micro-batch with gradients, back-propagate the cached feature gradients through the
-    towers and add the result to the sum so far."""
+    towers and add the result to the gradient sum in place."""
 
-    def __init__(self, model, weights):
+    def __init__(self, model, weights, grad_sum):
         super().__init__(auto_prefix=False)
         self.model = model
         self.weights = weights
+        self.grad_sum = grad_sum
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
 
-    def construct(self, images, tokens, d_image, d_text, d_scale, acc):
+    def construct(self, images, tokens, d_image, d_text, d_scale):
         grads = self.grad(self.model, self.weights)(images, tokens, (d_image, d_text, d_scale))
-        return self.hyper_map(ops.add, acc, grads)
+        return self.hyper_map(ops.assign_add, self.grad_sum, grads)
 
 
 class _NetGrad(nn.Cell):
     """Plain accumulation (the wrong objective): one micro-batch's own loss, its gradient / K added to the sum."""
 
-    def __init__(self, net, weights, scaler, accum_steps: int):
+    def __init__(self, net, weights, scaler, accum_steps: int, grad_sum):
         super().__init__(auto_prefix=False)
         self.net = net
         self.weights = weights
+        self.grad_sum = grad_sum
         self.scaler = scaler
         self.dynamic = scaler is not None
         self.k = accum_steps
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
 
-    def construct(self, images, tokens, acc):
+    def construct(self, images, tokens):
         sens = self.scaler.scale if self.dynamic else ops.ones((), ms.float32)
         loss = self.net(images, tokens)
         grads = self.grad(self.net, self.weights)(images, tokens, sens / self.k)
-        return loss, self.hyper_map(ops.add, acc, grads)
+        return ops.depend(loss, self.hyper_map(ops.assign_add, self.grad_sum, grads))
 
 
 class _Update(nn.Cell):
-    """One mean all-reduce, the optimiser update (clipping, fp16 unscaling) and the clamp of logit_scale."""
+    """One mean all-reduce of the gradient sum, the optimiser update (clipping, fp16 unscaling) and the clamp
+    of logit_scale."""
 
-    def __init__(self, optimizer, reducer, grad_clip_norm, scaler, logit_scale):
+    def __init__(self, optimizer, reducer, grad_clip_norm, scaler, logit_scale, grad_sum):
         super().__init__(auto_prefix=False)
         self.reducer = reducer
         self.update = GradientUpdate(optimizer, grad_clip_norm, scaler)
         self.logit_scale = logit_scale
+        self.grad_sum = grad_sum
 
-    def construct(self, grads, lr):
-        norm = self.update(self.reducer(grads), lr)
+    def construct(self, lr):
+        norm = self.update(self.reducer(self.grad_sum), lr)
         return ops.depend(norm, clamp_logit_scale(self.logit_scale))

@@ -25,25 +25,46 @@ def test_largest_batch_is_the_last_batch_under_the_limit():
         bench_memory.largest_batch(3.0, 0.0, 16.0)
 
 
-def run(batch, peak, after_build=1.0, step_s=1.0, accum=1, recompute=False):
+def run(batch, peak, after_build=1.0, step_s=1.0, accum=1, recompute=False, pool=None):
     return {"batch": batch, "accum_steps": accum, "global_batch": batch * accum, "recompute": recompute,
-            "peak_rss_gib": peak, "rss_after_build_gib": after_build, "step_increment_gib": peak - after_build,
+            "peak_rss_gib": peak, "pool_peak_gib": pool, "rss_after_build_gib": after_build, "step_increment_gib": peak - after_build,
             "step_s": step_s, "first_step_s": 10.0}
 
 
 def test_summary_compares_equal_global_batches_and_judges_both_targets():
-    runs = {"plain_16": run(16, 5.0), "recompute_16": run(16, 4.0, step_s=1.3, recompute=True),
-            "plain_64": run(64, 10.0, step_s=4.0), "recompute_64": run(64, 5.5, step_s=5.0, recompute=True),
-            "plain_16_x4": run(16, 5.6, step_s=6.0, accum=4)}
+    runs = {"plain_16": run(16, 5.0, pool=1.0), "recompute_16": run(16, 4.0, step_s=1.3, recompute=True, pool=0.5),
+            "plain_64": run(64, 10.0, step_s=4.0, pool=4.0),
+            "recompute_64": run(64, 5.5, step_s=5.0, recompute=True, pool=2.6),
+            "plain_16_x4": run(16, 5.6, step_s=6.0, accum=4, pool=1.05)}
     out = bench_memory.summarise(runs, [16, 64], 4)
     rows = {r["config"]: r for r in out["table"]}
     assert rows["recompute_64"]["step_time_vs_plain_same_global_batch"] == 1.25
     assert rows["plain_16_x4"]["step_time_vs_plain_same_global_batch"] == 1.5  # against plain_64
     assert "step_time_vs_plain_same_global_batch" not in rows["plain_16"]
-    cut = out["targets"]["recompute_peak_cut"]
+    cut = out["targets"]["recompute_rss_cut"]
     assert cut["cut"] == 0.45 and cut["met"] and cut["batch"] == 64
-    accum = out["targets"]["accumulation_peak"]
+    accum = out["targets"]["accumulation_rss_peak"]
     assert accum["over_plain"] == 0.12 and not accum["met"]
+    pool_cut, pool_accum = out["targets"]["recompute_pool_cut"], out["targets"]["accumulation_pool_peak"]
+    assert pool_cut["cut"] == 0.35 and not pool_cut["met"]
+    assert pool_accum["over_plain"] == 0.05 and pool_accum["met"]
+    assert rows["plain_64"]["pool_peak_gib"] == 4.0
+
+
+def test_a_run_without_pool_statistics_is_judged_on_rss_only():
+    runs = {"plain_16": run(16, 5.0), "plain_64": run(64, 10.0), "recompute_64": run(64, 5.5, recompute=True)}
+    assert set(bench_memory.summarise(runs, [16, 64], 4)["targets"]) == {"recompute_rss_cut"}
+
+
+def test_pool_peak_is_read_from_the_runtime_exit_statistics():
+    """The lines MindSpore 2.10 prints at exit with MS_DEV_RUNTIME_CONF=memory_statistics:True."""
+    out = ("[MS_RUNTIME_PROF]Common mem pool info: Total allocated mem:3072M, peak used mem:2480M, in used mem:0M\n"
+           "[MS_RUNTIME_PROF]The dynamic memory pool total allocated mem:3072M, min addr :0, max addr: 0, peak used "
+           "mem:2480M, actual peak used mem:3071M, in used mem:0M, total used by event mem:0M\n"
+           "[MS_RUNTIME_PROF]The dynamic memory pool total allocated mem:1024M, min addr :0, max addr: 0, peak used "
+           "mem:512M, actual peak used mem:1000M\n")
+    assert bench_memory.pool_peak_gib(out) == round(2480 / 1024, 3)
+    assert bench_memory.pool_peak_gib("no statistics here") is None
 
 
 def test_fit_and_predict_per_mode():
