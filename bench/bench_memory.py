@@ -20,7 +20,7 @@ are judged on the RSS and on the pool. On the CPU backend the RSS also holds wha
 the compiled graph's IR (~1.6 GiB for this step) and buffers that CPU kernels (Transpose) keep outside the
 pool; the pool is what the step itself allocates through MindSpore, which on a card is device memory.
 `--train-mode pynative` measures the same step uncompiled (results in memory_pynative.json): on the
-CPU backend the compiled graph keeps its activations, PYNATIVE frees each tensor after its last use.
+CPU backend the compiled step's RSS also holds its IR and memory CPU kernels keep outside the pool.
 `--quick` is a small smoke run of the same ViT-B/32 step (batches 4 8, K = 2, 1 timed step, no
 verification) written to bench/results/memory_quick.json.
 """
