@@ -6,19 +6,19 @@ from clip.buckets import plan_buckets
 
 def test_buckets_follow_backward_order_and_respect_the_cap():
     # 4-byte floats, 40-byte buckets: 10 elements each.
-    assert plan_buckets([4, 4, 4, 4], 40) == [[3, 2], [1, 0]]
-    assert plan_buckets([3, 3, 3], 40) == [[2, 1, 0]]
+    assert plan_buckets([4, 4, 4, 4], 40) == [(2, 4), (0, 2)]
+    assert plan_buckets([3, 3, 3], 40) == [(0, 3)]
 
 
 def test_a_tensor_larger_than_a_bucket_gets_its_own():
-    assert plan_buckets([2, 100, 2, 2], 40) == [[3, 2], [1], [0]]
+    assert plan_buckets([2, 100, 2, 2], 40) == [(2, 4), (1, 2), (0, 1)]
 
 
 def test_every_parameter_in_exactly_one_bucket():
     sizes = [1, 7, 300, 5, 5, 5, 1000, 1, 64]
     buckets = plan_buckets(sizes, 256)
-    assert sorted(i for b in buckets for i in b) == list(range(len(sizes)))
-    assert all(sum(sizes[i] for i in b) * 4 <= 256 or len(b) == 1 for b in buckets)
+    assert sorted(i for lo, hi in buckets for i in range(lo, hi)) == list(range(len(sizes)))
+    assert all(sum(sizes[lo:hi]) * 4 <= 256 or hi - lo == 1 for lo, hi in buckets)
 
 
 def test_bucket_size_must_be_positive():

@@ -153,7 +153,7 @@ def bucket_checks(info):
                                           group=distributed.world_group())(grads)
     bucketed = BucketedGradReducer(params, info.world_size, distributed.world_group(),
                                    bucket_mb=4000 * 4 / 2 ** 20)
-    results = {"buckets": [list(b) for b in bucketed.buckets]}
+    results = {"buckets": [list(r) for r in bucketed.ranges]}
     for exec_mode in ("pynative", "graph"):
         if exec_mode == "graph":
             ms.set_context(mode=ms.GRAPH_MODE)
