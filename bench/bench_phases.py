@@ -105,7 +105,7 @@ def mindspore_worker(args) -> None:
                                                group=distributed.world_group())
         phase("all_reduce", lambda: bucketed(grads))
         phase("all_reduce_per_tensor", lambda: per_tensor(grads))
-        buckets = len(bucketed.buckets)
+        buckets = len(bucketed.ranges)
     else:
         phases["all_reduce"] = 0.0
         buckets = 0
