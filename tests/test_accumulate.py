@@ -10,7 +10,7 @@ import pytest
 from clip.config import load_config
 from clip.recompute import blocks_to_recompute
 from common.errors import UserError
-from test_equivalence import REPO, TINY, clean_env, losses, max_param_diff, model_params, run_training, \
+from test_equivalence import REPO, TINY, clean_env, losses, max_param_diff, metric, model_params, run_training, \
     train_command
 
 
@@ -92,3 +92,29 @@ def test_a_run_with_accumulation_resumes_exactly(tmp_path):
     assert diff <= 1e-6, f"{key} differs by {diff:.3g} after resuming"
     straight, split = losses(tmp_path / "straight"), losses(tmp_path / "split")
     assert sorted(split) == [1, 2, 3, 4, 5] and all(abs(split[s] - straight[s]) <= 1e-6 for s in straight)
+
+
+@pytest.mark.slow
+def test_accumulation_in_fp16_and_in_pynative_trains_like_the_plain_step(tmp_path):
+    """fp16: (W, B, K) = (1, 2, 4) against (1, 8, 1), both with dynamic loss scaling, within test_precision's fp16
+    tolerance, with the same skipped steps and loss scales (the scaler sees the summed gradient). PyNative: the
+    same K = 4 step run op by op equals it compiled."""
+    base = [o for o in TINY if not o.startswith("train.lr")] + ["train.lr=2e-4"]
+    fp16 = base + ["train.precision=fp16"]
+    run_training(tmp_path / "fp16_k1", 1, fp16 + ["train.batch_size=8"])
+    run_training(tmp_path / "fp16_k4", 1, fp16 + ["train.batch_size=2", "train.accum_steps=4"])
+    ref, got = losses(tmp_path / "fp16_k1"), losses(tmp_path / "fp16_k4")
+    assert sorted(ref) == sorted(got) == [1, 2, 3, 4, 5]
+    worst = max(abs(got[s] - ref[s]) / ref[s] for s in ref)
+    assert worst <= 1e-3, f"fp16 K=4 per-step loss differs by {worst:.3g} (relative) from K=1"
+    for key in ("skipped_steps", "loss_scale"):
+        assert metric(tmp_path / "fp16_k1", key) == metric(tmp_path / "fp16_k4", key)
+    accumulated = base + ["train.batch_size=2", "train.accum_steps=4"]
+    run_training(tmp_path / "graph", 1, accumulated)
+    run_training(tmp_path / "pynative", 1, accumulated + ["train.mode=pynative"])
+    graph, pynative = losses(tmp_path / "graph"), losses(tmp_path / "pynative")
+    assert sorted(pynative) == [1, 2, 3, 4, 5]
+    assert max(abs(pynative[s] - graph[s]) for s in graph) <= 1e-6
+    diff, key = max_param_diff(model_params(tmp_path / "pynative" / "checkpoints" / "last.ckpt"),
+                               model_params(tmp_path / "graph" / "checkpoints" / "last.ckpt"))
+    assert diff <= 1e-5, f"{key} differs by {diff:.3g} between PyNative and graph mode"
