@@ -83,11 +83,16 @@ class _Zero(nn.Cell):
         self.hyper_map = ops.HyperMap()
 
     def construct(self):
-        return self.hyper_map(_set_zero, self.grad_sum)
+        return _done(self.hyper_map(_set_zero, self.grad_sum))
 
 
 def _set_zero(parameter):
     return ops.assign(parameter, ops.zeros_like(parameter))
+
+
+def _done(updates):
+    """One scalar that depends on the in-place updates: the graph returns it, not a copy of every sum."""
+    return ops.depend(ops.zeros((), ms.float32), updates)
 
 
 class _Encode(nn.Cell):
@@ -134,7 +139,7 @@ class _TowerGrad(nn.Cell):
 
     def construct(self, images, tokens, d_image, d_text, d_scale):
         grads = self.grad(self.model, self.weights)(images, tokens, (d_image, d_text, d_scale))
-        return self.hyper_map(ops.assign_add, self.grad_sum, grads)
+        return _done(self.hyper_map(ops.assign_add, self.grad_sum, grads))
 
 
 class _NetGrad(nn.Cell):
