@@ -104,6 +104,7 @@ def runs(tmp_path_factory):
             # contrastive gradient accumulation: (W, B, K) = (2, 2, 2) and (1, 2, 4), global batch 8
             "w2_k2": (2, 2, "local", "graph", ["train.accum_steps=2"]),
             "w1_k4": (1, 2, "local", "graph", ["train.accum_steps=4"]),
+            "w2_k2_full": (2, 2, "full", "graph", ["train.accum_steps=2"]),
             "w2_k2_plain": (2, 2, "local", "graph", ["train.accum_steps=2", "train.accum_mode=plain"])}
     result = {}
     for name, (world, batch, mode, exec_mode, extra) in plan.items():
@@ -155,9 +156,10 @@ def test_local_only_loss_is_a_different_objective(runs):
 
 
 def test_contrastive_accumulation_trains_like_the_whole_global_batch(runs):
-    """(W, B, K) = (2, 2, 2) and (1, 2, 4) equal (1, 8, 1): the same per-step global loss and parameters."""
+    """(W, B, K) = (2, 2, 2) and (1, 2, 4) equal (1, 8, 1): the same per-step global loss and parameters;
+    (2, 2, 2) also with `loss.mode=full` (every rank computes the whole logit matrix)."""
     ref = runs["w1"]
-    for name in ("w2_k2", "w1_k4"):
+    for name in ("w2_k2", "w1_k4", "w2_k2_full"):
         got = runs[name]
         assert sorted(got["losses"]) == sorted(ref["losses"])
         worst = max(abs(got["losses"][s] - ref["losses"][s]) / ref["losses"][s] for s in ref["losses"])
