@@ -1,5 +1,5 @@
 """Gradient accumulation and activation recompute: settings checked up front, recompute leaves gradients
-unchanged (ViT-B/32 widths, 2 blocks per tower, compiled, fp32 and fp16), a K > 1 run resumes exactly. The equivalence of
+unchanged (2 blocks per tower, compiled: ViT-B/32 widths in fp32, clip_tiny's in fp16), a K > 1 run resumes exactly. The equivalence of
 (W, B, K) with (1, W*B*K, 1) is in tests/test_equivalence.py, next to the runs it compares with."""
 import subprocess
 from dataclasses import replace
@@ -37,8 +37,8 @@ def test_a_global_batch_the_dataset_cannot_fill_is_refused(tmp_path):
                       "1 ranks x train.accum_steps 8)"], proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-6), ("float16", 1e-3)])
-def test_recompute_leaves_the_gradients_unchanged(dtype, tolerance):
+@pytest.mark.parametrize("preset, dtype, tolerance", [("clip_vit_b_32", "float32", 1e-6), ("clip_tiny", "float16", 1e-3)])
+def test_recompute_leaves_the_gradients_unchanged(preset, dtype, tolerance):
     import mindspore as ms
     from mindspore import nn, ops
 
@@ -48,10 +48,10 @@ def test_recompute_leaves_the_gradients_unchanged(dtype, tolerance):
     from clip.recompute import recompute_blocks
     from clip.train import NetWithLoss
 
-    config = replace(get_config("clip_vit_b_32"), vision_layers=2, text_layers=2)
+    config = replace(get_config(preset), vision_layers=2, text_layers=2)
     rng = np.random.default_rng(0)
-    images = ms.Tensor(rng.standard_normal((2, 3, 224, 224)).astype(np.float32))
-    tokens = ms.Tensor(rng.integers(1, 49000, (2, config.context_length)).astype(np.int32))
+    images = ms.Tensor(rng.standard_normal((2, 3, config.image_size, config.image_size)).astype(np.float32))
+    tokens = ms.Tensor(rng.integers(1, config.vocab_size, (2, config.context_length)).astype(np.int32))
 
     class Grads(nn.Cell):
         def __init__(self, net):
