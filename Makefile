@@ -26,7 +26,7 @@ demo: $(RUNTIME)
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/run_distribute.sh 2 configs/demo_shapes.yaml
 
 test: $(TESTDEPS)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=25 tests
 
 bench: $(TESTDEPS)
 	for b in bench/bench_*.py; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python $$b || exit 1; done

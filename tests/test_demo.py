@@ -1,7 +1,8 @@
 """The README demo learns: the tiny CLIP on synthetic shapes, 2 CPU workers through scripts/run_distribute.sh,
 reaches at least 60% zero-shot top-1 over at least 20 classes (chance under 5%). The same demo in fp16, and
 with recompute, is run for the first part of its schedule (train.stop_after: same learning-rate schedule,
-fewer steps) and compared with the fp32 run at the same step: fp16 within 5 points of zero-shot top-1,
+fewer steps) and compared with the fp32 run at the same step: fp16 within 8 points of zero-shot top-1
+(wider than the spread between seeds) and 5% of mean loss over steps 60-100,
 recompute the same training (per-step losses and accuracy).
 """
 import json
@@ -72,7 +73,14 @@ def test_demo_in_fp16_learns_like_fp32(demo, tmp_path):
     losses = by_step(out, "loss")
     assert losses[100] < losses[10] - 1.0, f"fp16 demo did not learn: losses {losses}"
     assert fp16[100] > 5 * 100 / 24, f"fp16 demo is near chance: {fp16[100]:.2f}%"
-    assert abs(fp16[100] - fp32[100]) <= 5.0, f"fp16 demo {fp16[100]:.2f}% vs fp32 {fp32[100]:.2f}% at step 100"
+    # Two equally good runs part at step 100 by several points (fp32 with seeds 0/1/2: 42.7/42.5/36.5%; an fp16
+    # run that skips one overflowed step parts from one that does not), so the band is wider than that spread,
+    # and the loss curve over the run's second half is compared too (docs/model.md).
+    assert abs(fp16[100] - fp32[100]) <= 8.0, f"fp16 demo {fp16[100]:.2f}% vs fp32 {fp32[100]:.2f}% at step 100"
+    fp32_losses = by_step(demo[0], "loss")
+    late = range(60, 101, 10)
+    ratio = sum(losses[s] for s in late) / sum(fp32_losses[s] for s in late)
+    assert abs(ratio - 1) <= 0.05, f"fp16 demo's mean loss over steps 60-100 is {ratio:.3f}x fp32's"
     scales = list(by_step(out, "loss_scale").values())
     assert scales and all(s >= 1 for s in scales)
 

@@ -146,3 +146,20 @@ def test_a_non_finite_gradient_skips_the_step_and_changes_no_optimiser_state(pro
     ref, _ = run_torch((init, grads[:1], lrs[:1]), clip=1.0)
     assert worst_relative({p.name: p.asnumpy() for p in model.params}, ref[0]) <= 1e-6
     assert int(optimizer.global_step.asnumpy()[0]) == 1 and int(scaler.in_a_row.asnumpy()) == 0
+
+
+def test_adamw_decays_before_the_adam_step_as_torch_does(graph_mode):
+    """With a large lr * wd (0.05) the order shows: decaying after the step would also shrink the step."""
+    init = np.array([[1.0, -2.0], [3.0, 0.5]], np.float32)
+    grad = np.array([[0.3, -0.1], [0.2, 0.05]], np.float32)
+    model = Params({"visual.proj": init})
+    update = GradientUpdate(build_optimizer(model, "adamw", 0.5, *BETAS, EPS))
+    update(ms.mutable((Tensor(grad),)), Tensor(np.float32(0.1)))
+    p = torch.tensor(init, requires_grad=True)
+    p.grad = torch.tensor(grad)
+    torch.optim.AdamW([p], lr=0.1, betas=BETAS, eps=EPS, weight_decay=0.5).step()
+    ours, ref = model.params[0].asnumpy(), p.detach().numpy()
+    assert np.max(np.abs(ours - ref)) <= 1e-6 * np.max(np.abs(ref))
+    step = init - ref - 0.05 * init  # the Adam step alone
+    decayed_after = (init - step) * (1 - 0.05)
+    assert np.max(np.abs(decayed_after - ref)) > 1e-3
