@@ -3,14 +3,15 @@
     python bench/bench_phases.py [--presets clip_tiny clip_vit_b_32] [--batch 16] [--ranks 1 2]
                                  [--out bench/results/phases.json]
 
-Each phase of clip.train's step is compiled as its own graph (GRAPH_MODE) and timed alone on the same
-fixed inputs: forward (model + loss), forward+backward (gradients; backward = the difference),
-the mean all-reduce of those gradients (bucketed, as trained, and MindSpore's per-tensor
-`nn.DistributedGradReducer` for comparison), the optimiser (AdamWeightDecay + clamp), and the host work
-of a step (numpy -> Tensor of the batch, and reading the loss back). The whole compiled step is timed
-too: the phases add up to more than it (separate graphs cannot share buffers) but show the proportions.
-2 ranks run through the launcher with one core each (--bind-cores). open_clip (plain torch.optim.AdamW)
-is broken down the same way in the same run. Medians of --repeats; load averages are recorded.
+Each phase of clip.train's step is compiled as its own graph (GRAPH_MODE) and timed alone on the same fixed
+inputs: forward (model + loss), forward+backward (gradients; backward = the difference), the mean all-reduce
+of those gradients (bucketed with the token embedding as its indexed rows, as trained; for comparison bucketed
+with the whole table, and MindSpore's per-tensor `nn.DistributedGradReducer`), the optimiser (AdamW + clamp),
+and the host work of a step (numpy -> Tensor of the batch, and reading the loss back). The whole compiled step
+is timed too: the phases add up to more than it (separate graphs cannot share buffers) but show the
+proportions. 2 ranks run through the launcher with one core each (--bind-cores). open_clip (plain
+torch.optim.AdamW) is broken down the same way in the same run. Medians of --repeats; load averages are
+recorded.
 """
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ def mindspore_worker(args) -> None:
         bucketed = distributed.grad_reducer(weights, info)
         per_tensor = nn.DistributedGradReducer(weights, mean=True, degree=info.world_size,
                                                group=distributed.world_group())
-        phase("all_reduce", lambda: bucketed(grads))
+        phase("all_reduce", lambda: bucketed(grads, tokens))  # as trained: the embedding as its indexed rows
+        phase("all_reduce_whole_table", lambda: bucketed(grads))
         phase("all_reduce_per_tensor", lambda: per_tensor(grads))
         buckets = len(bucketed.ranges)
     else:

@@ -165,7 +165,7 @@ def broadcast_params(net) -> None:
 class _NoReduction(nn.Cell):
     """The gradient reducer of a single worker."""
 
-    def construct(self, grads):
+    def construct(self, grads, tokens=None):
         return grads
 
 
@@ -173,12 +173,13 @@ def grad_reducer(params, info: Optional[DistInfo] = None) -> nn.Cell:
     """Mean all-reduce of a gradient tuple over ranks (identity for one worker).
 
     The mean pairs with the sum backward of ``AllGatherWithGrad``; docs/loss.md shows why. Gradients
-    travel in a few flat buckets (clip.buckets), bit-identical to ``nn.DistributedGradReducer``.
+    travel in a few flat buckets (clip.buckets), bit-identical to ``nn.DistributedGradReducer``; called
+    with the step's tokens, the token embedding travels as the rows they index when that is less.
     """
     info = info or init_from_env()
     if info.world_size == 1:
         return _NoReduction()
-    return BucketedGradReducer(params, info.world_size, world_group())
+    return BucketedGradReducer(params, info.world_size, world_group(), embedding="token_embedding.weight")
 
 
 class AllGatherWithGrad(nn.Cell):

@@ -1,7 +1,7 @@
 """clip.buckets: how gradients are grouped (pure); tests/test_distributed.py checks the all-reduce itself."""
 import pytest
 
-from clip.buckets import plan_buckets
+from clip.buckets import plan_buckets, rows_are_fewer
 
 
 def test_buckets_follow_backward_order_and_respect_the_cap():
@@ -24,3 +24,17 @@ def test_every_parameter_in_exactly_one_bucket():
 def test_bucket_size_must_be_positive():
     with pytest.raises(ValueError):
         plan_buckets([1], 0)
+
+
+def test_the_embedding_gets_a_bucket_of_its_own_wherever_it_sits():
+    assert plan_buckets([3, 3, 3, 3], 100, alone=0) == [(1, 4), (0, 1)]
+    assert plan_buckets([3, 3, 3, 3], 100, alone=1) == [(2, 4), (1, 2), (0, 1)]
+    assert plan_buckets([3, 3, 3, 3], 100, alone=3) == [(3, 4), (0, 3)]
+    assert plan_buckets([3, 3, 3, 3], 100) == [(0, 4)]
+
+
+def test_rows_travel_only_when_the_tokens_index_fewer_rows_than_the_table():
+    assert rows_are_fewer(2, (16, 32), 49408)             # clip_tiny, 2 ranks x 16: 1024 ids
+    assert rows_are_fewer(8, (32, 77), 49408)             # ViT-B/32, 8 cards x 32: 19712 ids
+    assert not rows_are_fewer(8, (256, 77), 49408)        # 8 cards x 256: 157696 ids, the table is less
+    assert not rows_are_fewer(2, (10, 10), 200)

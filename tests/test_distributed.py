@@ -214,6 +214,21 @@ def test_bucketed_reducer_equals_per_tensor_reducer(cluster):
             assert buckets[f"shapes_{mode}"] == buckets["expected_shapes"]
 
 
+def test_the_token_embedding_travels_as_its_rows_with_the_same_result(cluster):
+    """Few tokens: only the rows they index are all-reduced; many: the whole table. Either way the result is
+    the per-tensor reducer's (bit-identical on two ranks), and exactly the indexed rows are non-zero."""
+    for res in cluster["results"]:
+        limit = 0.0 if cluster["world_size"] == 2 else TOLERANCE
+        rows = res["buckets"]["rows"]
+        assert rows["rows"]["by_rows"] and not rows["table"]["by_rows"]
+        assert not rows["rows"]["unused_row_sent"] and rows["table"]["unused_row_sent"]
+        for case in ("rows", "table"):
+            assert rows[case]["buckets"] == [[2, 3], [1, 2], [0, 1]]
+            for mode in ("pynative", "graph"):
+                assert rows[case][f"max_diff_{mode}"] <= limit, rows
+                assert rows[case][f"nonzero_rows_{mode}"] == rows[case]["nonzero_rows_expected"] > 0
+
+
 @pytest.mark.parametrize("exec_mode", ["pynative", "jit", "graph"])
 @pytest.mark.parametrize("mode", ["local", "full"])
 def test_data_parallel_equals_single_process_global_batch(cluster, mode, exec_mode):

@@ -16,7 +16,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from clip import distributed
-from clip.buckets import BucketedGradReducer
+from clip.buckets import BucketedGradReducer, rows_are_fewer
 from clip.distributed import AllGatherWithGrad, DistInfo
 from clip.loss import LOSS_MODES, ContrastiveLoss
 
@@ -164,6 +164,44 @@ def bucket_checks(info):
         results[f"max_diff_{exec_mode}"] = max_abs_diff(out, reference)
         results[f"shapes_{exec_mode}"] = [list(o.shape) for o in out]
     results["expected_shapes"] = [list(s) for s in shapes]
+    results["rows"] = row_checks(info)
+    return results
+
+
+def row_checks(info):
+    """The token embedding's gradient as the rows the tokens index (few tokens) and as the whole table (more
+    tokens than rows), each against the per-tensor reducer; the table sits between two other gradients."""
+    vocab, width = 300, 5
+    params = [ms.Parameter(ms.Tensor(np.zeros(s, np.float32)), name=n)
+              for n, s in (("before", (4, 3)), ("emb", (vocab, width)), ("after", (6,)))]
+    results = {}
+    for case, per_rank in (("rows", 2 * 3), ("table", 2 * vocab)):
+        rng = np.random.RandomState(70 + info.rank)
+        tokens = rng.randint(0, vocab - 1, size=(2, per_rank // 2)).astype(np.int32)  # never the last row
+        tokens[0, 0] = 7  # one id on every rank: its row sums contributions
+        table = np.zeros((vocab, width), np.float32)
+        np.add.at(table, tokens.reshape(-1), rng.randn(tokens.size, width).astype(np.float32))
+        grads = (ms.Tensor(rng.randn(4, 3).astype(np.float32)), ms.Tensor(table),
+                 ms.Tensor(rng.randn(6).astype(np.float32)))
+        reference = nn.DistributedGradReducer(params, mean=True, degree=info.world_size,
+                                              group=distributed.world_group())(grads)
+        reducer = BucketedGradReducer(params, info.world_size, distributed.world_group(), embedding="emb")
+        results[case] = {"by_rows": rows_are_fewer(info.world_size, tokens.shape, vocab),
+                         "buckets": [list(r) for r in reducer.ranges]}
+        for exec_mode in ("pynative", "graph"):
+            if exec_mode == "graph":
+                ms.set_context(mode=ms.GRAPH_MODE)
+            try:
+                out = reducer(grads, ms.Tensor(tokens))
+            finally:
+                ms.set_context(mode=ms.PYNATIVE_MODE)
+            results[case][f"max_diff_{exec_mode}"] = max_abs_diff(out, reference)
+            results[case][f"nonzero_rows_{exec_mode}"] = int((np.abs(out[1].asnumpy()).sum(axis=1) > 0).sum())
+        results[case]["nonzero_rows_expected"] = int((np.abs(reference[1].asnumpy()).sum(axis=1) > 0).sum())
+        # A value in a row no rank's tokens index shows which path ran: the row path never sends it.
+        table[vocab - 1] = 1.0
+        out = reducer((grads[0], ms.Tensor(table), grads[2]), ms.Tensor(tokens))
+        results[case]["unused_row_sent"] = bool(np.abs(out[1].asnumpy()[vocab - 1]).max() > 0)
     return results
 
 
