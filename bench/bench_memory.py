@@ -1,6 +1,6 @@
 """Peak memory and step time of a ViT-B/32 train step: plain, with recompute, and with contrastive accumulation.
 
-    flock /tmp/heavy.lock python bench/bench_memory.py [--batches 16 32 64] [--accum 4] [--steps 3]
+    flock /tmp/heavy.lock python bench/bench_memory.py [--batches 16 32 64] [--accum 4] [--steps 3] [--grad-clip-norm X]
                                                        [--limit-gib 16] [--no-verify] [--quick]
                                                        [--train-mode graph|pynative] [--out FILE]
 
@@ -112,7 +112,8 @@ def worker(args) -> None:
     ms.set_context(mode=ms.GRAPH_MODE if args.train_mode == "graph" else ms.PYNATIVE_MODE)
     info = distributed.init_from_env()
     cfg = load_config(None, [f"model.name={PRESET}", f"train.batch_size={args.batch}", "train.lr=1e-4", f"train.mode={args.train_mode}",
-                             f"train.accum_steps={args.accum}", f"model.recompute={str(args.recompute).lower()}"])
+                             f"train.accum_steps={args.accum}", f"model.recompute={str(args.recompute).lower()}",
+                             f"train.grad_clip_norm={args.grad_clip_norm}"])
     t = cfg.train
     ms.set_seed(0)
     model = create_model(cfg.model.name)
@@ -145,12 +146,13 @@ def worker(args) -> None:
 # ---------------------------------------------------------------- orchestration
 
 def measure(batch: int, steps: int, workdir: Path, recompute: bool = False, accum: int = 1,
-            train_mode: str = "graph") -> dict:
+            train_mode: str = "graph", grad_clip_norm: float = 0.0) -> dict:
     """One configuration in a fresh process; its result plus the load average."""
     name = f"{'recompute' if recompute else 'plain'}_{batch}" + (f"_x{accum}" if accum > 1 else "")
     result = workdir / f"{name}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--batch", str(batch), "--accum", str(accum),
-           "--steps", str(steps), "--train-mode", train_mode, "--result", str(result)] + (["--recompute"] if recompute else [])
+           "--steps", str(steps), "--train-mode", train_mode, "--result", str(result),
+           "--grad-clip-norm", str(grad_clip_norm)] + (["--recompute"] if recompute else [])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_"))}
     env.update(GLOG_v="3", MS_DEV_RUNTIME_CONF="memory_statistics:True")
     start = time.perf_counter()
@@ -239,6 +241,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--limit-gib", type=float, default=16.0, help="memory of the card to fit")
     parser.add_argument("--train-mode", choices=("graph", "pynative"), default="graph",
                         help="train.mode of the step (graph = compiled, as training runs by default)")
+    parser.add_argument("--grad-clip-norm", type=float, default=0.0, help="train.grad_clip_norm of every step")
     parser.add_argument("--no-verify", action="store_true", help="do not run the predicted largest batches")
     parser.add_argument("--quick", action="store_true", help="batches 4 8, K = 2, 1 step, no verification")
     parser.add_argument("--out", default=None, help="default bench/results/memory[_pynative][_quick].json")
@@ -261,17 +264,19 @@ def main() -> int:
         return 0
     batches = sorted(set(args.batches))
     results = {"machine": machine(), "preset": PRESET, "precision": "fp32", "mode": args.train_mode, "processes": 1,
-               "steps": args.steps, "unit": "GiB (2**30 bytes); peak_rss = ru_maxrss of the worker process; pool_peak = peak in use of "
+               "steps": args.steps, "grad_clip_norm": args.grad_clip_norm, "unit": "GiB (2**30 bytes); peak_rss = ru_maxrss of the worker process; pool_peak = peak in use of "
                        "MindSpore's memory pool (runtime memory_statistics)", "runs": {}}
     runs = results["runs"]
     with tempfile.TemporaryDirectory() as tmp:
         for batch in batches:
-            runs[f"plain_{batch}"] = measure(batch, args.steps, Path(tmp), train_mode=args.train_mode)
+            runs[f"plain_{batch}"] = measure(batch, args.steps, Path(tmp), train_mode=args.train_mode,
+                                             grad_clip_norm=args.grad_clip_norm)
             runs[f"recompute_{batch}"] = measure(batch, args.steps, Path(tmp), recompute=True,
-                                                 train_mode=args.train_mode)
+                                                 train_mode=args.train_mode, grad_clip_norm=args.grad_clip_norm)
         if args.accum > 1:
             runs[f"plain_{batches[0]}_x{args.accum}"] = measure(batches[0], args.steps, Path(tmp), accum=args.accum,
-                                                                 train_mode=args.train_mode)
+                                                                 train_mode=args.train_mode,
+                                                                 grad_clip_norm=args.grad_clip_norm)
         results.update(summarise(runs, batches, args.accum))
         results["largest_batch"] = fit_and_predict(runs, batches, args.limit_gib)
         if not args.no_verify:

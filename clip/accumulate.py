@@ -17,6 +17,9 @@ Step 3 gives exactly dL/dtheta = sum_k (dL/df_k)(df_k/dtheta), the gradient of t
 """
 from __future__ import annotations
 
+import re
+from typing import Sequence
+
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import initializer
@@ -24,6 +27,37 @@ from mindspore.common.initializer import initializer
 from clip.config import ACCUM_MODES
 from clip.loss import clamp_logit_scale
 from clip.optim import GradientUpdate
+
+
+# Where a weight sits in its tower: embeddings first, then residual block N at N + 1, then the heads
+# (ln_post / proj, ln_final / text_projection, logit_scale), which a backward pass reaches first.
+_BLOCK = re.compile(r"resblocks\.(\d+)\.")
+_EMBEDDINGS = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "token_embedding")
+_HEAD_DEPTH = 10 ** 6
+
+
+def backward_order(names: Sequence[str]) -> list[int]:
+    """Indices of the weights named `names` (the model's parameter order) in the order a backward pass
+    produces their gradients: the image tower first, each tower from its head down to its embeddings, and
+    within a residual block from its last weight to its first.
+
+    The micro-batch graph adds each gradient to the sum in place, and MindSpore runs those in-place adds in
+    the order they are written: in parameter order, the first add (the text positional embedding, whose
+    gradient comes last) holds every other gradient alive until the backward ends. In production order each
+    gradient is added and freed as soon as it exists (measured: ViT-B/32 micro-batch 4, pool peak 645 ->
+    337 MiB; bench/bench_memory.py). The image tower goes first because that is where MindSpore's CPU
+    schedule starts the backward (text first: 547 MiB)."""
+    def key(index: int):
+        name = names[index]
+        block = _BLOCK.search(name)
+        if block:
+            depth = int(block.group(1)) + 1
+        elif any(part in name for part in _EMBEDDINGS):
+            depth = 0
+        else:
+            depth = _HEAD_DEPTH
+        return (not name.startswith("visual."), -depth, -index)
+    return sorted(range(len(names)), key=key)
 
 
 class AccumulatingTrainStep:
@@ -50,8 +84,13 @@ class AccumulatingTrainStep:
         self.zero = _Zero(self.sum)
         self.encode = _Encode(net.model)
         self.loss_grad = _LossGrad(net.loss_fn, scaler)
-        self.tower_grad = _TowerGrad(net.model, self.weights, self.sum)
-        self.net_grad = _NetGrad(net, self.weights, scaler, accum_steps, self.sum)
+        # the micro-batch graphs take the weights and their sums in backward order (see backward_order); the
+        # update keeps the optimiser's order
+        order = backward_order([w.name for w in self.weights])
+        weights = ms.ParameterTuple([self.weights[i] for i in order])
+        sums = ms.ParameterTuple([self.sum[i] for i in order])
+        self.tower_grad = _TowerGrad(net.model, weights, sums)
+        self.net_grad = _NetGrad(net, weights, scaler, accum_steps, sums)
         self.update = _Update(optimizer, reducer, grad_clip_norm, scaler, net.model.logit_scale, self.sum)
 
     def __call__(self, images, tokens, lr):
@@ -170,7 +209,8 @@ class _Update(nn.Cell):
     def __init__(self, optimizer, reducer, grad_clip_norm, scaler, logit_scale, grad_sum):
         super().__init__(auto_prefix=False)
         self.reducer = reducer
-        self.update = GradientUpdate(optimizer, grad_clip_norm, scaler)
+        # on one worker the reducer hands the sum Parameters on as they are
+        self.update = GradientUpdate(optimizer, grad_clip_norm, scaler, of_parameters=True)
         self.logit_scale = logit_scale
         self.grad_sum = grad_sum
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from clip.accumulate import backward_order
 from clip.config import load_config
 from clip.recompute import blocks_to_recompute
 from common.errors import UserError
@@ -26,6 +27,29 @@ def test_bad_accumulation_and_recompute_settings_are_one_line_errors():
     assert load_config(None, ["model.name=clip_vit_l_14", "model.recompute=20"]).model.recompute == 20
     assert [blocks_to_recompute(s, 12) for s in (True, False, 0, 5, 12)] == [12, 0, 0, 5, 12]
     assert blocks_to_recompute(20, 12) == 12  # ViT-L/14's text tower has 12 of the 24 blocks asked for
+
+
+def block(prefix, i):
+    return [f"{prefix}resblocks.{i}.{n}" for n in ("ln_1.weight", "attn.in_proj_weight", "attn.out_proj.weight",
+                                                    "ln_2.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")]
+
+
+def test_micro_batch_gradients_are_summed_in_the_order_the_backward_pass_makes_them():
+    # the model's parameter order (clip.model): text heads first, then the image tower, then the text tower
+    names = (["positional_embedding", "text_projection", "logit_scale", "visual.class_embedding",
+              "visual.positional_embedding", "visual.proj", "visual.conv1.weight", "visual.ln_pre.weight"]
+             + block("visual.transformer.", 0) + block("visual.transformer.", 1) + ["visual.ln_post.weight"]
+             + block("transformer.", 0) + block("transformer.", 1) + ["token_embedding.weight", "ln_final.weight"])
+    order = [names[i] for i in backward_order(names)]
+    assert sorted(order) == sorted(names)
+    assert order[:2] == ["visual.ln_post.weight", "visual.proj"]  # the image head, where the backward starts
+    assert order[2:8] == block("visual.transformer.", 1)[::-1]  # the last block, from its last weight
+    assert order[8:14] == block("visual.transformer.", 0)[::-1]
+    assert set(order[14:18]) == {"visual.class_embedding", "visual.positional_embedding", "visual.conv1.weight",
+                                 "visual.ln_pre.weight"}
+    assert set(order[18:21]) == {"ln_final.weight", "text_projection", "logit_scale"}  # then the text tower
+    assert order[21:33] == block("transformer.", 1)[::-1] + block("transformer.", 0)[::-1]
+    assert set(order[33:]) == {"positional_embedding", "token_embedding.weight"}
 
 
 def test_a_global_batch_the_dataset_cannot_fill_is_refused(tmp_path):

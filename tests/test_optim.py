@@ -43,10 +43,10 @@ def graph_mode():
     ms.set_context(mode=previous)
 
 
-def run_mindspore(name, problem, clip=0.0):
+def run_mindspore(name, problem, clip=0.0, of_parameters=False):
     init, grads, lrs = problem
     model = Params(init)
-    update = GradientUpdate(build_optimizer(model, name, WD, *BETAS, EPS), clip)
+    update = GradientUpdate(build_optimizer(model, name, WD, *BETAS, EPS), clip, of_parameters=of_parameters)
     history, norms = [], []
     for g, lr in zip(grads, lrs):
         norms.append(float(update(ms.mutable(tuple(Tensor(x) for x in g)), Tensor(lr)).asnumpy()))
@@ -86,10 +86,12 @@ def test_adamw_matches_torch_for_20_steps_including_the_first(problem, graph_mod
     assert worst_relative(theirs[0], ref[0]) > 1e-3
 
 
-def test_clipping_matches_torch_clip_grad_norm(problem, graph_mode):
+@pytest.mark.parametrize("of_parameters", [False, True], ids=["fresh", "accumulated"])
+def test_clipping_matches_torch_clip_grad_norm(problem, graph_mode, of_parameters):
+    """Also the accumulation's form (`of_parameters`), where AdamW applies the clip factor tensor by tensor."""
     _, natural = run_torch(problem)
     max_norm = 0.5 * float(np.median(natural))
-    ours, our_norms = run_mindspore("adamw", problem, clip=max_norm)
+    ours, our_norms = run_mindspore("adamw", problem, clip=max_norm, of_parameters=of_parameters)
     ref, ref_norms = run_torch(problem, clip=max_norm)
     assert sum(n > max_norm for n in ref_norms) >= 5  # the clip is active on many steps
     assert np.allclose(our_norms, ref_norms, rtol=1e-6)
@@ -125,12 +127,13 @@ def test_loss_scaler_grows_after_the_interval_halves_on_overflow_and_stops_at_on
     assert int(floor.in_a_row.asnumpy()) == 3
 
 
-def test_a_non_finite_gradient_skips_the_step_and_changes_no_optimiser_state(problem, graph_mode):
+@pytest.mark.parametrize("of_parameters", [False, True], ids=["fresh", "accumulated"])
+def test_a_non_finite_gradient_skips_the_step_and_changes_no_optimiser_state(problem, graph_mode, of_parameters):
     init, grads, lrs = problem
     model = Params(init)
     optimizer = build_optimizer(model, "adamw", WD, *BETAS, EPS)
     scaler = LossScaler(1024.0)
-    update = GradientUpdate(optimizer, 1.0, scaler)
+    update = GradientUpdate(optimizer, 1.0, scaler, of_parameters=of_parameters)
     state = lambda: {p.name: p.asnumpy().copy() for p in model.get_parameters()} | {
         p.name: p.asnumpy().copy() for p in optimizer.get_parameters() if p.name != "learning_rate"}
     before = state()
