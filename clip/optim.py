@@ -100,14 +100,6 @@ _adamw = ops.MultitypeFuncGraph("adamw")
 _adamw_scaled = ops.MultitypeFuncGraph("adamw_scaled")
 
 
-@_adamw.register("Function", "Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                 "Tensor", "Tensor", "Tensor", "Tensor", "Bool")
-def _adamw_update(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, decay_lr, param, m, v, gradient,
-                  decay):
-    return _adamw_step(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, decay_lr, param, m, v,
-                       gradient, decay)
-
-
 @_adamw_scaled.register("Function", "Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
                         "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Bool")
 def _adamw_update_scaled(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, decay_lr, factor, param, m,
@@ -117,6 +109,8 @@ def _adamw_update_scaled(adam, descend, beta1_power, beta2_power, lr, beta1, bet
                        gradient * factor.astype(gradient.dtype), decay)
 
 
+@_adamw.register("Function", "Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                 "Tensor", "Tensor", "Tensor", "Tensor", "Bool")
 def _adamw_step(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, decay_lr, param, m, v, gradient,
                 decay):
     if decay:
