@@ -8,7 +8,10 @@ all-reduce, AdamWeightDecay, logit_scale clamp, GRAPH_MODE). The anchor is open_
 one process, timed with every core and with one thread (the faster counts), before and after the
 MindSpore runs (the faster counts again: the conservative choice for our ratio). Ours runs on 1 rank at
 batch B (against open_clip at B), on 1 rank at 2B and on 2 ranks x 1 core (launcher --bind-cores) at B
-each: the last two have the same global batch and give the scaling efficiency. Inputs are fixed random
+each: the last two have the same global batch and give the scaling efficiency. open_clip's own scaling is
+measured the same way in the same run: torch DistributedDataParallel (gloo, torchrun) on 2 ranks x 1 thread
+pinned to one core each, with open_clip's sharded loss (--local-loss --gather-with-grad), against open_clip
+in one process at 2B. Inputs are fixed random
 tensors: the data pipeline is not measured. The first step (graph compilation) is reported separately
 and excluded from the rate. Load averages are recorded with every measurement (the machine is shared).
 """
@@ -138,6 +141,47 @@ def openclip_worker(args) -> None:
     Path(args.result).write_text(json.dumps(out))
 
 
+def openclip_ddp_worker(args) -> None:
+    """One rank of open_clip under torch DistributedDataParallel (gloo), started by torchrun: one thread,
+    pinned to one core as our launcher's --bind-cores pins a rank; plain torch.optim.AdamW, open_clip's
+    sharded loss. The same scaling measurement as ours, for the reference."""
+    import torch
+    import torch.distributed as dist
+    sys.path.insert(0, str(REPO / "bench"))
+    import openclip_anchor
+
+    from clip.presets import get_config
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    psutil.Process().cpu_affinity([int(os.environ["LOCAL_RANK"]) % psutil.cpu_count()])
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = openclip_anchor.create(args.preset).train()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    step = openclip_anchor.train_step(ddp, openclip_anchor.optimizer(model, fused=False), rank, world)
+    images, tokens = fake_batch(get_config(args.preset), args.batch, seed=rank)
+    images, tokens = torch.from_numpy(images), torch.from_numpy(tokens).long()
+    start = time.perf_counter()
+    step(images, tokens)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(args.steps):
+        dist.barrier()
+        start = time.perf_counter()
+        step(images, tokens)
+        times.append(time.perf_counter() - start)
+    summed = torch.tensor(times, dtype=torch.float64)
+    dist.all_reduce(summed)
+    if rank == 0:
+        step_s = statistics.median((summed / world).tolist())
+        Path(args.result).write_text(json.dumps({
+            "ranks": world, "batch_per_rank": args.batch, "steps": args.steps, "threads_per_rank": 1,
+            "first_step_s": round(first, 3), "step_s": round(step_s, 4),
+            "samples_per_s": round(world * args.batch / step_s, 2), "peak_rss_gb_rank0": round(peak_rss_gb(), 2)}))
+    dist.destroy_process_group()
+
+
 def run(cmd, timeout: float) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_"))}
     env["GLOG_v"] = "3"
@@ -151,7 +195,10 @@ def measure(preset: str, batch: int, steps: int, kind: str, ranks: int, workdir:
     result = workdir / f"{preset}_{kind}_{ranks}_{batch}.json"
     worker = [sys.executable, str(Path(__file__).resolve()), f"--{kind}-worker", "--preset", preset,
               "--batch", str(batch), "--steps", str(steps), "--result", str(result)]
-    if ranks > 1:
+    if kind == "openclip-ddp":
+        worker = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] + \
+                 worker[1:]
+    elif ranks > 1:
         worker = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(ranks),
                   "--log-dir", str(workdir / f"logs_{preset}_{ranks}"), "--no-chdir"] + \
                  (["--bind-cores"] if bind_cores else []) + ["--"] + worker
@@ -175,6 +222,9 @@ def compare(preset: str, batch: int, steps: int, workdir: Path) -> dict:
     ours_2b = measure(preset, 2 * batch, steps, "mindspore", 1, workdir)
     ours_2 = measure(preset, batch, steps, "mindspore", 2, workdir, bind_cores=True)
     after = measure(preset, batch, steps, "openclip", 1, workdir)
+    # open_clip's own data-parallel scaling, measured the same way: DDP 2 ranks x 1 core against 1 process at 2B
+    theirs_2b = measure(preset, 2 * batch, steps, "openclip", 1, workdir)
+    theirs_2 = measure(preset, batch, steps, "openclip-ddp", 2, workdir)
     anchor = max(before, after, key=lambda r: r["samples_per_s"])
     fused = max(before["fused"]["samples_per_s"], after["fused"]["samples_per_s"])
     return {
@@ -186,6 +236,9 @@ def compare(preset: str, batch: int, steps: int, workdir: Path) -> dict:
         "ratio_vs_open_clip_fused_adamw": round(ours["samples_per_s"] / fused, 3),
         "scaling_efficiency_2_ranks": round(ours_2["samples_per_s"] / ours_2b["samples_per_s"], 3),
         "ratio_2_ranks_vs_open_clip_adamw": round(ours_2["samples_per_s"] / anchor["samples_per_s"], 3),
+        "open_clip_1_rank_global_batch": theirs_2b, "open_clip_ddp_2_ranks_1_core_each": theirs_2,
+        "open_clip_scaling_efficiency_2_ranks": round(theirs_2["samples_per_s"] / theirs_2b["samples_per_s"], 3),
+        "ratio_2_ranks_vs_open_clip_ddp": round(ours_2["samples_per_s"] / theirs_2["samples_per_s"], 3),
     }
 
 
@@ -197,6 +250,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
     parser.add_argument("--mindspore-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--openclip-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--openclip-ddp-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -205,6 +259,9 @@ def main() -> int:
         return 0
     if args.openclip_worker:
         openclip_worker(args)
+        return 0
+    if args.openclip_ddp_worker:
+        openclip_ddp_worker(args)
         return 0
 
     results = {"machine": {"cpus": psutil.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],

@@ -109,12 +109,19 @@ def optimizer(model, fused: bool, lr: float = 1e-4, weight_decay: float = 0.2):
                              lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused)
 
 
-def train_step(model, opt):
-    """open_clip's step: forward, ClipLoss, backward, AdamW, clamp of logit_scale to [0, ln 100]."""
+def train_step(model, opt, rank: int = 0, world_size: int = 1):
+    """open_clip's step: forward, ClipLoss, backward, AdamW, clamp of logit_scale to [0, ln 100]. With
+    world_size > 1 `model` is wrapped in DistributedDataParallel and the loss is open_clip's sharded form
+    (`--local-loss --gather-with-grad`, the counterpart of our `loss.mode: local`)."""
     import math
     import torch
     open_clip = import_open_clip()
-    loss_fn = open_clip.ClipLoss()
+    if world_size > 1:
+        loss_fn = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank,
+                                     world_size=world_size)
+    else:
+        loss_fn = open_clip.ClipLoss()
+    clamped = getattr(model, "module", model)
 
     def step(images, tokens):
         image_features, text_features, logit_scale = model(images, tokens)
@@ -123,6 +130,6 @@ def train_step(model, opt):
         loss.backward()
         opt.step()
         with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+            clamped.logit_scale.clamp_(0, math.log(100))
         return loss
     return step
