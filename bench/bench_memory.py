@@ -10,13 +10,15 @@ TrainStep or AccumulatingTrainStep; fp32, GRAPH_MODE, 1 process, CPU, fixed rand
 RSS after the model and step are built, runs the first step (graph compilation) and `--steps` timed steps,
 and reports its peak RSS (`ru_maxrss`, nothing subtracted), the peak of MindSpore's own memory pool (the
 activations, gradients and workspaces of the step: `MS_DEV_RUNTIME_CONF=memory_statistics:True`, printed
-by the runtime at exit) and the median step time. Configurations:
+by the runtime at exit), the state the step holds between steps (weights, AdamW moments, the gradient sum
+when accumulating), the card total (state + pool peak: what a card's memory must hold) and the median step
+time. Configurations:
 plain and `model.recompute: true` at each per-card batch, and `train.accum_steps: K` micro-batches of the
 smallest batch. Step-time ratios compare equal global batches (recompute B vs plain B; K x B accumulated
 vs plain K*B). Then peak = a + b * batch is fitted for plain and recompute, the largest batch under
 `--limit-gib` is predicted, and one step at that batch is run to check the prediction. Targets (issue 11):
 recompute cuts the peak by >= 40% at batch 64; K = 4 at batch 16 peaks within 10% of plain batch 16; both
-are judged on the RSS and on the pool. On the CPU backend the RSS also holds what a card's memory does not:
+are judged on the RSS, on the pool and on the card total. On the CPU backend the RSS also holds what a card's memory does not:
 the compiled graph's IR (~1.6 GiB for this step) and buffers that CPU kernels (Transpose) keep outside the
 pool; the pool is what the step itself allocates through MindSpore, which on a card is device memory.
 `--train-mode pynative` measures the same step uncompiled (results in memory_pynative.json): on the
@@ -123,6 +125,10 @@ def worker(args) -> None:
                             distributed.grad_reducer(optimizer.parameters, info))
     images, tokens = (ms.Tensor(x) for x in fake_batch(model.config, args.batch * args.accum, seed=0))
     lr = ms.Tensor(np.float32(t.lr))
+    # what the step keeps between steps: weights, AdamW moments and, when accumulating, the gradient sum
+    held = {p.name: p for p in optimizer.get_parameters()}
+    held.update((p.name, p) for p in getattr(step, "sum", ()))
+    state = sum(p.nbytes for p in held.values()) / GIB
     after_build = rss_gib()
     start = time.perf_counter()
     step(images, tokens, lr)[0].asnumpy()
@@ -136,7 +142,7 @@ def worker(args) -> None:
     peak = peak_rss_gib()
     Path(args.result).write_text(json.dumps({
         "batch": args.batch, "accum_steps": args.accum, "global_batch": args.batch * args.accum,
-        "recompute": args.recompute, "recomputed_blocks": marked, "steps": args.steps,
+        "recompute": args.recompute, "recomputed_blocks": marked, "steps": args.steps, "state_gib": round(state, 3),
         "rss_after_build_gib": round(after_build, 3), "peak_rss_after_first_step_gib": round(after_first, 3),
         "peak_rss_gib": round(peak, 3), "step_increment_gib": round(peak - after_build, 3),
         "first_step_s": round(first, 2), "step_s": round(statistics.median(times), 3) if times else None,
@@ -161,11 +167,13 @@ def measure(batch: int, steps: int, workdir: Path, recompute: bool = False, accu
         raise RuntimeError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     out = json.loads(result.read_text())
     out["pool_peak_gib"] = pool_peak_gib(proc.stdout + proc.stderr)
+    if out["pool_peak_gib"] is not None:
+        out["card_total_gib"] = round(out["state_gib"] + out["pool_peak_gib"], 3)
     out["wall_s"] = round(time.perf_counter() - start, 1)
     out["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     step = f"{out['step_s']:.2f} s/step" if out["step_s"] is not None else "no timed step"
     print(f"{name:16s} peak RSS {out['peak_rss_gib']:6.2f} GiB (after build {out['rss_after_build_gib']:.2f}), "
-          f"pool peak {out['pool_peak_gib']} GiB, "
+          f"pool peak {out['pool_peak_gib']} GiB (+ state {out['state_gib']} GiB = card {out.get('card_total_gib')}), "
           f"{step}, first step {out['first_step_s']:.1f} s, load {out['load_avg'][0]}", flush=True)
     return out
 
@@ -179,15 +187,15 @@ def summarise(runs: dict, batches: Sequence[int], accum: int) -> dict:
         plain = runs.get(f"plain_{r['global_batch']}")
         row = {"config": name, "batch": r["batch"], "accum_steps": r["accum_steps"], "recompute": r["recompute"],
                "global_batch": r["global_batch"], "peak_rss_gib": r["peak_rss_gib"],
-               "pool_peak_gib": r.get("pool_peak_gib"), "rss_after_build_gib": r["rss_after_build_gib"],
+               "pool_peak_gib": r.get("pool_peak_gib"), "state_gib": r.get("state_gib"),
+               "card_total_gib": r.get("card_total_gib"), "rss_after_build_gib": r["rss_after_build_gib"],
                "step_increment_gib": r["step_increment_gib"], "step_s": r["step_s"], "first_step_s": r["first_step_s"]}
         if plain and plain is not r:
             row["step_time_vs_plain_same_global_batch"] = round(r["step_s"] / plain["step_s"], 3)
             row["peak_vs_plain_same_global_batch"] = round(r["peak_rss_gib"] / plain["peak_rss_gib"], 3)
         table.append(row)
     targets = {}
-    for measure_ in ("peak_rss_gib", "pool_peak_gib"):
-        what = "rss" if measure_ == "peak_rss_gib" else "pool"
+    for measure_, what in (("peak_rss_gib", "rss"), ("pool_peak_gib", "pool"), ("card_total_gib", "card_total")):
         rec, plain_large = runs.get(f"recompute_{large}"), runs.get(f"plain_{large}")
         if rec and plain_large and rec.get(measure_) and plain_large.get(measure_):
             cut = reduction(rec[measure_], plain_large[measure_])
@@ -265,7 +273,8 @@ def main() -> int:
     batches = sorted(set(args.batches))
     results = {"machine": machine(), "preset": PRESET, "precision": "fp32", "mode": args.train_mode, "processes": 1,
                "steps": args.steps, "grad_clip_norm": args.grad_clip_norm, "unit": "GiB (2**30 bytes); peak_rss = ru_maxrss of the worker process; pool_peak = peak in use of "
-                       "MindSpore's memory pool (runtime memory_statistics)", "runs": {}}
+                       "MindSpore's memory pool (runtime memory_statistics); state = Parameters kept between steps (weights, "
+                       "moments, gradient sum); card_total = state + pool_peak", "runs": {}}
     runs = results["runs"]
     with tempfile.TemporaryDirectory() as tmp:
         for batch in batches:

@@ -110,10 +110,14 @@ class CLIPModel(nn.Cell):
         pooled = ops.gather(x.reshape(n * length, -1), ops.arange(n, dtype=ms.int32) * length + eot, 0)
         return ops.matmul(pooled.astype(self.dtype), self.text_projection.astype(self.dtype)).astype(ms.float32)
 
+    def image_features(self, pixels):
+        return l2_normalize(self.encode_image(pixels))
+
+    def text_features(self, tokens):
+        return l2_normalize(self.encode_text(tokens))
+
     def construct(self, pixels, tokens):
-        image = l2_normalize(self.encode_image(pixels))
-        text = l2_normalize(self.encode_text(tokens))
-        return image, text, ops.exp(self.logit_scale)
+        return self.image_features(pixels), self.text_features(tokens), ops.exp(self.logit_scale)
 
 
 class TokenEmbedding(nn.Cell):

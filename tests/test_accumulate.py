@@ -52,6 +52,29 @@ def test_micro_batch_gradients_are_summed_in_the_order_the_backward_pass_makes_t
     assert set(order[33:]) == {"positional_embedding", "token_embedding.weight"}
 
 
+def test_each_tower_re_encodes_in_its_own_graph_and_every_weight_is_summed_once():
+    """The contrastive step back-propagates the image and the text tower separately (one tower's activations
+    at a time); a weight in neither graph would never be trained, one in both would be counted twice."""
+    from clip.accumulate import AccumulatingTrainStep
+    from clip.distributed import grad_reducer
+    from clip.loss import ContrastiveLoss
+    from clip.model import create_model
+    from clip.optim import build_optimizer
+    from clip.train import NetWithLoss
+
+    model = create_model("clip_tiny")
+    optimizer = build_optimizer(model, "adamw", 0.2, 0.9, 0.98, 1e-6)
+    step = AccumulatingTrainStep(NetWithLoss(model, ContrastiveLoss("local")), optimizer,
+                                 grad_reducer(optimizer.parameters), 2)
+    image = [w.name for w in step.image_grad.weights]
+    text = [w.name for w in step.text_grad.weights]
+    assert image and all(name.startswith("visual.") for name in image)
+    assert "logit_scale" in text and not any(name.startswith("visual.") for name in text)
+    assert sorted(image + text) == sorted(w.name for w in model.trainable_params())
+    for graph in (step.image_grad, step.text_grad):  # each weight's gradient goes to its own sum
+        assert [s.name for s in graph.grad_sum] == [f"grad_sum.{w.name}" for w in graph.weights]
+
+
 def test_a_global_batch_the_dataset_cannot_fill_is_refused(tmp_path):
     cmd = train_command(TINY + ["train.batch_size=4", "train.accum_steps=8", f"output_dir={tmp_path / 'out'}"])
     proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)

@@ -25,17 +25,18 @@ def test_largest_batch_is_the_last_batch_under_the_limit():
         bench_memory.largest_batch(3.0, 0.0, 16.0)
 
 
-def run(batch, peak, after_build=1.0, step_s=1.0, accum=1, recompute=False, pool=None):
+def run(batch, peak, after_build=1.0, step_s=1.0, accum=1, recompute=False, pool=None, card=None):
     return {"batch": batch, "accum_steps": accum, "global_batch": batch * accum, "recompute": recompute,
-            "peak_rss_gib": peak, "pool_peak_gib": pool, "rss_after_build_gib": after_build, "step_increment_gib": peak - after_build,
+            "peak_rss_gib": peak, "pool_peak_gib": pool, "card_total_gib": card, "rss_after_build_gib": after_build, "step_increment_gib": peak - after_build,
             "step_s": step_s, "first_step_s": 10.0}
 
 
 def test_summary_compares_equal_global_batches_and_judges_both_targets():
-    runs = {"plain_16": run(16, 5.0, pool=1.0), "recompute_16": run(16, 4.0, step_s=1.3, recompute=True, pool=0.5),
-            "plain_64": run(64, 10.0, step_s=4.0, pool=4.0),
-            "recompute_64": run(64, 5.5, step_s=5.0, recompute=True, pool=2.6),
-            "plain_16_x4": run(16, 5.6, step_s=6.0, accum=4, pool=1.05)}
+    runs = {"plain_16": run(16, 5.0, pool=1.0, card=3.0),
+            "recompute_16": run(16, 4.0, step_s=1.3, recompute=True, pool=0.5, card=2.5),
+            "plain_64": run(64, 10.0, step_s=4.0, pool=4.0, card=6.0),
+            "recompute_64": run(64, 5.5, step_s=5.0, recompute=True, pool=2.6, card=4.6),
+            "plain_16_x4": run(16, 5.6, step_s=6.0, accum=4, pool=1.05, card=3.6)}
     out = bench_memory.summarise(runs, [16, 64], 4)
     rows = {r["config"]: r for r in out["table"]}
     assert rows["recompute_64"]["step_time_vs_plain_same_global_batch"] == 1.25
@@ -49,6 +50,10 @@ def test_summary_compares_equal_global_batches_and_judges_both_targets():
     assert pool_cut["cut"] == 0.35 and not pool_cut["met"]
     assert pool_accum["over_plain"] == 0.05 and pool_accum["met"]
     assert rows["plain_64"]["pool_peak_gib"] == 4.0
+    # the card total (state + pool) carries the gradient sum the pool does not see
+    card_cut, card_accum = out["targets"]["recompute_card_total_cut"], out["targets"]["accumulation_card_total_peak"]
+    assert card_cut["cut"] == pytest.approx(0.233, abs=1e-3) and not card_cut["met"]
+    assert card_accum["over_plain"] == 0.2 and not card_accum["met"]
 
 
 def test_a_run_without_pool_statistics_is_judged_on_rss_only():
