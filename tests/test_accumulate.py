@@ -11,8 +11,8 @@ from clip.accumulate import backward_order
 from clip.config import load_config
 from clip.recompute import blocks_to_recompute
 from common.errors import UserError
-from test_equivalence import REPO, TINY, clean_env, losses, max_param_diff, metric, model_params, run_training, \
-    train_command
+from test_equivalence import REPO, TINY, clean_env, finish_training, losses, max_param_diff, metric, model_params, \
+    run_training, run_trainings, start_training, train_command
 
 
 def test_bad_accumulation_and_recompute_settings_are_one_line_errors():
@@ -130,10 +130,11 @@ def test_recompute_leaves_the_gradients_unchanged(preset, dtype, tolerance):
 def test_a_run_with_accumulation_resumes_exactly(tmp_path):
     overrides = [o for o in TINY if not o.startswith("train.resume")] + [
         "train.batch_size=2", "train.accum_steps=4", "train.save_every=2", "train.resume=auto"]
-    run_training(tmp_path / "straight", 1, overrides)
+    straight = start_training(tmp_path / "straight", overrides)  # side by side with the split run
     first = run_training(tmp_path / "split", 1, overrides + ["train.stop_after=2"])
     assert "stopped at step 2 of 5" in first.stdout
     second = run_training(tmp_path / "split", 1, overrides)
+    finish_training(tmp_path / "straight", straight)
     assert "steps 2->5 of 5" in second.stdout and "x 4 micro-batches (global 8)" in second.stdout
     diff, key = max_param_diff(model_params(tmp_path / "split" / "checkpoints" / "last.ckpt"),
                                model_params(tmp_path / "straight" / "checkpoints" / "last.ckpt"))
@@ -149,17 +150,16 @@ def test_accumulation_in_fp16_and_in_pynative_trains_like_the_plain_step(tmp_pat
     same K = 4 step run op by op equals it compiled."""
     base = [o for o in TINY if not o.startswith("train.lr")] + ["train.lr=2e-4"]
     fp16 = base + ["train.precision=fp16"]
-    run_training(tmp_path / "fp16_k1", 1, fp16 + ["train.batch_size=8"])
-    run_training(tmp_path / "fp16_k4", 1, fp16 + ["train.batch_size=2", "train.accum_steps=4"])
+    accumulated = base + ["train.batch_size=2", "train.accum_steps=4"]
+    run_trainings({tmp_path / "fp16_k1": fp16 + ["train.batch_size=8"],
+                   tmp_path / "fp16_k4": fp16 + ["train.batch_size=2", "train.accum_steps=4"],
+                   tmp_path / "graph": accumulated, tmp_path / "pynative": accumulated + ["train.mode=pynative"]})
     ref, got = losses(tmp_path / "fp16_k1"), losses(tmp_path / "fp16_k4")
     assert sorted(ref) == sorted(got) == [1, 2, 3, 4, 5]
     worst = max(abs(got[s] - ref[s]) / ref[s] for s in ref)
     assert worst <= 1e-3, f"fp16 K=4 per-step loss differs by {worst:.3g} (relative) from K=1"
     for key in ("skipped_steps", "loss_scale"):
         assert metric(tmp_path / "fp16_k1", key) == metric(tmp_path / "fp16_k4", key)
-    accumulated = base + ["train.batch_size=2", "train.accum_steps=4"]
-    run_training(tmp_path / "graph", 1, accumulated)
-    run_training(tmp_path / "pynative", 1, accumulated + ["train.mode=pynative"])
     graph, pynative = losses(tmp_path / "graph"), losses(tmp_path / "pynative")
     assert sorted(pynative) == [1, 2, 3, 4, 5]
     assert max(abs(pynative[s] - graph[s]) for s in graph) <= 1e-6

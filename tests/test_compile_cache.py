@@ -11,7 +11,7 @@ import pytest
 from clip.compile_cache import (COMPLETE, ENABLE, LOOP_ONLY, PATH, ROOT_ENV, cache_key, cache_root, claim,
                                 graph_fields, stop_caching)
 from clip.config import RunConfig
-from test_equivalence import TINY, max_param_diff, model_params, run_training
+from test_equivalence import TINY, finish_training, max_param_diff, model_params, start_training
 
 VERSIONS = {"mindspore": "2.10.0", "python": "3.11", "sources": "abc", "device_target": "CPU"}
 
@@ -110,10 +110,15 @@ def launches(tmp_path_factory):
     saved = os.environ.get(ROOT_ENV)
     params = {}
     try:
-        for name, extra in runs.items():
-            os.environ[ROOT_ENV] = "off" if name == "lr_uncached" else str(root)
-            run_training(base / name, 1, overrides + extra)
-            params[name] = model_params(base / name / "checkpoints" / "last.ckpt")
+        # "again" and "lr" must find the graph "cold" wrote, so they start after it; the others go side by side
+        for wave in (("cold", "beta2", "lr_uncached"), ("again", "lr")):
+            started = {}
+            for name in wave:
+                os.environ[ROOT_ENV] = "off" if name == "lr_uncached" else str(root)
+                started[name] = start_training(base / name, overrides + runs[name])
+            for name, proc in started.items():
+                finish_training(base / name, proc)
+                params[name] = model_params(base / name / "checkpoints" / "last.ckpt")
     finally:
         os.environ[ROOT_ENV] = saved
     return base, root, params

@@ -18,7 +18,8 @@ import time
 import pytest
 
 from data_files import write_image_folder, write_img2dataset_dir
-from test_equivalence import REPO, TOL, clean_env, losses, max_param_diff, model_params, run_training, train_command
+from test_equivalence import REPO, TOL, clean_env, finish_training, losses, max_param_diff, model_params, run_training, \
+    start_training, train_command
 
 CORRUPT, UNCAPTIONED = 5, 14
 TINY = ["model.name=clip_tiny", "data.eval=null", "train.max_steps=5", "train.lr=1e-3", "train.warmup_steps=2",
@@ -43,6 +44,12 @@ def runs(shards, tmp_path_factory):
     root = shards["root"]
     wds = ["data.train.type=webdataset", f"data.train.path={root}/{{00000..00002}}.tar"]
     out = {}
+    packed, mr = base / "packed", base / "mr"
+    out["pack"] = pack(root, packed, "--shards", "3")
+    assert out["pack"].returncode == 0, out["pack"].stderr[-2000:]
+    # the MindRecord run goes side by side with the webdataset runs
+    mr_run = start_training(mr, TINY + ["data.train.type=mindrecord", f"data.train.path={packed}", "train.batch_size=8",
+                                        "train.resume=none"])
     split = base / "w1_split"
     first = run_training(split, 1, TINY + wds + ["train.batch_size=8", "train.stop_after=2", "train.resume=none"])
     second = run_training(split, 1, TINY + wds + ["train.batch_size=8", "train.resume=auto"])
@@ -53,12 +60,7 @@ def runs(shards, tmp_path_factory):
                                        "train.batch_size=4", "train.resume=none"])
     out["w2"] = {"losses": losses(w2), "params": model_params(w2 / "checkpoints" / "last.ckpt"),
                  "log": proc.stdout + proc.stderr + "".join(p.read_text() for p in (w2 / "logs").glob("*.log"))}
-    packed = base / "packed"
-    out["pack"] = pack(root, packed, "--shards", "3")
-    assert out["pack"].returncode == 0, out["pack"].stderr[-2000:]
-    mr = base / "mr"
-    run_training(mr, 1, TINY + ["data.train.type=mindrecord", f"data.train.path={packed}", "train.batch_size=8",
-                                "train.resume=none"])
+    finish_training(mr, mr_run)
     out["mr"] = {"losses": losses(mr), "params": model_params(mr / "checkpoints" / "last.ckpt"), "dir": packed}
     return out
 

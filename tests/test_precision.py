@@ -16,8 +16,8 @@ import pytest
 
 from common.errors import UserError
 from clip.precision import check_resume, model_dtype
-from test_equivalence import REPO, TINY, clean_env, losses, max_param_diff, metric, model_params, run_training, \
-    train_command
+from test_equivalence import REPO, TINY, clean_env, finish_training, losses, max_param_diff, metric, model_params, \
+    run_training, start_training, train_command
 
 FP16 = [o for o in TINY if not o.startswith("train.max_steps")] + [
     "train.precision=fp16", "train.max_steps=6", "train.save_every=1", "train.keep_last=10"]
@@ -35,9 +35,10 @@ def stored(ckpt):
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("fp16")
     small_lr = [o for o in FP16 if not o.startswith("train.lr")] + ["train.lr=2e-4"]
-    run_training(base / "w1", 1, small_lr + ["train.batch_size=8"])
+    w1 = start_training(base / "w1", small_lr + ["train.batch_size=8"])  # side by side with the clusters
     run_training(base / "w2", 2, small_lr + ["train.batch_size=4"])
     run_training(base / "overflow", 2, FP16 + ["train.batch_size=4", OVERFLOW])
+    finish_training(base / "w1", w1)
     return base
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from common import supervision
 from common.backends import dynamic
-from test_equivalence import REPO, TINY, clean_env, losses, max_param_diff, model_params, run_training, \
-    train_command
+from test_equivalence import REPO, TINY, clean_env, finish_training, losses, max_param_diff, model_params, \
+    run_training, start_training, train_command
 
 STEPS = ["train.max_steps=6", "train.batch_size=8", "loss.mode=local", "train.save_every=2",
          "train.keep_last=1"]
@@ -24,11 +24,12 @@ STEPS = ["train.max_steps=6", "train.batch_size=8", "loss.mode=local", "train.sa
 def resumed(tmp_path_factory):
     base = tmp_path_factory.mktemp("resume")
     overrides = [o for o in TINY if not o.startswith("train.max_steps")] + STEPS
-    run_training(base / "straight", 1, overrides)
+    straight = start_training(base / "straight", overrides)  # side by side with the split run
     first = run_training(base / "split", 1, overrides + ["train.stop_after=4"])
     ckpts_after_first = sorted(p.name for p in (base / "split" / "checkpoints").iterdir())
     second = run_training(base / "split", 2, [o.replace("train.batch_size=8", "train.batch_size=4")
                                                for o in overrides] + ["train.resume=auto"])
+    finish_training(base / "straight", straight)
     return {"base": base, "first": first.stdout, "second": second.stdout, "ckpts_after_first": ckpts_after_first,
             "overrides": overrides}
 
