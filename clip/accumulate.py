@@ -114,8 +114,8 @@ class AccumulatingTrainStep:
         loss, d_image, d_text, d_scale = self.loss_grad(image_all, text_all, features[0][2])
         no_scale = ops.zeros_like(d_scale)
         for i, (x, t) in enumerate(parts):
-            # one tower at a time: only that tower's activations are alive (ViT-B/32 micro-batch 16: pool peak
-            # 1261 -> 665 MiB for the whole K = 4 x 16 step); the temperature's gradient flows once, with the first micro-batch
+            # one tower at a time: only that tower's activations are alive (ViT-B/32, K = 4 x 16: the step's
+            # pool peak 1261 -> 665 MiB); the temperature's gradient flows once, with the first micro-batch
             self.image_grad(x, d_image[i * b:(i + 1) * b])
             self.text_grad(t, d_text[i * b:(i + 1) * b], d_scale if i == 0 else no_scale)
         return loss, self.update(lr)
