@@ -176,9 +176,9 @@ class _LossGrad(nn.Cell):
         return loss, d_image, d_text, d_scale
 
 
-class _ImageGrad(nn.Cell):
-    """Re-encode one micro-batch's images with gradients, back-propagate the cached image-feature gradients
-    through the image tower and add the result to the image weights' sums in place."""
+class _TowerGrad(nn.Cell):
+    """Re-encode one micro-batch through one tower with gradients, back-propagate the cached gradients of that
+    tower's outputs and add the result to the sums of its weights in place."""
 
     def __init__(self, model, weights, grad_sum):
         super().__init__(auto_prefix=False)
@@ -188,31 +188,26 @@ class _ImageGrad(nn.Cell):
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
 
+    def add(self, grads):
+        return _done(self.hyper_map(ops.assign_add, self.grad_sum, grads))
+
+
+class _ImageGrad(_TowerGrad):
     def features(self, images):
         return self.model.image_features(images)
 
     def construct(self, images, d_image):
-        grads = self.grad(self.features, self.weights)(images, d_image)
-        return _done(self.hyper_map(ops.assign_add, self.grad_sum, grads))
+        return self.add(self.grad(self.features, self.weights)(images, d_image))
 
 
-class _TextGrad(nn.Cell):
-    """The same for the text tower, which also carries the temperature."""
-
-    def __init__(self, model, weights, grad_sum):
-        super().__init__(auto_prefix=False)
-        self.model = model
-        self.weights = weights
-        self.grad_sum = grad_sum
-        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
-        self.hyper_map = ops.HyperMap()
+class _TextGrad(_TowerGrad):
+    """The text tower also carries the temperature."""
 
     def features(self, tokens):
         return self.model.text_features(tokens), ops.exp(self.model.logit_scale)
 
     def construct(self, tokens, d_text, d_scale):
-        grads = self.grad(self.features, self.weights)(tokens, (d_text, d_scale))
-        return _done(self.hyper_map(ops.assign_add, self.grad_sum, grads))
+        return self.add(self.grad(self.features, self.weights)(tokens, (d_text, d_scale)))
 
 
 class _NetGrad(nn.Cell):
