@@ -9,7 +9,7 @@ numbers. So this module
 - keys the directory by everything the train step's graph depends on: the resolved config (less the
   fields that only steer the loop or feed the graph as inputs: output paths, data, the learning-rate
   schedule, logging, saving, evaluation cadence), world size, rank, device target, MindSpore and Python
-  versions and a hash of the clip and common sources;
+  versions, a hash of the clip and common sources (Python and C++) and the CPU kernel library in use;
 - caches only the graphs compiled during the first train-step call (one for the plain step; one per phase,
   always in the same order, for the accumulating step) and turns caching off right after it, so that
   evaluation graphs, whose order and shapes depend on the data, are always compiled afresh;
@@ -80,11 +80,11 @@ def cache_root(env: Mapping[str, str]) -> Optional[str]:
 
 
 def source_hash(root: Optional[Path] = None) -> str:
-    """Hash of the Python sources the graphs are built from."""
+    """Hash of the sources the graphs are built from: the Python and the C++ of clip.cpu_kernels."""
     root = root or Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for package in _SOURCE_PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
+        for path in sorted(p for pattern in ("*.py", "*.cc") for p in (root / package).rglob(pattern)):
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:20]
@@ -92,8 +92,11 @@ def source_hash(root: Optional[Path] = None) -> str:
 
 def versions() -> dict:
     import mindspore as ms
+    from clip import cpu_kernels
+    target = ms.get_context("device_target")
+    # The graph names the kernel library by path, and uses MindSpore's LayerNorm when there is none.
     return {"mindspore": ms.__version__, "python": platform.python_version(), "sources": source_hash(),
-            "device_target": ms.get_context("device_target")}
+            "device_target": target, "cpu_kernels": cpu_kernels.library(target) or "off"}
 
 
 @dataclass

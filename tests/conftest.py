@@ -13,13 +13,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config):
-    """One compile cache for the session's runs (keyed by graph, so runs share it exactly as a user's runs
-    do), never the user's own ~/.cache/mindclip/compile."""
+    """One compile cache and one CPU kernel build for the session's runs (keyed by graph and by source, so
+    runs share them exactly as a user's runs do), never the user's own ~/.cache/mindclip."""
     os.environ["CLIP_COMPILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="clip-compile-cache-")
+    os.environ["CLIP_KERNEL_DIR"] = tempfile.mkdtemp(prefix="clip-kernels-")
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(os.environ.pop("CLIP_COMPILE_CACHE_DIR", ""), ignore_errors=True)
+    for name in ("CLIP_COMPILE_CACHE_DIR", "CLIP_KERNEL_DIR"):
+        shutil.rmtree(os.environ.pop(name, ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,143 @@
+"""clip.cpu_kernels: the fused CPU LayerNorm against a float64 reference and MindSpore's own op, its build
+(cached, atomic, keyed), and the fallback to MindSpore's op when it is off or cannot be built."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import ops
+
+from clip import cpu_kernels
+from clip.transformer import LayerNorm
+
+
+def reference(x, gamma, beta, dy, eps=1e-5):
+    """LayerNorm and its gradients in float64."""
+    x, gamma, beta, dy = (np.asarray(a, np.float64) for a in (x, gamma, beta, dy))
+    mean = x.mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
+    xh = (x - mean) * rstd
+    g = dy * gamma
+    dx = rstd * (g - g.mean(-1, keepdims=True) - xh * (g * xh).mean(-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    return xh * gamma + beta, dx, (dy * xh).sum(rows), dy.sum(rows)
+
+
+def forward_and_grads(cell, x, dy):
+    grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
+    weights = ms.ParameterTuple(cell.trainable_params())
+    (dx,), (dgamma, dbeta) = grad(cell, weights)(ms.Tensor(x), ms.Tensor(dy))
+    return cell(ms.Tensor(x)).asnumpy(), dx.asnumpy(), dgamma.asnumpy(), dbeta.asnumpy()
+
+
+def layer_norm(width, gamma, beta, fused: bool):
+    cell = LayerNorm(width)
+    cell.weight.set_data(ms.Tensor(gamma))
+    cell.bias.set_data(ms.Tensor(beta))
+    if not fused:
+        cell.fused = None
+    return cell
+
+
+@pytest.mark.parametrize("shape", [(4, 7, 64), (50, 3, 768), (33, 512)])
+def test_fused_layer_norm_matches_float64_and_mindspores_op(shape):
+    assert cpu_kernels.layer_norm() is not None, "the suite runs on CPU with g++: the kernel must be in use"
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 3 + 5).astype(np.float32)  # |mean| > std: the variance must not cancel
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32)
+    beta = rng.standard_normal(shape[-1]).astype(np.float32)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    fused = forward_and_grads(layer_norm(shape[-1], gamma, beta, True), x, dy)
+    stock = forward_and_grads(layer_norm(shape[-1], gamma, beta, False), x, dy)
+    for name, ours, theirs, exact in zip(("y", "dx", "dgamma", "dbeta"), fused, stock,
+                                          reference(x, gamma, beta, dy)):
+        scale = np.abs(exact).max()
+        assert ours.shape == exact.shape, name
+        assert np.abs(ours - exact).max() <= 2e-6 * scale, f"{name}: fused kernel vs float64"
+        # and no further from float64 than MindSpore's own kernel, give or take float32 rounding
+        assert np.abs(ours - exact).max() <= np.abs(theirs - exact).max() + 4e-7 * scale, name
+
+
+def test_fused_layer_norm_is_deterministic_and_the_same_in_pynative():
+    rng = np.random.default_rng(1)
+    x, dy = (rng.standard_normal((64, 96)).astype(np.float32) for _ in range(2))
+    gamma, beta = np.ones(96, np.float32), np.zeros(96, np.float32)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    graph = forward_and_grads(layer_norm(96, gamma, beta, True), x, dy)
+    again = forward_and_grads(layer_norm(96, gamma, beta, True), x, dy)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        pynative = forward_and_grads(layer_norm(96, gamma, beta, True), x, dy)
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+    for a, b, c in zip(graph, again, pynative):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_build_key_changes_with_source_command_and_cpu():
+    base = cpu_kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2 fma")
+    assert base == cpu_kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2 fma")
+    assert len({base, cpu_kernels.build_key(b"src2", ("g++", "-O3"), "x86_64", "avx2 fma"),
+                cpu_kernels.build_key(b"src", ("g++", "-O2"), "x86_64", "avx2 fma"),
+                cpu_kernels.build_key(b"src", ("g++", "-O3"), "aarch64", "avx2 fma"),
+                cpu_kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2")}) == 5
+
+
+def test_kernels_are_wanted_on_cpu_unless_switched_off():
+    assert cpu_kernels.wanted({}, "CPU")
+    assert cpu_kernels.wanted({"CLIP_CPU_KERNELS": "on"}, "CPU")
+    assert not cpu_kernels.wanted({"CLIP_CPU_KERNELS": " OFF "}, "CPU")
+    assert not cpu_kernels.wanted({}, "Ascend")
+    assert not cpu_kernels.wanted({}, "GPU")
+    assert cpu_kernels.kernel_root({"CLIP_KERNEL_DIR": "/x"}) == "/x"
+    assert cpu_kernels.kernel_root({}).endswith(os.path.join(".cache", "mindclip", "kernels"))
+
+
+def test_build_writes_once_under_its_key_and_leaves_no_partial_file(tmp_path):
+    env = {"CLIP_KERNEL_DIR": str(tmp_path)}
+    path = cpu_kernels.build(env)
+    assert os.path.dirname(os.path.dirname(path)) == str(tmp_path)
+    assert os.listdir(os.path.dirname(path)) == [cpu_kernels.LIBRARY]
+    stamp = os.stat(path).st_mtime_ns
+    assert cpu_kernels.build(env) == path
+    assert os.stat(path).st_mtime_ns == stamp, "a built library is reused, not rebuilt"
+
+
+SCRIPT = textwrap.dedent("""
+    import numpy as np, mindspore as ms
+    from clip import cpu_kernels
+    from clip.transformer import LayerNorm
+    ms.set_context(mode=ms.GRAPH_MODE)
+    cell = LayerNorm(8)
+    y = cell(ms.Tensor(np.arange(16, dtype=np.float32).reshape(2, 8))).asnumpy()
+    print("fused" if cell.fused is not None else "stock", round(float(np.abs(y).sum()), 4))
+""")
+
+
+@pytest.mark.parametrize("case", ["off", "no_compiler", "unwritable"])
+def test_without_the_kernel_the_model_falls_back_to_mindspores_layer_norm(case, tmp_path, clean_env):
+    env = {**clean_env, "CLIP_KERNEL_DIR": str(tmp_path / "kernels")}
+    if case == "off":
+        env["CLIP_CPU_KERNELS"] = "off"
+    elif case == "no_compiler":
+        env["PATH"] = str(tmp_path)  # python is run by its full path; g++ is not found
+    else:
+        (tmp_path / "kernels").write_text("a file where the directory should be")
+    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    kind, total = result.stdout.split()
+    assert kind == "stock"
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    expected = np.abs(reference(x, np.ones(8), np.zeros(8), x)[0]).sum()
+    assert abs(float(total) - expected) < 1e-3
+    warnings = [line for line in result.stderr.splitlines() if "cpu_kernels.cc" in line]
+    if case == "off":
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and "CLIP_CPU_KERNELS=off" in warnings[0], result.stderr
