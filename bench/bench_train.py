@@ -1,6 +1,6 @@
 """Train-step throughput (samples/s): our MindSpore train step on 1 and 2 ranks vs open_clip on torch.
 
-    python bench/bench_train.py [--presets clip_tiny clip_vit_b_32] [--batch 16] [--out bench/results/train.json]
+    python bench/bench_train.py [--presets clip_tiny clip_vit_b_32] [--batch 16] [--out FILE]
 
 The MindSpore step is exactly clip.train's (`TrainStep`: forward, contrastive loss, gradients, mean
 all-reduce, AdamWeightDecay, logit_scale clamp, GRAPH_MODE). The anchor is open_clip 3.3.0 itself
@@ -32,6 +32,13 @@ from common.safe_write import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = {"clip_tiny": 30, "clip_vit_b_32": 3}
+RESULTS = REPO / "bench" / "results"
+# The file of one preset's run, as the README cites it; several presets together go to train.json.
+RESULT_FILES = {"clip_tiny": "train_tiny.json", "clip_vit_b_32": "train_vit_b_32.json"}
+
+
+def default_out(presets) -> Path:
+    return RESULTS / (RESULT_FILES.get(presets[0], "train.json") if len(presets) == 1 else "train.json")
 
 
 def peak_rss_gb() -> float:
@@ -247,7 +254,8 @@ def main() -> int:
     parser.add_argument("--presets", nargs="+", default=list(STEPS))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default per preset)")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
+    parser.add_argument("--out", default=None, help="default: bench/results/train_<preset>.json for one preset, "
+                                                    "else train.json")
     parser.add_argument("--mindspore-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--openclip-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--openclip-ddp-worker", action="store_true", help=argparse.SUPPRESS)
@@ -271,7 +279,7 @@ def main() -> int:
         for preset in args.presets:
             results["presets"][preset] = compare(preset, args.batch, args.steps or STEPS.get(preset, 5), Path(tmp))
     results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_out(args.presets)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(str(out), results, indent=2)
     print(f"wrote {out}")

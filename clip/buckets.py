@@ -10,8 +10,10 @@ float32 1/W as in `nn.DistributedGradReducer`, so the result is bit-identical to
 The token embedding's gradient is zero outside the rows the step's tokens index (most of a 49408-row table
 at small batches: 84% of clip_tiny's gradient bytes). When the step's W x B x L token ids are fewer than the
 table's rows, the reducer all-gathers the ids and all-reduces only those rows, then scatters them into a
-zero table: the same sums of the same values, on a few rows instead of the whole table. With more ids than
-rows (large batches) it all-reduces the table as before.
+zero table: the same sums of the same values, on a few rows instead of the whole table. The rows travel in
+one all-reduce with the buckets either side of the table, since every collective costs a fixed ~1.6 ms on
+top of its bytes on the CPU backend (bench/bench_collectives.py). With more ids than rows (large batches) it
+all-reduces the table as before, in a bucket of its own.
 """
 from __future__ import annotations
 
@@ -55,6 +57,29 @@ def plan_buckets(sizes: Sequence[int], bucket_bytes: int, itemsize: int = 4,
     return buckets
 
 
+def merge_around(ranges: Sequence[tuple[int, int]], alone: int) -> tuple[list[tuple[tuple[int, int], ...]], int]:
+    """The all-reduces when parameter ``alone`` travels as rows: each bucket of ``ranges`` alone, except that
+    the buckets either side of ``alone``'s own become one group, which the rows join; ``alone``'s bucket is
+    left out. Returns the groups, in the order of ``ranges``, and the index of the group the rows join."""
+    own = ranges.index((alone, alone + 1))
+    neighbours = tuple(ranges[i] for i in (own - 1, own + 1) if 0 <= i < len(ranges))
+    before = [(r,) for r in ranges[:max(own - 1, 0)]]
+    return before + [neighbours] + [(r,) for r in ranges[own + 2:]], len(before)
+
+
+def layout(groups: Sequence[Sequence[tuple[int, int]]], sizes: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Where each parameter sits: (its group, its start in that group's flat buffer); a parameter in no group
+    gets group -1."""
+    group_of, starts = [-1] * len(sizes), [0] * len(sizes)
+    for g, group in enumerate(groups):
+        offset = 0
+        for lo, hi in group:
+            for index in range(lo, hi):
+                group_of[index], starts[index] = g, offset
+                offset += sizes[index]
+    return group_of, starts
+
+
 class BucketedGradReducer(nn.Cell):
     """Mean all-reduce of a gradient tuple in a few flat buckets; same call and result as
     ``nn.DistributedGradReducer(params, mean=True, degree=W, group=group)``.
@@ -74,14 +99,21 @@ class BucketedGradReducer(nn.Cell):
         # The embedding gets a bucket of its own, so its rows can replace it without moving other gradients.
         self.ranges = tuple(plan_buckets(sizes, int(bucket_mb * 2 ** 20), alone=self.embedding))
         # Where each gradient sits: its bucket and its [start, end) in that bucket's flat buffer.
-        bucket_of, starts = [0] * len(sizes), [0] * len(sizes)
-        for b, (lo, hi) in enumerate(self.ranges):
-            offset = 0
-            for index in range(lo, hi):
-                bucket_of[index], starts[index] = b, offset
-                offset += sizes[index]
+        bucket_of, starts = layout([(r,) for r in self.ranges], sizes)
         self.bucket_of, self.starts = tuple(bucket_of), tuple(starts)
         self.ends = tuple(start + size for start, size in zip(starts, sizes))
+        # When the rows travel: the groups of buckets, one all-reduce each, the rows appended to the group of
+        # the embedding's neighbours; the embedding's scattered table is then the buffer after the groups.
+        self.row_groups, self.rows_group, self.rows_start = (), 0, 0
+        self.row_group_of, self.row_starts, self.row_ends = self.bucket_of, self.starts, self.ends
+        if self.embedding >= 0:
+            groups, self.rows_group = merge_around(self.ranges, self.embedding)
+            group_of, starts = layout(groups, sizes)
+            self.rows_start = sum(sum(sizes[lo:hi]) for lo, hi in groups[self.rows_group])
+            group_of[self.embedding], starts[self.embedding] = len(groups), 0
+            self.row_groups = tuple(groups)
+            self.row_group_of, self.row_starts = tuple(group_of), tuple(starts)
+            self.row_ends = tuple(start + size for start, size in zip(starts, sizes))
         self.scale = Tensor(1.0 / degree, ms.float32)
         self.all_reduce = ops.AllReduce("sum", group)
         self.all_gather = ops.AllGather(group)
@@ -93,21 +125,33 @@ class BucketedGradReducer(nn.Cell):
         flats = self.hyper_map(_flatten, grads)
         by_rows = (tokens is not None and self.embedding >= 0
                    and rows_are_fewer(self.degree, tokens.shape, self.vocab_size))
+        if by_rows:
+            return self.reduce_with_rows(grads, flats, tokens)
         buffers = ()
         for lo, hi in self.ranges:
-            if by_rows and lo == self.embedding:
-                buffers = buffers + (self.reduce_rows(grads[lo], tokens),)
-            else:
-                buffers = buffers + (self.all_reduce(ops.concat(flats[lo:hi])) * self.scale,)
+            buffers = buffers + (self.all_reduce(ops.concat(flats[lo:hi])) * self.scale,)
         return self.hyper_map(ops.partial(_restore, buffers), self.bucket_of, self.starts, self.ends, grads)
 
-    def reduce_rows(self, grad, tokens):
-        """The embedding's mean gradient, flat, from the rows every rank's tokens index."""
+    def reduce_with_rows(self, grads, flats, tokens):
+        """The mean gradients with the embedding's from the rows every rank's tokens index, which travel with
+        the buckets either side of it."""
+        grad = grads[self.embedding]
         ids = self.all_gather(tokens.reshape(-1).astype(ms.int32))
-        rows = self.all_reduce(ops.gather(grad.astype(ms.float32), ids, 0)) * self.scale
-        table = ops.zeros(grad.shape, ms.float32)
+        rows = ops.gather(grad.astype(ms.float32), ids, 0)
+        buffers = ()
+        for g, group in enumerate(self.row_groups):
+            parts = ()
+            for lo, hi in group:
+                parts = parts + flats[lo:hi]
+            if g == self.rows_group:
+                parts = parts + (rows.reshape(-1),)
+            buffers = buffers + (self.all_reduce(ops.concat(parts)) * self.scale,)
+        summed = buffers[self.rows_group][self.rows_start:].reshape(rows.shape)
         # A repeated id scatters the same summed row each time.
-        return ops.tensor_scatter_update(table, ids.reshape(-1, 1), rows).reshape(-1)
+        table = ops.tensor_scatter_update(ops.zeros(grad.shape, ms.float32), ids.reshape(-1, 1), summed)
+        buffers = buffers + (table.reshape(-1),)
+        return self.hyper_map(ops.partial(_restore, buffers), self.row_group_of, self.row_starts, self.row_ends,
+                              grads)
 
 
 _flatten = ops.MultitypeFuncGraph("flatten")

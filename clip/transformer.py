@@ -20,7 +20,7 @@ def normal(std, shape, name):
 class LayerNorm(nn.Cell):
     """LayerNorm in float32 whatever the compute dtype, with parameters named weight/bias like torch.
 
-    On the CPU backend it runs clip.cpu_kernels' fused kernel (7-8x faster than MindSpore's there), else
+    On the CPU backend it runs clip.cpu_kernels' fused kernel (~10x faster than MindSpore's there), else
     MindSpore's own."""
 
     def __init__(self, width, eps=1e-5):
@@ -72,8 +72,17 @@ class Linear(nn.Cell):
 
 
 class QuickGELU(nn.Cell):
+    """x * sigmoid(1.702 x), OpenAI's GELU approximation; in float32 on the CPU backend one fused kernel
+    each way (clip.cpu_kernels) instead of five."""
+
+    def __init__(self, compute_dtype=ms.float32):
+        super().__init__()
+        self.fused = cpu_kernels.quick_gelu() if compute_dtype == ms.float32 else None
+
     def construct(self, x):
-        return x * ops.sigmoid(1.702 * x)
+        if self.fused is None:
+            return x * ops.sigmoid(1.702 * x)
+        return self.fused(x)
 
 
 class MultiheadAttention(nn.Cell):
@@ -113,7 +122,7 @@ class MLP(nn.Cell):
     def __init__(self, width, layers, compute_dtype):
         super().__init__()
         self.c_fc = Linear(width, 4 * width, (2 * width) ** -0.5, compute_dtype)
-        self.gelu = QuickGELU()
+        self.gelu = QuickGELU(compute_dtype)
         self.c_proj = Linear(4 * width, width, width ** -0.5 * (2 * layers) ** -0.5, compute_dtype)
 
     def construct(self, x):

@@ -1,5 +1,5 @@
-"""clip.cpu_kernels: the fused CPU LayerNorm against a float64 reference and MindSpore's own op, its build
-(cached, atomic, keyed), and the fallback to MindSpore's op when it is off or cannot be built."""
+"""clip.cpu_kernels: the fused CPU LayerNorm and QuickGELU against float64 references and MindSpore's own ops,
+their build (cached, atomic, keyed), and the fallback to MindSpore's ops when they are off or cannot be built."""
 import os
 import subprocess
 import sys
@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import ops
 
 from clip import cpu_kernels
-from clip.transformer import LayerNorm
+from clip.transformer import LayerNorm, QuickGELU
 
 
 def reference(x, gamma, beta, dy, eps=1e-5):
@@ -61,6 +61,29 @@ def test_fused_layer_norm_matches_float64_and_mindspores_op(shape):
         assert np.abs(ours - exact).max() <= 2e-6 * scale, f"{name}: fused kernel vs float64"
         # and no further from float64 than MindSpore's own kernel, give or take float32 rounding
         assert np.abs(ours - exact).max() <= np.abs(theirs - exact).max() + 4e-7 * scale, name
+
+
+def test_fused_quick_gelu_matches_float64_and_mindspores_ops():
+    assert cpu_kernels.quick_gelu() is not None
+    rng = np.random.default_rng(7)
+    x = np.concatenate([np.linspace(-30, 30, 6000), rng.standard_normal(20004) * 3]).astype(np.float32)
+    x = x.reshape(-1, 12)  # 2-D, as in the MLP
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    xd = x.astype(np.float64)
+    s = 1 / (1 + np.exp(-1.702 * xd))
+    exact = (xd * s, dy * (s + 1.702 * xd * s * (1 - s)))
+    ms.set_context(mode=ms.GRAPH_MODE)
+    grad = ops.GradOperation(sens_param=True)
+    results = {}
+    for name, cell in (("fused", QuickGELU()), ("stock", QuickGELU(ms.float16))):
+        if name == "stock":
+            assert cell.fused is None  # float16 keeps MindSpore's ops; run them in float32 here
+        results[name] = (cell(ms.Tensor(x)).asnumpy(), grad(cell)(ms.Tensor(x), ms.Tensor(dy)).asnumpy())
+    for i, what in enumerate(("y", "dx")):
+        ours, theirs, reference_ = results["fused"][i], results["stock"][i], exact[i]
+        scale = np.abs(reference_).max()
+        assert np.abs(ours - reference_).max() <= 1e-6 * scale, what
+        assert np.abs(ours - reference_).max() <= np.abs(theirs - reference_).max() + 2e-7 * scale, what
 
 
 def test_fused_layer_norm_is_deterministic_and_the_same_in_pynative():

@@ -224,6 +224,8 @@ def test_the_token_embedding_travels_as_its_rows_with_the_same_result(cluster):
         assert not rows["rows"]["unused_row_sent"] and rows["table"]["unused_row_sent"]
         for case in ("rows", "table"):
             assert rows[case]["buckets"] == [[2, 3], [1, 2], [0, 1]]
+            # with the rows: one all-reduce for them and both neighbours
+            assert rows[case]["row_groups"] == [[[2, 3], [0, 1]]]
             for mode in ("pynative", "graph"):
                 assert rows[case][f"max_diff_{mode}"] <= limit, rows
                 assert rows[case][f"nonzero_rows_{mode}"] == rows[case]["nonzero_rows_expected"] > 0

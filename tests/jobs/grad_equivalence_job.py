@@ -187,7 +187,8 @@ def row_checks(info):
                                               group=distributed.world_group())(grads)
         reducer = BucketedGradReducer(params, info.world_size, distributed.world_group(), embedding="emb")
         results[case] = {"by_rows": rows_are_fewer(info.world_size, tokens.shape, vocab),
-                         "buckets": [list(r) for r in reducer.ranges]}
+                         "buckets": [list(r) for r in reducer.ranges],
+                         "row_groups": [[list(r) for r in group] for group in reducer.row_groups]}
         for exec_mode in ("pynative", "graph"):
             if exec_mode == "graph":
                 ms.set_context(mode=ms.GRAPH_MODE)
