@@ -110,10 +110,10 @@ class BucketedGradReducer(nn.Cell):
             groups, self.rows_group = merge_around(self.ranges, self.embedding)
             group_of, starts = layout(groups, sizes)
             self.rows_start = sum(sum(sizes[lo:hi]) for lo, hi in groups[self.rows_group])
-            group_of[self.embedding], starts[self.embedding] = len(groups), 0
+            group_of[self.embedding], starts[self.embedding] = len(groups), _WHOLE
             self.row_groups = tuple(groups)
             self.row_group_of, self.row_starts = tuple(group_of), tuple(starts)
-            self.row_ends = tuple(start + size for start, size in zip(starts, sizes))
+            self.row_ends = tuple(start + size for start, size in zip(starts, sizes))  # unused for _WHOLE
         self.scale = Tensor(1.0 / degree, ms.float32)
         self.all_reduce = ops.AllReduce("sum", group)
         self.all_gather = ops.AllGather(group)
@@ -149,7 +149,7 @@ class BucketedGradReducer(nn.Cell):
         summed = buffers[self.rows_group][self.rows_start:].reshape(rows.shape)
         # A repeated id scatters the same summed row each time.
         table = ops.tensor_scatter_update(ops.zeros(grad.shape, ms.float32), ids.reshape(-1, 1), summed)
-        buffers = buffers + (table.reshape(-1),)
+        buffers = buffers + (table,)
         return self.hyper_map(ops.partial(_restore, buffers), self.row_group_of, self.row_starts, self.row_ends,
                               grads)
 
@@ -163,8 +163,13 @@ def _flatten_tensor(grad):
     return grad.reshape(-1).astype(ms.float32)
 
 
+_WHOLE = -1  # a start that means: the buffer is this gradient, in its own shape (no slice, no copy)
+
+
 @_restore.register("Tuple", "Number", "Number", "Number", "Tensor")
 def _restore_tensor(buffers, bucket, start, end, grad):
+    if start == _WHOLE:
+        return buffers[bucket].astype(grad.dtype)
     return buffers[bucket][start:end].reshape(grad.shape).astype(grad.dtype)
 
 
