@@ -96,7 +96,7 @@ class BucketedGradReducer(nn.Cell):
         self.embedding = names.index(embedding) if embedding in names else -1
         self.vocab_size = parameters[self.embedding].shape[0] if self.embedding >= 0 else 0
         self.degree = degree
-        # The embedding gets a bucket of its own, so its rows can replace it without moving other gradients.
+        # The embedding gets a bucket of its own: the whole table travels alone, its rows with its neighbours.
         self.ranges = tuple(plan_buckets(sizes, int(bucket_mb * 2 ** 20), alone=self.embedding))
         # Where each gradient sits: its bucket and its [start, end) in that bucket's flat buffer.
         bucket_of, starts = layout([(r,) for r in self.ranges], sizes)
