@@ -51,13 +51,15 @@ def kernel_root(env: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- the build (I/O)
 
 def _cpu_flags() -> str:
+    """The CPU's feature flags (x86 `flags`, Arm `Features`); the processor's name where /proc has none."""
     try:
         with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith(("flags", "Features")):
-                    return line.split(":", 1)[1].strip()
+            lines = info.readlines()
     except OSError:
-        pass
+        lines = []
+    for line in lines:
+        if line.startswith(("flags", "Features")):
+            return line.split(":", 1)[1].strip()
     return platform.processor()
 
 
