@@ -94,7 +94,7 @@ def versions() -> dict:
     import mindspore as ms
     from clip import cpu_kernels
     target = ms.get_context("device_target")
-    # The graph names the kernel library by path, and uses MindSpore's LayerNorm when there is none.
+    # The graph names the kernel library by path, and uses MindSpore's ops when there is none.
     return {"mindspore": ms.__version__, "python": platform.python_version(), "sources": source_hash(),
             "device_target": target, "cpu_kernels": cpu_kernels.library(target) or "off"}
 
