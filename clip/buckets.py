@@ -89,7 +89,7 @@ class BucketedGradReducer(nn.Cell):
     """
 
     def __init__(self, parameters, degree: int, group: str, bucket_mb: float = DEFAULT_BUCKET_MB,
-                 embedding: Optional[str] = None):
+                 embedding: Optional[str] = None, sum_op=None):
         super().__init__(auto_prefix=False)
         sizes = [_numel(p.shape) for p in parameters]
         names = [p.name for p in parameters]
@@ -115,7 +115,11 @@ class BucketedGradReducer(nn.Cell):
             self.row_group_of, self.row_starts = tuple(group_of), tuple(starts)
             self.row_ends = tuple(start + size for start, size in zip(starts, sizes))  # unused for _WHOLE
         self.scale = Tensor(1.0 / degree, ms.float32)
-        self.all_reduce = ops.AllReduce("sum", group)
+        # sum_op (clip.shm_allreduce) sums outside MindSpore's collectives, so the graph must order its calls:
+        # the first waits for every gradient and the gathered ids (after every MindSpore collective of the
+        # step), and each waits for the one before, so all ranks make them in one order.
+        self.serial = sum_op is not None
+        self.all_reduce = sum_op if self.serial else ops.AllReduce("sum", group)
         self.all_gather = ops.AllGather(group)
         self.hyper_map = ops.HyperMap()
 
@@ -127,9 +131,10 @@ class BucketedGradReducer(nn.Cell):
                    and rows_are_fewer(self.degree, tokens.shape, self.vocab_size))
         if by_rows:
             return self.reduce_with_rows(grads, flats, tokens)
-        buffers = ()
+        buffers, after = (), grads
         for lo, hi in self.ranges:
-            buffers = buffers + (self.all_reduce(ops.concat(flats[lo:hi])) * self.scale,)
+            summed = self._sum(ops.concat(flats[lo:hi]), after)
+            buffers, after = buffers + (summed * self.scale,), summed
         return self.hyper_map(ops.partial(_restore, buffers), self.bucket_of, self.starts, self.ends, grads)
 
     def reduce_with_rows(self, grads, flats, tokens):
@@ -138,20 +143,26 @@ class BucketedGradReducer(nn.Cell):
         grad = grads[self.embedding]
         ids = self.all_gather(tokens.reshape(-1).astype(ms.int32))
         rows = ops.gather(grad.astype(ms.float32), ids, 0)
-        buffers = ()
+        buffers, after = (), (grads, ids)
         for g, group in enumerate(self.row_groups):
             parts = ()
             for lo, hi in group:
                 parts = parts + flats[lo:hi]
             if g == self.rows_group:
                 parts = parts + (rows.reshape(-1),)
-            buffers = buffers + (self.all_reduce(ops.concat(parts)) * self.scale,)
+            summed = self._sum(ops.concat(parts), after)
+            buffers, after = buffers + (summed * self.scale,), summed
         summed = buffers[self.rows_group][self.rows_start:].reshape(rows.shape)
         # A repeated id scatters the same summed row each time.
         table = ops.tensor_scatter_update(ops.zeros(grad.shape, ms.float32), ids.reshape(-1, 1), summed)
         buffers = buffers + (table,)
         return self.hyper_map(ops.partial(_restore, buffers), self.row_group_of, self.row_starts, self.row_ends,
                               grads)
+
+    def _sum(self, buffer, after):
+        if self.serial:
+            buffer = ops.depend(buffer, after)
+        return self.all_reduce(buffer)
 
 
 _flatten = ops.MultitypeFuncGraph("flatten")

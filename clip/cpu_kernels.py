@@ -63,20 +63,21 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def build(env: Mapping[str, str] = os.environ) -> str:
-    """Path of the compiled library, building it if needed; raises OSError / CalledProcessError on failure."""
-    source = SOURCE.read_bytes()
+def build(env: Mapping[str, str] = os.environ, source_file: Path = SOURCE) -> str:
+    """Path of the library compiled from ``source_file``, building it if needed; raises OSError /
+    CalledProcessError on failure."""
+    source = source_file.read_bytes()
     key = build_key(source, COMPILE, platform.machine(), _cpu_flags())
-    target = Path(kernel_root(env), key, LIBRARY)
+    target = Path(kernel_root(env), key, source_file.stem + ".so")
     if target.exists():
         return str(target)
     if shutil.which(COMPILE[0]) is None:
         raise OSError(f"{COMPILE[0]} is not on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=LIBRARY + ".", dir=target.parent)
+    fd, partial = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run(list(COMPILE) + ["-o", partial, str(SOURCE)], check=True, capture_output=True, text=True,
+        subprocess.run(list(COMPILE) + ["-o", partial, str(source_file)], check=True, capture_output=True, text=True,
                        timeout=300)
         os.replace(partial, target)
     finally:

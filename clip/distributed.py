@@ -15,6 +15,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import communication, nn, ops
 
+from clip import shm_allreduce
 from clip.buckets import BucketedGradReducer
 from common import backends
 from common.backends import ranktable
@@ -179,7 +180,19 @@ def grad_reducer(params, info: Optional[DistInfo] = None) -> nn.Cell:
     info = info or init_from_env()
     if info.world_size == 1:
         return _NoReduction()
-    return BucketedGradReducer(params, info.world_size, world_group(), embedding="token_embedding.weight")
+    return BucketedGradReducer(params, info.world_size, world_group(), embedding="token_embedding.weight",
+                               sum_op=shared_sum(info))
+
+
+_SHARED: dict = {}
+
+
+def shared_sum(info: DistInfo):
+    """The shared-memory sum over ranks (clip.shm_allreduce) when every rank can use it, else None.
+    Collective on first call; one segment per process, reused by every reducer."""
+    if "op" not in _SHARED:
+        _SHARED["op"] = shm_allreduce.connect(info.rank, info.world_size, info.device_target, _gather_rows)
+    return _SHARED["op"]
 
 
 class AllGatherWithGrad(nn.Cell):

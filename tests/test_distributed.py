@@ -151,6 +151,11 @@ def _run_cluster(world_size, out_dir):
     return codes, {name: text[-3000:] for name, text in logs.items()}
 
 
+# The reducer's sums over ranks (tests/jobs/grad_equivalence_job.py `transports`), each eager and compiled.
+TRANSPORTS = ("mindspore", "shared")
+KEYS = [f"{transport}_{mode}" for transport in TRANSPORTS for mode in ("pynative", "graph")]
+
+
 @pytest.fixture(scope="module", params=[2, pytest.param(4, marks=pytest.mark.slow)], ids=lambda w: f"W{w}")
 def cluster(request, tmp_path_factory):
     world_size = request.param
@@ -209,9 +214,9 @@ def test_bucketed_reducer_equals_per_tensor_reducer(cluster):
         buckets = res["buckets"]
         assert len(buckets["buckets"]) > 1  # the check really split the gradients
         limit = 0.0 if cluster["world_size"] == 2 else TOLERANCE
-        for mode in ("pynative", "graph"):
-            assert buckets[f"max_diff_{mode}"] <= limit, buckets
-            assert buckets[f"shapes_{mode}"] == buckets["expected_shapes"]
+        for key in KEYS:
+            assert buckets[f"max_diff_{key}"] <= limit, buckets
+            assert buckets[f"shapes_{key}"] == buckets["expected_shapes"]
 
 
 def test_the_token_embedding_travels_as_its_rows_with_the_same_result(cluster):
@@ -221,14 +226,22 @@ def test_the_token_embedding_travels_as_its_rows_with_the_same_result(cluster):
         limit = 0.0 if cluster["world_size"] == 2 else TOLERANCE
         rows = res["buckets"]["rows"]
         assert rows["rows"]["by_rows"] and not rows["table"]["by_rows"]
-        assert not rows["rows"]["unused_row_sent"] and rows["table"]["unused_row_sent"]
+        for transport in TRANSPORTS:
+            assert not rows["rows"][f"unused_row_sent_{transport}"] and rows["table"][f"unused_row_sent_{transport}"]
         for case in ("rows", "table"):
             assert rows[case]["buckets"] == [[2, 3], [1, 2], [0, 1]]
             # with the rows: one all-reduce for them and both neighbours
             assert rows[case]["row_groups"] == [[[2, 3], [0, 1]]]
-            for mode in ("pynative", "graph"):
-                assert rows[case][f"max_diff_{mode}"] <= limit, rows
-                assert rows[case][f"nonzero_rows_{mode}"] == rows[case]["nonzero_rows_expected"] > 0
+            for key in KEYS:
+                assert rows[case][f"max_diff_{key}"] <= limit, rows
+                assert rows[case][f"nonzero_rows_{key}"] == rows[case]["nonzero_rows_expected"] > 0
+
+
+def test_the_gradients_travel_through_shared_memory_on_one_host(cluster):
+    """Every worker runs on this machine, so the reducer sums in shared memory (clip.shm_allreduce); the
+    checks above ran both transports, and the equivalence checks below run grad_reducer's choice, this one."""
+    for res in cluster["results"]:
+        assert res["buckets"]["shared_in_use"] is True
 
 
 @pytest.mark.parametrize("exec_mode", ["pynative", "jit", "graph"])

@@ -142,6 +142,11 @@ def param_checks(info):
     return {"fork_message": fork_message, "broadcast_error_vs_rank0_seed": broadcast_error}
 
 
+def transports(info):
+    """The reducer's sum over ranks: MindSpore's AllReduce, then the shared-memory one (clip.shm_allreduce)."""
+    return (("mindspore", None), ("shared", distributed.shared_sum(info)))
+
+
 def bucket_checks(info):
     """Largest gap between the bucketed reducer (buckets small enough to split, one tensor larger than a
     bucket, a scalar) and MindSpore's per-tensor DistributedGradReducer, eagerly and compiled."""
@@ -151,19 +156,20 @@ def bucket_checks(info):
     grads = tuple(ms.Tensor(np.asarray(rng.randn(*s), np.float32)) for s in shapes)
     reference = nn.DistributedGradReducer(params, mean=True, degree=info.world_size,
                                           group=distributed.world_group())(grads)
-    bucketed = BucketedGradReducer(params, info.world_size, distributed.world_group(),
-                                   bucket_mb=4000 * 4 / 2 ** 20)
-    results = {"buckets": [list(r) for r in bucketed.ranges]}
-    for exec_mode in ("pynative", "graph"):
-        if exec_mode == "graph":
-            ms.set_context(mode=ms.GRAPH_MODE)
-        try:
-            out = bucketed(grads)
-        finally:
-            ms.set_context(mode=ms.PYNATIVE_MODE)
-        results[f"max_diff_{exec_mode}"] = max_abs_diff(out, reference)
-        results[f"shapes_{exec_mode}"] = [list(o.shape) for o in out]
-    results["expected_shapes"] = [list(s) for s in shapes]
+    results = {"expected_shapes": [list(s) for s in shapes], "shared_in_use": distributed.shared_sum(info) is not None}
+    for transport, sum_op in transports(info):
+        bucketed = BucketedGradReducer(params, info.world_size, distributed.world_group(),
+                                       bucket_mb=4000 * 4 / 2 ** 20, sum_op=sum_op)
+        results["buckets"] = [list(r) for r in bucketed.ranges]
+        for exec_mode in ("pynative", "graph"):
+            if exec_mode == "graph":
+                ms.set_context(mode=ms.GRAPH_MODE)
+            try:
+                out = bucketed(grads)
+            finally:
+                ms.set_context(mode=ms.PYNATIVE_MODE)
+            results[f"max_diff_{transport}_{exec_mode}"] = max_abs_diff(out, reference)
+            results[f"shapes_{transport}_{exec_mode}"] = [list(o.shape) for o in out]
     results["rows"] = row_checks(info)
     return results
 
@@ -185,24 +191,28 @@ def row_checks(info):
                  ms.Tensor(rng.randn(6).astype(np.float32)))
         reference = nn.DistributedGradReducer(params, mean=True, degree=info.world_size,
                                               group=distributed.world_group())(grads)
-        reducer = BucketedGradReducer(params, info.world_size, distributed.world_group(), embedding="emb")
         results[case] = {"by_rows": rows_are_fewer(info.world_size, tokens.shape, vocab),
-                         "buckets": [list(r) for r in reducer.ranges],
-                         "row_groups": [[list(r) for r in group] for group in reducer.row_groups]}
-        for exec_mode in ("pynative", "graph"):
-            if exec_mode == "graph":
-                ms.set_context(mode=ms.GRAPH_MODE)
-            try:
-                out = reducer(grads, ms.Tensor(tokens))
-            finally:
-                ms.set_context(mode=ms.PYNATIVE_MODE)
-            results[case][f"max_diff_{exec_mode}"] = max_abs_diff(out, reference)
-            results[case][f"nonzero_rows_{exec_mode}"] = int((np.abs(out[1].asnumpy()).sum(axis=1) > 0).sum())
-        results[case]["nonzero_rows_expected"] = int((np.abs(reference[1].asnumpy()).sum(axis=1) > 0).sum())
-        # A value in a row no rank's tokens index shows which path ran: the row path never sends it.
-        table[vocab - 1] = 1.0
-        out = reducer((grads[0], ms.Tensor(table), grads[2]), ms.Tensor(tokens))
-        results[case]["unused_row_sent"] = bool(np.abs(out[1].asnumpy()[vocab - 1]).max() > 0)
+                         "nonzero_rows_expected": int((np.abs(reference[1].asnumpy()).sum(axis=1) > 0).sum())}
+        for transport, sum_op in transports(info):
+            reducer = BucketedGradReducer(params, info.world_size, distributed.world_group(), embedding="emb",
+                                          sum_op=sum_op)
+            results[case]["buckets"] = [list(r) for r in reducer.ranges]
+            results[case]["row_groups"] = [[list(r) for r in group] for group in reducer.row_groups]
+            for exec_mode in ("pynative", "graph"):
+                if exec_mode == "graph":
+                    ms.set_context(mode=ms.GRAPH_MODE)
+                try:
+                    out = reducer(grads, ms.Tensor(tokens))
+                finally:
+                    ms.set_context(mode=ms.PYNATIVE_MODE)
+                key = f"{transport}_{exec_mode}"
+                results[case][f"max_diff_{key}"] = max_abs_diff(out, reference)
+                results[case][f"nonzero_rows_{key}"] = int((np.abs(out[1].asnumpy()).sum(axis=1) > 0).sum())
+            # A value in a row no rank's tokens index shows which path ran: the row path never sends it.
+            unused = table.copy()
+            unused[vocab - 1] = 1.0
+            out = reducer((grads[0], ms.Tensor(unused), grads[2]), ms.Tensor(tokens))
+            results[case][f"unused_row_sent_{transport}"] = bool(np.abs(out[1].asnumpy()[vocab - 1]).max() > 0)
     return results
 
 

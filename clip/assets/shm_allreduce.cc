@@ -1,0 +1,229 @@
+// A float32 sum all-reduce through shared memory, for the ranks of one job on one host (CPU backend),
+// built and attached by clip/shm_allreduce.py and run as MindSpore's `ops.Custom(func_type="aot")`.
+//
+// The segment holds a header and two sets of W slots of kChunk floats. Each call walks the buffer a chunk at
+// a time: every rank copies its chunk into its slot; barrier; rank r sums slice r of all W slots, in rank
+// order, into slot 0; barrier; every rank copies slot 0 out. Consecutive chunks alternate between the two
+// sets, so a rank copying a chunk in never overwrites one another rank is still copying out, and one barrier
+// per phase is enough. Every element is summed once, by one rank, so every rank gets the same bits.
+//
+// Waiting spins briefly and then sleeps on a futex; while asleep it checks that every peer process is still
+// alive, so a rank that died turns into an error here rather than a hang.
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+namespace {
+
+constexpr int kMaxRanks = 64;
+constexpr int64_t kChunk = 512 * 1024;  // floats per slot (2 MiB): a segment of 4 W MiB
+constexpr int64_t kAlign = 16;          // slices start on 64-byte lines, so two ranks never write one line
+constexpr int kSpins = 4000;
+
+inline void Relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+struct Peer {
+  std::atomic<int64_t> pid;
+  std::atomic<int64_t> calls;  // calls made so far, posted at the start of each
+  std::atomic<int64_t> size;   // that call's element count
+  char pad[40];
+};
+
+struct alignas(64) Header {
+  std::atomic<uint32_t> arrived;
+  std::atomic<uint32_t> generation;
+  std::atomic<uint32_t> sleepers;
+  std::atomic<uint32_t> failed;  // set by a rank that gives up, so the others stop waiting for it
+  char pad[48];
+  Peer peers[kMaxRanks];
+};
+
+constexpr int64_t kHeaderBytes = (sizeof(Header) + 4095) / 4096 * 4096;
+
+struct State {
+  Header *header = nullptr;
+  float *slots = nullptr;  // [2][W][kChunk]
+  int64_t bytes = 0;
+  int rank = 0, world = 0;
+  int64_t calls = 0;
+  int64_t chunks = 0;  // chunks reduced so far, which picks the set
+  std::mutex lock;     // one call at a time per process
+};
+
+State state;
+
+long Futex(std::atomic<uint32_t> *word, int op, uint32_t value, const timespec *timeout) {
+  return syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), op, value, timeout, nullptr, 0);
+}
+
+// Whether process `pid` has exited: gone, or a zombie its parent has not reaped yet.
+bool Exited(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
+  FILE *stat = std::fopen(path, "r");
+  if (stat == nullptr) return kill(pid, 0) != 0 && errno == ESRCH;
+  char text[512];
+  const size_t n = std::fread(text, 1, sizeof(text) - 1, stat);
+  std::fclose(stat);
+  text[n] = '\0';
+  const char *paren = std::strrchr(text, ')');  // the state follows the command name, which may hold spaces
+  return paren != nullptr && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
+}
+
+// The first peer that has exited, or -1.
+int DeadPeer() {
+  for (int r = 0; r < state.world; ++r) {
+    if (r != state.rank && Exited(static_cast<pid_t>(state.header->peers[r].pid.load()))) return r;
+  }
+  return -1;
+}
+
+bool Fail(const char *what, int peer) {
+  state.header->failed.store(1);
+  state.header->generation.fetch_add(1);
+  Futex(&state.header->generation, FUTEX_WAKE, INT_MAX, nullptr);
+  if (peer >= 0) {
+    std::fprintf(stderr, "error: shared-memory all-reduce on rank %d: %s (rank %d, pid %lld)\n", state.rank, what,
+                 peer, static_cast<long long>(state.header->peers[peer].pid.load()));
+  } else {
+    std::fprintf(stderr, "error: shared-memory all-reduce on rank %d: %s\n", state.rank, what);
+  }
+  return false;
+}
+
+bool Barrier() {
+  Header *h = state.header;
+  const uint32_t generation = h->generation.load();
+  if (h->failed.load()) return Fail("another rank failed", -1);
+  if (h->arrived.fetch_add(1) + 1 == static_cast<uint32_t>(state.world)) {
+    h->arrived.store(0);
+    h->generation.fetch_add(1);
+    if (h->sleepers.load() > 0) Futex(&h->generation, FUTEX_WAKE, INT_MAX, nullptr);
+    return true;
+  }
+  for (int i = 0; i < kSpins && h->generation.load() == generation; ++i) Relax();
+  const timespec tick = {0, 200 * 1000 * 1000};
+  while (h->generation.load() == generation) {
+    h->sleepers.fetch_add(1);
+    Futex(&h->generation, FUTEX_WAIT, generation, &tick);
+    h->sleepers.fetch_sub(1);
+    if (h->generation.load() != generation) break;
+    const int dead = DeadPeer();
+    if (dead >= 0) return Fail("a peer process exited", dead);
+  }
+  if (h->failed.load()) return Fail("another rank failed", -1);
+  return true;
+}
+
+int64_t Count(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+}  // namespace
+
+// Maps the segment at `path` (created and sized by clip/shm_allreduce.py) for rank `rank` of `world`.
+// Returns 0, or an errno-style code.
+extern "C" int ShmAttach(const char *path, int rank, int world) {
+  std::lock_guard<std::mutex> guard(state.lock);
+  if (world < 2 || world > kMaxRanks || rank < 0 || rank >= world) return EINVAL;
+  const int64_t bytes = kHeaderBytes + 2 * world * kChunk * static_cast<int64_t>(sizeof(float));
+  const int fd = open(path, O_RDWR);
+  if (fd < 0) return errno;
+  struct stat info;
+  if (fstat(fd, &info) != 0 || info.st_size != bytes) {
+    close(fd);
+    return EBADF;
+  }
+  void *base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const int err = errno;
+  close(fd);
+  if (base == MAP_FAILED) return err;
+  if (state.header != nullptr) munmap(state.header, state.bytes);
+  state.header = static_cast<Header *>(base);
+  state.slots = reinterpret_cast<float *>(static_cast<char *>(base) + kHeaderBytes);
+  state.bytes = bytes;
+  state.rank = rank;
+  state.world = world;
+  state.calls = 0;
+  state.chunks = 0;
+  state.header->peers[rank].pid.store(getpid());
+  return 0;
+}
+
+// The segment size for `world` ranks, so Python can create the file at the right size.
+extern "C" int64_t ShmBytes(int world) {
+  return kHeaderBytes + 2 * static_cast<int64_t>(world) * kChunk * static_cast<int64_t>(sizeof(float));
+}
+
+// Sum over ranks. Input x (float32, any shape), output y (same shape). Every rank must make the same calls in
+// the same order with the same sizes; a mismatch is an error, not a wrong sum.
+extern "C" int ShmAllReduce(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *,
+                            void *) {
+  if (nparam != 2) return 1;
+  std::lock_guard<std::mutex> guard(state.lock);
+  if (state.header == nullptr) {
+    std::fprintf(stderr, "error: shared-memory all-reduce called before ShmAttach\n");
+    return 1;
+  }
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[1]);
+  const int64_t n = Count(ndims[0], shapes[0]);
+  const int world = state.world, rank = state.rank;
+  Peer &self = state.header->peers[rank];
+  self.calls.store(++state.calls);
+  self.size.store(n);
+  bool checked = false;
+  for (int64_t offset = 0; offset < n || !checked; offset += kChunk) {
+    const int64_t len = n - offset < kChunk ? n - offset : kChunk;
+    float *set = state.slots + (state.chunks++ % 2) * world * kChunk;
+    if (len > 0) std::memcpy(set + rank * kChunk, x + offset, len * sizeof(float));
+    if (!Barrier()) return 1;
+    if (!checked) {
+      for (int r = 0; r < world; ++r) {
+        const Peer &peer = state.header->peers[r];
+        if (peer.calls.load() != state.calls || peer.size.load() != n) {
+          Fail("ranks disagree on the order or sizes of gradient all-reduces", r);
+          return 1;
+        }
+      }
+      checked = true;
+    }
+    if (len <= 0) {
+      if (!Barrier()) return 1;
+      break;
+    }
+    int64_t slice = (len + world - 1) / world;
+    slice = (slice + kAlign - 1) / kAlign * kAlign;
+    const int64_t lo = rank * slice < len ? rank * slice : len;
+    const int64_t hi = lo + slice < len ? lo + slice : len;
+    float *out = set;  // slot 0
+    for (int r = 1; r < world; ++r) {
+      const float *in = set + r * kChunk;
+      for (int64_t i = lo; i < hi; ++i) out[i] += in[i];
+    }
+    if (!Barrier()) return 1;
+    std::memcpy(y + offset, set, len * sizeof(float));
+  }
+  return 0;
+}
