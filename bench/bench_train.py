@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 from pathlib import Path
 
 import psutil
@@ -189,17 +190,18 @@ def openclip_ddp_worker(args) -> None:
     dist.destroy_process_group()
 
 
-def run(cmd, timeout: float) -> None:
+def run(cmd, timeout: float, extra_env: Optional[dict] = None) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_"))}
     env["GLOG_v"] = "3"
+    env.update(extra_env or {})
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
 def measure(preset: str, batch: int, steps: int, kind: str, ranks: int, workdir: Path,
-            bind_cores: bool = False) -> dict:
-    result = workdir / f"{preset}_{kind}_{ranks}_{batch}.json"
+            bind_cores: bool = False, extra_env: Optional[dict] = None) -> dict:
+    result = workdir / f"{preset}_{kind}_{ranks}_{batch}{'_tcp' if extra_env else ''}.json"
     worker = [sys.executable, str(Path(__file__).resolve()), f"--{kind}-worker", "--preset", preset,
               "--batch", str(batch), "--steps", str(steps), "--result", str(result)]
     if kind == "openclip-ddp":
@@ -210,12 +212,12 @@ def measure(preset: str, batch: int, steps: int, kind: str, ranks: int, workdir:
                   "--log-dir", str(workdir / f"logs_{preset}_{ranks}"), "--no-chdir"] + \
                  (["--bind-cores"] if bind_cores else []) + ["--"] + worker
     start = time.perf_counter()
-    run(worker, timeout=3600)
+    run(worker, timeout=3600, extra_env=extra_env)
     out = json.loads(result.read_text())
     out["wall_s"] = round(time.perf_counter() - start, 1)
     out["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     extra = f", fused {out['fused']['samples_per_s']:.2f}" if "fused" in out else ""
-    print(f"{preset:14s} {kind:10s} ranks={ranks} batch={batch}: {out['samples_per_s']:8.2f} samples/s{extra} "
+    print(f"{preset:14s} {kind:10s} ranks={ranks} batch={batch}{' (TCP)' if extra_env else ''}: {out['samples_per_s']:8.2f} samples/s{extra} "
           f"(step {out['step_s']:.3f} s, first step {out['first_step_s']:.1f} s, load {out['load_avg'][0]})",
           flush=True)
     return out
@@ -228,6 +230,9 @@ def compare(preset: str, batch: int, steps: int, workdir: Path) -> dict:
     ours = measure(preset, batch, steps, "mindspore", 1, workdir)
     ours_2b = measure(preset, 2 * batch, steps, "mindspore", 1, workdir)
     ours_2 = measure(preset, batch, steps, "mindspore", 2, workdir, bind_cores=True)
+    # the same 2 ranks with the gradients on MindSpore's own CPU AllReduce (loopback TCP), not shared memory
+    ours_2_tcp = measure(preset, batch, steps, "mindspore", 2, workdir, bind_cores=True,
+                         extra_env={"CLIP_SHM_COLLECTIVES": "off"})
     after = measure(preset, batch, steps, "openclip", 1, workdir)
     # open_clip's own data-parallel scaling, measured the same way: DDP 2 ranks x 1 core against 1 process at 2B
     theirs_2b = measure(preset, 2 * batch, steps, "openclip", 1, workdir)
@@ -242,6 +247,8 @@ def compare(preset: str, batch: int, steps: int, workdir: Path) -> dict:
         "ratio_vs_open_clip_adamw": round(ours["samples_per_s"] / anchor["samples_per_s"], 3),
         "ratio_vs_open_clip_fused_adamw": round(ours["samples_per_s"] / fused, 3),
         "scaling_efficiency_2_ranks": round(ours_2["samples_per_s"] / ours_2b["samples_per_s"], 3),
+        "mindspore_2_ranks_1_core_each_tcp_allreduce": ours_2_tcp,
+        "scaling_efficiency_2_ranks_tcp_allreduce": round(ours_2_tcp["samples_per_s"] / ours_2b["samples_per_s"], 3),
         "ratio_2_ranks_vs_open_clip_adamw": round(ours_2["samples_per_s"] / anchor["samples_per_s"], 3),
         "open_clip_1_rank_global_batch": theirs_2b, "open_clip_ddp_2_ranks_1_core_each": theirs_2,
         "open_clip_scaling_efficiency_2_ranks": round(theirs_2["samples_per_s"] / theirs_2b["samples_per_s"], 3),

@@ -89,7 +89,7 @@ class BucketedGradReducer(nn.Cell):
     """
 
     def __init__(self, parameters, degree: int, group: str, bucket_mb: float = DEFAULT_BUCKET_MB,
-                 embedding: Optional[str] = None, sum_op=None):
+                 embedding: Optional[str] = None, transport=None):
         super().__init__(auto_prefix=False)
         sizes = [_numel(p.shape) for p in parameters]
         names = [p.name for p in parameters]
@@ -115,12 +115,12 @@ class BucketedGradReducer(nn.Cell):
             self.row_group_of, self.row_starts = tuple(group_of), tuple(starts)
             self.row_ends = tuple(start + size for start, size in zip(starts, sizes))  # unused for _WHOLE
         self.scale = Tensor(1.0 / degree, ms.float32)
-        # sum_op (clip.shm_allreduce) sums outside MindSpore's collectives, so the graph must order its calls:
-        # the first waits for every gradient and the gathered ids (after every MindSpore collective of the
-        # step), and each waits for the one before, so all ranks make them in one order.
-        self.serial = sum_op is not None
-        self.all_reduce = sum_op if self.serial else ops.AllReduce("sum", group)
-        self.all_gather = ops.AllGather(group)
+        # A transport (clip.shm_collectives) runs outside MindSpore's collectives, so the graph orders its
+        # calls: the first waits for every gradient (so for every collective of the forward and backward) and
+        # each waits for the one before, so all ranks make them in one order.
+        self.serial = transport is not None
+        self.all_reduce = transport.all_reduce if self.serial else ops.AllReduce("sum", group)
+        self.all_gather = transport.all_gather if self.serial else ops.AllGather(group)
         self.hyper_map = ops.HyperMap()
 
     def construct(self, grads, tokens=None):
@@ -133,7 +133,7 @@ class BucketedGradReducer(nn.Cell):
             return self.reduce_with_rows(grads, flats, tokens)
         buffers, after = (), grads
         for lo, hi in self.ranges:
-            summed = self._sum(ops.concat(flats[lo:hi]), after)
+            summed = self._collective(self.all_reduce, ops.concat(flats[lo:hi]), after)
             buffers, after = buffers + (summed * self.scale,), summed
         return self.hyper_map(ops.partial(_restore, buffers), self.bucket_of, self.starts, self.ends, grads)
 
@@ -141,16 +141,16 @@ class BucketedGradReducer(nn.Cell):
         """The mean gradients with the embedding's from the rows every rank's tokens index, which travel with
         the buckets either side of it."""
         grad = grads[self.embedding]
-        ids = self.all_gather(tokens.reshape(-1).astype(ms.int32))
+        ids = self._collective(self.all_gather, tokens.reshape(-1).astype(ms.int32), grads)
         rows = ops.gather(grad.astype(ms.float32), ids, 0)
-        buffers, after = (), (grads, ids)
+        buffers, after = (), ids
         for g, group in enumerate(self.row_groups):
             parts = ()
             for lo, hi in group:
                 parts = parts + flats[lo:hi]
             if g == self.rows_group:
                 parts = parts + (rows.reshape(-1),)
-            summed = self._sum(ops.concat(parts), after)
+            summed = self._collective(self.all_reduce, ops.concat(parts), after)
             buffers, after = buffers + (summed * self.scale,), summed
         summed = buffers[self.rows_group][self.rows_start:].reshape(rows.shape)
         # A repeated id scatters the same summed row each time.
@@ -159,10 +159,10 @@ class BucketedGradReducer(nn.Cell):
         return self.hyper_map(ops.partial(_restore, buffers), self.row_group_of, self.row_starts, self.row_ends,
                               grads)
 
-    def _sum(self, buffer, after):
+    def _collective(self, op, x, after):
         if self.serial:
-            buffer = ops.depend(buffer, after)
-        return self.all_reduce(buffer)
+            x = ops.depend(x, after)
+        return op(x)
 
 
 _flatten = ops.MultitypeFuncGraph("flatten")

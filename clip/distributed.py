@@ -15,7 +15,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import communication, nn, ops
 
-from clip import shm_allreduce
+from clip import shm_collectives
 from clip.buckets import BucketedGradReducer
 from common import backends
 from common.backends import ranktable
@@ -181,18 +181,19 @@ def grad_reducer(params, info: Optional[DistInfo] = None) -> nn.Cell:
     if info.world_size == 1:
         return _NoReduction()
     return BucketedGradReducer(params, info.world_size, world_group(), embedding="token_embedding.weight",
-                               sum_op=shared_sum(info))
+                               transport=shared_transport(info))
 
 
 _SHARED: dict = {}
 
 
-def shared_sum(info: DistInfo):
-    """The shared-memory sum over ranks (clip.shm_allreduce) when every rank can use it, else None.
-    Collective on first call; one segment per process, reused by every reducer."""
-    if "op" not in _SHARED:
-        _SHARED["op"] = shm_allreduce.connect(info.rank, info.world_size, info.device_target, _gather_rows)
-    return _SHARED["op"]
+def shared_transport(info: DistInfo) -> Optional[shm_collectives.Transport]:
+    """The train step's shared-memory collectives (clip.shm_collectives) when every rank can use them, else
+    None. Collective on the first call with W > 1 on CPU; one segment per process, used by every step."""
+    if "transport" not in _SHARED:
+        _SHARED["transport"] = shm_collectives.connect(info.rank, info.world_size, info.device_target,
+                                                       _gather_rows)
+    return _SHARED["transport"]
 
 
 class AllGatherWithGrad(nn.Cell):
@@ -200,21 +201,22 @@ class AllGatherWithGrad(nn.Cell):
 
     Backward is ReduceScatter(SUM) of the incoming gradient: the native kernel on Ascend, and on CPU/GPU
     AllReduce(SUM) followed by this rank's rows (same result; CPU has no ReduceScatter kernel). Every rank
-    must pass the same shape. With one worker it is the identity and creates no collective.
+    must pass the same shape. With one worker it is the identity and creates no collective. A ``transport``
+    (clip.shm_collectives) carries both directions instead of MindSpore's collectives.
     """
 
-    def __init__(self, info: Optional[DistInfo] = None):
+    def __init__(self, info: Optional[DistInfo] = None, transport: Optional[shm_collectives.Transport] = None):
         super().__init__()
         info = info or init_from_env()
         self.world_size = info.world_size
         self.rank = info.rank
         self.use_reduce_scatter = info.backend == "hccl"
         if self.world_size > 1:
-            self.all_gather = ops.AllGather(world_group())
+            self.all_gather = transport.all_gather if transport else ops.AllGather(world_group())
             if self.use_reduce_scatter:
                 self.reduce_scatter = ops.ReduceScatter("sum", world_group())
             else:
-                self.all_reduce = ops.AllReduce("sum", world_group())
+                self.all_reduce = transport.all_reduce if transport else ops.AllReduce("sum", world_group())
 
     def construct(self, x):
         if self.world_size == 1:

@@ -11,7 +11,7 @@ from typing import Optional
 import mindspore as ms
 from mindspore import nn, ops
 
-from clip.distributed import AllGatherWithGrad, DistInfo, init_from_env
+from clip.distributed import AllGatherWithGrad, DistInfo, init_from_env, shared_transport
 from common.errors import UserError
 from clip.loss_modes import LOSS_MODES
 
@@ -65,7 +65,7 @@ class ContrastiveLoss(nn.Cell):
         self.gathers = info.world_size > 1 and mode != "local_only"
         self.full = mode == "full"
         if self.gathers:
-            self.gather = AllGatherWithGrad(info)
+            self.gather = AllGatherWithGrad(info, shared_transport(info))
 
     def construct(self, image_features, text_features, logit_scale):
         image = image_features.astype(ms.float32)

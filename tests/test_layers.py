@@ -21,7 +21,7 @@ LAYERS = [
     ["launcher.*", "launcher.mpi", "launcher.doctor", "launcher.run", "launcher.msrun"],
     ["launcher.cli", "launcher.__main__"],
     # clip (docs/ARCHITECTURE.md): foundations, components, application, front doors
-    ["clip", "clip.safe_write", "clip.cpu_kernels", "clip.shm_allreduce", "clip.presets", "clip.loss_modes", "clip.tokenizer", "clip.transforms",
+    ["clip", "clip.safe_write", "clip.cpu_kernels", "clip.shm_collectives", "clip.presets", "clip.loss_modes", "clip.tokenizer", "clip.transforms",
      "clip.transformer", "clip.torch_archive", "clip.data", "clip.data.*", "clip.config"],
     ["clip.*", "clip.buckets", "clip.distributed", "clip.checkpoint", "clip.metrics", "clip.encode", "clip.model", "clip.loss",
      "clip.zeroshot", "clip.retrieval", "clip.predict", "clip.train", "clip.convert"],

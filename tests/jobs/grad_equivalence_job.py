@@ -64,7 +64,8 @@ class GradStep(nn.Cell):
 
     def construct(self, images, texts):
         loss = self.with_loss(images, texts)
-        return loss, self.reducer(self.grad(self.with_loss, self.weights)(images, texts))
+        # ordered after the first forward pass, as clip.train.TrainStep does
+        return loss, self.reducer(self.grad(self.with_loss, self.weights)(ops.depend(images, loss), texts))
 
 
 class GatherProbe(nn.Cell):
@@ -107,21 +108,22 @@ def gather_checks(info):
                 for r in range(info.world_size)]
     expected_grad = sum(u[info.rank * rows:(info.rank + 1) * rows] for u in upstream)
     x = ms.Tensor(owned[info.rank])
-    gather = AllGatherWithGrad(info)
-    probe = GatherProbe(gather, ms.Tensor(upstream[info.rank]))
-    value_error = float(np.abs(gather(x).asnumpy() - np.concatenate(owned)).max())
-    grad_fn = ms.value_and_grad(probe)
-    results = {"value_error": value_error}
-    for exec_mode in ("pynative", "jit", "graph"):
-        if exec_mode == "graph":
-            ms.set_context(mode=ms.GRAPH_MODE)
-            grad = ops.GradOperation()(probe)(x)
-            ms.set_context(mode=ms.PYNATIVE_MODE)
-        elif exec_mode == "jit":
-            grad = ms.jit(grad_fn)(x)[1]
-        else:
-            grad = grad_fn(x)[1]
-        results[f"grad_error_{exec_mode}"] = float(np.abs(grad.asnumpy() - expected_grad).max())
+    results = {}
+    for name, transport in transports(info):
+        gather = AllGatherWithGrad(info, transport)
+        probe = GatherProbe(gather, ms.Tensor(upstream[info.rank]))
+        results[f"value_error_{name}"] = float(np.abs(gather(x).asnumpy() - np.concatenate(owned)).max())
+        grad_fn = ms.value_and_grad(probe)
+        for exec_mode in ("pynative", "jit", "graph"):
+            if exec_mode == "graph":
+                ms.set_context(mode=ms.GRAPH_MODE)
+                grad = ops.GradOperation()(probe)(x)
+                ms.set_context(mode=ms.PYNATIVE_MODE)
+            elif exec_mode == "jit":
+                grad = ms.jit(grad_fn)(x)[1]
+            else:
+                grad = grad_fn(x)[1]
+            results[f"grad_error_{name}_{exec_mode}"] = float(np.abs(grad.asnumpy() - expected_grad).max())
     results["grad_scale"] = float(np.abs(expected_grad).max())
     return results
 
@@ -143,8 +145,8 @@ def param_checks(info):
 
 
 def transports(info):
-    """The reducer's sum over ranks: MindSpore's AllReduce, then the shared-memory one (clip.shm_allreduce)."""
-    return (("mindspore", None), ("shared", distributed.shared_sum(info)))
+    """The reducer's collectives: MindSpore's, then the shared-memory ones (clip.shm_collectives)."""
+    return (("mindspore", None), ("shared", distributed.shared_transport(info)))
 
 
 def bucket_checks(info):
@@ -156,10 +158,11 @@ def bucket_checks(info):
     grads = tuple(ms.Tensor(np.asarray(rng.randn(*s), np.float32)) for s in shapes)
     reference = nn.DistributedGradReducer(params, mean=True, degree=info.world_size,
                                           group=distributed.world_group())(grads)
-    results = {"expected_shapes": [list(s) for s in shapes], "shared_in_use": distributed.shared_sum(info) is not None}
-    for transport, sum_op in transports(info):
+    results = {"expected_shapes": [list(s) for s in shapes],
+               "shared_in_use": distributed.shared_transport(info) is not None}
+    for name, transport in transports(info):
         bucketed = BucketedGradReducer(params, info.world_size, distributed.world_group(),
-                                       bucket_mb=4000 * 4 / 2 ** 20, sum_op=sum_op)
+                                       bucket_mb=4000 * 4 / 2 ** 20, transport=transport)
         results["buckets"] = [list(r) for r in bucketed.ranges]
         for exec_mode in ("pynative", "graph"):
             if exec_mode == "graph":
@@ -168,8 +171,8 @@ def bucket_checks(info):
                 out = bucketed(grads)
             finally:
                 ms.set_context(mode=ms.PYNATIVE_MODE)
-            results[f"max_diff_{transport}_{exec_mode}"] = max_abs_diff(out, reference)
-            results[f"shapes_{transport}_{exec_mode}"] = [list(o.shape) for o in out]
+            results[f"max_diff_{name}_{exec_mode}"] = max_abs_diff(out, reference)
+            results[f"shapes_{name}_{exec_mode}"] = [list(o.shape) for o in out]
     results["rows"] = row_checks(info)
     return results
 
@@ -193,9 +196,9 @@ def row_checks(info):
                                               group=distributed.world_group())(grads)
         results[case] = {"by_rows": rows_are_fewer(info.world_size, tokens.shape, vocab),
                          "nonzero_rows_expected": int((np.abs(reference[1].asnumpy()).sum(axis=1) > 0).sum())}
-        for transport, sum_op in transports(info):
+        for name, transport in transports(info):
             reducer = BucketedGradReducer(params, info.world_size, distributed.world_group(), embedding="emb",
-                                          sum_op=sum_op)
+                                          transport=transport)
             results[case]["buckets"] = [list(r) for r in reducer.ranges]
             results[case]["row_groups"] = [[list(r) for r in group] for group in reducer.row_groups]
             for exec_mode in ("pynative", "graph"):
@@ -205,14 +208,14 @@ def row_checks(info):
                     out = reducer(grads, ms.Tensor(tokens))
                 finally:
                     ms.set_context(mode=ms.PYNATIVE_MODE)
-                key = f"{transport}_{exec_mode}"
+                key = f"{name}_{exec_mode}"
                 results[case][f"max_diff_{key}"] = max_abs_diff(out, reference)
                 results[case][f"nonzero_rows_{key}"] = int((np.abs(out[1].asnumpy()).sum(axis=1) > 0).sum())
             # A value in a row no rank's tokens index shows which path ran: the row path never sends it.
             unused = table.copy()
             unused[vocab - 1] = 1.0
             out = reducer((grads[0], ms.Tensor(unused), grads[2]), ms.Tensor(tokens))
-            results[case][f"unused_row_sent_{transport}"] = bool(np.abs(out[1].asnumpy()[vocab - 1]).max() > 0)
+            results[case][f"unused_row_sent_{name}"] = bool(np.abs(out[1].asnumpy()[vocab - 1]).max() > 0)
     return results
 
 

@@ -1,14 +1,15 @@
-// A float32 sum all-reduce through shared memory, for the ranks of one job on one host (CPU backend),
-// built and attached by clip/shm_allreduce.py and run as MindSpore's `ops.Custom(func_type="aot")`.
+// The train step's collectives through shared memory, for the ranks of one job on one host (CPU backend), built
+// and attached by clip/shm_collectives.py and run as MindSpore's `ops.Custom(func_type="aot")`.
 //
-// The segment holds a header and two sets of W slots of kChunk floats. Each call walks the buffer a chunk at
-// a time: every rank copies its chunk into its slot; barrier; rank r sums slice r of all W slots, in rank
-// order, into slot 0; barrier; every rank copies slot 0 out. Consecutive chunks alternate between the two
-// sets, so a rank copying a chunk in never overwrites one another rank is still copying out, and one barrier
-// per phase is enough. Every element is summed once, by one rank, so every rank gets the same bits.
+// The segment holds a header and two sets of W slots of kChunk floats. A call walks its buffer a chunk at a time:
+// every rank copies its chunk into its slot; barrier; then for a sum, rank r adds slice r of all W slots, in rank
+// order, into slot 0; barrier; every rank copies slot 0 out (for a gather, every rank copies all W slots out).
+// Consecutive chunks alternate between the two sets, so a rank copying a chunk in never overwrites one another
+// rank is still copying out. Every element of a sum is added once, by one rank, so every rank gets the same bits.
 //
-// Waiting spins briefly and then sleeps on a futex; while asleep it checks that every peer process is still
-// alive, so a rank that died turns into an error here rather than a hang.
+// Each call first posts (count of calls, kind, size) and checks that every rank posted the same: ranks that
+// disagree get an error, never a wrong result. Waiting spins briefly and then sleeps on a futex; while asleep
+// it checks that every peer process is still alive, so a rank that died is an error here rather than a hang.
 #include <atomic>
 #include <cerrno>
 #include <climits>
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <string>
 
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -44,8 +46,9 @@ inline void Relax() {
 struct Peer {
   std::atomic<int64_t> pid;
   std::atomic<int64_t> calls;  // calls made so far, posted at the start of each
-  std::atomic<int64_t> size;   // that call's element count
-  char pad[40];
+  std::atomic<int64_t> kind;   // that call's collective
+  std::atomic<int64_t> size;   // and its size
+  char pad[32];
 };
 
 struct alignas(64) Header {
@@ -102,10 +105,10 @@ bool Fail(const char *what, int peer) {
   state.header->generation.fetch_add(1);
   Futex(&state.header->generation, FUTEX_WAKE, INT_MAX, nullptr);
   if (peer >= 0) {
-    std::fprintf(stderr, "error: shared-memory all-reduce on rank %d: %s (rank %d, pid %lld)\n", state.rank, what,
+    std::fprintf(stderr, "error: shared-memory collective on rank %d: %s (rank %d, pid %lld)\n", state.rank, what,
                  peer, static_cast<long long>(state.header->peers[peer].pid.load()));
   } else {
-    std::fprintf(stderr, "error: shared-memory all-reduce on rank %d: %s\n", state.rank, what);
+    std::fprintf(stderr, "error: shared-memory collective on rank %d: %s\n", state.rank, what);
   }
   return false;
 }
@@ -138,6 +141,45 @@ int64_t Count(int ndim, const int64_t *shape) {
   int64_t n = 1;
   for (int i = 0; i < ndim; ++i) n *= shape[i];
   return n;
+}
+
+int64_t ItemSize(const char *dtype) {
+  const std::string name(dtype);
+  if (name == "float64" || name == "int64" || name == "uint64") return 8;
+  if (name == "float32" || name == "int32" || name == "uint32") return 4;
+  if (name == "float16" || name == "bfloat16" || name == "int16" || name == "uint16") return 2;
+  if (name == "int8" || name == "uint8" || name == "bool") return 1;
+  return 0;
+}
+
+enum Kind : int64_t { kSum = 1, kGather = 2 };
+
+// Posts this call, waits for every rank and checks that all make the same one: the same count of calls so far,
+// the same kind and the same size. A mismatch is an error on every rank, never a wrong result.
+bool Start(Kind kind, int64_t size) {
+  if (state.header == nullptr) {
+    std::fprintf(stderr, "error: shared-memory collective called before ShmAttach\n");
+    return false;
+  }
+  Peer &self = state.header->peers[state.rank];
+  self.calls.store(++state.calls);
+  self.kind.store(kind);
+  self.size.store(size);
+  if (!Barrier()) return false;
+  for (int r = 0; r < state.world; ++r) {
+    const Peer &peer = state.header->peers[r];
+    if (peer.calls.load() != state.calls || peer.kind.load() != kind || peer.size.load() != size) {
+      return Fail("ranks disagree on the order, kind or sizes of their collectives", r);
+    }
+  }
+  // the posts must stay until every rank has read them: a call without chunks waits here once more
+  return size > 0 || Barrier();
+}
+
+// The set of slots for the next chunk: consecutive chunks alternate, across calls too.
+char *NextSet() {
+  const int64_t set_bytes = state.world * kChunk * static_cast<int64_t>(sizeof(float));
+  return reinterpret_cast<char *>(state.slots) + (state.chunks++ % 2) * set_bytes;
 }
 
 }  // namespace
@@ -176,43 +218,21 @@ extern "C" int64_t ShmBytes(int world) {
   return kHeaderBytes + 2 * static_cast<int64_t>(world) * kChunk * static_cast<int64_t>(sizeof(float));
 }
 
-// Sum over ranks. Input x (float32, any shape), output y (same shape). Every rank must make the same calls in
-// the same order with the same sizes; a mismatch is an error, not a wrong sum.
+// Sum over ranks. Input x (float32, any shape), output y (same shape); y is the same on every rank.
 extern "C" int ShmAllReduce(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *,
                             void *) {
   if (nparam != 2) return 1;
   std::lock_guard<std::mutex> guard(state.lock);
-  if (state.header == nullptr) {
-    std::fprintf(stderr, "error: shared-memory all-reduce called before ShmAttach\n");
-    return 1;
-  }
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t n = Count(ndims[0], shapes[0]);
+  if (!Start(kSum, n)) return 1;
   const int world = state.world, rank = state.rank;
-  Peer &self = state.header->peers[rank];
-  self.calls.store(++state.calls);
-  self.size.store(n);
-  bool checked = false;
-  for (int64_t offset = 0; offset < n || !checked; offset += kChunk) {
+  for (int64_t offset = 0; offset < n; offset += kChunk) {
     const int64_t len = n - offset < kChunk ? n - offset : kChunk;
-    float *set = state.slots + (state.chunks++ % 2) * world * kChunk;
-    if (len > 0) std::memcpy(set + rank * kChunk, x + offset, len * sizeof(float));
+    float *set = reinterpret_cast<float *>(NextSet());
+    std::memcpy(set + rank * kChunk, x + offset, len * sizeof(float));
     if (!Barrier()) return 1;
-    if (!checked) {
-      for (int r = 0; r < world; ++r) {
-        const Peer &peer = state.header->peers[r];
-        if (peer.calls.load() != state.calls || peer.size.load() != n) {
-          Fail("ranks disagree on the order or sizes of gradient all-reduces", r);
-          return 1;
-        }
-      }
-      checked = true;
-    }
-    if (len <= 0) {
-      if (!Barrier()) return 1;
-      break;
-    }
     int64_t slice = (len + world - 1) / world;
     slice = (slice + kAlign - 1) / kAlign * kAlign;
     const int64_t lo = rank * slice < len ? rank * slice : len;
@@ -224,6 +244,32 @@ extern "C" int ShmAllReduce(int nparam, void **params, int *ndims, int64_t **sha
     }
     if (!Barrier()) return 1;
     std::memcpy(y + offset, set, len * sizeof(float));
+  }
+  return 0;
+}
+
+// Concatenation over ranks along the first axis. Input x (any dtype and shape [B, ...]), output y [W B, ...]:
+// rank r's x at rows r B ... (r + 1) B - 1, bit for bit.
+extern "C" int ShmAllGather(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                            void *) {
+  if (nparam != 2) return 1;
+  std::lock_guard<std::mutex> guard(state.lock);
+  const int64_t item = ItemSize(dtypes[0]);
+  if (item == 0) {
+    std::fprintf(stderr, "error: shared-memory all-gather: unsupported dtype %s\n", dtypes[0]);
+    return 1;
+  }
+  const char *x = static_cast<const char *>(params[0]);
+  char *y = static_cast<char *>(params[1]);
+  const int64_t bytes = Count(ndims[0], shapes[0]) * item;
+  const int64_t slot_bytes = kChunk * static_cast<int64_t>(sizeof(float));
+  if (!Start(kGather, bytes)) return 1;
+  for (int64_t offset = 0; offset < bytes; offset += slot_bytes) {
+    const int64_t len = bytes - offset < slot_bytes ? bytes - offset : slot_bytes;
+    char *set = NextSet();
+    std::memcpy(set + state.rank * slot_bytes, x + offset, len);
+    if (!Barrier()) return 1;
+    for (int r = 0; r < state.world; ++r) std::memcpy(y + r * bytes + offset, set + r * slot_bytes, len);
   }
   return 0;
 }

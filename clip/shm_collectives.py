@@ -1,20 +1,28 @@
-"""The gradient all-reduce through shared memory, for CPU jobs whose ranks all run on one host.
+"""The train step's collectives through shared memory, for CPU jobs whose ranks all run on one host.
 
 Why: MindSpore 2.10's CPU collectives go through loopback TCP in ~2 KB reads and keep the CPU busy: a
-600k-float all-reduce took 12.3 ms of wall time and 9 ms of CPU per rank, and ViT-B/32's 600 MB of gradients
-took 2.5-3.1 s per step (docs/training.md). Ranks on one host can instead add their buffers in a shared
-segment, at memory speed, as NCCL and gloo do between processes on one machine.
+600k-float all-reduce took 12.3 ms of wall time and 9 ms of CPU per rank, every collective costs ~1.6 ms
+however small, and ViT-B/32's 600 MB of gradients took 2.5-3.1 s per step (docs/training.md). Ranks on one
+host can instead exchange through a shared segment, at memory speed, as NCCL and gloo do between processes
+on one machine.
 
-The sum is a C++ kernel (clip/assets/shm_allreduce.cc) run as `ops.Custom(func_type="aot")`, built like
-clip/cpu_kernels.py's. Every element is summed once, by one rank, in rank order, so all ranks get the same
-bits; with two ranks these are the bits of MindSpore's AllReduce (a + b). Only the gradient buckets use
-it; the embeddings' all-gather and all the Python-side collectives stay MindSpore's.
+Two C++ kernels (clip/assets/shm_collectives.cc) run as `ops.Custom(func_type="aot")`, built like
+clip/cpu_kernels.py's: a float32 sum and an all-gather (any dtype, bit for bit). In the sum every element
+is added once, by one rank, in rank order, so all ranks get the same bits; with two ranks these are the bits
+of MindSpore's AllReduce (a + b). They carry the step's collectives only: the gradient buckets, the token
+ids, and the contrastive loss's feature gather and its backward. The Python-side collectives (logging,
+checks) stay MindSpore's.
+
+The kernels run outside MindSpore's collective machinery, so the graph must order them: every caller chains
+them with `ops.depend` so that all ranks make the same calls in the same order. Each call checks that the
+ranks agree on its order, kind and size, and fails with a one-line error on every rank if not; a rank that
+waits for a peer process that has exited fails too, rather than hanging.
 
 `connect` is collective: every rank calls it at the same point, and the ranks agree through MindSpore's own
 all-gather on whether to use the segment. Rank 0 creates the file in /dev/shm, every rank maps it, and
 rank 0 removes the name once all have, so nothing is left behind even if the job is killed. On another
-backend, across hosts, with `CLIP_SHM_ALLREDUCE=off`, or when any rank cannot build or map it, every rank
-keeps MindSpore's AllReduce (a warning line says why, except for `off`).
+backend, across hosts, with `CLIP_SHM_COLLECTIVES=off`, or when any rank cannot build or map it, every rank
+keeps MindSpore's collectives (a warning line says why, except for `off`).
 """
 from __future__ import annotations
 
@@ -27,24 +35,34 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
 
 from clip import cpu_kernels
 
-SOURCE = Path(__file__).resolve().parent / "assets" / "shm_allreduce.cc"
-SWITCH_ENV = "CLIP_SHM_ALLREDUCE"
+SOURCE = Path(__file__).resolve().parent / "assets" / "shm_collectives.cc"
+SWITCH_ENV = "CLIP_SHM_COLLECTIVES"
 SHM_DIR = "/dev/shm"
 MAX_RANKS = 64  # kMaxRanks in the kernel
 
 
+class Transport(NamedTuple):
+    """The shared-memory collectives of one job: ``all_reduce(x)`` sums float32 over ranks, ``all_gather(x)``
+    concatenates every rank's x along axis 0."""
+    all_reduce: object
+    all_gather: object
+
+
 # ---------------------------------------------------------------- pure helpers
 
-def wanted(env: Mapping[str, str], device_target: str, world_size: int) -> bool:
-    """Whether this rank offers the shared-memory all-reduce: CPU backend, 2-64 ranks, not switched off."""
-    return (device_target == "CPU" and 2 <= world_size <= MAX_RANKS
-            and env.get(SWITCH_ENV, "").strip().lower() != cpu_kernels.OFF)
+def possible(device_target: str, world_size: int) -> bool:
+    """Whether the job could use the segment at all (the same answer on every rank: no collective needed)."""
+    return device_target == "CPU" and 2 <= world_size <= MAX_RANKS
+
+
+def switched_off(env: Mapping[str, str]) -> bool:
+    return env.get(SWITCH_ENV, "").strip().lower() == cpu_kernels.OFF
 
 
 def host_id(hostname: str, boot_id: str) -> int:
@@ -63,7 +81,7 @@ def agree(offers: np.ndarray) -> Optional[str]:
 
 
 def segment_path(token: int, pid: int) -> str:
-    return os.path.join(SHM_DIR, f"mindclip-allreduce-{pid}-{token:016x}")
+    return os.path.join(SHM_DIR, f"mindclip-collectives-{pid}-{token:016x}")
 
 
 # ---------------------------------------------------------------- the library and the segment (I/O)
@@ -79,7 +97,7 @@ def _library() -> Optional[str]:
 
 
 def _warn(why: str) -> None:
-    print(f"warning: {why}; gradients use MindSpore's CPU AllReduce (slower); "
+    print(f"warning: {why}; the step's collectives use MindSpore's CPU transport (slower); "
           f"set {SWITCH_ENV}={cpu_kernels.OFF} to silence this", file=sys.stderr)
 
 
@@ -92,7 +110,7 @@ def _boot_id() -> str:
 
 
 def _create(path: str, size: int) -> None:
-    """The segment file, zero-filled (a zero header is the kernel's starting state); its blocks are reserved
+    """The segment file, zero-filled (a zero header is the kernels' starting state); its blocks are reserved
     now, so a full /dev/shm is an error here rather than a SIGBUS mid-step."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -102,7 +120,7 @@ def _create(path: str, size: int) -> None:
 
 
 def _attach(library: str, path: str, rank: int, world: int) -> int:
-    lib = ctypes.CDLL(library)  # the same loaded library as the kernel's: dlopen shares one copy per file
+    lib = ctypes.CDLL(library)  # the same loaded library as the kernels': dlopen shares one copy per file
     lib.ShmAttach.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
     return lib.ShmAttach(path.encode(), rank, world)
 
@@ -113,19 +131,22 @@ def _bytes(library: str, world: int) -> int:
     return int(lib.ShmBytes(world))
 
 
-def connect(rank: int, world: int, device_target: str, gather_rows) -> Optional[object]:
-    """The all-reduce op over a segment every rank has mapped, or None (every rank gets the same answer).
+def connect(rank: int, world: int, device_target: str, gather_rows) -> Optional[Transport]:
+    """The collectives over a segment every rank has mapped, or None (every rank gets the same answer).
 
-    Collective: ``gather_rows(int64 array)`` must return every rank's array stacked, bit-exact.
+    Collective unless the job cannot use a segment at all: ``gather_rows(int64 array)`` must return every
+    rank's array stacked, bit-exact.
     """
-    library = _library() if wanted(os.environ, device_target, world) else None
+    if not possible(device_target, world):
+        return None
+    library = None if switched_off(os.environ) else _library()
     offers = gather_rows(np.array([library is not None and os.path.isdir(SHM_DIR),
                                    host_id(socket.gethostname(), _boot_id()), os.getpid(),
                                    secrets.randbits(62)], np.int64))
     why = agree(offers)
     if why is not None:
         if library is not None and rank == 0:
-            _warn(f"the shared-memory all-reduce is off: {why}")
+            _warn(f"shared-memory collectives are off: {why}")
         return None
     path = segment_path(int(offers[0, 3]), int(offers[0, 2]))
     error = ""
@@ -144,12 +165,15 @@ def connect(rank: int, world: int, device_target: str, gather_rows) -> Optional[
         os.unlink(path)  # every rank has it mapped (or has given up): the name is no longer needed
     if not mapped.all():
         if error:
-            _warn(f"the shared-memory all-reduce is off on rank {rank}: {error}")
+            _warn(f"shared-memory collectives are off on rank {rank}: {error}")
         return None
-    return _op(library)
+    return _transport(library, world)
 
 
-def _op(library: str):
+def _transport(library: str, world: int) -> Transport:
     from mindspore import ops
-    return ops.Custom(f"{library}:ShmAllReduce", func_type="aot", out_shape=lambda x: x, out_dtype=lambda x: x)
-
+    return Transport(
+        all_reduce=ops.Custom(f"{library}:ShmAllReduce", func_type="aot",
+                              out_shape=lambda x: x, out_dtype=lambda x: x),
+        all_gather=ops.Custom(f"{library}:ShmAllGather", func_type="aot",
+                              out_shape=lambda x: [world * x[0]] + list(x[1:]), out_dtype=lambda x: x))
