@@ -1,4 +1,4 @@
-"""What a gradient all-reduce costs between CPU ranks here, against torch's gloo, and whether it overlaps compute.
+"""What a gradient all-reduce costs between CPU ranks here: MindSpore's own, our shared-memory one and torch's gloo.
 
     python bench/bench_collectives.py [--ranks 2] [--sizes 65536 600000 3750000] [--repeats 20]
                                       [--out bench/results/collectives.json]
@@ -6,7 +6,9 @@
 Both sides run W ranks with one core each, as the scaling benchmarks do: ours through the launcher (cluster
 backend, `--bind-cores`), torch's through torchrun with gloo and one pinned thread per rank (what open_clip's
 DDP uses in bench_train.py). Per float32 buffer size: the median time of a sum all-reduce (ours: a compiled
-graph, as in the train step, so it includes a graph launch) and of an all-gather of the same buffer. Then the
+graph, as in the train step, so it includes a graph launch) and of an all-gather of the same buffer, through
+MindSpore's CPU collectives and through the shared-memory ones the train step uses on one host
+(clip/shm_collectives.py), in the same processes. Then the
 overlap check on ours: a compiled graph holding ~10 ms of matmuls and an independent all-reduce of the middle
 size, against each alone; if the runtime overlapped them the pair would take less than the sum. The sizes
 default to clip_tiny's gradients: 65,536 floats (its indexed token-embedding rows at 2 x 16 x 32 ids),
@@ -98,12 +100,22 @@ def mindspore_worker(args) -> None:
         for tensor in (out if isinstance(out, tuple) else (out,)):
             tensor.asnumpy()
 
+    class Shared(nn.Cell):
+        def __init__(self, op):
+            super().__init__()
+            self.op = op
+
+        def construct(self, x):
+            return self.op(x)
+
+    transport = distributed.shared_transport(info)
     result = {}
     for n in args.sizes:
         x = ms.Tensor(np.ones(n, np.float32))
-        reduce_cell, gather_cell = AllReduce(), AllGather()
-        result[str(n)] = {"all_reduce_ms": median_ms(lambda: call(reduce_cell, x), args.repeats, distributed.barrier),
-                          "all_gather_ms": median_ms(lambda: call(gather_cell, x), args.repeats, distributed.barrier)}
+        cells = {"all_reduce_ms": AllReduce(), "all_gather_ms": AllGather(),
+                 "shm_all_reduce_ms": Shared(transport.all_reduce), "shm_all_gather_ms": Shared(transport.all_gather)}
+        result[str(n)] = {key: median_ms(lambda: call(cell, x), args.repeats, distributed.barrier)
+                          for key, cell in cells.items()}
     middle = sorted(args.sizes)[len(args.sizes) // 2]
     x = ms.Tensor(np.ones(middle, np.float32))
     a = ms.Tensor(np.random.default_rng(0).random((384, 384), dtype=np.float32))
@@ -177,11 +189,16 @@ def main() -> int:
                "mindspore_all_reduce_mb_s": bandwidth_mb_s(n, o["all_reduce_ms"]),
                "gloo_all_reduce_mb_s": bandwidth_mb_s(n, g["all_reduce_ms"]),
                "all_reduce_time_ratio": round(o["all_reduce_ms"] / g["all_reduce_ms"], 2),
-               "mindspore_all_gather_ms": o["all_gather_ms"], "gloo_all_gather_ms": g["all_gather_ms"]}
+               "mindspore_all_gather_ms": o["all_gather_ms"], "gloo_all_gather_ms": g["all_gather_ms"],
+               "shm_all_reduce_ms": o["shm_all_reduce_ms"], "shm_all_reduce_mb_s": bandwidth_mb_s(n, o["shm_all_reduce_ms"]),
+               "shm_all_reduce_time_ratio_vs_gloo": round(o["shm_all_reduce_ms"] / g["all_reduce_ms"], 2),
+               "shm_all_gather_ms": o["shm_all_gather_ms"]}
         table.append(row)
-        print(f"{n:>9} floats: all-reduce ours {o['all_reduce_ms']:8.2f} ms ({row['mindspore_all_reduce_mb_s']} MB/s), "
-              f"gloo {g['all_reduce_ms']:8.2f} ms ({row['gloo_all_reduce_mb_s']} MB/s); all-gather ours "
-              f"{o['all_gather_ms']:.2f}, gloo {g['all_gather_ms']:.2f} ms", flush=True)
+        print(f"{n:>9} floats: all-reduce MindSpore {o['all_reduce_ms']:8.2f} ms ({row['mindspore_all_reduce_mb_s']} MB/s), "
+              f"shared memory {o['shm_all_reduce_ms']:8.2f} ms ({row['shm_all_reduce_mb_s']} MB/s), "
+              f"gloo {g['all_reduce_ms']:8.2f} ms ({row['gloo_all_reduce_mb_s']} MB/s); all-gather MindSpore "
+              f"{o['all_gather_ms']:.2f}, shared memory {o['shm_all_gather_ms']:.2f}, gloo {g['all_gather_ms']:.2f} ms",
+              flush=True)
     overlap = ours["overlap"]
     overlap["overlapped"] = overlap["together_ms"] < 0.9 * (overlap["matmuls_ms"] + overlap["all_reduce_ms"])
     print(f"overlap: matmuls {overlap['matmuls_ms']} ms + all-reduce {overlap['all_reduce_ms']} ms, in one graph "

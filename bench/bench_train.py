@@ -8,7 +8,9 @@ all-reduce, AdamWeightDecay, logit_scale clamp, GRAPH_MODE). The anchor is open_
 one process, timed with every core and with one thread (the faster counts), before and after the
 MindSpore runs (the faster counts again: the conservative choice for our ratio). Ours runs on 1 rank at
 batch B (against open_clip at B), on 1 rank at 2B and on 2 ranks x 1 core (launcher --bind-cores) at B
-each: the last two have the same global batch and give the scaling efficiency. open_clip's own scaling is
+each: the last two have the same global batch and give the scaling efficiency. The 2-rank run is repeated with
+the step's collectives on MindSpore's own CPU transport (`CLIP_SHM_COLLECTIVES=off`) instead of shared
+memory (clip/shm_collectives.py), to show what that transport costs. open_clip's own scaling is
 measured the same way in the same run: torch DistributedDataParallel (gloo, torchrun) on 2 ranks x 1 thread
 pinned to one core each, with open_clip's sharded loss (--local-loss --gather-with-grad), against open_clip
 in one process at 2B. Inputs are fixed random
@@ -201,7 +203,7 @@ def run(cmd, timeout: float, extra_env: Optional[dict] = None) -> None:
 
 def measure(preset: str, batch: int, steps: int, kind: str, ranks: int, workdir: Path,
             bind_cores: bool = False, extra_env: Optional[dict] = None) -> dict:
-    result = workdir / f"{preset}_{kind}_{ranks}_{batch}{'_tcp' if extra_env else ''}.json"
+    result = workdir / f"{preset}_{kind}_{ranks}_{batch}{'_mindspore_collectives' if extra_env else ''}.json"
     worker = [sys.executable, str(Path(__file__).resolve()), f"--{kind}-worker", "--preset", preset,
               "--batch", str(batch), "--steps", str(steps), "--result", str(result)]
     if kind == "openclip-ddp":
@@ -217,7 +219,7 @@ def measure(preset: str, batch: int, steps: int, kind: str, ranks: int, workdir:
     out["wall_s"] = round(time.perf_counter() - start, 1)
     out["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     extra = f", fused {out['fused']['samples_per_s']:.2f}" if "fused" in out else ""
-    print(f"{preset:14s} {kind:10s} ranks={ranks} batch={batch}{' (TCP)' if extra_env else ''}: {out['samples_per_s']:8.2f} samples/s{extra} "
+    print(f"{preset:14s} {kind:10s} ranks={ranks} batch={batch}{' (MindSpore collectives)' if extra_env else ''}: {out['samples_per_s']:8.2f} samples/s{extra} "
           f"(step {out['step_s']:.3f} s, first step {out['first_step_s']:.1f} s, load {out['load_avg'][0]})",
           flush=True)
     return out
@@ -230,8 +232,8 @@ def compare(preset: str, batch: int, steps: int, workdir: Path) -> dict:
     ours = measure(preset, batch, steps, "mindspore", 1, workdir)
     ours_2b = measure(preset, 2 * batch, steps, "mindspore", 1, workdir)
     ours_2 = measure(preset, batch, steps, "mindspore", 2, workdir, bind_cores=True)
-    # the same 2 ranks with the gradients on MindSpore's own CPU AllReduce (loopback TCP), not shared memory
-    ours_2_tcp = measure(preset, batch, steps, "mindspore", 2, workdir, bind_cores=True,
+    # the same 2 ranks with the step's collectives on MindSpore's own CPU transport (loopback TCP), not shared memory
+    ours_2_ms = measure(preset, batch, steps, "mindspore", 2, workdir, bind_cores=True,
                          extra_env={"CLIP_SHM_COLLECTIVES": "off"})
     after = measure(preset, batch, steps, "openclip", 1, workdir)
     # open_clip's own data-parallel scaling, measured the same way: DDP 2 ranks x 1 core against 1 process at 2B
@@ -247,8 +249,8 @@ def compare(preset: str, batch: int, steps: int, workdir: Path) -> dict:
         "ratio_vs_open_clip_adamw": round(ours["samples_per_s"] / anchor["samples_per_s"], 3),
         "ratio_vs_open_clip_fused_adamw": round(ours["samples_per_s"] / fused, 3),
         "scaling_efficiency_2_ranks": round(ours_2["samples_per_s"] / ours_2b["samples_per_s"], 3),
-        "mindspore_2_ranks_1_core_each_tcp_allreduce": ours_2_tcp,
-        "scaling_efficiency_2_ranks_tcp_allreduce": round(ours_2_tcp["samples_per_s"] / ours_2b["samples_per_s"], 3),
+        "mindspore_2_ranks_1_core_each_mindspore_collectives": ours_2_ms,
+        "scaling_efficiency_2_ranks_mindspore_collectives": round(ours_2_ms["samples_per_s"] / ours_2b["samples_per_s"], 3),
         "ratio_2_ranks_vs_open_clip_adamw": round(ours_2["samples_per_s"] / anchor["samples_per_s"], 3),
         "open_clip_1_rank_global_batch": theirs_2b, "open_clip_ddp_2_ranks_1_core_each": theirs_2,
         "open_clip_scaling_efficiency_2_ranks": round(theirs_2["samples_per_s"] / theirs_2b["samples_per_s"], 3),
