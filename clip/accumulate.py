@@ -172,9 +172,7 @@ class _LossGrad(nn.Cell):
     def construct(self, image_all, text_all, scale):
         sens = self.scaler.scale if self.dynamic else ops.ones((), ms.float32)
         loss = self.loss_fn(image_all, text_all, scale)
-        # the second pass waits for the first, so its collectives follow the first's on every rank in order
-        # (clip.shm_collectives needs that; MindSpore's own are indifferent)
-        d_image, d_text, d_scale = self.grad(self.loss_fn)(ops.depend(image_all, loss), text_all, scale, sens)
+        d_image, d_text, d_scale = self.grad(self.loss_fn)(image_all, text_all, scale, sens)
         return loss, d_image, d_text, d_scale
 
 
@@ -229,7 +227,7 @@ class _NetGrad(nn.Cell):
     def construct(self, images, tokens):
         sens = self.scaler.scale if self.dynamic else ops.ones((), ms.float32)
         loss = self.net(images, tokens)
-        grads = self.grad(self.net, self.weights)(ops.depend(images, loss), tokens, sens / self.k)  # see TrainStep
+        grads = self.grad(self.net, self.weights)(images, tokens, sens / self.k)
         return ops.depend(loss, self.hyper_map(ops.assign_add, self.grad_sum, grads))
 
 

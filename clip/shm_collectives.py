@@ -13,10 +13,14 @@ of MindSpore's AllReduce (a + b). They carry the step's collectives only: the gr
 ids, and the contrastive loss's feature gather and its backward. The Python-side collectives (logging,
 checks) stay MindSpore's.
 
-The kernels run outside MindSpore's collective machinery, so the graph must order them: every caller chains
-them with `ops.depend` so that all ranks make the same calls in the same order. Each call checks that the
-ranks agree on its order, kind and size, and fails with a one-line error on every rank if not; a rank that
-waits for a peer process that has exited fails too, rather than hanging.
+The kernels run outside MindSpore's collective machinery, so nothing but the graph orders them, and every
+rank must make the same calls in the same order. The gradient buckets differ from one another, so the
+reducer chains them with `ops.depend` after every gradient (clip/buckets.py). The loss's gather and its
+backward come in the order of the data; a step that evaluates the loss both alone and inside its gradient
+(clip.train.TrainStep) gathers the same features twice, or once where MindSpore merges the two, and two
+identical gathers give the same result in either order. Each call checks that the ranks agree on its
+count, kind and size, and fails with a one-line error on every rank if not; a rank that waits for a peer
+process that has exited fails too, rather than hanging.
 
 `connect` is collective: every rank calls it at the same point, and the ranks agree through MindSpore's own
 all-gather on whether to use the segment. Rank 0 creates the file in /dev/shm, every rank maps it, and

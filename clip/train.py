@@ -90,8 +90,7 @@ class TrainStep(nn.Cell):
     def construct(self, images, tokens, lr):
         loss = self.net(images, tokens)
         sens = self.scaler.scale.astype(loss.dtype) if self.dynamic else ops.ones_like(loss)
-        # the gradient's forward pass waits for the first, so their collectives run in one order on every rank
-        grads = self.reducer(self.grad(self.net, self.weights)(ops.depend(images, loss), tokens, sens), tokens)
+        grads = self.reducer(self.grad(self.net, self.weights)(images, tokens, sens), tokens)
         norm = self.update(grads, lr)
         return ops.depend(loss, clamp_logit_scale(self.logit_scale)), norm
 

@@ -64,8 +64,7 @@ class GradStep(nn.Cell):
 
     def construct(self, images, texts):
         loss = self.with_loss(images, texts)
-        # ordered after the first forward pass, as clip.train.TrainStep does
-        return loss, self.reducer(self.grad(self.with_loss, self.weights)(ops.depend(images, loss), texts))
+        return loss, self.reducer(self.grad(self.with_loss, self.weights)(images, texts))
 
 
 class GatherProbe(nn.Cell):
