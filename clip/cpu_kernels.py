@@ -27,7 +27,6 @@ from typing import Mapping, Optional
 SOURCE = Path(__file__).resolve().parent / "assets" / "cpu_kernels.cc"
 SWITCH_ENV, DIR_ENV = "CLIP_CPU_KERNELS", "CLIP_KERNEL_DIR"
 OFF = "off"
-LIBRARY = "cpu_kernels.so"
 COMPILE = ("g++", "-std=c++17", "-O3", "-march=native", "-shared", "-fPIC")
 
 
