@@ -30,7 +30,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from bench_train import run  # noqa: E402
-from common.safe_write import write_json  # noqa: E402
+
+from launcher.safe_write import write_json  # noqa: E402
 
 SIZES = (65_536, 600_000, 3_750_000)
 
@@ -52,11 +53,11 @@ def median_ms(fn, repeats: int, barrier) -> float:
 
 
 def mindspore_worker(args) -> None:
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import nn, ops
 
-    from clip import distributed
+    from clip.parallel import distributed
 
     ms.set_context(mode=ms.GRAPH_MODE)
     info = distributed.init_from_env()

@@ -21,7 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from bench_memory import pool_peak_gib  # noqa: E402
-from common.safe_write import write_json  # noqa: E402
+
+from launcher.safe_write import write_json  # noqa: E402
 
 VARIANTS = ("attention", "head_transposes", "slices")
 LAYERS, WIDTH, HEADS, TOKENS = 4, 768, 12, 50
@@ -29,11 +30,11 @@ LAYERS, WIDTH, HEADS, TOKENS = 4, 768, 12, 50
 
 def worker(variant: str, batch: int) -> None:
     sys.path.insert(0, str(REPO))
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import Tensor, nn
 
-    from clip.transformer import MultiheadAttention
+    from clip.model.transformer import MultiheadAttention
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 

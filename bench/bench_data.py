@@ -192,7 +192,7 @@ def main() -> int:
                     "load_avg_at_end": os.getloadavg()[0]},
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    from common.safe_write import write_json
+    from launcher.safe_write import write_json
 
     write_json(str(RESULTS), payload)
     print(json.dumps({"images_per_s_per_core": summary, "ratio_to_anchor": payload["ratio_to_anchor"]}, indent=1))

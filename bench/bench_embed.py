@@ -20,7 +20,8 @@ import resource
 import sys
 import time
 from pathlib import Path
-from common.safe_write import write_json
+
+from launcher.safe_write import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,15 +61,15 @@ def main(argv=None):
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     sys.path.insert(0, str(REPO / "bench"))
 
-    import numpy as np
     import mindspore as ms
+    import numpy as np
+    import openclip_anchor
     import torch
     from mindspore import Tensor, nn
 
-    import openclip_anchor
     from clip.model import create_model
-    from clip.presets import get_config
-    from clip.tokenizer import tokenize
+    from clip.model.architectures import get_config
+    from clip.model.tokenizer import tokenize
 
     torch.set_num_threads(args.threads)
     if args.mode == "graph":

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common.safe_write import write_json
+
+from launcher.safe_write import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "eval.json"
@@ -56,8 +57,8 @@ class SyntheticCifar:
 def ours(source, state, batch_size):
     import mindspore as ms
 
+    from clip.eval.zeroshot import evaluate_source
     from clip.model import create_model
-    from clip.zeroshot import evaluate_source
 
     model = create_model(MODEL)
     for p in model.get_parameters():
@@ -73,8 +74,8 @@ def ours(source, state, batch_size):
 
 def compile_time(model, source, batch_size):
     """First call of a fresh compiled image encoder minus a second call on the same batch."""
-    from clip.transforms import image_transform
-    from clip.encode import encode_in_batches, encoder, worth_compiling
+    from clip.eval.encode import encode_in_batches, encoder, worth_compiling
+    from clip.model.transforms import image_transform
 
     if not worth_compiling(len(source), batch_size):
         return 0.0
@@ -91,11 +92,12 @@ def compile_time(model, source, batch_size):
 
 def reference(source, state, batch_size):
     import torch
-    import torch_reference
 
-    from clip.tokenizer import tokenize
-    from clip.transforms import image_transform
-    from clip.zeroshot import Counts, count_batch, prompts_for, summarize
+    from clip.eval.zeroshot import Counts, count_batch, prompts_for, summarize
+    from clip.model.tokenizer import tokenize
+    from clip.model.transforms import image_transform
+
+    import torch_reference
 
     model = torch_reference.build(state)
     transform = image_transform(model.shapes.image_size)
@@ -135,10 +137,11 @@ def main():
     args = parser.parse_args()
 
     import torch
-    import torch_reference
 
     from clip.data.cifar100 import shipped_prompts
-    from clip.presets import get_config
+    from clip.model.architectures import get_config
+
+    import torch_reference
 
     names, templates = shipped_prompts()
     source = SyntheticCifar(args.images, names[:args.classes], templates)

@@ -24,8 +24,9 @@ JOB = REPO / "tests" / "jobs" / "collective_job.py"
 RESULTS = REPO / "bench" / "results" / "launcher.json"
 sys.path.insert(0, str(REPO / "tests"))
 
+from launcher.safe_write import write_json
+
 from jobs.processes import job_processes, leftovers  # noqa: E402
-from common.safe_write import write_json
 
 
 def free_port() -> int:

@@ -21,7 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from common.safe_write import write_json
+
+from launcher.safe_write import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "loss.json"
@@ -40,7 +41,7 @@ def child(mode: str, batch: int, world: int, embed: int, repeats: int) -> dict:
     import numpy as np
     import psutil
 
-    from clip.loss import full_loss, local_loss
+    from clip.loss.contrastive import full_loss, local_loss
 
     n = batch * world
     rng = np.random.RandomState(0)

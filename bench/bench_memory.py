@@ -46,7 +46,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from bench_train import fake_batch  # noqa: E402
-from common.safe_write import write_json  # noqa: E402
+
+from launcher.safe_write import write_json  # noqa: E402
 
 PRESET = "clip_vit_b_32"
 GIB = 2 ** 30
@@ -103,13 +104,13 @@ def worker(args) -> None:
     import mindspore as ms
     import numpy as np
 
-    from clip import distributed
     from clip.config import load_config
-    from clip.loss import ContrastiveLoss
+    from clip.loss.contrastive import ContrastiveLoss
     from clip.model import create_model
-    from clip.optim import build_optimizer
-    from clip.recompute import recompute_blocks
+    from clip.parallel import distributed
     from clip.train import build_train_step
+    from clip.train.optim import build_optimizer
+    from clip.train.recompute import recompute_blocks
 
     ms.set_context(mode=ms.GRAPH_MODE if args.train_mode == "graph" else ms.PYNATIVE_MODE)
     info = distributed.init_from_env()

@@ -21,7 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from bench_train import fake_batch  # noqa: E402
-from common.safe_write import write_json  # noqa: E402
+
+from launcher.safe_write import write_json  # noqa: E402
 
 
 def kernel_table(rows, steps: int) -> list:
@@ -46,12 +47,12 @@ def main() -> int:
     import numpy as np
     from mindspore import Profiler
 
-    from clip import distributed
     from clip.config import load_config
-    from clip.loss import ContrastiveLoss
+    from clip.loss.contrastive import ContrastiveLoss
     from clip.model import create_model
-    from clip.optim import build_optimizer
+    from clip.parallel import distributed
     from clip.train import build_train_step
+    from clip.train.optim import build_optimizer
 
     ms.set_context(mode=ms.GRAPH_MODE)
     info = distributed.init_from_env()

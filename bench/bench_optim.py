@@ -26,7 +26,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from bench_train import fake_batch, peak_rss_gb  # noqa: E402
-from common.safe_write import write_json  # noqa: E402
+
+from launcher.safe_write import write_json  # noqa: E402
 
 STEPS = {"clip_tiny": 30, "clip_vit_b_32": 3}
 
@@ -36,13 +37,13 @@ def step_worker(args) -> None:
     import mindspore as ms
     import numpy as np
 
-    from clip import distributed
     from clip.config import load_config
-    from clip.loss import ContrastiveLoss
+    from clip.loss.contrastive import ContrastiveLoss
     from clip.model import create_model
-    from clip.optim import build_optimizer
-    from clip.precision import LossScaler, model_dtype
+    from clip.parallel import distributed
     from clip.train import TrainStep
+    from clip.train.optim import build_optimizer
+    from clip.train.precision import LossScaler, model_dtype
 
     ms.set_context(mode=ms.GRAPH_MODE)
     info = distributed.init_from_env()

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_train import fake_batch, run  # noqa: E402
-from common.safe_write import write_json
+
+from launcher.safe_write import write_json
 
 REPEATS = {"clip_tiny": 10, "clip_vit_b_32": 2}
 
@@ -49,12 +50,12 @@ def mindspore_worker(args) -> None:
     import numpy as np
     from mindspore import nn, ops
 
-    from clip import distributed
     from clip.config import load_config
-    from clip.loss import ContrastiveLoss, clamp_logit_scale
+    from clip.loss.contrastive import ContrastiveLoss, clamp_logit_scale
     from clip.model import create_model
-    from clip.optim import GradientUpdate, build_optimizer
+    from clip.parallel import distributed
     from clip.train import NetWithLoss, TrainStep
+    from clip.train.optim import GradientUpdate, build_optimizer
 
     ms.set_context(mode=ms.GRAPH_MODE)
     info = distributed.init_from_env()
@@ -133,10 +134,10 @@ def mindspore_worker(args) -> None:
 
 
 def openclip_worker(args) -> None:
-    import torch
     import openclip_anchor
+    import torch
 
-    from clip.presets import get_config
+    from clip.model.architectures import get_config
 
     torch.manual_seed(0)
     model = openclip_anchor.create(args.preset).train()

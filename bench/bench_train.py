@@ -27,11 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
 from pathlib import Path
+from typing import Optional
 
 import psutil
-from common.safe_write import write_json
+
+from launcher.safe_write import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = {"clip_tiny": 30, "clip_vit_b_32": 3}
@@ -67,12 +68,12 @@ def mindspore_worker(args) -> None:
     import mindspore as ms
     import numpy as np
 
-    from clip import distributed
     from clip.config import load_config
-    from clip.loss import ContrastiveLoss
+    from clip.loss.contrastive import ContrastiveLoss
     from clip.model import create_model
-    from clip.optim import build_optimizer
+    from clip.parallel import distributed
     from clip.train import TrainStep
+    from clip.train.optim import build_optimizer
 
     ms.set_context(mode=ms.GRAPH_MODE)
     info = distributed.init_from_env()
@@ -112,7 +113,7 @@ def openclip_worker(args) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     import openclip_anchor
 
-    from clip.presets import get_config
+    from clip.model.architectures import get_config
 
     config = get_config(args.preset)
     images, tokens = fake_batch(config, args.batch, seed=0)
@@ -160,7 +161,7 @@ def openclip_ddp_worker(args) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     import openclip_anchor
 
-    from clip.presets import get_config
+    from clip.model.architectures import get_config
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     psutil.Process().cpu_affinity([int(os.environ["LOCAL_RANK"]) % psutil.cpu_count()])

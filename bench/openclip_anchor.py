@@ -88,7 +88,7 @@ def create(preset: str):
     if preset in OPEN_CLIP_NAMES:
         model = open_clip.create_model(OPEN_CLIP_NAMES[preset], pretrained=None)
     else:
-        from clip.presets import get_config
+        from clip.model.architectures import get_config
         c = get_config(preset)
         vision = open_clip.CLIPVisionCfg(layers=c.vision_layers, width=c.vision_width,
                                          head_width=c.vision_width // c.vision_heads,
@@ -114,6 +114,7 @@ def train_step(model, opt, rank: int = 0, world_size: int = 1):
     world_size > 1 `model` is wrapped in DistributedDataParallel and the loss is open_clip's sharded form
     (`--local-loss --gather-with-grad`, the counterpart of our `loss.mode: local`)."""
     import math
+
     import torch
     open_clip = import_open_clip()
     if world_size > 1:

@@ -5,13 +5,13 @@ Heavy modules (MindSpore) are imported on first use, so `import clip` and the co
 import importlib
 
 _EXPORTS = {
-    "create_model": "clip.model",
-    "CLIPModel": "clip.model",
-    "CLIPConfig": "clip.presets",
-    "tokenize": "clip.tokenizer",
-    "image_transform": "clip.transforms",
-    "pipeline": "clip.predict",
-    "Trainer": "clip.trainer",
+    "create_model": "clip.model.factory",
+    "CLIPModel": "clip.model.towers",
+    "CLIPConfig": "clip.model.architectures",
+    "tokenize": "clip.model.tokenizer",
+    "image_transform": "clip.model.transforms",
+    "pipeline": "clip.eval.predict",
+    "Trainer": "clip.api.trainer",
 }
 
 __all__ = list(_EXPORTS)

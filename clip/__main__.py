@@ -12,11 +12,21 @@ import argparse
 import sys
 from typing import Optional
 
+from clip.api.app import (
+    configure_logging,
+    decode_all,
+    default_labels,
+    evaluate_and_write,
+    existing_file,
+    expand_inputs,
+    predict_images,
+    weights_for,
+    with_datasets,
+    with_model,
+)
 from clip.config import add_config_arguments, load_config
-from common import supervision
-from common.errors import ArgumentParser, UserError, exit_on_user_error
-from clip.app import (configure_logging, decode_all, default_labels, evaluate_and_write, existing_file, expand_inputs,
-                      predict_images, weights_for, with_datasets, with_model)
+from launcher import worker
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error
 
 RUN_MODES = ("train", "eval", "predict")
 
@@ -38,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @exit_on_user_error
-@supervision.record
+@worker.record
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    supervision.install(stop_on_sigterm=args.run_mode == "train")  # train: SIGTERM saves and exits resumable
+    worker.install(stop_on_sigterm=args.run_mode == "train")  # train: SIGTERM saves and exits resumable
     configure_logging()
     if args.run_mode == "predict" and not args.predict_data:
         raise UserError("--run_mode predict needs --predict_data PATH (image files or directories)")
@@ -62,8 +72,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif args.run_mode == "eval":
         evaluate_and_write(cfg, "zeroshot", weights_for(cfg, args.checkpoint))
     else:
+        from clip.eval.predict import DEFAULT_TEMPLATE, check_labels, format_table
         from clip.model import load_model
-        from clip.predict import DEFAULT_TEMPLATE, check_labels, format_table
 
         labels = (check_labels([part.strip() for part in args.candidate_labels.split(",")], "--candidate_labels")
                   if args.candidate_labels else default_labels(cfg))

@@ -18,9 +18,9 @@ from typing import Any, Optional, Union
 import yaml
 
 from clip.data import EVAL_TYPES, TRAIN_TYPES, DatasetConfig
-from common.errors import ArgumentParser, UserError, exit_on_user_error
-from clip.loss_modes import LOSS_MODES
-from clip.presets import DTYPES as MODEL_DTYPES
+from clip.loss.modes import LOSS_MODES
+from clip.model.architectures import DTYPES as MODEL_DTYPES
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error
 
 TRAIN_MODES = ("graph", "pynative")
 OPTIMIZERS = ("adamw", "adamweightdecay")
@@ -279,7 +279,7 @@ def apply_override(data: dict, key: str, value: Any) -> None:
 
 def validate(cfg: RunConfig) -> list[tuple[str, str]]:
     """Semantic problems as (key, message) pairs; types were already checked while building."""
-    from clip.presets import PRESETS  # pure dataclasses, no MindSpore
+    from clip.model.architectures import PRESETS  # pure dataclasses, no MindSpore
 
     t, problems = cfg.train, []
 
@@ -402,7 +402,7 @@ def dump_yaml(cfg: RunConfig) -> str:
 
 def write_resolved(cfg: RunConfig, path: str) -> None:
     """The config the run actually used, written atomically."""
-    from common.safe_write import write_text
+    from launcher.safe_write import write_text
 
     write_text(path, dump_yaml(cfg))
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from launcher import hccn, ranktable
-from common.errors import ArgumentParser, UserError, exit_on_user_error
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error
 
 
 def _order(text: str | None) -> list[str] | None:

@@ -12,8 +12,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.errors import UserError
-
+from launcher.errors import UserError
 
 # Container and VPN bridges: their addresses are not reachable from other servers.
 VIRTUAL_PREFIXES = ("docker", "veth", "virbr", "br-", "cni", "flannel", "vxlan", "tun", "tap")

@@ -9,9 +9,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence
 
-from common import supervision
-from common.errors import UserError
-from common.safe_write import write_json
+from launcher import worker
+from launcher.errors import UserError
+from launcher.safe_write import write_json
 
 SIGNAL_HINTS = {
     signal.SIGKILL: "often the out-of-memory killer",
@@ -116,7 +116,7 @@ def heartbeat_age(path: str, now: float) -> Optional[float]:
 def dumps_stack_on_sigusr1(heartbeat_path: str) -> bool:
     try:
         with open(heartbeat_path, encoding="utf-8") as handle:
-            return handle.read().strip() == supervision.STACK_ON_SIGUSR1
+            return handle.read().strip() == worker.STACK_ON_SIGUSR1
     except OSError:
         return False
 

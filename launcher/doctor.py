@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import hccn, ranktable
-from common.errors import UserError
+from launcher.errors import UserError
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from common.errors import UserError, read_user_file
+from launcher.errors import UserError, read_user_file
 
 DEFAULT_HCCN_CONF = "/etc/hccn.conf"
 

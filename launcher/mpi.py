@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from launcher import ranktable
-from common.errors import UserError
+from launcher.errors import UserError
 
 RANK_FIELD = "{rank}"
 

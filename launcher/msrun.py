@@ -7,7 +7,7 @@ import os
 import sys
 from typing import List, Tuple
 
-from common.errors import ArgumentParser, UserError
+from launcher.errors import ArgumentParser, UserError
 
 
 def _bool(text: str) -> bool:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from common.backends import dynamic, ranktable
-from common.errors import UserError
+from launcher.backends import dynamic, ranktable
+from launcher.errors import UserError
 
 # What `launcher run --backend` offers: the start-up modes the launcher plans, plus `auto`.
 BACKENDS = ("auto", ranktable.NAME, dynamic.NAME)

@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 
 from launcher import cluster, hccn
-from common.errors import UserError, read_user_file
-from common.safe_write import write_text
+from launcher.errors import UserError, read_user_file
+from launcher.safe_write import write_text
 
 VERSION = "1.0"
 SERVER_CARDS = (8, 16)

@@ -15,10 +15,10 @@ from typing import Callable, Dict, List, Optional
 
 import psutil
 
-from common.backends import dynamic
-from common.backends import ranktable as ranktable_backend
-from common.errors import UserError, exit_on_user_error
 from launcher import cluster, plan, ranktable, supervisor
+from launcher.backends import dynamic
+from launcher.backends import ranktable as ranktable_backend
+from launcher.errors import UserError, exit_on_user_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,12 +20,11 @@ from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
 import psutil
 
-from common import supervision
-from common.errors import UserError
-from common.safe_write import write_text
-from launcher import diagnosis
+from launcher import diagnosis, worker
 from launcher.diagnosis import describe_returncode, exit_code_of
+from launcher.errors import UserError
 from launcher.plan import WorkerSpec
+from launcher.safe_write import write_text
 
 POLL_INTERVAL = 0.05
 TAIL_LINES = 20
@@ -148,7 +147,7 @@ class Group:
         for index, spec in enumerate(self.specs):
             env = {**os.environ, **spec.env}
             if spec.role == "worker":
-                env.update(supervision.worker_env(error_file(spec), heartbeat_file(spec), spec.rank))
+                env.update(worker.worker_env(error_file(spec), heartbeat_file(spec), spec.rank))
                 for stale in (error_file(spec), heartbeat_file(spec)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(stale)
@@ -355,10 +354,10 @@ def supervise(specs: Sequence[WorkerSpec], *, grace: float, timeout: Optional[fl
             else:
                 survivors = group.stop(grace, signum)
             codes = group.returncodes()
-            if workers and all(codes[i] == supervision.PREEMPTED_EXIT_CODE for i in workers):
+            if workers and all(codes[i] == worker.PREEMPTED_EXIT_CODE for i in workers):
                 err.write(f"launcher: pre-empted, resumable: every worker saved and exited with "
-                          f"{supervision.PREEMPTED_EXIT_CODE}\n")
-                outcome = Outcome(supervision.PREEMPTED_EXIT_CODE, "preempted")
+                          f"{worker.PREEMPTED_EXIT_CODE}\n")
+                outcome = Outcome(worker.PREEMPTED_EXIT_CODE, "preempted")
             else:
                 outcome = Outcome(128 + signum, "interrupted")
         elif failed or errored:

@@ -43,6 +43,6 @@ done
 # A single card: none of the launcher's variables (their names live in common/backends), so
 # clip.train initialises no communication; only the chip, if given.
 PYTHON=${PYTHON:-python3}
-SINGLE_ENV=$("$PYTHON" -m common.backends single ${DEVICE_ID:+--device-id "$DEVICE_ID"}) || exit $?
+SINGLE_ENV=$("$PYTHON" -m launcher.backends single ${DEVICE_ID:+--device-id "$DEVICE_ID"}) || exit $?
 eval "$SINGLE_ENV"
 exec "$PYTHON" -m clip.train --config "$CONFIG" "${SETS[@]}"

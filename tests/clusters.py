@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Dict, Mapping, Sequence, Tuple
 
-from common import backends
-from common.backends import dynamic
+from launcher import backends
+from launcher.backends import dynamic
 from launcher.run import free_port
 
 # Besides the start-up variables: MindSpore's own knobs and the variables cluster detection reads.

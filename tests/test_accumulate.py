@@ -6,13 +6,25 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from test_equivalence import (
+    REPO,
+    TINY,
+    clean_env,
+    finish_training,
+    losses,
+    max_param_diff,
+    metric,
+    model_params,
+    run_training,
+    run_trainings,
+    start_training,
+    train_command,
+)
 
-from clip.accumulate import backward_order
 from clip.config import load_config
-from clip.recompute import blocks_to_recompute
-from common.errors import UserError
-from test_equivalence import REPO, TINY, clean_env, finish_training, losses, max_param_diff, metric, model_params, \
-    run_training, run_trainings, start_training, train_command
+from clip.train.accumulate import backward_order
+from clip.train.recompute import blocks_to_recompute
+from launcher.errors import UserError
 
 
 def test_bad_accumulation_and_recompute_settings_are_one_line_errors():
@@ -55,12 +67,12 @@ def test_micro_batch_gradients_are_summed_in_the_order_the_backward_pass_makes_t
 def test_each_tower_re_encodes_in_its_own_graph_and_every_weight_is_summed_once():
     """The contrastive step back-propagates the image and the text tower separately (one tower's activations
     at a time); a weight in neither graph would never be trained, one in both would be counted twice."""
-    from clip.accumulate import AccumulatingTrainStep
-    from clip.distributed import grad_reducer
-    from clip.loss import ContrastiveLoss
+    from clip.loss.contrastive import ContrastiveLoss
     from clip.model import create_model
-    from clip.optim import build_optimizer
+    from clip.parallel.distributed import grad_reducer
     from clip.train import NetWithLoss
+    from clip.train.accumulate import AccumulatingTrainStep
+    from clip.train.optim import build_optimizer
 
     model = create_model("clip_tiny")
     optimizer = build_optimizer(model, "adamw", 0.2, 0.9, 0.98, 1e-6)
@@ -89,11 +101,11 @@ def test_recompute_leaves_the_gradients_unchanged(preset, dtype, tolerance):
     import mindspore as ms
     from mindspore import nn, ops
 
-    from clip.loss import ContrastiveLoss
+    from clip.loss.contrastive import ContrastiveLoss
     from clip.model import create_model
-    from clip.presets import get_config
-    from clip.recompute import recompute_blocks
+    from clip.model.architectures import get_config
     from clip.train import NetWithLoss
+    from clip.train.recompute import recompute_blocks
 
     config = replace(get_config(preset), vision_layers=2, text_layers=2)
     rng = np.random.default_rng(0)

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-from common import backends
-from common.backends import dynamic, ranktable, single
-from launcher import plan
+from launcher import backends, plan
+from launcher.backends import dynamic, ranktable, single
 
 WORLDS = [1, 2, 3, 8]
 
@@ -78,7 +77,7 @@ def test_every_backend_is_registered_once_with_its_names():
 def test_single_card_shell_lines_clear_every_other_start_up_mode(tmp_path):
     """What scripts/run_standalone.sh evals: a worker started inside another launch still runs alone."""
     leftovers = {**planned_dynamic(2)[1].env, **planned_ranktable(2)[1].env}
-    script = ('eval "$("$0" -m common.backends single --device-id 3)" && "$0" -c '
+    script = ('eval "$("$0" -m launcher.backends single --device-id 3)" && "$0" -c '
               '"import os, json; print(json.dumps(dict(os.environ)))"')
     proc = subprocess.run(["bash", "-c", script, sys.executable], env={**_base_env(), **leftovers, "RANK_SIZE": "8"},
                           capture_output=True, text=True, timeout=60)

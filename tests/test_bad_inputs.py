@@ -26,7 +26,6 @@ from typing import Callable
 import numpy as np
 import pytest
 from PIL import Image
-
 from test_zeroshot import RAW_NAMES, draw_images, write_cifar
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,8 +37,8 @@ COMMANDS = {"config": "clip.config", "train": "clip.train", "eval": "clip.eval",
 
 def tiny_shapes_config():
     """OpenAI-named shapes of a very small ViT (a few KB per file), for crafted conversion sources."""
-    from clip.convert import expected_shapes
-    from clip.presets import CLIPConfig
+    from clip.model.architectures import CLIPConfig
+    from clip.model.convert import expected_shapes
 
     return expected_shapes(CLIPConfig(embed_dim=8, image_size=32, patch_size=16, vision_width=64, vision_layers=1,
                                       vision_heads=1, context_length=8, vocab_size=16, text_width=64,
@@ -756,8 +755,8 @@ def test_an_attempt_of_the_same_job_may_start_again(tmp_path):
     """A launcher restart (train.resume: auto, no checkpoint yet, this very config.yaml) is not an earlier run;
     another config in that directory is, and so is resume: none."""
     from clip.config import dump_yaml, load_config
-    from clip.preflight import check_train
-    from common.errors import UserError
+    from clip.train.preflight import check_train
+    from launcher.errors import UserError
 
     out = tmp_path / "out"
     cfg = load_config(None, ["data.train.num_samples=8", "data.eval=null", f"output_dir={out}"])
@@ -774,12 +773,12 @@ def test_an_attempt_of_the_same_job_may_start_again(tmp_path):
 
 
 def test_a_metrics_line_cut_by_a_crash_is_dropped_and_any_other_is_refused(tmp_path):
-    from clip import metrics
-    from common.errors import UserError
+    from clip.train import runlog
+    from launcher.errors import UserError
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
-    assert metrics.read(str(path)) == [{"step": 1, "loss": 2.0}]
+    assert runlog.read(str(path)) == [{"step": 1, "loss": 2.0}]
     path.write_text('{"step": 1}\n[1, 2]\n')
     with pytest.raises(UserError, match="line 2 is not a metrics record"):
-        metrics.read(str(path))
+        runlog.read(str(path))

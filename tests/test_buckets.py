@@ -1,7 +1,7 @@
 """clip.buckets: how gradients are grouped (pure); tests/test_distributed.py checks the all-reduce itself."""
 import pytest
 
-from clip.buckets import layout, merge_around, plan_buckets, rows_are_fewer
+from clip.native.buckets import layout, merge_around, plan_buckets, rows_are_fewer
 
 
 def test_buckets_follow_backward_order_and_respect_the_cap():

@@ -5,13 +5,22 @@ import dataclasses
 import fcntl
 import os
 
-import numpy as np
 import pytest
-
-from clip.compile_cache import (COMPLETE, ENABLE, LOOP_ONLY, PATH, ROOT_ENV, cache_key, cache_root, claim,
-                                graph_fields, stop_caching)
-from clip.config import RunConfig
 from test_equivalence import TINY, finish_training, max_param_diff, model_params, start_training
+
+from clip.config import RunConfig
+from clip.train.compile_cache import (
+    COMPLETE,
+    ENABLE,
+    LOOP_ONLY,
+    PATH,
+    ROOT_ENV,
+    cache_key,
+    cache_root,
+    claim,
+    graph_fields,
+    stop_caching,
+)
 
 VERSIONS = {"mindspore": "2.10.0", "python": "3.11", "sources": "abc", "device_target": "CPU"}
 

@@ -1,13 +1,13 @@
 """The run config: YAML + --set, typed and validated once; mistakes are one line naming file and key."""
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from clip.config import RunConfig, all_keys, load_config, write_resolved
-from common.errors import UserError
+from launcher.errors import UserError
 
 
 def write(tmp_path, text, name="run.yaml"):

@@ -16,10 +16,9 @@ import torch
 from safetensors.numpy import save_file
 
 import clip
-from clip import torch_archive
-from clip.convert import convert, expected_shapes, main, to_openai_parameters
-from clip.model import create_model
-from clip.presets import get_config
+from clip.model import create_model, torch_archive
+from clip.model.architectures import get_config
+from clip.model.convert import convert, expected_shapes, main, to_openai_parameters
 
 from torch_reference import Shapes, build, random_state_dict, to_torchscript
 

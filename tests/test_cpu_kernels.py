@@ -5,14 +5,13 @@ import subprocess
 import sys
 import textwrap
 
+import mindspore as ms
 import numpy as np
 import pytest
-
-import mindspore as ms
 from mindspore import ops
 
-from clip import cpu_kernels
-from clip.transformer import LayerNorm, QuickGELU
+from clip.model.transformer import LayerNorm, QuickGELU
+from clip.native import kernels
 
 
 def reference(x, gamma, beta, dy, eps=1e-5):
@@ -45,7 +44,7 @@ def layer_norm(width, gamma, beta, fused: bool):
 
 @pytest.mark.parametrize("shape", [(4, 7, 64), (50, 3, 768), (33, 512)])
 def test_fused_layer_norm_matches_float64_and_mindspores_op(shape):
-    assert cpu_kernels.layer_norm() is not None, "the suite runs on CPU with g++: the kernel must be in use"
+    assert kernels.layer_norm() is not None, "the suite runs on CPU with g++: the kernel must be in use"
     rng = np.random.default_rng(sum(shape))
     x = (rng.standard_normal(shape) * 3 + 5).astype(np.float32)  # |mean| > std: the variance must not cancel
     dy = rng.standard_normal(shape).astype(np.float32)
@@ -64,7 +63,7 @@ def test_fused_layer_norm_matches_float64_and_mindspores_op(shape):
 
 
 def test_fused_quick_gelu_matches_float64_and_mindspores_ops():
-    assert cpu_kernels.quick_gelu() is not None
+    assert kernels.quick_gelu() is not None
     rng = np.random.default_rng(7)
     x = np.concatenate([np.linspace(-30, 30, 6000), rng.standard_normal(20004) * 3]).astype(np.float32)
     x = x.reshape(-1, 12)  # 2-D, as in the MLP
@@ -104,38 +103,38 @@ def test_fused_layer_norm_is_deterministic_and_the_same_in_pynative():
 
 
 def test_build_key_changes_with_source_command_and_cpu():
-    base = cpu_kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2 fma")
-    assert base == cpu_kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2 fma")
-    assert len({base, cpu_kernels.build_key(b"src2", ("g++", "-O3"), "x86_64", "avx2 fma"),
-                cpu_kernels.build_key(b"src", ("g++", "-O2"), "x86_64", "avx2 fma"),
-                cpu_kernels.build_key(b"src", ("g++", "-O3"), "aarch64", "avx2 fma"),
-                cpu_kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2")}) == 5
+    base = kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2 fma")
+    assert base == kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2 fma")
+    assert len({base, kernels.build_key(b"src2", ("g++", "-O3"), "x86_64", "avx2 fma"),
+                kernels.build_key(b"src", ("g++", "-O2"), "x86_64", "avx2 fma"),
+                kernels.build_key(b"src", ("g++", "-O3"), "aarch64", "avx2 fma"),
+                kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2")}) == 5
 
 
 def test_kernels_are_wanted_on_cpu_unless_switched_off():
-    assert cpu_kernels.wanted({}, "CPU")
-    assert cpu_kernels.wanted({"CLIP_CPU_KERNELS": "on"}, "CPU")
-    assert not cpu_kernels.wanted({"CLIP_CPU_KERNELS": " OFF "}, "CPU")
-    assert not cpu_kernels.wanted({}, "Ascend")
-    assert not cpu_kernels.wanted({}, "GPU")
-    assert cpu_kernels.kernel_root({"CLIP_KERNEL_DIR": "/x"}) == "/x"
-    assert cpu_kernels.kernel_root({}).endswith(os.path.join(".cache", "mindclip", "kernels"))
+    assert kernels.wanted({}, "CPU")
+    assert kernels.wanted({"CLIP_CPU_KERNELS": "on"}, "CPU")
+    assert not kernels.wanted({"CLIP_CPU_KERNELS": " OFF "}, "CPU")
+    assert not kernels.wanted({}, "Ascend")
+    assert not kernels.wanted({}, "GPU")
+    assert kernels.kernel_root({"CLIP_KERNEL_DIR": "/x"}) == "/x"
+    assert kernels.kernel_root({}).endswith(os.path.join(".cache", "mindclip", "kernels"))
 
 
 def test_build_writes_once_under_its_key_and_leaves_no_partial_file(tmp_path):
     env = {"CLIP_KERNEL_DIR": str(tmp_path)}
-    path = cpu_kernels.build(env)
+    path = kernels.build(env)
     assert os.path.dirname(os.path.dirname(path)) == str(tmp_path)
-    assert os.listdir(os.path.dirname(path)) == ["cpu_kernels.so"]  # named after its source
+    assert os.listdir(os.path.dirname(path)) == ["kernels.so"]  # named after its source
     stamp = os.stat(path).st_mtime_ns
-    assert cpu_kernels.build(env) == path
+    assert kernels.build(env) == path
     assert os.stat(path).st_mtime_ns == stamp, "a built library is reused, not rebuilt"
 
 
 SCRIPT = textwrap.dedent("""
     import numpy as np, mindspore as ms
-    from clip import cpu_kernels
-    from clip.transformer import LayerNorm
+    from clip.native import kernels
+    from clip.model.transformer import LayerNorm
     ms.set_context(mode=ms.GRAPH_MODE)
     cell = LayerNorm(8)
     y = cell(ms.Tensor(np.arange(16, dtype=np.float32).reshape(2, 8))).asnumpy()
@@ -159,7 +158,7 @@ def test_without_the_kernel_the_model_falls_back_to_mindspores_layer_norm(case, 
     x = np.arange(16, dtype=np.float32).reshape(2, 8)
     expected = np.abs(reference(x, np.ones(8), np.zeros(8), x)[0]).sum()
     assert abs(float(total) - expected) < 1e-3
-    warnings = [line for line in result.stderr.splitlines() if "cpu_kernels.cc" in line]
+    warnings = [line for line in result.stderr.splitlines() if "kernels.cc" in line]
     if case == "off":
         assert warnings == []
     else:

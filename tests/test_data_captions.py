@@ -5,7 +5,7 @@ from PIL import Image
 
 from clip.data import DatasetConfig, build_train_source
 from clip.data.captions import separator_for
-from common.errors import UserError
+from launcher.errors import UserError
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ from PIL import Image
 
 from clip.data import DatasetConfig, build_train_source
 from clip.data.flickr8k import open_split, parse_tokens
-from common.errors import UserError
+from launcher.errors import UserError
 
 NAMES = [f"{1000 + i}_abc{i}.jpg" for i in range(10)]
 DANGLING = "2258277193_586949ec62.jpg.1"

@@ -16,10 +16,20 @@ import sys
 import time
 
 import pytest
+from test_equivalence import (
+    REPO,
+    TOL,
+    clean_env,
+    finish_training,
+    losses,
+    max_param_diff,
+    model_params,
+    run_training,
+    start_training,
+    train_command,
+)
 
 from data_files import write_image_folder, write_img2dataset_dir
-from test_equivalence import REPO, TOL, clean_env, finish_training, losses, max_param_diff, model_params, run_training, \
-    start_training, train_command
 
 CORRUPT, UNCAPTIONED = 5, 14
 TINY = ["model.name=clip_tiny", "data.eval=null", "train.max_steps=5", "train.lr=1e-3", "train.warmup_steps=2",

@@ -7,9 +7,8 @@ from PIL import Image
 
 import clip
 from clip.data import DatasetConfig, build_train_source
-from clip.data.pipeline import (caption_index, epoch_order, global_batch, shard_layout, steps_per_epoch,
-                                train_batches)
-from common.errors import UserError
+from clip.data.pipeline import caption_index, epoch_order, global_batch, shard_layout, steps_per_epoch, train_batches
+from launcher.errors import UserError
 
 SIZE, CTX, SEED = 32, 24, 7
 GLOBAL = 8  # global batch; W x B = 1x8, 2x4, 4x2

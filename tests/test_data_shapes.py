@@ -4,7 +4,7 @@ import pytest
 
 from clip.data import DatasetConfig, build_eval_source, build_train_source
 from clip.data.shapes import CLASSNAMES, COLOURS, SHAPES, TEMPLATES, describe, render
-from common.errors import UserError
+from launcher.errors import UserError
 
 
 def test_deterministic_from_seed_and_split():

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from launcher import diagnosis, msrun, plan, supervisor, worker
+from launcher.errors import ArgumentParser
+
 from clusters import free_port
-from common import supervision
 from jobs.processes import leftovers
 from jobs.supervised_job import SLOW_SECONDS
-from common.errors import ArgumentParser
-from launcher import diagnosis, msrun, plan, supervisor
 
 JOB = Path(__file__).resolve().parent / "jobs" / "supervised_job.py"
 HANG_LINE = next(i for i, line in enumerate(JOB.read_text().splitlines(), 1) if "the hung rank's line" in line)
@@ -126,10 +126,10 @@ def test_stack_dump_parsing():
 
 def test_error_record_and_decorator(tmp_path, monkeypatch):
     path = tmp_path / "error.json"
-    monkeypatch.setenv(supervision.ERROR_FILE, str(path))
-    monkeypatch.setenv(supervision.RANK, "3")
+    monkeypatch.setenv(worker.ERROR_FILE, str(path))
+    monkeypatch.setenv(worker.RANK, "3")
 
-    @supervision.record
+    @worker.record
     def broken():
         raise KeyError("missing")
 
@@ -149,7 +149,7 @@ def test_every_clip_entry_point_writes_the_error_file(tmp_path, clean_env, argv)
     """Like clip.train, the other entry points a launcher may run record a failure for the root-cause summary
     (a user error too: still one `error:` line and exit 2)."""
     path = tmp_path / "error_3.json"
-    env = {**clean_env, supervision.ERROR_FILE: str(path), supervision.RANK: "3"}
+    env = {**clean_env, worker.ERROR_FILE: str(path), worker.RANK: "3"}
     proc = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
@@ -165,24 +165,24 @@ def test_a_rank_waiting_for_a_peer_beats_only_while_it_waits(tmp_path, monkeypat
     import threading
 
     path = tmp_path / "heartbeat_1"
-    monkeypatch.setenv(supervision.HEARTBEAT_FILE, str(path))
-    monkeypatch.setattr(supervision, "_HEARTBEAT_EVERY", 0.05)
+    monkeypatch.setenv(worker.HEARTBEAT_FILE, str(path))
+    monkeypatch.setattr(worker, "_HEARTBEAT_EVERY", 0.05)
 
     def touched_within(seconds: float) -> bool:
         os.utime(path, (0, 0))
         time.sleep(seconds)
         return path.stat().st_mtime > 0
 
-    with supervision.beat_while_waiting(limit=30):
+    with worker.beat_while_waiting(limit=30):
         time.sleep(0.1)
         assert path.exists() and touched_within(0.2) and touched_within(0.2)
     assert not touched_within(0.2)
-    with supervision.beat_while_waiting(limit=0.2):
+    with worker.beat_while_waiting(limit=0.2):
         time.sleep(0.3)
         assert not touched_within(0.2)  # past its limit, a wait is watched again
-    monkeypatch.delenv(supervision.HEARTBEAT_FILE)
+    monkeypatch.delenv(worker.HEARTBEAT_FILE)
     threads = threading.active_count()
-    with supervision.beat_while_waiting(limit=30):
+    with worker.beat_while_waiting(limit=30):
         assert threading.active_count() == threads  # outside a launcher job: nothing runs
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from common.errors import exit_on_user_error
 from test_bad_inputs import crafted_state, torch_save
 from test_zeroshot import RAW_NAMES, draw_images, write_cifar
+
+from launcher.errors import exit_on_user_error
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def one_error_line(capsys) -> str:
 def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(small_disk, capsys):
     import mindspore as ms
 
-    from clip import checkpoint
+    from clip.train import checkpoint
 
     out = small_disk / "run"
     meta = {"step": 1, "epoch": 0, "step_in_epoch": 1, "global_batch": 8, "seed": 0}
@@ -78,7 +78,7 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(small_disk
 
 
 def test_convert_on_a_full_disk_keeps_the_previous_output(small_disk, tmp_path, capsys):
-    from clip.convert import main
+    from clip.model.convert import main
 
     source = torch_save(tmp_path / "tiny.pt", crafted_state())
     dst = small_disk / "tiny.ckpt"
@@ -143,7 +143,7 @@ def test_size_limited_file_is_one_line_and_leaves_nothing(tmp_path):
 
 
 def test_user_error_names_the_reason_for_every_errno():
-    from common.safe_write import reason
+    from launcher.safe_write import reason
 
     assert reason(OSError(28, "No space left on device")) == "disk full"
     assert reason(PermissionError(13, "Permission denied")) == "permission denied"

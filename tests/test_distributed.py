@@ -14,12 +14,13 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from clip import distributed
-from clip.distributed import AllGatherWithGrad, DistInfo, EnvPlan, plan_from_env
+from clip.parallel import distributed
+from clip.parallel.distributed import AllGatherWithGrad, DistInfo, EnvPlan, plan_from_env
+from launcher import backends
+from launcher.backends import dynamic, ranktable
+from launcher.errors import UserError
+
 from clusters import clean_environ, run_cluster
-from common import backends
-from common.backends import dynamic, ranktable
-from common.errors import UserError
 
 JOB = Path(__file__).resolve().parent / "jobs" / "grad_equivalence_job.py"
 CLUSTER_TIMEOUT = 240

@@ -14,11 +14,12 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-import torch_reference
-from common.errors import UserError
 from clip.model import create_model
-from clip.presets import get_config
-from clip.tokenizer import tokenize
+from clip.model.architectures import get_config
+from clip.model.tokenizer import tokenize
+from launcher.errors import UserError
+
+import torch_reference
 
 CONFIG = replace(get_config("clip_tiny"), vision_layers=3, text_layers=3)
 TOLERANCE = {"float16": (5e-3, 0.9999), "bfloat16": (4e-2, 0.999)}  # (max abs error / scale, cosine)

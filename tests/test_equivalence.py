@@ -104,8 +104,8 @@ def model_params(ckpt: Path) -> dict:
     """The model's parameters (OpenAI names) from a training checkpoint, as numpy."""
     import mindspore as ms
 
-    from clip.checkpoint import META_KEYS, TEXT_META
-    from clip.precision import SCALER_STATE
+    from clip.train.checkpoint import META_KEYS, TEXT_META
+    from clip.train.precision import SCALER_STATE
 
     stored = ms.load_checkpoint(str(ckpt))
     return {k: v.asnumpy() for k, v in stored.items()

@@ -7,11 +7,18 @@ import sys
 
 import pytest
 import yaml
+from test_zeroshot import (
+    PER_CLASS,
+    RAW_NAMES,
+    WRONG,
+    determined_cifar_model,
+    draw_images,
+    expected_metrics,
+    write_cifar,
+)
 
 import clusters
 from clusters import clean_environ
-
-from test_zeroshot import PER_CLASS, RAW_NAMES, WRONG, determined_cifar_model, draw_images, expected_metrics, write_cifar
 
 TIMEOUT = 240
 
@@ -115,6 +122,7 @@ def test_rank_failing_under_the_launcher_is_named_with_its_error(setup, tmp_path
     path): rank 1 writes its error file, the launcher names it as the root cause with the one-line message
     and the file:line."""
     from clip.data import base
+
     from jobs.processes import leftovers
 
     raise_line = next(i for i, line in enumerate(open(base.__file__).read().splitlines(), 1)
@@ -143,7 +151,7 @@ def test_rank_failing_under_the_launcher_is_named_with_its_error(setup, tmp_path
     ("vit_l_14", "clip_vit_l_14", "ViT-L-14"), ("vit_l_14_336", "clip_vit_l_14@336", "ViT-L-14-336px")])
 def test_shipped_cifar100_configs(repo_root, suffix, preset, weights):
     from clip.config import load_config
-    from common.errors import UserError
+    from launcher.errors import UserError
 
     path = str(repo_root / "configs" / f"eval_cifar100_{suffix}.yaml")
     cfg = load_config(path, ["model.checkpoint=null"])

@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from launcher import hccn
-from common.errors import UserError
+from launcher.errors import UserError
 
 GOOD = """\
 # written by hccn_tool

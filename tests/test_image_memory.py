@@ -50,7 +50,7 @@ def test_a_1_by_100000_png_costs_what_a_normal_image_costs(tmp_path):
 
 def test_cropping_before_resizing_gives_the_same_pixels():
     """The elongated-image path equals OpenAI's resize-then-crop (within one level of rounding)."""
-    from clip.transforms import ELONGATED, center_crop_box, resize_crop, resized_size
+    from clip.model.transforms import ELONGATED, center_crop_box, resize_crop, resized_size
 
     rng = np.random.default_rng(1)
     size = 64
@@ -72,8 +72,8 @@ def test_huge_jpegs_are_decoded_at_a_reduced_scale(tmp_path):
     """A 6400 x 4800 (31 MP) JPEG decodes at 1/4 scale, still at least twice the largest model input per side;
     a 12 MP photo decodes in full."""
     from clip.data.base import load_image_file
-    from clip.predict import load_image
-    from clip.transforms import DRAFT_MIN_SIDE
+    from clip.eval.predict import load_image
+    from clip.model.transforms import DRAFT_MIN_SIDE
 
     huge, photo = tmp_path / "huge.jpg", tmp_path / "photo.jpg"
     Image.new("RGB", (6400, 4800), (10, 120, 200)).save(huge, quality=80)

@@ -1,8 +1,9 @@
-"""The import structure, read from the source (ast): the launcher never needs MindSpore or clip/, clip/
-never needs the launcher, both share only common/, and no lower layer imports a higher one.
+"""The import structure, read from the source (ast): the launcher never needs MindSpore or clip/; clip/ uses
+only the launcher's pure worker-side modules; only clip.profiles knows that clip.native (the CPU-only
+implementations) exists; and no lower layer imports a higher one, at the top of a file or inside a function.
 
-A module not named in LAYERS falls into the first layer whose glob matches it (a new clip module is a
-component, a new launcher module sits with the commands); name it in its layer to be stricter."""
+A module not named in LAYERS falls into the first layer whose glob matches it; name it in its layer to be
+stricter. docs/ARCHITECTURE.md draws the same table."""
 import ast
 import fnmatch
 from pathlib import Path
@@ -10,28 +11,39 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("common", "launcher", "clip")
+PACKAGES = ("launcher", "clip")
 
 # Lowest first. A module may import modules of its own layer or lower ones, never a higher one.
 LAYERS = [
-    ["common", "common.*"],
-    # launcher: parsers and pure logic, then processes and machines, then the commands
-    ["launcher", "launcher.hccn", "launcher.cluster", "launcher.plan", "launcher.diagnosis"],
+    # launcher: the worker side of the contract (pure, importable by any worker), parsers and pure logic,
+    # then processes and machines, then the commands
+    ["launcher", "launcher.errors", "launcher.safe_write", "launcher.worker", "launcher.backends",
+     "launcher.backends.*"],
+    ["launcher.hccn", "launcher.cluster", "launcher.plan", "launcher.diagnosis"],
     ["launcher.ranktable", "launcher.supervisor"],
     ["launcher.*", "launcher.mpi", "launcher.doctor", "launcher.run", "launcher.msrun"],
     ["launcher.cli", "launcher.__main__"],
-    # clip (docs/ARCHITECTURE.md): foundations, components, application, front doors
-    ["clip", "clip.safe_write", "clip.cpu_kernels", "clip.shm_collectives", "clip.presets", "clip.loss_modes", "clip.tokenizer", "clip.transforms",
-     "clip.transformer", "clip.torch_archive", "clip.data", "clip.data.*", "clip.config"],
-    ["clip.*", "clip.buckets", "clip.distributed", "clip.checkpoint", "clip.metrics", "clip.encode", "clip.model", "clip.loss",
-     "clip.zeroshot", "clip.retrieval", "clip.predict", "clip.train", "clip.convert"],
-    ["clip.app"],
-    ["clip.trainer", "clip.eval", "clip.__main__"],
+    # clip: pure foundations and the CPU-only implementations, the one switch between those and MindSpore's
+    # stock pieces, then model, parallel, loss, evaluation, training, and the front doors
+    ["clip", "clip.config", "clip.model", "clip.model.architectures", "clip.model.tokenizer",
+     "clip.model.transforms", "clip.model.torch_archive", "clip.model.weights", "clip.loss.modes", "clip.data",
+     "clip.data.*", "clip.native", "clip.native.*"],
+    ["clip.profiles"],
+    ["clip.model.*"],
+    ["clip.parallel", "clip.parallel.*"],
+    ["clip.loss", "clip.loss.*"],
+    ["clip.eval", "clip.eval.encode", "clip.eval.zeroshot", "clip.eval.retrieval", "clip.eval.predict"],
+    ["clip.train", "clip.train.*"],
+    ["clip.api", "clip.api.app"],
+    ["clip.*", "clip.api.trainer", "clip.eval.cli", "clip.eval.__main__", "clip.train.__main__", "clip.__main__",
+     "clip.convert", "clip.predict"],
 ]
 
-# Imports that are never allowed, whatever the layers say: (importing package, imported top-level name).
-FORBIDDEN = {("launcher", "mindspore"), ("launcher", "clip"), ("clip", "launcher"),
-             ("common", "mindspore"), ("common", "clip"), ("common", "launcher")}
+# Imports never allowed, whatever the layers say: (importing package, imported top-level name).
+FORBIDDEN = {("launcher", "mindspore"), ("launcher", "clip")}
+# The launcher modules a clip module may import: the worker side of the contract, pure Python.
+WORKER_SIDE = ("launcher", "launcher.errors", "launcher.safe_write", "launcher.worker", "launcher.backends",
+               "launcher.backends.*")
 
 
 def module_name(path: Path) -> str:
@@ -64,6 +76,17 @@ def imports_of(module: str):
     return names
 
 
+def lazy_exports_of(module: str) -> set:
+    """Modules a package's lazy `_EXPORTS` table names (imported on first use, so they count as imports)."""
+    path = REPO / module.replace(".", "/") / "__init__.py"
+    if not path.exists():
+        return set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_EXPORTS" for t in node.targets):
+            return {value.value for value in node.value.values}
+    return set()
+
+
 def layer_of(module: str) -> int:
     """The layer naming the module exactly, else the first one whose glob matches it."""
     exact = [i for i, layer in enumerate(LAYERS) if module in layer]
@@ -72,19 +95,43 @@ def layer_of(module: str) -> int:
     return (exact or globbed)[0]
 
 
+def matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
 @pytest.mark.parametrize("module", all_modules())
 def test_no_forbidden_and_no_upward_imports(module):
     mine = layer_of(module)
+    top = module.split(".")[0]
     for name in sorted(imports_of(module)):
-        assert (module.split(".")[0], name.split(".")[0]) not in FORBIDDEN, f"{module} imports {name}"
-        if name.split(".")[0] in PACKAGES:
+        assert (top, name.split(".")[0]) not in FORBIDDEN, f"{module} imports {name}"
+        if top == "clip" and name.split(".")[0] == "launcher":
+            assert matches(name, WORKER_SIDE), f"{module} imports {name}: clip may use only {WORKER_SIDE}"
+        if name.startswith("clip.native") and not module.startswith("clip.native"):
+            assert module == "clip.profiles", (f"{module} imports {name}: only clip.profiles chooses the CPU-only "
+                                               f"implementations")
+        if name.split(".")[0] in PACKAGES and top == name.split(".")[0]:
             assert layer_of(name) <= mine, (f"{module} (layer {mine}) imports {name} (layer {layer_of(name)}): "
                                             f"a lower layer may not import a higher one")
 
 
+@pytest.mark.parametrize("package", [m for m in all_modules() if lazy_exports_of(m)])
+def test_lazy_exports_name_real_modules_of_allowed_layers(package):
+    """A package's lazy export table is an import too: each module exists, and a package that is a
+    foundation (clip.model) may export from its own higher layer only because nothing loads it eagerly."""
+    for target in lazy_exports_of(package):
+        assert target in set(all_modules()), f"{package}: _EXPORTS names {target}, which does not exist"
+        assert not target.startswith("clip.native"), f"{package} exports from {target}"
+
+
 def test_the_check_sees_imports():
     """The reader finds what is there, so a passing layer test means something."""
-    assert "common.errors" in imports_of("launcher.run")
-    assert "mindspore" in imports_of("clip.distributed")
-    assert "common.backends.dynamic" in imports_of("launcher.plan")
-    assert layer_of("clip.app") > layer_of("clip.model") > layer_of("clip.data.cifar100")
+    assert "launcher.errors" in imports_of("launcher.run")
+    assert "mindspore" in imports_of("clip.parallel.distributed")
+    assert "launcher.backends.dynamic" in imports_of("launcher.plan")
+    assert "clip.model.weights" in imports_of("clip.train.checkpoint")
+    assert layer_of("clip.api.app") > layer_of("clip.train.loop") > layer_of("clip.model.factory")
+    assert layer_of("clip.model.factory") > layer_of("clip.profiles") > layer_of("clip.native.kernels")
+    assert layer_of("clip.model.towers") > layer_of("clip.data.cifar100")
+    assert {"clip.profiles", "clip.native.kernels", "clip.native.shm_collectives", "clip.native.buckets",
+            "clip.train.step", "clip.parallel.distributed", "launcher.worker"} <= set(all_modules())

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from clip.distributed import DistInfo
-from common.errors import UserError
-from clip.loss import LOGIT_SCALE_MAX, LOSS_MODES, ContrastiveLoss, clamp_logit_scale, full_loss, local_loss
+from clip.loss.contrastive import LOGIT_SCALE_MAX, LOSS_MODES, ContrastiveLoss, clamp_logit_scale, full_loss, local_loss
+from clip.parallel.distributed import DistInfo
+from launcher.errors import UserError
 
 SINGLE = DistInfo(rank=0, world_size=1, backend="none", device_target="CPU")
 SCALE = 1 / 0.07

@@ -11,17 +11,17 @@ import mindspore as ms
 import numpy as np
 import pytest
 from PIL import Image
+from test_zeroshot import RAW_NAMES, draw_images, write_cifar
 
 import clip
+from clip.api.app import config_from, dataset_from_path
+from clip.api.trainer import PRETRAIN, ZERO_SHOT, Trainer
 from clip.data.base import DatasetConfig
 from clip.data.shapes import CLASSNAMES, render
-from common.backends import dynamic
-from common.errors import UserError
 from clip.model import CLIPModel, create_model
-from clip.presets import CLIPConfig
-from clip.app import config_from, dataset_from_path
-from clip.trainer import PRETRAIN, ZERO_SHOT, Trainer
-from test_zeroshot import RAW_NAMES, draw_images, write_cifar
+from clip.model.architectures import CLIPConfig
+from launcher.backends import dynamic
+from launcher.errors import UserError
 
 TINY_RUN = {"model.name": "clip_tiny", "data.train.num_samples": 16, "data.eval.num_samples": 24,
             "train": {"batch_size": 4, "max_steps": 2, "mode": "pynative", "lr": 1e-3, "resume": "none",

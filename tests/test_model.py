@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import clip
-from common.errors import UserError
 from clip.model import CLIPModel, create_model
-from clip.presets import PRESETS, CLIPConfig, get_config, infer_config
+from clip.model.architectures import PRESETS, CLIPConfig, get_config, infer_config
+from launcher.errors import UserError
 
 
 def openai_keys(vision_layers, text_layers):

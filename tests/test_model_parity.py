@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-import torch_reference
 from clip.model import create_model
-from clip.presets import get_config
-from clip.tokenizer import tokenize
+from clip.model.architectures import get_config
+from clip.model.tokenizer import tokenize
+
+import torch_reference
 
 CAPTIONS = ["a photo of a cat.", "", "Two dogs playing in the snow near a red barn, 1998 " * 6]
 

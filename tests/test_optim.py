@@ -11,8 +11,8 @@ import pytest
 import torch
 from mindspore import Parameter, ParameterTuple, Tensor, nn
 
-from clip.optim import GradientUpdate, build_optimizer, lr_schedule
-from clip.precision import LossScaler
+from clip.train.optim import GradientUpdate, build_optimizer, lr_schedule
+from clip.train.precision import LossScaler
 
 SHAPES = {"visual.proj": (6, 5), "ln_final.bias": (5,), "logit_scale": ()}
 WD, BETAS, EPS, STEPS = 0.1, (0.9, 0.98), 1e-6, 20

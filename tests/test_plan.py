@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from launcher import plan, ranktable
-from common.errors import UserError
+from launcher.errors import UserError
 
 
 def options(**overrides):

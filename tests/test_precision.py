@@ -13,11 +13,22 @@ import subprocess
 
 import numpy as np
 import pytest
+from test_equivalence import (
+    REPO,
+    TINY,
+    clean_env,
+    finish_training,
+    losses,
+    max_param_diff,
+    metric,
+    model_params,
+    run_training,
+    start_training,
+    train_command,
+)
 
-from common.errors import UserError
-from clip.precision import check_resume, model_dtype
-from test_equivalence import REPO, TINY, clean_env, finish_training, losses, max_param_diff, metric, model_params, \
-    run_training, start_training, train_command
+from clip.train.precision import check_resume, model_dtype
+from launcher.errors import UserError
 
 FP16 = [o for o in TINY if not o.startswith("train.max_steps")] + [
     "train.precision=fp16", "train.max_steps=6", "train.save_every=1", "train.keep_last=10"]
@@ -66,6 +77,7 @@ def test_fp16_on_two_workers_trains_like_one(runs):
 
 def test_forced_overflow_is_skipped_on_every_rank_and_training_goes_on(runs):
     import mindspore as ms
+
     from clip.model import create_model
 
     out = runs / "overflow"

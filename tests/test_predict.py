@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-
-from common.errors import UserError
 from test_zeroshot import determine, draw_images, preprocess, tiny_model
+
+from launcher.errors import UserError
 
 LABELS = ["red square", "green circle", "blue triangle"]
 TEMPLATE = "a photo of a {}."
@@ -27,7 +27,7 @@ def designed(i: int) -> np.ndarray:
 def setup(tmp_path_factory):
     import mindspore as ms
 
-    from clip.tokenizer import tokenize
+    from clip.model.tokenizer import tokenize
 
     images, _ = draw_images(3, 1, seed=11)
     model = tiny_model(seed=4)
@@ -75,7 +75,7 @@ def test_pipeline_scores_are_the_designed_probabilities(setup):
 
 
 def test_pipeline_loads_models_by_checkpoint_or_preset_name(setup):
-    from clip.predict import pipeline
+    from clip.eval.predict import pipeline
 
     by_path = pipeline(model=setup["ckpt"], candidate_labels=LABELS)
     assert by_path.model.config.vision_width == 128  # clip_tiny, inferred from the checkpoint's shapes
@@ -85,7 +85,7 @@ def test_pipeline_loads_models_by_checkpoint_or_preset_name(setup):
 
 
 def test_pipeline_user_errors(setup, tmp_path):
-    from clip.predict import pipeline
+    from clip.eval.predict import pipeline
 
     with pytest.raises(UserError, match="not supported"):
         pipeline("image_captioning", model=setup["model"])
@@ -101,7 +101,7 @@ def test_pipeline_user_errors(setup, tmp_path):
 
 
 def test_any_pil_mode_and_format(setup, tmp_path):
-    from clip.predict import pipeline
+    from clip.eval.predict import pipeline
 
     pipe = pipeline(model=setup["model"], candidate_labels=LABELS)
     rgb = Image.fromarray(setup["images"][1])

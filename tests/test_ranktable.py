@@ -6,7 +6,7 @@ import os
 import pytest
 
 from launcher import cluster, ranktable
-from common.errors import UserError
+from launcher.errors import UserError
 
 
 def hccn_text(server: int, chips=range(8)) -> str:

@@ -10,11 +10,21 @@ import time
 
 import psutil
 import pytest
+from test_equivalence import (
+    REPO,
+    TINY,
+    clean_env,
+    finish_training,
+    losses,
+    max_param_diff,
+    model_params,
+    run_training,
+    start_training,
+    train_command,
+)
 
-from common import supervision
-from common.backends import dynamic
-from test_equivalence import REPO, TINY, clean_env, finish_training, losses, max_param_diff, model_params, \
-    run_training, start_training, train_command
+from launcher import worker
+from launcher.backends import dynamic
 
 STEPS = ["train.max_steps=6", "train.batch_size=8", "loss.mode=local", "train.save_every=2",
          "train.keep_last=1"]
@@ -142,7 +152,7 @@ def test_sigterm_to_the_launcher_saves_at_a_step_boundary_and_resume_equals_unin
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == supervision.PREEMPTED_EXIT_CODE, err
+    assert proc.returncode == worker.PREEMPTED_EXIT_CODE, err
     assert "pre-empted, resumable" in err
     stopped = max(losses(out))
     assert 1 <= stopped < 6 and (out / "checkpoints" / f"step_{stopped:08d}.ckpt").exists()

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from test_zeroshot import determine, draw_images, preprocess, tiny_model
 
 from clip.data import DatasetConfig, build_train_source
-from test_zeroshot import determine, draw_images, preprocess, tiny_model
 
 N_IMAGES = 6
 CAPTIONS = [[f"picture number {i} of the set", f"the drawing called item {i}"] for i in range(N_IMAGES)]
 
 
 def test_recall_at_k_counts_the_best_placed_relevant_item():
-    from clip.retrieval import recall_at_k
+    from clip.eval.retrieval import recall_at_k
 
     # 3 images, 4 texts; text j belongs to image owner[j].
     owner = np.array([0, 0, 1, 2])
@@ -36,14 +36,14 @@ def test_recall_at_k_counts_the_best_placed_relevant_item():
 
 
 def test_ties_count_against_the_query():
-    from clip.retrieval import recall_at_k
+    from clip.eval.retrieval import recall_at_k
 
     r = recall_at_k(np.ones((2, 2)), np.array([0, 1]), ks=(1, 2))
     assert r["image_to_text_R@1"] == 0.0 and r["image_to_text_R@2"] == 100.0
 
 
 def test_flatten_captions_keeps_owners():
-    from clip.retrieval import flatten_captions
+    from clip.eval.retrieval import flatten_captions
 
     texts, owner = flatten_captions([["a", "b"], ["c"], ["d", "e", "f"]])
     assert texts == list("abcdef") and owner.tolist() == [0, 0, 1, 2, 2, 2]
@@ -68,7 +68,7 @@ def determined(tmp_path_factory):
     and orthogonal (0) to every other caption."""
     import mindspore as ms
 
-    from clip.tokenizer import tokenize
+    from clip.model.tokenizer import tokenize
 
     images, _ = draw_images(N_IMAGES, 1, seed=7)
     model = tiny_model(seed=2)
@@ -83,7 +83,7 @@ def determined(tmp_path_factory):
 
 
 def test_generated_set_is_retrieved_perfectly(determined):
-    from clip.retrieval import evaluate_captions
+    from clip.eval.retrieval import evaluate_captions
 
     path = write_csv_set(determined["root"] / "right", determined["images"], CAPTIONS)
     model = determined["model"]
@@ -94,7 +94,7 @@ def test_generated_set_is_retrieved_perfectly(determined):
 
 
 def test_swapped_captions_cost_exactly_their_recall_at_1(determined):
-    from clip.retrieval import evaluate_captions
+    from clip.eval.retrieval import evaluate_captions
 
     swapped = [CAPTIONS[1], CAPTIONS[0]] + CAPTIONS[2:]
     path = write_csv_set(determined["root"] / "swapped", determined["images"], swapped)
@@ -130,8 +130,8 @@ def test_flickr8k_test_split_with_five_captions_per_image(tmp_path):
     """The official layout (misspelt image folder, token file, split files); only the test split is read."""
     import mindspore as ms
 
-    from clip.retrieval import evaluate_captions
-    from clip.tokenizer import tokenize
+    from clip.eval.retrieval import evaluate_captions
+    from clip.model.tokenizer import tokenize
 
     images, _ = draw_images(6, 1, seed=9)
     captions = [[f"scene {i} seen in way {k}" for k in range(5)] for i in range(6)]

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.processes import leftovers
 from launcher.run import free_port
+
+from jobs.processes import leftovers
 
 JOB = Path(__file__).resolve().parent / "jobs" / "collective_job.py"
 TIMEOUT = 180

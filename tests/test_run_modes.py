@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-
-from clip.data.shapes import render
 from test_equivalence import REPO, clean_env
 from test_zeroshot import RAW_NAMES, draw_images, write_cifar
+
+from clip.data.shapes import render
 
 LABELS = ["red circle", "blue square", "green cross"]
 CONFIG = """\

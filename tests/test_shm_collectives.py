@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip import shm_collectives
+from clip.native import shm_collectives
+
 from clusters import clean_environ, run_cluster
 
 JOB = Path(__file__).resolve().parent / "jobs" / "shm_collectives_job.py"
@@ -111,7 +112,7 @@ def test_a_new_segment_works_after_a_failed_one(cluster):
 WAITS_FOR_AN_EXITED_PEER = textwrap.dedent("""
     import ctypes, os, subprocess, sys, time
     import mindspore as ms, numpy as np
-    from clip import shm_collectives
+    from clip.native import shm_collectives
     library = shm_collectives._library()
     path = shm_collectives.segment_path(12345, os.getpid())
     shm_collectives._create(path, shm_collectives._bytes(library, 2))

@@ -11,9 +11,10 @@ import time
 import psutil
 import pytest
 
-from jobs.processes import leftovers
 from launcher import plan, supervisor
 from launcher.supervisor import run_attempts
+
+from jobs.processes import leftovers
 
 
 def spec(tmp_path, rank, code, cores=None, log_dir=None, env=None):

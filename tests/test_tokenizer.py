@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import clip
-from common.errors import UserError
-from clip.tokenizer import EOT_ID, SOT_ID, clean_text, default_tokenizer, tokenize
+from clip.model.tokenizer import EOT_ID, SOT_ID, clean_text, default_tokenizer, tokenize
+from launcher.errors import UserError
 
 TEXTS = [
     "a photo of a cat.",

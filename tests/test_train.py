@@ -6,16 +6,15 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from clip import checkpoint, metrics
-from common.errors import UserError
 from test_equivalence import REPO, clean_env, run_training, train_command
 
+from clip.train import checkpoint, runlog
+from launcher.errors import UserError
 
 # ---------------------------------------------------------------- pure parts
 
 def test_weight_decay_only_on_matrices():
-    from clip.optim import decays
+    from clip.train.optim import decays
 
     assert decays("visual.transformer.resblocks.0.attn.in_proj_weight", 2)
     assert decays("token_embedding.weight", 2) and decays("visual.conv1.weight", 4)
@@ -41,18 +40,18 @@ def test_resume_path(tmp_path):
 
 
 def test_metrics_log_drops_lines_after_the_resumed_step(tmp_path):
-    log = metrics.MetricsLog(str(tmp_path), None)
+    log = runlog.MetricsLog(str(tmp_path), None)
     for step in (1, 2, 3):
         log.write({"step": step, "loss": 1.0 / step})
     log.write({"step": 2, "eval_top1": 50.0})
     log.close()
-    log = metrics.MetricsLog(str(tmp_path), 2)
+    log = runlog.MetricsLog(str(tmp_path), 2)
     log.write({"step": 3, "loss": 0.25})
     log.close()
-    rows = metrics.read(str(tmp_path / metrics.METRICS))
+    rows = runlog.read(str(tmp_path / runlog.METRICS))
     assert [r["step"] for r in rows] == [1, 2, 2, 3] and rows[-1]["loss"] == 0.25
-    metrics.MetricsLog(str(tmp_path), None).close()  # a fresh run (resume: none) starts an empty file
-    assert metrics.read(str(tmp_path / metrics.METRICS)) == []
+    runlog.MetricsLog(str(tmp_path), None).close()  # a fresh run (resume: none) starts an empty file
+    assert runlog.read(str(tmp_path / runlog.METRICS)) == []
 
 
 class Terminal(io.StringIO):
@@ -64,13 +63,13 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise():
     record = {"step": 3, "loss": 1.5, "lr": 1e-3, "logit_scale": 2.6, "grad_norm": 0.5, "samples_per_s": 40.0}
     plain, tty = io.StringIO(), Terminal()
     for stream in (plain, tty):
-        progress = metrics.Progress(10, 2, enabled=True, stream=stream)
+        progress = runlog.Progress(10, 2, enabled=True, stream=stream)
         progress.step(record)
         progress.close()
     assert plain.getvalue() == "step 3/10 loss 1.5000 lr 0.001 logit_scale 2.600 grad_norm 0.5 40.0 samples/s\n"
     assert "3/10" in tty.getvalue() and "|" in tty.getvalue() and "loss=1.5000" in tty.getvalue()
     silent = io.StringIO()
-    metrics.Progress(10, 0, enabled=False, stream=silent).step(record)
+    runlog.Progress(10, 0, enabled=False, stream=silent).step(record)
     assert silent.getvalue() == ""
 
 
@@ -105,7 +104,7 @@ def test_plot_writes_a_png(tmp_path):
     rows = [{"step": s, "loss": 3.0 / s, "lr": 1e-3, "logit_scale": 2.6, "samples_per_s": 10.0} for s in (1, 2, 3)]
     rows.append({"step": 3, "eval_top1": 40.0, "eval_top5": 80.0, "eval_n": 10, "eval_classes": 24})
     out = tmp_path / "metrics.png"
-    metrics.plot(rows, str(out))
+    runlog.plot(rows, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
 
@@ -137,7 +136,7 @@ def test_single_card_run_writes_every_output(single_run):
     from clip.config import load_config
     cfg = load_config(str(out / "config.yaml"))
     assert cfg.train.mode == "pynative" and cfg.output_dir == str(out) and cfg.data.eval.num_samples == 48
-    rows = metrics.read(str(out / "metrics.jsonl"))
+    rows = runlog.read(str(out / "metrics.jsonl"))
     train_rows = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "eval_top1" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4] and [r["step"] for r in evals] == [2, 4]
@@ -156,6 +155,7 @@ def test_single_card_run_writes_every_output(single_run):
 def test_training_checkpoint_loads_as_model_weights(single_run):
     """last.ckpt keeps OpenAI parameter names, so evaluation and prediction can load it directly."""
     import mindspore as ms
+
     from clip.model import create_model
 
     out, _ = single_run

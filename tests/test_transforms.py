@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import clip
-from common.errors import UserError
-from clip.transforms import OPENAI_MEAN, OPENAI_STD, center_crop_box, image_transform, resized_size
+from clip.model.transforms import OPENAI_MEAN, OPENAI_STD, center_crop_box, image_transform, resized_size
+from launcher.errors import UserError
 
 
 def openai_reference(image: Image.Image, n: int) -> np.ndarray:

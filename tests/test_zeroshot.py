@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from clip.data.base import DatasetConfig
-from common.errors import UserError
+from launcher.errors import UserError
 
 RAW_NAMES = ["apple", "aquarium_fish", "maple_tree", "lawn_mower", "bus", "rose", "sweet_pepper", "whale"]
 CLEAN_NAMES = ["apple", "aquarium fish", "maple tree", "lawn mower", "bus", "rose", "sweet pepper", "whale"]
@@ -73,7 +73,7 @@ def tiny_model(seed: int = 0):
 
 
 def preprocess(images: np.ndarray, image_size: int) -> np.ndarray:
-    from clip.transforms import image_transform
+    from clip.model.transforms import image_transform
 
     t = image_transform(image_size)
     return np.stack([t(Image.fromarray(a)) for a in images]).astype(np.float32)
@@ -83,7 +83,7 @@ def direct_text_embeddings(model, classnames, templates) -> np.ndarray:
     """Normalised class embeddings [C, E], one class at a time, straight from the model (the reference)."""
     import mindspore as ms
 
-    from clip.tokenizer import tokenize
+    from clip.model.tokenizer import tokenize
 
     rows = []
     for name in classnames:
@@ -184,7 +184,7 @@ def determined():
 # ---------------------------------------------------------------- classifier
 
 def test_classifier_equals_direct_computation_and_shards_sum_to_it():
-    from clip.zeroshot import build_classifier
+    from clip.eval.zeroshot import build_classifier
 
     model = tiny_model(seed=3)
     names, templates = CLEAN_NAMES[:5], ["a photo of a {}.", "a drawing of the {}.", "{}"]
@@ -199,21 +199,21 @@ def test_classifier_equals_direct_computation_and_shards_sum_to_it():
 
 
 def test_trim_padding_keeps_every_token_up_to_the_longest_end_token():
-    from clip.encode import trim_padding
+    from clip.eval.encode import trim_padding
 
     tokens = np.array([[49406, 7, 49407, 0, 0, 0], [49406, 5, 6, 8, 49407, 0]], np.int32)
     np.testing.assert_array_equal(trim_padding(tokens), tokens[:, :5])
 
 
 def test_classifier_needs_classes_and_templates():
-    from clip.zeroshot import build_classifier
+    from clip.eval.zeroshot import build_classifier
 
     with pytest.raises(UserError, match="at least one class name and one template"):
         build_classifier(tiny_model(), [], ["a {}"])
 
 
 def test_count_batch_tallies_top1_top5_and_confusion():
-    from clip.zeroshot import Counts, count_batch, summarize
+    from clip.eval.zeroshot import Counts, count_batch, summarize
 
     logits = np.array([[9, 1, 2, 3, 4, 5, 6],    # label 0: right
                        [1, 9, 8, 7, 6, 5, 4],    # label 2: second place
@@ -304,7 +304,7 @@ class _Exploit:
 # ---------------------------------------------------------------- accuracy with the determined model
 
 def test_zero_shot_eval_gives_the_designed_accuracy(determined, cifar_root, drawn):
-    from clip.zeroshot import zero_shot_eval
+    from clip.eval.zeroshot import zero_shot_eval
 
     _, labels = drawn
     expected = expected_metrics(labels, len(RAW_NAMES), WRONG)
@@ -347,26 +347,26 @@ def test_evaluation_beats_the_launcher_heartbeat_every_batch(determined, cifar_r
     """`--hang-timeout` must not take a long evaluation for a hang: the loop touches LAUNCHER_HEARTBEAT_FILE
     after the classifier and after every image batch (in a job at most once a second; here every call)."""
     from clip.data import build_eval_source
-    from clip.zeroshot import evaluate_source
-    from common import supervision
+    from clip.eval.zeroshot import evaluate_source
+    from launcher import worker
 
     heartbeat = str(tmp_path / "heartbeat_0")
-    monkeypatch.setenv(supervision.HEARTBEAT_FILE, heartbeat)
-    monkeypatch.setattr(supervision, "_HEARTBEAT_EVERY", 0.0)
+    monkeypatch.setenv(worker.HEARTBEAT_FILE, heartbeat)
+    monkeypatch.setattr(worker, "_HEARTBEAT_EVERY", 0.0)
     source = BeatWatcher(build_eval_source(DatasetConfig(type="cifar100", path=cifar_root, split="test",
                                                          templates=["a photo of a {}."])), 5, heartbeat)
     result = evaluate_source(determined, source, determined.config.image_size, batch_size=5)
     assert result["n"] == 32 and source.beaten == [True] * 7  # 32 images in batches of 5
     assert os.stat(heartbeat).st_mtime > 0  # and after the last batch
 
-    monkeypatch.delenv(supervision.HEARTBEAT_FILE)
+    monkeypatch.delenv(worker.HEARTBEAT_FILE)
     os.remove(heartbeat)
     evaluate_source(determined, source, determined.config.image_size, batch_size=5)
     assert not os.path.exists(heartbeat)  # outside a launcher job: no file, nothing written
 
 
 def test_evaluate_classifier_on_batches(determined, drawn):
-    from clip.zeroshot import build_classifier, count_predictions, summarize
+    from clip.eval.zeroshot import build_classifier, count_predictions, summarize
 
     images, labels = drawn
     classifier = build_classifier(determined, CLEAN_NAMES, shipped_templates())
@@ -379,7 +379,7 @@ def test_evaluate_classifier_on_batches(determined, drawn):
 
 def test_imagefolder_source_and_accuracy(tmp_path, determined, drawn):
     from clip.data.imagefolder import load
-    from clip.zeroshot import zero_shot_eval
+    from clip.eval.zeroshot import zero_shot_eval
 
     images, labels = drawn
     for i, (image, label) in enumerate(zip(images, labels)):
@@ -408,7 +408,7 @@ def test_imagefolder_source_and_accuracy(tmp_path, determined, drawn):
 
 
 def test_unreadable_images_are_skipped_and_counted(tmp_path, determined):
-    from clip.zeroshot import zero_shot_eval
+    from clip.eval.zeroshot import zero_shot_eval
 
     for name in ("cat", "dog"):
         (tmp_path / name).mkdir()
@@ -422,7 +422,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, determined):
 def test_compiled_encoders_match_eager_and_see_loaded_weights():
     import mindspore as ms
 
-    from clip.encode import encode_images, encode_texts
+    from clip.eval.encode import encode_images, encode_texts
 
     model = tiny_model(seed=5)
     pixels = np.random.default_rng(0).normal(size=(6, 3, 64, 64)).astype(np.float32)

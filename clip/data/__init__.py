@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from clip.data.base import CaptionSource, ClassificationSource, DatasetConfig, UnreadableImage
 from clip.data.registry import DATASETS, loader, types_for
-from common.errors import UserError
+from launcher.errors import UserError
 
 __all__ = ["DatasetConfig", "CaptionSource", "ClassificationSource", "UnreadableImage",
            "build_train_source", "build_eval_source", "TRAIN_TYPES", "EVAL_TYPES", "DATASETS"]

@@ -16,8 +16,8 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
-from clip.transforms import reduce_while_decoding
-from common.errors import UserError
+from clip.model.transforms import reduce_while_decoding
+from launcher.errors import UserError
 
 ImageLike = Union[Image.Image, np.ndarray]
 

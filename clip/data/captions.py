@@ -12,7 +12,7 @@ import os
 from typing import Optional
 
 from clip.data.base import CaptionSource, DatasetConfig, load_image_file, read_file_bytes
-from common.errors import UserError
+from launcher.errors import UserError
 
 
 def separator_for(path: str, configured: Optional[str]) -> str:

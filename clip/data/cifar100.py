@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from clip.data.base import ClassificationSource, DatasetConfig, check_templates, require_dir, verify_sha256
-from common.errors import UserError
+from launcher.errors import UserError
 
 SPLITS = {"test": "test", "train": "train", "val": "test"}  # CIFAR-100 evaluates on test: data.eval's default
                                                           # split "val" means it here

@@ -10,9 +10,15 @@ import os
 
 from PIL import Image
 
-from clip.data.base import (ClassificationSource, DatasetConfig, check_templates, load_image_file, require_dir,
-                             verify_sha256)
-from common.errors import UserError, read_user_file
+from clip.data.base import (
+    ClassificationSource,
+    DatasetConfig,
+    check_templates,
+    load_image_file,
+    require_dir,
+    verify_sha256,
+)
+from launcher.errors import UserError, read_user_file
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 

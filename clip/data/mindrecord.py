@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from clip.data.base import CaptionSource, DatasetConfig, UnreadableImage, decode_image, require_dir
-from common.errors import UserError
+from launcher.errors import UserError
 
 log = logging.getLogger(__name__)
 

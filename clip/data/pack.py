@@ -20,8 +20,8 @@ from typing import Optional
 from clip.data import build_train_source
 from clip.data.base import CaptionSource, DatasetConfig, UnreadableImage, decode_image
 from clip.data.mindrecord import FORMAT, MANIFEST, SCHEMA, VERSION, read_manifest, shard_file
-from common.errors import ArgumentParser, UserError, exit_on_user_error
-from common.safe_write import write_json
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error
+from launcher.safe_write import write_json
 
 FORMATS = ("mindrecord",)
 PACKABLE = ("webdataset", "csv", "flickr8k", "imagefolder", "cifar100", "shapes", "mindrecord")

@@ -15,7 +15,7 @@ from PIL import Image
 
 import clip
 from clip.data.base import CaptionSource, UnreadableImage
-from common.errors import UserError
+from launcher.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from clip.data.base import CaptionSource, ClassificationSource, DatasetConfig, check_templates
-from common.errors import UserError
+from launcher.errors import UserError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),

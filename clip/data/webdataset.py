@@ -23,8 +23,8 @@ from typing import Optional
 import numpy as np
 
 from clip.data.base import CaptionSource, DatasetConfig, UnreadableImage, decode_image
-from common.errors import UserError
-from common.safe_write import write_json
+from launcher.errors import UserError
+from launcher.safe_write import write_json
 
 log = logging.getLogger(__name__)
 

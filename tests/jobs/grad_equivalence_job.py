@@ -15,10 +15,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from clip import distributed
-from clip.buckets import BucketedGradReducer, rows_are_fewer
-from clip.distributed import AllGatherWithGrad, DistInfo
-from clip.loss import LOSS_MODES, ContrastiveLoss
+from clip.loss.contrastive import LOSS_MODES, ContrastiveLoss
+from clip.native.buckets import BucketedGradReducer, rows_are_fewer
+from clip.parallel import distributed
+from clip.parallel.distributed import AllGatherWithGrad, DistInfo
 
 GLOBAL_BATCH = 8
 IMAGE_DIM, TEXT_DIM, HIDDEN, EMBED = 12, 10, 16, 8

@@ -14,7 +14,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from clip import distributed, shm_collectives
+from clip.native import shm_collectives
+from clip.parallel import distributed
 
 CHUNK = 512 * 1024  # kChunk in clip/assets/shm_collectives.cc: floats per slot
 SUM_SIZES = (0, 1, 17, CHUNK - 1, CHUNK + 1, 2 * CHUNK + 100)

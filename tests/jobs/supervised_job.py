@@ -8,8 +8,7 @@ import signal
 import sys
 import time
 
-from common import supervision
-
+from launcher import worker
 
 SLOW_SECONDS = 7
 
@@ -32,10 +31,10 @@ def misbehave(mode: str, out: str, rank: int) -> None:
         until = time.time() + SLOW_SECONDS
         while time.time() < until:
             time.sleep(0.2)
-            supervision.heartbeat()
+            worker.heartbeat()
 
 
-@supervision.record
+@worker.record
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -43,7 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fail-rank", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    supervision.install()
+    worker.install()
     import mindspore as ms
     from mindspore import ops
     from mindspore.communication import get_rank, init
@@ -56,9 +55,9 @@ def main(argv=None) -> int:
         # with --fail-mode slow, the other ranks wait here for the slow one as clip.train's ranks wait for rank 0's
         # evaluation
         waiting = round_ == 1 and args.fail_mode == "slow" and rank != args.fail_rank
-        with supervision.beat_while_waiting(60 if waiting else 0):
+        with worker.beat_while_waiting(60 if waiting else 0):
             all_reduce(ms.Tensor([1.0], ms.float32)).asnumpy()
-        supervision.heartbeat(force=True)
+        worker.heartbeat(force=True)
         if round_ == 0 and rank == args.fail_rank and args.fail_mode != "none":
             misbehave(args.fail_mode, args.out, rank)
     return 0

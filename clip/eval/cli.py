@@ -1,0 +1,50 @@
+"""`python -m clip.eval`: zero-shot classification (data.eval) or image-text retrieval (data.retrieval) of a
+checkpoint, with the same typed config as training.
+
+On many cards rank 0 evaluates and the other ranks finish at once, unless --sharded asks every rank to
+evaluate its share (counts are summed over ranks, which gives the single-card numbers exactly).
+Results go to `<output_dir>/eval.json` (zero-shot) or `<output_dir>/retrieval.json`, written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+from clip.api.app import TASKS, configure_logging, evaluate_and_write
+from clip.config import add_config_arguments, load_config
+from launcher import worker
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m clip.eval",
+                                     description="Zero-shot accuracy (data.eval) or image-text retrieval "
+                                                 "(data.retrieval) of a checkpoint.")
+    add_config_arguments(parser)
+    parser.add_argument("--checkpoint", help="weights to evaluate (default: model.checkpoint)")
+    parser.add_argument("--task", choices=TASKS, default="zeroshot",
+                        help="zeroshot: eval.json from data.eval; retrieval: retrieval.json from data.retrieval")
+    parser.add_argument("--sharded", action="store_true",
+                        help="zero-shot on many cards: every rank evaluates a shard, counts are summed")
+    return parser
+
+
+@exit_on_user_error
+@worker.record
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    worker.install()
+    configure_logging()
+    if args.sharded and args.task != "zeroshot":
+        raise UserError("--sharded applies to --task zeroshot only")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise UserError(f"--checkpoint {args.checkpoint!r} does not exist")
+    cfg = load_config(args.config, args.overrides)
+    evaluate_and_write(cfg, args.task, args.checkpoint, args.sharded)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The one reader and writer of MindSpore .ckpt files: model weights, converted weights and training checkpoints
+all go through here, so every bad file gets the same one-line error and every write is atomic."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from launcher.errors import UserError
+
+TEXT_META = {"precision": "fp32"}  # text entries with the value assumed for checkpoints written before them
+
+
+def write(path: str, save_obj, append_dict: Optional[dict] = None) -> str:
+    """The one checkpoint writer: ms.save_checkpoint through launcher.safe_write (temporary file, fsync, rename);
+    a failure is one line naming the file and the reason, and MindSpore's own multi-line report of it is held
+    back (it would only repeat that line)."""
+    import mindspore as ms
+    from mindspore import log as ms_log
+
+    from launcher.safe_write import write_with
+
+    def save_to(tmp: str) -> None:
+        logger = ms_log._get_logger()  # MindSpore's logger object; its CRITICAL line would precede ours
+        disabled, logger.disabled = logger.disabled, True
+        try:
+            ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
+        finally:
+            logger.disabled = disabled
+
+    return write_with(path, save_to, mode=None)
+
+
+def read(path: str, what: str = "checkpoint") -> dict:
+    """Every parameter of a MindSpore checkpoint (name -> Parameter): the one reader of .ckpt files. A missing,
+    unreadable or foreign file is a one-line UserError that starts with `what` and names the file."""
+    import mindspore as ms
+
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path!r} is a directory, expected a MindSpore .ckpt file")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path!r} does not exist")
+    try:
+        return ms.load_checkpoint(path)
+    except Exception as exc:  # MindSpore raises ValueError/RuntimeError/TypeError for corrupt files
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise UserError(f"{what} {path!r} is not a readable MindSpore checkpoint ({reason})") from None
+
+
+def shapes(path: str, what: str = "checkpoint") -> dict:
+    """Parameter name -> shape of a checkpoint."""
+    return {name: tuple(p.shape) for name, p in read(path, what).items() if name not in TEXT_META}

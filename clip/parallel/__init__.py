@@ -1,0 +1,1 @@
+"""Data parallelism: the cluster from the environment, gathers with gradients, gradient reduction."""

@@ -1,0 +1,155 @@
+"""MindSpore's compile cache for the train step, made safe: one directory per exact graph, shared by runs.
+
+MindSpore (2.10, CPU) caches compiled graphs with `MS_COMPILER_CACHE_ENABLE=1` and
+`MS_COMPILER_CACHE_PATH=DIR` (it adds `rank_<r>/`); a later launch then skips most of the compilation.
+But its cache is keyed by the order in which a process compiles graphs, not by what they compute:
+measured here, a cell whose Python constant changed, a model with one more layer, an input of another
+shape, or two graphs compiled in the other order all silently reuse the stale graph and give wrong
+numbers. So this module
+- keys the directory by everything the train step's graph depends on: the resolved config (less the
+  fields that only steer the loop or feed the graph as inputs: output paths, data, the learning-rate
+  schedule, logging, saving, evaluation cadence), world size, rank, device target, MindSpore and Python
+  versions, a hash of the clip and common sources (Python and C++) and the CPU kernel library in use;
+- caches only the graphs compiled during the first train-step call (one for the plain step; one per phase,
+  always in the same order, for the accumulating step) and turns caching off right after it, so that
+  evaluation graphs, whose order and shapes depend on the data, are always compiled afresh;
+- lets one process write a key's directory at a time (an flock on `<key>.lock`) and marks it complete
+  only after the first step returned, so a job never reads a half-written graph. A directory left
+  incomplete by a crashed writer is wiped by the next one; a job that finds another one writing
+  compiles without the cache.
+Because the key is exact, the cache is shared by every run of the user: `$CLIP_COMPILE_CACHE_DIR`,
+by default `~/.cache/mindclip/compile`, so a restart, a resume or the same job in a new output_dir starts
+its first step warm. `CLIP_COMPILE_CACHE_DIR=off` turns it off; a user who sets `MS_COMPILER_CACHE_PATH`
+or `MS_COMPILER_CACHE_ENABLE` takes over and this module stays out of the way.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Mapping, Optional
+
+ENABLE, PATH = "MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH"
+ROOT_ENV = "CLIP_COMPILE_CACHE_DIR"
+OFF = "off"
+COMPLETE = "complete"
+# Config fields that never reach the train step's graph: where files go, how often the loop logs, saves
+# and evaluates, when this invocation stops, which data feed it (shapes come from the model and the batch
+# size), and the learning-rate schedule (a tensor input of every step).
+LOOP_ONLY = ("output_dir", "data", "train.resume", "train.overwrite", "train.stop_after", "train.log_every",
+             "train.save_every", "train.keep_last", "train.eval_every", "train.eval_batch_size", "train.num_workers",
+             "train.lr", "train.lr_schedule", "train.min_lr", "train.warmup_steps", "train.max_steps",
+             "train.epochs")
+_SOURCE_PACKAGES = ("clip", "launcher")
+
+
+def graph_fields(config: Mapping) -> dict:
+    """The resolved config without LOOP_ONLY fields (pure)."""
+    kept = json.loads(json.dumps(config, default=str))
+    for dotted in LOOP_ONLY:
+        *parents, leaf = dotted.split(".")
+        node = kept
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return kept
+
+
+def cache_key(config: Mapping, world_size: int, rank: int, versions: Mapping[str, str]) -> str:
+    """Hex key of the train step's graph (pure): equal keys mean the same graph."""
+    blob = json.dumps({"config": graph_fields(config), "world_size": world_size, "rank": rank,
+                       "versions": dict(versions)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def cache_root(env: Mapping[str, str]) -> Optional[str]:
+    """Where keyed directories live (pure); None when caching is off or the user owns MindSpore's cache."""
+    if ENABLE in env or PATH in env:
+        return None
+    root = env.get(ROOT_ENV, "")
+    if root.strip().lower() == OFF:
+        return None
+    return root or os.path.join(os.path.expanduser("~"), ".cache", "mindclip", "compile")
+
+
+def source_hash(root: Optional[Path] = None) -> str:
+    """Hash of the sources the graphs are built from: the Python and the C++ of clip.cpu_kernels."""
+    root = root or Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for package in _SOURCE_PACKAGES:
+        for path in sorted(p for pattern in ("*.py", "*.cc") for p in (root / package).rglob(pattern)):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def versions() -> dict:
+    import mindspore as ms
+
+    from clip.native import kernels
+    target = ms.get_context("device_target")
+    # The graph names the kernel library by path, and uses MindSpore's ops when there is none.
+    return {"mindspore": ms.__version__, "python": platform.python_version(), "sources": source_hash(),
+            "device_target": target, "cpu_kernels": kernels.library(target) or "off"}
+
+
+@dataclass
+class Claim:
+    """A key's directory in use by this process; `lock` is held while this process writes it."""
+    path: str
+    lock: Optional[IO] = None
+
+
+def claim(root: str, key: str) -> Optional[Claim]:
+    """Read a complete directory, or become its only writer; None when another process is writing it
+    (or the root cannot be created): that run compiles without the cache."""
+    path = os.path.join(root, key)
+    if os.path.exists(os.path.join(path, COMPLETE)):
+        return Claim(path)
+    try:
+        os.makedirs(root, exist_ok=True)
+        lock = open(path + ".lock", "a")
+    except OSError as err:
+        print(f"warning: {ROOT_ENV}={root}: cannot write there ({err.strerror}); compiling without the cache",
+              file=sys.stderr)
+        return None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return None
+    if os.path.exists(os.path.join(path, COMPLETE)):  # finished while we waited for the lock
+        lock.close()
+        return Claim(path)
+    shutil.rmtree(path, ignore_errors=True)  # what a crashed writer left
+    return Claim(path, lock)
+
+
+def enable_for_train_step(config: Mapping, world_size: int, rank: int, env=os.environ) -> Optional[Claim]:
+    """Point MindSpore's cache at this graph's directory before the train step compiles; None when the
+    cache is off, owned by the user, or being written by another process."""
+    root = cache_root(env)
+    held = claim(root, cache_key(config, world_size, rank, versions())) if root else None
+    if held is not None:
+        env[ENABLE], env[PATH] = "1", held.path
+    return held
+
+
+def stop_caching(held: Optional[Claim], env=os.environ) -> None:
+    """After the train step's first call: mark a written directory complete and release it; later graphs
+    (evaluation) are compiled, never cached."""
+    if held is None:
+        return
+    env[ENABLE] = "0"
+    if held.lock is not None:
+        if any(files for _, _, files in os.walk(held.path)):  # MindSpore wrote the graph
+            Path(held.path, COMPLETE).touch()
+        held.lock.close()
+        held.lock = None
