@@ -109,7 +109,7 @@ def mindspore_worker(args) -> None:
         def construct(self, x):
             return self.op(x)
 
-    transport = distributed.shared_transport(info)
+    transport = distributed.step_collectives(info)
     result = {}
     for n in args.sizes:
         x = ms.Tensor(np.ones(n, np.float32))

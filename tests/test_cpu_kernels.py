@@ -1,5 +1,6 @@
-"""clip.cpu_kernels: the fused CPU LayerNorm and QuickGELU against float64 references and MindSpore's own ops,
-their build (cached, atomic, keyed), and the fallback to MindSpore's ops when they are off or cannot be built."""
+"""clip.native.kernels: the fused CPU LayerNorm and QuickGELU against float64 references and MindSpore's own ops,
+their build (cached, atomic, keyed), and the fallback to MindSpore's ops under the stock profile or when they
+cannot be built."""
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from mindspore import ops
 
+from clip import profiles
 from clip.model.transformer import LayerNorm, QuickGELU
 from clip.native import kernels
 
@@ -38,7 +40,7 @@ def layer_norm(width, gamma, beta, fused: bool):
     cell.weight.set_data(ms.Tensor(gamma))
     cell.bias.set_data(ms.Tensor(beta))
     if not fused:
-        cell.fused = None
+        cell.norm = profiles.layer_norm(1e-5, profiles.STOCK)
     return cell
 
 
@@ -74,9 +76,9 @@ def test_fused_quick_gelu_matches_float64_and_mindspores_ops():
     ms.set_context(mode=ms.GRAPH_MODE)
     grad = ops.GradOperation(sens_param=True)
     results = {}
-    for name, cell in (("fused", QuickGELU()), ("stock", QuickGELU(ms.float16))):
-        if name == "stock":
-            assert cell.fused is None  # float16 keeps MindSpore's ops; run them in float32 here
+    # float16 keeps MindSpore's ops in the native profile too
+    assert isinstance(QuickGELU(ms.float16).gelu, profiles.StockQuickGELU)
+    for name, cell in (("fused", QuickGELU()), ("stock", profiles.quick_gelu(ms.float32, profiles.STOCK))):
         results[name] = (cell(ms.Tensor(x)).asnumpy(), grad(cell)(ms.Tensor(x), ms.Tensor(dy)).asnumpy())
     for i, what in enumerate(("y", "dx")):
         ours, theirs, reference_ = results["fused"][i], results["stock"][i], exact[i]
@@ -111,12 +113,7 @@ def test_build_key_changes_with_source_command_and_cpu():
                 kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2")}) == 5
 
 
-def test_kernels_are_wanted_on_cpu_unless_switched_off():
-    assert kernels.wanted({}, "CPU")
-    assert kernels.wanted({"CLIP_CPU_KERNELS": "on"}, "CPU")
-    assert not kernels.wanted({"CLIP_CPU_KERNELS": " OFF "}, "CPU")
-    assert not kernels.wanted({}, "Ascend")
-    assert not kernels.wanted({}, "GPU")
+def test_kernel_root_is_the_variable_or_the_user_cache():
     assert kernels.kernel_root({"CLIP_KERNEL_DIR": "/x"}) == "/x"
     assert kernels.kernel_root({}).endswith(os.path.join(".cache", "mindclip", "kernels"))
 
@@ -133,20 +130,21 @@ def test_build_writes_once_under_its_key_and_leaves_no_partial_file(tmp_path):
 
 SCRIPT = textwrap.dedent("""
     import numpy as np, mindspore as ms
-    from clip.native import kernels
+    from clip import profiles
     from clip.model.transformer import LayerNorm
     ms.set_context(mode=ms.GRAPH_MODE)
     cell = LayerNorm(8)
     y = cell(ms.Tensor(np.arange(16, dtype=np.float32).reshape(2, 8))).asnumpy()
-    print("fused" if cell.fused is not None else "stock", round(float(np.abs(y).sum()), 4))
+    print("stock" if isinstance(cell.norm, profiles.StockLayerNorm) else "fused", round(float(np.abs(y).sum()), 4))
 """)
 
 
-@pytest.mark.parametrize("case", ["off", "no_compiler", "unwritable"])
+@pytest.mark.processes
+@pytest.mark.parametrize("case", ["stock", "no_compiler", "unwritable"])
 def test_without_the_kernel_the_model_falls_back_to_mindspores_layer_norm(case, tmp_path, clean_env):
     env = {**clean_env, "CLIP_KERNEL_DIR": str(tmp_path / "kernels")}
-    if case == "off":
-        env["CLIP_CPU_KERNELS"] = "off"
+    if case == "stock":
+        env["CLIP_PROFILE"] = "stock"
     elif case == "no_compiler":
         env["PATH"] = str(tmp_path)  # python is run by its full path; g++ is not found
     else:
@@ -159,7 +157,7 @@ def test_without_the_kernel_the_model_falls_back_to_mindspores_layer_norm(case, 
     expected = np.abs(reference(x, np.ones(8), np.zeros(8), x)[0]).sum()
     assert abs(float(total) - expected) < 1e-3
     warnings = [line for line in result.stderr.splitlines() if "kernels.cc" in line]
-    if case == "off":
-        assert warnings == []
+    if case == "stock":
+        assert warnings == []  # the stock profile never builds the kernels
     else:
-        assert len(warnings) == 1 and "CLIP_CPU_KERNELS=off" in warnings[0], result.stderr
+        assert len(warnings) == 1 and "CLIP_PROFILE=stock" in warnings[0], result.stderr

@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from clip.loss.modes import LOSS_MODES
-from clip.parallel.distributed import AllGatherWithGrad, DistInfo, init_from_env, shared_transport
+from clip.parallel.distributed import AllGatherWithGrad, DistInfo, init_from_env, step_collectives
 from launcher.errors import UserError
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -65,7 +65,7 @@ class ContrastiveLoss(nn.Cell):
         self.gathers = info.world_size > 1 and mode != "local_only"
         self.full = mode == "full"
         if self.gathers:
-            self.gather = AllGatherWithGrad(info, shared_transport(info))
+            self.gather = AllGatherWithGrad(info, step_collectives(info))
 
     def construct(self, image_features, text_features, logit_scale):
         image = image_features.astype(ms.float32)

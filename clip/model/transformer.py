@@ -10,7 +10,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from clip.native import kernels
+from clip import profiles
 
 
 def normal(std, shape, name):
@@ -18,38 +18,17 @@ def normal(std, shape, name):
 
 
 class LayerNorm(nn.Cell):
-    """LayerNorm in float32 whatever the compute dtype, with parameters named weight/bias like torch.
-
-    On the CPU backend it runs clip.cpu_kernels' fused kernel (~10x faster than MindSpore's there), else
-    MindSpore's own."""
+    """LayerNorm in float32 whatever the compute dtype, with parameters named weight/bias like torch; the
+    implementation is the device profile's (clip.profiles)."""
 
     def __init__(self, width, eps=1e-5):
         super().__init__()
         self.weight = Parameter(initializer("ones", (width,), ms.float32), name="weight")
         self.bias = Parameter(initializer("zeros", (width,), ms.float32), name="bias")
-        self.fused = kernels.layer_norm()
-        self.eps = Tensor(np.array([eps], np.float32))
-        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        self.norm = profiles.layer_norm(eps)
 
     def construct(self, x):
-        if self.fused is None:
-            y, _, _ = self.norm(x.astype(ms.float32), self.weight, self.bias)
-        else:
-            y, _, _ = self.fused(x.astype(ms.float32), self.weight, self.bias, self.eps)
-        return y
-
-
-class BiasAdd(nn.Cell):
-    """ops.bias_add whose bias gradient is a matrix product (ones @ dy) instead of MindSpore's BiasAddGrad
-    kernel: on the CPU backend that kernel takes ~10 ms for one [800, 3072] gradient, the product 0.4 ms
-    (ViT-B/32 step: ~0.37 s of 6.4 s). The sum runs in float32 whatever the compute dtype."""
-
-    def construct(self, x, bias):
-        return ops.bias_add(x, bias)
-
-    def bprop(self, x, bias, out, dout):
-        ones = ops.ones((1, dout.shape[0]), ms.float32)
-        return dout, ops.matmul(ones, dout.astype(ms.float32)).reshape(bias.shape).astype(bias.dtype)
+        return self.norm(x.astype(ms.float32), self.weight, self.bias)
 
 
 class Linear(nn.Cell):
@@ -61,7 +40,7 @@ class Linear(nn.Cell):
         self.bias = Parameter(initializer("zeros", (out_features,), ms.float32), name="bias")
         self.dtype = compute_dtype
         self.matmul = ops.MatMul(transpose_b=True)
-        self.bias_add = BiasAdd()
+        self.bias_add = profiles.bias_add()
 
     def construct(self, x):
         shape = x.shape
@@ -72,17 +51,14 @@ class Linear(nn.Cell):
 
 
 class QuickGELU(nn.Cell):
-    """x * sigmoid(1.702 x), OpenAI's GELU approximation; in float32 on the CPU backend one fused kernel
-    each way (clip.cpu_kernels) instead of five."""
+    """x * sigmoid(1.702 x), OpenAI's GELU approximation, as the device profile implements it (clip.profiles)."""
 
     def __init__(self, compute_dtype=ms.float32):
         super().__init__()
-        self.fused = kernels.quick_gelu() if compute_dtype == ms.float32 else None
+        self.gelu = profiles.quick_gelu(compute_dtype)
 
     def construct(self, x):
-        if self.fused is None:
-            return x * ops.sigmoid(1.702 * x)
-        return self.fused(x)
+        return self.gelu(x)
 
 
 class MultiheadAttention(nn.Cell):
@@ -102,7 +78,7 @@ class MultiheadAttention(nn.Cell):
         self.scores_matmul = ops.BatchMatMul(transpose_b=True)
         self.values_matmul = ops.BatchMatMul()
         self.softmax = ops.Softmax(axis=-1)
-        self.bias_add = BiasAdd()
+        self.bias_add = profiles.bias_add()
 
     def construct(self, x, mask):
         n, length, width = x.shape

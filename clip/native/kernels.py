@@ -8,8 +8,8 @@ given as the primitive's bprop, so autodiff, recompute and graph mode treat them
 
 The library is built once per source, compiler command and CPU into
 `$CLIP_KERNEL_DIR` (default `~/.cache/mindclip/kernels`)`/<key>/cpu_kernels.so`; it is written to a temporary
-file and renamed, so ranks that build at the same moment never load a half-written file. Off the CPU
-backend, with `CLIP_CPU_KERNELS=off`, or when g++ fails, the model uses MindSpore's ops (one warning line).
+file and renamed, so ranks that build at the same moment never load a half-written file. When g++ fails the native profile uses MindSpore's ops (one warning line); clip.profiles decides whether
+these kernels run at all (`CLIP_PROFILE`).
 """
 from __future__ import annotations
 
@@ -25,17 +25,13 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 SOURCE = Path(__file__).resolve().parent / "kernels.cc"
-SWITCH_ENV, DIR_ENV = "CLIP_CPU_KERNELS", "CLIP_KERNEL_DIR"
+DIR_ENV = "CLIP_KERNEL_DIR"
+SWITCH_ENV, STOCK = "CLIP_PROFILE", "stock"  # what silences the warning of a failed build
 OFF = "off"
 COMPILE = ("g++", "-std=c++17", "-O3", "-march=native", "-shared", "-fPIC")
 
 
 # ---------------------------------------------------------------- pure helpers
-
-def wanted(env: Mapping[str, str], device_target: str) -> bool:
-    """Whether the model should use these kernels: CPU backend, not switched off."""
-    return device_target == "CPU" and env.get(SWITCH_ENV, "").strip().lower() != OFF
-
 
 def build_key(source: bytes, command: tuple, machine: str, cpu_flags: str) -> str:
     """Directory name of one build (pure): -march=native code runs only on CPUs with the same features."""
@@ -86,16 +82,14 @@ def build(env: Mapping[str, str] = os.environ, source_file: Path = SOURCE) -> st
 
 
 @functools.lru_cache(maxsize=None)
-def library(device_target: str) -> Optional[str]:
+def library() -> Optional[str]:
     """The library for this process, or None to use MindSpore's own ops (warned once)."""
-    if not wanted(os.environ, device_target):
-        return None
     try:
         return build()
     except (OSError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", None) or str(err)
         print(f"warning: could not build {SOURCE.name} ({detail.strip().splitlines()[-1] if detail.strip() else err}); "
-              f"using MindSpore's own, slower CPU ops; set {SWITCH_ENV}={OFF} to silence this", file=sys.stderr)
+              f"using MindSpore's own, slower CPU ops; set {SWITCH_ENV}={STOCK} to silence this", file=sys.stderr)
         return None
 
 
@@ -106,7 +100,7 @@ def layer_norm():
     """A differentiable float32 LayerNorm over the last axis on this library,
     `op(x, gamma, beta, eps) -> (y, mean, rstd)` with `eps` a float32 tensor of shape [1]; None when the
     library is not in use (see `library`)."""
-    path = _library_in_use()
+    path = library()
     if path is None:
         return None
     from mindspore import ops
@@ -128,7 +122,7 @@ def layer_norm():
 def quick_gelu():
     """A differentiable float32 QuickGELU, `op(x) = x * sigmoid(1.702 x)`, in one pass forward and one
     backward (MindSpore composes it from five kernels each way); None when the library is not in use."""
-    path = _library_in_use()
+    path = library()
     if path is None:
         return None
     from mindspore import ops
@@ -141,8 +135,3 @@ def quick_gelu():
 
     return ops.Custom(f"{path}:QuickGeluForward", func_type="aot",
                       out_shape=lambda x: x, out_dtype=lambda x: x, bprop=bprop)
-
-
-def _library_in_use() -> Optional[str]:
-    import mindspore as ms
-    return library(ms.get_context("device_target"))

@@ -15,8 +15,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import communication, nn, ops
 
-from clip.native import shm_collectives
-from clip.native.buckets import BucketedGradReducer
+from clip import profiles
 from launcher import backends
 from launcher.backends import ranktable
 from launcher.backends.env import EnvPlan
@@ -171,29 +170,21 @@ class _NoReduction(nn.Cell):
 
 
 def grad_reducer(params, info: Optional[DistInfo] = None) -> nn.Cell:
-    """Mean all-reduce of a gradient tuple over ranks (identity for one worker).
+    """Mean all-reduce of a gradient tuple over ranks (identity for one worker), called as
+    `reducer(grads, tokens=None)`; the implementation is the device profile's (clip.profiles).
 
-    The mean pairs with the sum backward of ``AllGatherWithGrad``; docs/loss.md shows why. Gradients
-    travel in a few flat buckets (clip.buckets), bit-identical to ``nn.DistributedGradReducer``; called
-    with the step's tokens, the token embedding travels as the rows they index when that is less.
+    The mean pairs with the sum backward of ``AllGatherWithGrad``; docs/loss.md shows why.
     """
     info = info or init_from_env()
     if info.world_size == 1:
         return _NoReduction()
-    return BucketedGradReducer(params, info.world_size, world_group(), embedding="token_embedding.weight",
-                               transport=shared_transport(info))
+    return profiles.grad_reducer(params, info.world_size, world_group(), step_collectives(info))
 
 
-_SHARED: dict = {}
-
-
-def shared_transport(info: DistInfo) -> Optional[shm_collectives.Transport]:
-    """The train step's shared-memory collectives (clip.shm_collectives) when every rank can use them, else
-    None. Collective on the first call with W > 1 on CPU; one segment per process, used by every step."""
-    if "transport" not in _SHARED:
-        _SHARED["transport"] = shm_collectives.connect(info.rank, info.world_size, info.device_target,
-                                                       _gather_rows)
-    return _SHARED["transport"]
+def step_collectives(info: DistInfo):
+    """The collectives that carry the train step's gradients and gathers when the device profile brings its
+    own, else None for MindSpore's. Collective on the first call with W > 1; later calls return the same."""
+    return profiles.collectives(info.rank, info.world_size, info.device_target, _gather_rows)
 
 
 class AllGatherWithGrad(nn.Cell):
@@ -202,10 +193,10 @@ class AllGatherWithGrad(nn.Cell):
     Backward is ReduceScatter(SUM) of the incoming gradient: the native kernel on Ascend, and on CPU/GPU
     AllReduce(SUM) followed by this rank's rows (same result; CPU has no ReduceScatter kernel). Every rank
     must pass the same shape. With one worker it is the identity and creates no collective. A ``transport``
-    (clip.shm_collectives) carries both directions instead of MindSpore's collectives.
+    (``step_collectives``) carries both directions instead of MindSpore's collectives.
     """
 
-    def __init__(self, info: Optional[DistInfo] = None, transport: Optional[shm_collectives.Transport] = None):
+    def __init__(self, info: Optional[DistInfo] = None, transport=None):
         super().__init__()
         info = info or init_from_env()
         self.world_size = info.world_size

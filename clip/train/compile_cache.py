@@ -9,7 +9,8 @@ numbers. So this module
 - keys the directory by everything the train step's graph depends on: the resolved config (less the
   fields that only steer the loop or feed the graph as inputs: output paths, data, the learning-rate
   schedule, logging, saving, evaluation cadence), world size, rank, device target, MindSpore and Python
-  versions, a hash of the clip and common sources (Python and C++) and the CPU kernel library in use;
+  versions, a hash of the clip and launcher sources (Python and C++) and the device profile in use
+  (clip.profiles: its name, transport and kernel library);
 - caches only the graphs compiled during the first train-step call (one for the plain step; one per phase,
   always in the same order, for the accumulating step) and turns caching off right after it, so that
   evaluation graphs, whose order and shapes depend on the data, are always compiled afresh;
@@ -80,7 +81,7 @@ def cache_root(env: Mapping[str, str]) -> Optional[str]:
 
 
 def source_hash(root: Optional[Path] = None) -> str:
-    """Hash of the sources the graphs are built from: the Python and the C++ of clip.cpu_kernels."""
+    """Hash of the sources the graphs are built from: the Python, and the C++ of clip.native."""
     root = root or Path(__file__).resolve().parents[2]
     digest = hashlib.sha256()
     for package in _SOURCE_PACKAGES:
@@ -93,11 +94,10 @@ def source_hash(root: Optional[Path] = None) -> str:
 def versions() -> dict:
     import mindspore as ms
 
-    from clip.native import kernels
-    target = ms.get_context("device_target")
-    # The graph names the kernel library by path, and uses MindSpore's ops when there is none.
+    from clip import profiles
+    # The device profile decides the graph's pieces: its name, transport and kernel library are in the key.
     return {"mindspore": ms.__version__, "python": platform.python_version(), "sources": source_hash(),
-            "device_target": target, "cpu_kernels": kernels.library(target) or "off"}
+            "device_target": ms.get_context("device_target"), **profiles.cache_fields()}
 
 
 @dataclass

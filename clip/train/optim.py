@@ -5,9 +5,10 @@ global gradient norm and clipping.
 step) on two in-place primitives per parameter: `ApplyGradientDescent(p, lr*wd, p)` for the decay (matrices
 only), then `Adam`, which computes `p <- p - lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps')`; with
 `eps' = eps * sqrt(1 - b2^t)` that is exactly torch's `lr * m_hat / (sqrt(v_hat) + eps)`. The decay must come
-first: decaying after the Adam step would also shrink the step. On the CPU backend this pair takes 0.13-0.16 s
-for ViT-B/32's 151 M parameters where the fused `AdamWeightDecay` kernel (what `nn.AdamWeightDecay` runs)
-takes 0.32-0.6 s: its thread count is auto-searched per kernel, and ends up worse than Adam's fixed blocks.
+first: decaying after the Adam step would also shrink the step. Both device profiles (clip.profiles) run
+it: on the CPU backend this pair is faster than the fused `AdamWeightDecay` kernel (what `nn.AdamWeightDecay`
+runs; docs/training.md), and MindSpore's own AdamW (`mint.optim.AdamW`, `FusedAdamW`) does not run on CPU in
+graph mode, so its semantics cannot be checked against torch's here.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
+from clip import profiles
 from clip.config import LR_SCHEDULES, OPTIMIZERS
 
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: coef = max_norm / (total_norm + 1e-6), at most 1
@@ -135,42 +137,6 @@ def build_optimizer(model, name: str, weight_decay: float, beta1: float, beta2: 
     return nn.AdamWeightDecay(groups, learning_rate=0.0, beta1=beta1, beta2=beta2, eps=eps)
 
 
-_square_sum = ops.MultitypeFuncGraph("square_sum")
-
-
-@_square_sum.register("Tensor")
-def _grad_square_sum(gradient):
-    flat = gradient.astype(ms.float32).reshape(-1)
-    return ops.tensor_dot(flat, flat, 1).reshape((1,))
-
-
-class GradNorm(nn.Cell):
-    """Global L2 norm over all gradients (float32), as torch.nn.utils.clip_grad_norm_ computes it.
-
-    Each square sum is a dot product (BLAS) of the flattened gradient with itself, not square().sum(): on the
-    CPU backend that is 6x faster for ViT-B/32 (0.10 s against 0.62 s for 151 M values) and as exact
-    (relative error ~1e-7 against float64; ops.L2Loss is faster still but off by 0.5% there).
-
-    `of_parameters`: the gradients are Parameters (the sums of clip.accumulate). Flattening a Parameter copies
-    it, and MindSpore's CPU schedule would make every copy before the first product (twice the gradients'
-    size in its pool, measured), so the products then run one after the other. Gradients fresh from a
-    backward pass are flattened without a copy and keep the parallel form."""
-
-    def __init__(self, of_parameters: bool = False):
-        super().__init__()
-        self.of_parameters = of_parameters
-        self.hyper_map = ops.HyperMap()
-
-    def construct(self, gradients):
-        if self.of_parameters:
-            total = ops.zeros((), ms.float32)
-            for gradient in gradients:
-                flat = ops.depend(gradient, total).astype(ms.float32).reshape(-1)
-                total = total + ops.tensor_dot(flat, flat, 1)
-            return ops.sqrt(total)
-        return ops.sqrt(ops.concat(self.hyper_map(_grad_square_sum, gradients)).sum())
-
-
 _scale = ops.MultitypeFuncGraph("scale")
 
 
@@ -196,7 +162,7 @@ class GradientUpdate(nn.Cell):
     the scaler is advanced. Returns the global norm before clipping (after unscaling).
 
     `of_parameters`: the gradients are Parameters, the sums of clip.accumulate. Then the norm is taken one
-    tensor after the other (see GradNorm), and with AdamW the unscaling and clipping are one factor that the
+    tensor after the other (see clip.profiles.grad_norm), and with AdamW the unscaling and clipping are one factor that the
     optimiser applies tensor by tensor as it updates, since a scaled copy of all gradients made up front would
     be a second set of gradients in memory (ViT-B/32, K = 4 micro-batches of 4 with clipping: pool peak 1217 ->
     387 MiB with both). The norm of the unscaled gradients is then that of the scaled ones divided by the
@@ -207,7 +173,7 @@ class GradientUpdate(nn.Cell):
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
         self.learning_rate = optimizer.learning_rate
-        self.grad_norm = GradNorm(of_parameters)
+        self.grad_norm = profiles.grad_norm(of_parameters)
         self.hyper_map = ops.HyperMap()
         self.clip = grad_clip_norm > 0
         self.max_norm = grad_clip_norm

@@ -145,7 +145,7 @@ def param_checks(info):
 
 def transports(info):
     """The reducer's collectives: MindSpore's, then the shared-memory ones (clip.shm_collectives)."""
-    return (("mindspore", None), ("shared", distributed.shared_transport(info)))
+    return (("mindspore", None), ("shared", distributed.step_collectives(info)))
 
 
 def bucket_checks(info):
@@ -158,7 +158,7 @@ def bucket_checks(info):
     reference = nn.DistributedGradReducer(params, mean=True, degree=info.world_size,
                                           group=distributed.world_group())(grads)
     results = {"expected_shapes": [list(s) for s in shapes],
-               "shared_in_use": distributed.shared_transport(info) is not None}
+               "shared_in_use": distributed.step_collectives(info) is not None}
     for name, transport in transports(info):
         bucketed = BucketedGradReducer(params, info.world_size, distributed.world_group(),
                                        bucket_mb=4000 * 4 / 2 ** 20, transport=transport)

@@ -54,7 +54,7 @@ def main(out_dir):
     ms.set_context(mode=ms.GRAPH_MODE)
     info = distributed.init_from_env()
     pids = distributed._gather_rows(np.array([os.getpid()], np.int64))[:, 0].tolist()
-    transport = distributed.shared_transport(info)
+    transport = distributed.step_collectives(info)
     distributed.barrier()  # rank 0 removes the name once every rank has mapped the segment
     results = {"shared": transport is not None,
                "segments_left": glob.glob(os.path.join(shm_collectives.SHM_DIR, f"mindclip-collectives-{pids[0]}-*"))}
