@@ -122,18 +122,30 @@ def dumps_stack_on_sigusr1(heartbeat_path: str) -> bool:
 
 
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
+_SPY_FRAME = re.compile(r"^\s+(?P<func>\S+) \((?P<file>[^()]+):(?P<line>\d+)\)\s*$")
+
+
+def stack_frames(dump: str) -> List[str]:
+    """The main thread's frames, innermost first, as `file:line in func`, from a faulthandler dump (SIGUSR1) or
+    a `py-spy dump`; the last main thread in the text wins, since a log can hold several dumps. py-spy names
+    the main thread only when the program imported threading; otherwise it is the thread whose id is the pid."""
+    blocks = re.split(r"(?m)^(?=(?:Current thread|Thread) 0x[0-9a-f]+|Thread \d+ \(|Process \d+:)", dump)
+    pids = set(re.findall(r"(?m)^Process (\d+):", dump))
+    main = ([b for b in blocks if b.startswith("Current thread")]
+            or [b for b in blocks if '"MainThread"' in b.split("\n", 1)[0]]
+            or [b for b in blocks if b.split(" ", 2)[:2] in [["Thread", pid] for pid in pids]])
+    for block in reversed(main or blocks):
+        frames = []
+        for line in block.splitlines():
+            match = _FRAME.match(line) or _SPY_FRAME.match(line)
+            if match:
+                frames.append(f"{match['file']}:{match['line']} in {match['func']}")
+        if frames:
+            return frames
+    return []
 
 
 def innermost_frame(dump: str) -> Optional[str]:
-    """`file:line in func` where the main thread was, from a faulthandler or py-spy dump (last one wins)."""
-    blocks = re.split(r"(?m)^(?=(?:Current thread|Thread) 0x[0-9a-f]+|Thread \d+ \()", dump)
-    main = [b for b in blocks if b.startswith("Current thread")] or [b for b in blocks if "MainThread" in b]
-    for block in reversed(main or blocks):
-        for line in block.splitlines():
-            match = _FRAME.match(line)
-            if match:
-                return f"{match['file']}:{match['line']} in {match['func']}"
-            spy = re.match(r"^\s+(?P<func>\S+) \((?P<file>[^)]+):(?P<line>\d+)\)", line)
-            if spy:
-                return f"{spy['file']}:{spy['line']} in {spy['func']}"
-    return None
+    """`file:line in func` where the main thread was (see stack_frames); None when the text holds no stack."""
+    frames = stack_frames(dump)
+    return frames[0] if frames else None

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import psutil
 
@@ -30,6 +30,8 @@ POLL_INTERVAL = 0.05
 TAIL_LINES = 20
 TREE_GONE_TIMEOUT = 10.0           # how long stop() waits for every process it started to be gone
 STACK_DUMP_WAIT = 3.0              # how long a hung rank gets to write its stack before it is stopped
+PY_SPY_TIMEOUT = 10.0              # one `py-spy dump` (it pauses the process for milliseconds)
+PY_SPY_CANDIDATES = 8              # processes of one rank tried by py-spy: the leader, then its descendants
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -267,44 +269,85 @@ def _failures(group: Group, workers: Sequence[int], codes: Dict[int, Optional[in
     return failures
 
 
+def find_py_spy() -> Optional[str]:
+    """py-spy beside the launcher's own interpreter first (it is a dependency of the launcher, so it sits in the
+    same venv, which need not be on PATH), then on PATH."""
+    here = os.path.dirname(sys.executable) if sys.executable else ""
+    return (shutil.which("py-spy", path=here) if here else None) or shutil.which("py-spy")
+
+
+def _py_spy_dump(py_spy: str, pid: int) -> Tuple[str, str]:
+    """(dump, "") of the worker's Python stack, else ("", why not). A worker started through a shell or another
+    non-Python wrapper is not Python itself: then its first descendant that is, in pid order."""
+    try:
+        pids = [pid] + sorted(child.pid for child in psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return "", "the process is gone"
+    why = ""
+    for candidate in pids[:PY_SPY_CANDIDATES]:
+        try:
+            done = subprocess.run([py_spy, "dump", "--full-filenames", "--pid", str(candidate)],
+                                  capture_output=True, text=True, timeout=PY_SPY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            why = why or f"py-spy dump did not finish in {PY_SPY_TIMEOUT:g} s"
+            continue
+        except OSError as exc:
+            return "", f"cannot run {py_spy}: {exc.strerror}"
+        if done.returncode == 0 and diagnosis.stack_frames(done.stdout):
+            return done.stdout, ""
+        first = next((line for line in done.stderr.splitlines() if line.strip()), "no Python stack")
+        why = why or "py-spy: " + first.removeprefix("Error: ").strip()
+    return "", why
+
+
 def _dump_stacks(group: Group, hung: Sequence[int], err: TextIO) -> List[dict]:
-    """Ask each hung rank for its Python stack: SIGUSR1 for workers that registered faulthandler, else
-    `py-spy dump` when installed; returns where each one was (None when unknown) and how we know."""
-    py_spy = shutil.which("py-spy")
-    offsets = {}
+    """Each hung rank's Python stack and where it was. Workers that announced a SIGUSR1 stack dump (our helper
+    installed faulthandler) are asked that way first: it needs no ptrace permission and comes from inside the
+    process. Every other worker, and one that did not answer SIGUSR1, gets `py-spy dump --pid` (any Python
+    program). The dumps go to the rank's log; returns one report per rank (line None when unknown)."""
+    py_spy = find_py_spy()
+    offsets, frames, how = {}, {}, {}
+    asked = [i for i in hung if diagnosis.dumps_stack_on_sigusr1(heartbeat_file(group.specs[i]))]
     for index in hung:
         spec = group.specs[index]
         offsets[index] = os.path.getsize(spec.log_path) if os.path.exists(spec.log_path) else 0
-        if diagnosis.dumps_stack_on_sigusr1(heartbeat_file(spec)):
+        if index in asked:
             with contextlib.suppress(ProcessLookupError):
                 group.procs[index].send_signal(signal.SIGUSR1)
-        elif py_spy:
-            dump = subprocess.run([py_spy, "dump", "--pid", str(group.procs[index].pid)], capture_output=True,
-                                  text=True, timeout=30)
-            with open(spec.log_path, "a", encoding="utf-8") as log:
-                log.write(f"launcher: py-spy dump of {spec.name}\n{dump.stdout}{dump.stderr}")
     deadline = time.monotonic() + STACK_DUMP_WAIT
-    results = {}
-    while time.monotonic() < deadline and len(results) < len(hung):
-        for index in hung:
-            if index not in results:
-                frame = diagnosis.innermost_frame(_read_from(group.specs[index].log_path, offsets[index]))
-                if frame:
-                    results[index] = frame
+    while asked and time.monotonic() < deadline and not all(i in frames for i in asked):
+        for index in asked:
+            if index not in frames:
+                frames[index] = diagnosis.stack_frames(_read_from(group.specs[index].log_path, offsets[index]))
+                if not frames[index]:
+                    del frames[index]
+                else:
+                    how[index] = "SIGUSR1"
         time.sleep(0.1)
+    for index in hung:
+        if index in frames:
+            continue
+        spec = group.specs[index]
+        tried = "it did not answer SIGUSR1 with a stack; " if index in asked else ""
+        if not py_spy:
+            how[index] = (tried + "no stack: " + ("" if tried else "it does not dump on SIGUSR1 and ") +
+                          "py-spy is not installed beside " + sys.executable + " nor on PATH (pip install py-spy)")
+            continue
+        dump, why = _py_spy_dump(py_spy, group.procs[index].pid)
+        if dump:
+            with open(spec.log_path, "a", encoding="utf-8") as log:
+                log.write(f"launcher: py-spy dump of {spec.name} (hung)\n{dump}")
+            frames[index], how[index] = diagnosis.stack_frames(dump), "py-spy"
+        else:
+            how[index] = tried + why
     report = []
     for index in hung:
         spec = group.specs[index]
-        if index in results:
-            how = "its stack is in " + spec.log_path
-        elif diagnosis.dumps_stack_on_sigusr1(heartbeat_file(spec)):
-            how = "it did not answer SIGUSR1 with a stack"
-        elif py_spy:
-            how = "py-spy found no Python stack"
-        else:
-            how = "no stack: it does not dump on SIGUSR1 and py-spy is not installed (pip install py-spy)"
-        line = results.get(index)
-        report.append({"rank": spec.rank, "name": spec.name, "line": line, "how": how, "log_path": spec.log_path,
+        stack = frames.get(index, [])
+        line = stack[0] if stack else None
+        report.append({"rank": spec.rank, "name": spec.name, "line": line, "stack": stack,
+                       "how": f"its stack ({how[index]}) is in {spec.log_path}" if stack else how[index],
+                       "log_path": spec.log_path,
                        "waiting": bool(line) and f"{os.sep}mindspore{os.sep}" in line})
     return report
 

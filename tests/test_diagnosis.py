@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,6 +21,9 @@ from jobs.supervised_job import SLOW_SECONDS
 
 JOB = Path(__file__).resolve().parent / "jobs" / "supervised_job.py"
 HANG_LINE = next(i for i, line in enumerate(JOB.read_text().splitlines(), 1) if "the hung rank's line" in line)
+PLAIN = Path(__file__).resolve().parent / "jobs" / "plain_hang_job.py"
+SLEEP_LINE = next(i for i, line in enumerate(PLAIN.read_text().splitlines(), 1) if "time.sleep(600)" in line)
+CALL_LINE = next(i for i, line in enumerate(PLAIN.read_text().splitlines(), 1) if line == "wait_forever()")
 RAISE_LINE = next(i for i, line in enumerate(JOB.read_text().splitlines(), 1) if "raise ValueError" in line)
 
 
@@ -77,6 +81,32 @@ def test_hung_rank_is_named_with_its_line_and_everything_stops(tmp_path, clean_e
     assert leftovers(str(tmp_path)) == []
 
 
+@pytest.mark.processes
+@pytest.mark.parametrize("how", ["plain", "shell wrapper", "SIGUSR1 claimed, not answered"])
+def test_hung_plain_python_program_is_shown_at_its_sleeping_line(tmp_path, clean_env, how):
+    """Any Python program, none of our helpers: py-spy (a dependency, found beside the launcher's interpreter
+    with the venv off PATH) shows where it sleeps, also behind a shell that forks it, and for a worker that
+    claims a SIGUSR1 dump but does not answer."""
+    job = [sys.executable, str(PLAIN)] + (["--claim-sigusr1"] if how.startswith("SIGUSR1") else [])
+    if how == "shell wrapper":
+        job = ["/bin/sh", "-c", shlex.join(job) + "; exit $?"]  # `; exit`: the shell forks, it does not exec
+    cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", "1", "--hang-timeout", "1",
+           "--grace-period", "1", "--log-dir", str(tmp_path / "logs"), "--", *job]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**clean_env, "PATH": "/usr/bin:/bin"}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 124, proc.stderr
+    where = f"{PLAIN}:{SLEEP_LINE} in wait_forever"
+    lines = [line for line in proc.stderr.splitlines() if " hung: " in line]
+    assert len(lines) == 1 and "rank 0" in lines[0] and f"it was at {where} (its stack (py-spy)" in lines[0], \
+        proc.stderr
+    hung = json.loads((tmp_path / "logs" / "failure.json").read_text())["hung"]
+    assert [(item["rank"], item["hung"], item["line"]) for item in hung] == [(0, True, where)]
+    assert hung[0]["stack"][:2] == [where, f"{PLAIN}:{CALL_LINE} in <module>"]
+    assert "launcher: py-spy dump of rank 0" in (tmp_path / "logs" / "worker_0.log").read_text()
+    assert leftovers(str(tmp_path)) == []
+
+
+@pytest.mark.processes
 def test_ranks_waiting_for_a_slow_rank_are_not_taken_for_hung(tmp_path, clean_env):
     """Rank 0 works longer than the hang timeout (beating) while rank 1 waits in AllReduce, as in clip.train's
     evaluation: rank 1 waits inside beat_while_waiting, so the job is not stopped (without it, rank 1 would be
@@ -121,6 +151,12 @@ def test_stack_dump_parsing():
     assert diagnosis.innermost_frame(faulthandler_dump) == "/job/train.py:16 in hang"
     py_spy = ('Thread 123 (idle): "MainThread"\n    hang (/job/train.py:16)\n    main (/job/train.py:40)\n')
     assert diagnosis.innermost_frame(py_spy) == "/job/train.py:16 in hang"
+    # without threading imported py-spy names no thread: the main one has the process's id
+    unnamed = ("Process 77: python /job/train.py\nPython v3.11.7 (/usr/bin/python3.11)\n\n"
+               "Thread 78 (idle)\n    wait (/usr/lib/threading.py:320)\n    worker (/job/train.py:9)\n"
+               "Thread 77 (idle)\n    hang (/job/train.py:16)\n    <module> (/job/train.py:40)\n"
+               "Thread 79 (active)\n    poll (/job/io.py:3)\n")
+    assert diagnosis.stack_frames(unnamed) == ["/job/train.py:16 in hang", "/job/train.py:40 in <module>"]
     assert diagnosis.innermost_frame("no stack here") is None
 
 
