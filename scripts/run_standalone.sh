@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# A single card: none of the launcher's variables (their names live in common/backends), so
+# A single card: none of the launcher's variables (their names live in launcher/backends), so
 # clip.train initialises no communication; only the chip, if given.
 PYTHON=${PYTHON:-python3}
 SINGLE_ENV=$("$PYTHON" -m launcher.backends single ${DEVICE_ID:+--device-id "$DEVICE_ID"}) || exit $?
