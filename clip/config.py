@@ -31,7 +31,7 @@ ACCUM_MODES = ("contrastive", "plain")
 
 @dataclass
 class ModelConfig:
-    name: str = "clip_tiny"               # preset name (clip.presets.PRESETS)
+    name: str = "clip_tiny"               # preset name (clip.model.architectures.PRESETS)
     checkpoint: Optional[str] = None      # MindSpore .ckpt with OpenAI parameter names to start from
     dtype: str = "float32"                # compute dtype for evaluation/prediction; training uses train.precision
     recompute: Union[bool, int] = False   # recompute residual blocks in the backward pass: true = all, N = first N per tower

@@ -30,7 +30,7 @@ class Failure:
     log_path: str
     time: float                              # error-file time, else when the launcher saw it exit
     returncode: Optional[int] = None         # None: still running when its error file was found
-    error: Optional[dict] = None             # the worker's error file (common.supervision.error_record)
+    error: Optional[dict] = None             # the worker's error file (launcher.worker.error_record)
     log_tail: List[str] = field(default_factory=list)
 
 

@@ -2,7 +2,7 @@
 
 The plan is the seam between the launcher and the workers: `--dry-run` prints it, the supervisor
 starts it. Only the variables the launcher sets are in `WorkerSpec.env`, and they come from the start-up
-mode's module in common.backends (which also reads them back in the worker); the supervisor lays them
+mode's module in launcher.backends (which also reads them back in the worker); the supervisor lays them
 over the launcher's own environment when it starts a process.
 """
 import os

@@ -340,7 +340,7 @@ def dumps(table: dict) -> str:
 
 
 def write_atomic(table: dict, path) -> Path:
-    """Write the table through common.safe_write (temporary file, fsync, rename): readers never see half a
+    """Write the table through launcher.safe_write (temporary file, fsync, rename): readers never see half a
     table, and a failed write is one line naming the file."""
     text = dumps(table)
     write_text(str(path), text)

@@ -223,7 +223,7 @@ def _ascend_job(args, base: plan.PlanOptions, log_dir: str) -> Job:
     return Job(rank_size, make_specs, {table_path: table} if generated else {})
 
 
-# `--backend` value -> how this node's job is planned (the environment itself comes from common.backends).
+# `--backend` value -> how this node's job is planned (the environment itself comes from launcher.backends).
 _JOBS = {dynamic.NAME: _cluster_job, ranktable_backend.NAME: _ascend_job}
 
 

@@ -109,7 +109,7 @@ class _Tee:
 class _Interrupts:
     """SIGINT, SIGTERM and SIGUSR1 to the launcher are remembered, then handled by the poll loop: SIGINT
     goes to every process group; SIGTERM and SIGUSR1 (a scheduler's pre-emption notice) reach each
-    worker as SIGTERM, so that it can save and exit (see common.supervision)."""
+    worker as SIGTERM, so that it can save and exit (see launcher.worker)."""
 
     def __init__(self):
         self.signum: Optional[int] = None

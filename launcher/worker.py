@@ -56,7 +56,7 @@ def error_record(exc: BaseException, rank: Optional[str] = None) -> dict:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
     # exit_code: what the worker is about to exit with, for a launcher that acts before the process is gone:
-    # a UserError becomes one `error:` line and exit 2 (common.errors), any other exception exits 1
+    # a UserError becomes one `error:` line and exit 2 (launcher.errors), any other exception exits 1
     return {"rank": rank if rank is not None else os.environ.get(RANK, ""), "host": socket.gethostname(),
             "pid": os.getpid(), "time": time.time(), "type": type(exc).__name__,
             "message": str(exc).splitlines()[0] if str(exc) else "", "where": where,

@@ -1,4 +1,4 @@
-"""MindFormers-style `Trainer`: a thin front over the application layer (clip.app), so that its results equal
+"""MindFormers-style `Trainer`: a thin front over the application layer (clip.api.app), so that its results equal
 those of the command-line tools: training is `clip.train.train`, evaluation writes the same eval.json and
 summary line as `python -m clip.eval`, prediction is the `clip.predict` pipeline.
 """

@@ -8,8 +8,8 @@ import numpy as np
 
 from launcher import worker
 
-# Compiling (ms.jit) costs seconds, then runs ~1.5x faster than PYNATIVE on CPU: worth it from this many
-# batches on.
+# Compiling (ms.jit) costs a fixed time once, then every batch runs faster than in PYNATIVE: worth it from this
+# many batches on (docs/evaluation.md).
 COMPILE_MIN_BATCHES = 4
 
 

@@ -1,5 +1,5 @@
 """The contrastive loss modes, by name: the list clip.loss implements and config validation reads (pure Python,
-so reading a config never imports MindSpore). Adding a mode: its function in clip/loss.py, one line here."""
+so reading a config never imports MindSpore). Adding a mode: its function in clip/loss/contrastive.py, one line here."""
 
 LOSS_MODES = {
     "local": "this rank's B rows of the B x W*B logits (default; same gradients as one card with the global batch)",

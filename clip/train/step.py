@@ -27,7 +27,7 @@ class NetWithLoss(nn.Cell):
 
 class TrainStep(nn.Cell):
     """One compiled step: forward + loss, gradients (of the loss times the fp16 loss scale), mean all-reduce,
-    then clip.optim.GradientUpdate (unscale, global norm, clipping, optimiser unless skipped), and the clamp
+    then clip.train.optim.GradientUpdate (unscale, global norm, clipping, optimiser unless skipped), and the clamp
     of logit_scale. Returns (this rank's loss, global gradient norm)."""
 
     def __init__(self, model, loss_fn, optimizer, reducer, grad_clip_norm: float = 0.0,

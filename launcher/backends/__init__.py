@@ -2,7 +2,7 @@
 
 A backend module has NAME, STARTUP, VARIABLES (the names it writes), `worker_env(...)` (launcher side:
 the variables of rank r of W), `claims(env)` and `read(env, device_target) -> EnvPlan` (worker side).
-Pure Python, no MindSpore: the launcher writes with it, clip.distributed reads with it.
+Pure Python, no MindSpore: the launcher writes with it, clip.parallel.distributed reads with it.
 """
 from typing import Mapping, Optional, Tuple
 

@@ -25,8 +25,8 @@ SCHEDULER_CODE = ('import mindspore as ms; ms.set_device("CPU"); '
 
 # MindSpore 2.10 workers learn that every rank has joined only from a heartbeat reply, and heartbeat every
 # MS_RETRY_INTERVAL_LOWER..UPPER seconds (3..5 by default), so cluster formation waited up to 5 s after the
-# last rank joined. A 1 s interval cut the slowest rank's BuildCluster from 3.0-5.6 s to 1.1-2.1 s here
-# (2 workers, 3 runs each). A user who sets either variable keeps both as MindSpore reads them.
+# last rank joined. A 1 s interval shortens formation (docs/launcher.md, "Where start-up goes"). A user who
+# sets either variable keeps both as MindSpore reads them.
 FORMATION_DEFAULTS = {"MS_RETRY_INTERVAL_LOWER": "1", "MS_RETRY_INTERVAL_UPPER": "1"}
 
 
