@@ -1,22 +1,29 @@
-"""clip.shm_collectives: the train step's collectives through shared memory for the ranks of one host. The
-ranks' agreement (pure), a real 2-rank cluster that checks the sums against MindSpore's AllReduce bit for bit,
-the gathers byte for byte, and that ranks which disagree get an error rather than a hang, and a rank that
-waits for an exited peer."""
+"""clip.native.shm_collectives: the train step's collectives through shared memory for the ranks of one host.
+The ranks' agreement (pure), a real 2-rank cluster that checks the sums against MindSpore's AllReduce bit for
+bit, the gathers byte for byte, and that ranks which disagree get an error rather than a hang; pairs of plain
+processes (tests/jobs/shm_pair_job.py) for a rank that waits for an exited or a stopped peer, and for kill -9
+of either rank anywhere in the segment's set-up, which must leave no name in /dev/shm."""
+import glob
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
-import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from clip.native import shm_collectives
+from launcher.errors import UserError
 
 from clusters import clean_environ, run_cluster
 
 JOB = Path(__file__).resolve().parent / "jobs" / "shm_collectives_job.py"
+PAIR_JOB = Path(__file__).resolve().parent / "jobs" / "shm_pair_job.py"
+NAMES_IN_SHM = "/dev/shm/mindclip-*"
 
 
 # ---------------------------------------------------------------- pure
@@ -53,9 +60,25 @@ def test_the_ranks_agree_only_when_all_offer_it_on_one_host():
     assert shm_collectives.agree(elsewhere) == "the ranks run on more than one host"
 
 
-def test_a_segment_is_named_after_rank_0s_process_and_a_random_token():
-    path = shm_collectives.segment_path(0xABC, 4242)
-    assert path == "/dev/shm/mindclip-collectives-4242-0000000000000abc"
+def test_a_segment_is_opened_through_rank_0s_descriptor_not_a_name():
+    assert shm_collectives.segment_path(4242, 7) == "/proc/4242/fd/7"
+    assert "different PID namespaces" in shm_collectives.attach_error(18, "/proc/1/fd/3")  # EXDEV: wrong token
+    assert shm_collectives.attach_error(2, "/proc/1/fd/3") == "cannot map /proc/1/fd/3: No such file or directory"
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 600.0), ("", 600.0), ("2", 2.0), (" 0.5 ", 0.5)])
+def test_the_timeout_for_a_live_peer(value, seconds):
+    env = {} if value is None else {shm_collectives.TIMEOUT_ENV: value}
+    assert shm_collectives.timeout_seconds(env) == seconds
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "ten", "inf", "nan"])
+def test_a_bad_timeout_is_a_one_line_error(value):
+    with pytest.raises(UserError) as err:
+        shm_collectives.timeout_seconds({shm_collectives.TIMEOUT_ENV: value})
+    message = str(err.value)
+    assert message.startswith(f"CLIP_SHM_COLLECTIVES_TIMEOUT={value!r}: expected a number of seconds > 0")
+    assert "\n" not in message
 
 
 # ---------------------------------------------------------------- a real cluster
@@ -107,36 +130,80 @@ def test_a_new_segment_works_after_a_failed_one(cluster):
         assert res["fresh"] == [[3.0, 3.0, 3.0], [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]]
 
 
-# ---------------------------------------------------------------- a peer that exits
+# ---------------------------------------------------------------- pairs of plain processes
 
-WAITS_FOR_AN_EXITED_PEER = textwrap.dedent("""
-    import ctypes, os, subprocess, sys, time
-    import mindspore as ms, numpy as np
-    from clip.native import shm_collectives
-    library = shm_collectives._library()
-    path = shm_collectives.segment_path(12345, os.getpid())
-    shm_collectives._create(path, shm_collectives._bytes(library, 2))
+def start_pair(mode: str, env: dict) -> list:
+    """Ranks 0 and 1 of shm_pair_job.py, joined by a socket pair that stands in for MindSpore's all-gather."""
+    ends = socket.socketpair()
     try:
-        assert shm_collectives._attach(library, path, 0, 2) == 0
-        # rank 1: another process maps the segment, then exits without a single call
-        peer = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); "
-                "sys.exit(lib.ShmAttach(sys.argv[2].encode(), 1, 2))")
-        subprocess.run([sys.executable, "-c", peer, library, path], check=True)
+        return [subprocess.Popen([sys.executable, str(PAIR_JOB), str(rank), str(end.fileno()), mode],
+                                 pass_fds=[end.fileno()], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=env) for rank, end in enumerate(ends)]
     finally:
-        os.unlink(path)
-    started = time.monotonic()
+        for end in ends:
+            end.close()
+
+
+@pytest.fixture(scope="module")
+def waits():
+    """Rank 0 sums while rank 1, which has mapped the segment, has exited ("exit") or is stopped ("stall");
+    a 2 s timeout for live peers. Both pairs side by side: mode -> (rank 0's stdout, its stderr, rank 1's pid)."""
+    env = {**os.environ, "GLOG_v": "3", shm_collectives.TIMEOUT_ENV: "2"}
+    pairs = {mode: start_pair(mode, env) for mode in ("exit", "stall")}
+    results = {}
     try:
-        shm_collectives._transport(library, 2).all_reduce(ms.Tensor(np.ones(4, np.float32))).asnumpy()
-    except RuntimeError:
-        print("failed after", time.monotonic() - started)
-    else:
-        print("no error")
-""")
+        for mode, (first, second) in pairs.items():
+            out, err = first.communicate(timeout=180)
+            results[mode] = (out, err, second.pid)
+    finally:
+        for pair in pairs.values():
+            for proc in pair:
+                if proc.poll() is None:
+                    proc.kill()  # the stopped rank 1
+                proc.communicate()
+    return results
 
 
-def test_a_rank_waiting_for_an_exited_peer_fails_with_its_rank_and_pid(tmp_path):
-    done = subprocess.run([sys.executable, "-c", WAITS_FOR_AN_EXITED_PEER], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "GLOG_v": "3"})
-    assert "failed after" in done.stdout, done.stdout + done.stderr[-2000:]
-    assert float(done.stdout.split("failed after")[1]) < 30
-    assert "error: shared-memory collective on rank 0: a peer process exited (rank 1, pid" in done.stderr
+def test_a_rank_waiting_for_an_exited_peer_fails_at_once_with_its_rank_and_pid(waits):
+    out, err, pid = waits["exit"]
+    assert "failed after" in out, out + err[-2000:]
+    assert float(out.split("failed after")[1]) < 2  # seen exiting, not timed out
+    assert f"error: shared-memory collective on rank 0: a peer process exited (rank 1, pid {pid})" in err
+
+
+@pytest.mark.processes
+def test_a_rank_waiting_for_a_stopped_peer_fails_after_the_timeout_with_its_rank(waits):
+    out, err, pid = waits["stall"]
+    assert "failed after" in out, out + err[-2000:]
+    assert 2 <= float(out.split("failed after")[1]) < 30
+    assert (f"error: shared-memory collective on rank 0: a peer made no progress for 2 s "
+            f"(CLIP_SHM_COLLECTIVES_TIMEOUT) (rank 1, pid {pid}, stopped)") in err
+
+
+@pytest.mark.processes
+def test_no_segment_name_survives_kill_9_of_either_rank_at_any_moment():
+    """Pairs that map segments over and over for 1 s; one rank of each is killed at a random moment, mostly
+    inside that loop (its partner then fails), sometimes while it starts."""
+    rng = random.Random(27)
+    partner_failed = 0
+    for _ in range(10):
+        pair = start_pair("connect", dict(os.environ))
+        victim = rng.randrange(2)
+        try:
+            starting = rng.random() < 0.2
+            if starting:
+                time.sleep(rng.uniform(0, 0.3))
+            else:
+                assert pair[victim].stdout.readline() == "ready\n"
+                time.sleep(rng.uniform(0, 0.8))
+            pair[victim].kill()
+            codes = [proc.wait(timeout=60) for proc in pair]
+        finally:
+            for proc in pair:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.communicate()
+        assert codes[victim] == -9
+        partner_failed += not starting and codes[1 - victim] != 0
+        assert glob.glob(NAMES_IN_SHM) == []
+    assert partner_failed >= 6  # the kills landed while the pair was setting segments up

@@ -1,5 +1,5 @@
 // The train step's collectives through shared memory, for the ranks of one job on one host (CPU backend), built
-// and attached by clip/shm_collectives.py and run as MindSpore's `ops.Custom(func_type="aot")`.
+// and attached by clip/native/shm_collectives.py and run as MindSpore's `ops.Custom(func_type="aot")`.
 //
 // The segment holds a header and two sets of W slots of kChunk floats. A call walks its buffer a chunk at a time:
 // every rank copies its chunk into its slot; barrier; then for a sum, rank r adds slice r of all W slots, in rank
@@ -9,7 +9,13 @@
 //
 // Each call first posts (count of calls, kind, size) and checks that every rank posted the same: ranks that
 // disagree get an error, never a wrong result. Waiting spins briefly and then sleeps on a futex; while asleep
-// it checks that every peer process is still alive, so a rank that died is an error here rather than a hang.
+// it checks that every peer process is still alive, so a rank that died is an error here rather than a hang,
+// and it gives up after the attach-time timeout, naming the peer that has not arrived, so a rank that is alive
+// but makes no progress (stopped, deadlocked) is an error too.
+//
+// The segment has no name: clip/native/shm_collectives.py creates it as a memfd in rank 0 and the other ranks
+// open it through /proc/<pid of rank 0>/fd/<n>; rank 0 writes a random token into the header that the others
+// check, so a rank that opened some other file fails to attach rather than sharing the wrong memory.
 #include <atomic>
 #include <cerrno>
 #include <climits>
@@ -45,10 +51,11 @@ inline void Relax() {
 
 struct Peer {
   std::atomic<int64_t> pid;
-  std::atomic<int64_t> calls;  // calls made so far, posted at the start of each
-  std::atomic<int64_t> kind;   // that call's collective
-  std::atomic<int64_t> size;   // and its size
-  char pad[32];
+  std::atomic<int64_t> calls;     // calls made so far, posted at the start of each
+  std::atomic<int64_t> kind;      // that call's collective
+  std::atomic<int64_t> size;      // and its size
+  std::atomic<int64_t> barriers;  // barriers entered so far: who is behind when a wait times out
+  char pad[24];
 };
 
 struct alignas(64) Header {
@@ -56,7 +63,8 @@ struct alignas(64) Header {
   std::atomic<uint32_t> generation;
   std::atomic<uint32_t> sleepers;
   std::atomic<uint32_t> failed;  // set by a rank that gives up, so the others stop waiting for it
-  char pad[48];
+  std::atomic<uint64_t> token;   // rank 0's, checked by the others when they attach
+  char pad[40];
   Peer peers[kMaxRanks];
 };
 
@@ -68,7 +76,9 @@ struct State {
   int64_t bytes = 0;
   int rank = 0, world = 0;
   int64_t calls = 0;
-  int64_t chunks = 0;  // chunks reduced so far, which picks the set
+  int64_t barriers = 0;
+  int64_t chunks = 0;      // chunks reduced so far, which picks the set
+  int64_t timeout_ns = 0;  // how long a barrier waits for a live peer
   std::mutex lock;     // one call at a time per process
 };
 
@@ -100,23 +110,62 @@ int DeadPeer() {
   return -1;
 }
 
-bool Fail(const char *what, int peer) {
+// What /proc says process `pid` is doing, in words.
+const char *ProcessState(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
+  FILE *stat = std::fopen(path, "r");
+  if (stat == nullptr) return "unknown state";
+  char text[512];
+  const size_t n = std::fread(text, 1, sizeof(text) - 1, stat);
+  std::fclose(stat);
+  text[n] = '\0';
+  const char *paren = std::strrchr(text, ')');
+  if (paren == nullptr || paren[1] != ' ') return "unknown state";
+  switch (paren[2]) {
+    case 'R': return "running";
+    case 'S': return "sleeping";
+    case 'D': return "in an uninterruptible wait";
+    case 'T': return "stopped";
+    case 't': return "stopped by a debugger";
+    default: return "unknown state";
+  }
+}
+
+int64_t Now() {
+  timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
+}
+
+// Marks the segment failed, wakes every waiter and prints one line: `what`, and the peer it is about if any.
+bool Fail(const char *what, int peer, const char *detail = nullptr) {
   state.header->failed.store(1);
   state.header->generation.fetch_add(1);
   Futex(&state.header->generation, FUTEX_WAKE, INT_MAX, nullptr);
   if (peer >= 0) {
-    std::fprintf(stderr, "error: shared-memory collective on rank %d: %s (rank %d, pid %lld)\n", state.rank, what,
-                 peer, static_cast<long long>(state.header->peers[peer].pid.load()));
+    std::fprintf(stderr, "error: shared-memory collective on rank %d: %s (rank %d, pid %lld%s%s)\n", state.rank, what,
+                 peer, static_cast<long long>(state.header->peers[peer].pid.load()), detail ? ", " : "",
+                 detail ? detail : "");
   } else {
     std::fprintf(stderr, "error: shared-memory collective on rank %d: %s\n", state.rank, what);
   }
   return false;
 }
 
+// The first peer that has entered fewer barriers than this rank: the one everybody waits for.
+int BehindPeer() {
+  for (int r = 0; r < state.world; ++r) {
+    if (r != state.rank && state.header->peers[r].barriers.load() < state.barriers) return r;
+  }
+  return -1;
+}
+
 bool Barrier() {
   Header *h = state.header;
   const uint32_t generation = h->generation.load();
   if (h->failed.load()) return Fail("another rank failed", -1);
+  h->peers[state.rank].barriers.store(++state.barriers);
   if (h->arrived.fetch_add(1) + 1 == static_cast<uint32_t>(state.world)) {
     h->arrived.store(0);
     h->generation.fetch_add(1);
@@ -125,6 +174,7 @@ bool Barrier() {
   }
   for (int i = 0; i < kSpins && h->generation.load() == generation; ++i) Relax();
   const timespec tick = {0, 200 * 1000 * 1000};
+  const int64_t deadline = Now() + state.timeout_ns;
   while (h->generation.load() == generation) {
     h->sleepers.fetch_add(1);
     Futex(&h->generation, FUTEX_WAIT, generation, &tick);
@@ -132,6 +182,14 @@ bool Barrier() {
     if (h->generation.load() != generation) break;
     const int dead = DeadPeer();
     if (dead >= 0) return Fail("a peer process exited", dead);
+    if (Now() >= deadline && h->generation.load() == generation) {
+      const int behind = BehindPeer();
+      char what[160];
+      std::snprintf(what, sizeof(what), "a peer made no progress for %.6g s (CLIP_SHM_COLLECTIVES_TIMEOUT)",
+                    static_cast<double>(state.timeout_ns) / 1e9);
+      const pid_t pid = behind >= 0 ? static_cast<pid_t>(h->peers[behind].pid.load()) : 0;
+      return Fail(what, behind, behind >= 0 ? ProcessState(pid) : nullptr);
+    }
   }
   if (h->failed.load()) return Fail("another rank failed", -1);
   return true;
@@ -184,11 +242,12 @@ char *NextSet() {
 
 }  // namespace
 
-// Maps the segment at `path` (created and sized by clip/shm_allreduce.py) for rank `rank` of `world`.
-// Returns 0, or an errno-style code.
-extern "C" int ShmAttach(const char *path, int rank, int world) {
+// Maps the segment at `path` (created and sized by clip/native/shm_collectives.py) for rank `rank` of `world`;
+// rank 0 attaches first and writes `token`, which every other rank must find there. A barrier waits at most
+// `timeout_seconds` for a live peer. Returns 0, EXDEV when the token differs (another file), or an errno code.
+extern "C" int ShmAttach(const char *path, int rank, int world, uint64_t token, double timeout_seconds) {
   std::lock_guard<std::mutex> guard(state.lock);
-  if (world < 2 || world > kMaxRanks || rank < 0 || rank >= world) return EINVAL;
+  if (world < 2 || world > kMaxRanks || rank < 0 || rank >= world || !(timeout_seconds > 0)) return EINVAL;
   const int64_t bytes = kHeaderBytes + 2 * world * kChunk * static_cast<int64_t>(sizeof(float));
   const int fd = open(path, O_RDWR);
   if (fd < 0) return errno;
@@ -201,6 +260,13 @@ extern "C" int ShmAttach(const char *path, int rank, int world) {
   const int err = errno;
   close(fd);
   if (base == MAP_FAILED) return err;
+  Header *header = static_cast<Header *>(base);
+  if (rank == 0) {
+    header->token.store(token);
+  } else if (header->token.load() != token) {
+    munmap(base, bytes);
+    return EXDEV;
+  }
   if (state.header != nullptr) munmap(state.header, state.bytes);
   state.header = static_cast<Header *>(base);
   state.slots = reinterpret_cast<float *>(static_cast<char *>(base) + kHeaderBytes);
@@ -208,7 +274,9 @@ extern "C" int ShmAttach(const char *path, int rank, int world) {
   state.rank = rank;
   state.world = world;
   state.calls = 0;
+  state.barriers = 0;
   state.chunks = 0;
+  state.timeout_ns = timeout_seconds >= 9e9 ? INT64_MAX / 2 : static_cast<int64_t>(timeout_seconds * 1e9);
   state.header->peers[rank].pid.store(getpid());
   return 0;
 }
