@@ -76,10 +76,11 @@ def test_bad_environment_is_a_one_line_user_error(env, target, words):
         assert word in message
 
 
+@pytest.mark.processes
 def test_missing_rank_table_exits_2_with_one_line(clean_env, tmp_path):
     """The I/O edge: a wrapped entry point turns the bad environment into 'error: ...' and exit code 2."""
-    script = ("from common.errors import exit_on_user_error\n"
-              "from clip.distributed import init_from_env\n"
+    script = ("from launcher.errors import exit_on_user_error\n"
+              "from clip.parallel.distributed import init_from_env\n"
               "exit_on_user_error(init_from_env)()\n")
     env = {**clean_env, "RANK_TABLE_FILE": str(tmp_path / "missing.json"), "RANK_SIZE": "2", "RANK_ID": "1"}
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
@@ -157,7 +158,9 @@ TRANSPORTS = ("mindspore", "shared")
 KEYS = [f"{transport}_{mode}" for transport in TRANSPORTS for mode in ("pynative", "graph")]
 
 
-@pytest.fixture(scope="module", params=[2, pytest.param(4, marks=pytest.mark.slow)], ids=lambda w: f"W{w}")
+# the marks of a fixture's params reach every test that uses it
+@pytest.fixture(scope="module", params=[pytest.param(w, marks=pytest.mark.processes) for w in (2, 4)],
+                ids=lambda w: f"W{w}")
 def cluster(request, tmp_path_factory):
     world_size = request.param
     out_dir = tmp_path_factory.mktemp(f"cluster{world_size}")

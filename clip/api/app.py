@@ -17,7 +17,7 @@ from clip.config import RunConfig, all_keys, build, load_config, validate
 from clip.data.base import DatasetConfig
 from launcher.errors import UserError
 
-log = logging.getLogger("clip.app")
+log = logging.getLogger(__name__)
 
 MULTI_CARD_HINT = ("the Trainer runs one card in this process and never starts a cluster; for several cards use "
                    "bash scripts/run_distribute.sh N CONFIG")
