@@ -2,9 +2,11 @@
 their build (cached, atomic, keyed), and the fallback to MindSpore's ops under the stock profile or when they
 cannot be built."""
 import os
+import platform
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -13,7 +15,7 @@ from mindspore import ops
 
 from clip import profiles
 from clip.model.transformer import LayerNorm, QuickGELU
-from clip.native import kernels
+from clip.native import kernels, shm_collectives
 
 
 def reference(x, gamma, beta, dy, eps=1e-5):
@@ -104,13 +106,25 @@ def test_fused_layer_norm_is_deterministic_and_the_same_in_pynative():
         np.testing.assert_array_equal(a, c)
 
 
-def test_build_key_changes_with_source_command_and_cpu():
-    base = kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2 fma")
-    assert base == kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2 fma")
-    assert len({base, kernels.build_key(b"src2", ("g++", "-O3"), "x86_64", "avx2 fma"),
-                kernels.build_key(b"src", ("g++", "-O2"), "x86_64", "avx2 fma"),
-                kernels.build_key(b"src", ("g++", "-O3"), "aarch64", "avx2 fma"),
-                kernels.build_key(b"src", ("g++", "-O3"), "x86_64", "avx2")}) == 5
+def test_build_key_changes_with_source_command_cpu_compiler_and_mindspore():
+    args = (b"src", ("g++", "-O3"), "x86_64", "avx2 fma", "g++ (Debian 12.2.0-14) 12.2.0", "2.10.0")
+    base = kernels.build_key(*args)
+    assert base == kernels.build_key(*args)
+    changed = [(b"src2",), (b"src", ("g++", "-O2")), (b"src", args[1], "aarch64"), (b"src", args[1], args[2], "avx2"),
+               args[:4] + ("g++ (Debian 13.1.0-1) 13.1.0",), args[:5] + ("2.11.0",)]
+    keys = {kernels.build_key(*(change + args[len(change):])) for change in changed}
+    assert len(keys | {base}) == 7
+
+
+@pytest.mark.processes
+def test_the_build_key_reads_the_real_compiler_and_mindspore_versions():
+    tools = kernels.toolchain()
+    first_line = subprocess.run(["g++", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    assert tools == {"compiler": first_line, "mindspore": ms.__version__}
+    path = kernels.build()
+    expected = kernels.build_key(kernels.SOURCE.read_bytes(), kernels.COMPILE, platform.machine(), kernels._cpu_flags(),
+                                 first_line, ms.__version__)
+    assert os.path.basename(os.path.dirname(path)) == expected
 
 
 def test_kernel_root_is_the_variable_or_the_user_cache():
@@ -140,13 +154,15 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.processes
-@pytest.mark.parametrize("case", ["stock", "no_compiler", "unwritable"])
+@pytest.mark.parametrize("case", ["stock", "no_compiler", "unwritable", "damaged"])
 def test_without_the_kernel_the_model_falls_back_to_mindspores_layer_norm(case, tmp_path, clean_env):
     env = {**clean_env, "CLIP_KERNEL_DIR": str(tmp_path / "kernels")}
     if case == "stock":
         env["CLIP_PROFILE"] = "stock"
     elif case == "no_compiler":
         env["PATH"] = str(tmp_path)  # python is run by its full path; g++ is not found
+    elif case == "damaged":
+        damaged = damaged_copy(kernels.SOURCE, tmp_path / "kernels")
     else:
         (tmp_path / "kernels").write_text("a file where the directory should be")
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
@@ -156,8 +172,33 @@ def test_without_the_kernel_the_model_falls_back_to_mindspores_layer_norm(case, 
     x = np.arange(16, dtype=np.float32).reshape(2, 8)
     expected = np.abs(reference(x, np.ones(8), np.zeros(8), x)[0]).sum()
     assert abs(float(total) - expected) < 1e-3
-    warnings = [line for line in result.stderr.splitlines() if "kernels.cc" in line]
+    warnings = [line for line in result.stderr.splitlines() if "kernels." in line]
+    if case == "damaged":
+        assert len(warnings) == 1 and warnings[0].startswith(f"warning: cannot load the cached {damaged} ("), warnings
     if case == "stock":
         assert warnings == []  # the stock profile never builds the kernels
     else:
         assert len(warnings) == 1 and "CLIP_PROFILE=stock" in warnings[0], result.stderr
+
+
+
+def damaged_copy(source: Path, root: Path) -> Path:
+    """The library built from `source`, cut short, where a build into `root` would find it (as a crash of the
+    disk or of a copy would leave it; the build itself never leaves a partial file)."""
+    built = Path(kernels.build(source_file=source))
+    target = root / built.parent.name / built.name
+    target.parent.mkdir(parents=True)
+    target.write_bytes(built.read_bytes()[:300])
+    return target
+
+
+@pytest.mark.processes
+def test_a_cached_transport_library_that_fails_to_load_falls_back_with_one_warning(tmp_path, clean_env):
+    damaged = damaged_copy(shm_collectives.SOURCE, tmp_path / "kernels")
+    result = subprocess.run([sys.executable, "-c", "from clip.native import shm_collectives as s; print(s._library())"],
+                            env={**clean_env, "CLIP_KERNEL_DIR": str(tmp_path / "kernels")}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.strip() == "None", result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: cannot load the cached {damaged} (")
+    assert lines[0].endswith("set CLIP_SHM_COLLECTIVES=off to silence this")

@@ -1,4 +1,4 @@
-"""Fused float32 kernels for the CPU backend, compiled from clip/assets/cpu_kernels.cc on first use:
+"""Fused float32 kernels for the CPU backend, compiled from clip/native/kernels.cc on first use:
 LayerNorm and QuickGELU, each a forward and a backward pass.
 
 Why: MindSpore 2.10's CPU `LayerNorm` + `LayerNormGrad` take 12-16 ms for one forward and backward on
@@ -6,15 +6,20 @@ ViT-B/32's [800, 768] activations; the same in one C++ pass each takes 1.1-1.4 m
 kernels run through MindSpore's own extension point, `ops.Custom(func_type="aot")`, with the gradient
 given as the primitive's bprop, so autodiff, recompute and graph mode treat them like built-in ops.
 
-The library is built once per source, compiler command and CPU into
-`$CLIP_KERNEL_DIR` (default `~/.cache/mindclip/kernels`)`/<key>/cpu_kernels.so`; it is written to a temporary
-file and renamed, so ranks that build at the same moment never load a half-written file. When g++ fails the native profile uses MindSpore's ops (one warning line); clip.profiles decides whether
-these kernels run at all (`CLIP_PROFILE`).
+The library is built once per source, compiler command, compiler version (`g++ --version`), MindSpore
+version (whose custom-op loader calls it) and CPU into `$CLIP_KERNEL_DIR` (default
+`~/.cache/mindclip/kernels`)`/<key>/kernels.so`; it is written to a temporary file and renamed, so ranks that
+build at the same moment never load a half-written file, and it is loaded once before use, so a cached file
+that is damaged or does not fit this system is caught here, not in MindSpore's compiler. When g++ fails or
+the library does not load, the native profile uses MindSpore's ops (one warning line); clip.profiles
+decides whether these kernels run at all (`CLIP_PROFILE`).
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
+import importlib.metadata
 import os
 import platform
 import shutil
@@ -33,9 +38,15 @@ COMPILE = ("g++", "-std=c++17", "-O3", "-march=native", "-shared", "-fPIC")
 
 # ---------------------------------------------------------------- pure helpers
 
-def build_key(source: bytes, command: tuple, machine: str, cpu_flags: str) -> str:
-    """Directory name of one build (pure): -march=native code runs only on CPUs with the same features."""
-    blob = b"\0".join([source, " ".join(command).encode(), machine.encode(), cpu_flags.encode()])
+class LoadError(OSError):
+    """A library file exists but the dynamic loader refuses it (damaged, truncated, built for another system)."""
+
+
+def build_key(source: bytes, command: tuple, machine: str, cpu_flags: str, compiler: str, mindspore: str) -> str:
+    """Directory name of one build (pure): -march=native code runs only on CPUs with the same features, code
+    from another compiler may need another C++ runtime, and MindSpore's custom-op loader calls it."""
+    blob = b"\0".join([source, " ".join(command).encode(), machine.encode(), cpu_flags.encode(), compiler.encode(),
+                        mindspore.encode()])
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
@@ -58,14 +69,42 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+@functools.lru_cache(maxsize=None)
+def toolchain() -> dict:
+    """The compiler's version (first line of `g++ --version`, "" without g++) and MindSpore's installed version
+    ("" without MindSpore), read without importing MindSpore."""
+    try:
+        out = subprocess.run([COMPILE[0], "--version"], capture_output=True, text=True, timeout=60).stdout
+        compiler = out.strip().splitlines()[0] if out.strip() else ""
+    except (OSError, subprocess.SubprocessError):
+        compiler = ""
+    try:
+        mindspore = importlib.metadata.version("mindspore")
+    except importlib.metadata.PackageNotFoundError:
+        mindspore = ""
+    return {"compiler": compiler, "mindspore": mindspore}
+
+
+def _loadable(path: Path, cached: bool) -> str:
+    """``path``, once the dynamic loader has accepted it (it stays loaded: MindSpore loads the same file)."""
+    try:
+        ctypes.CDLL(str(path))
+    except OSError as err:
+        reason = str(err).removeprefix(f"{path}: ")  # dlerror() names the file first
+        raise LoadError(f"cannot load the {'cached' if cached else 'newly built'} {path} ({reason}); delete it to "
+                        f"rebuild") from None
+    return str(path)
+
+
 def build(env: Mapping[str, str] = os.environ, source_file: Path = SOURCE) -> str:
-    """Path of the library compiled from ``source_file``, building it if needed; raises OSError /
-    CalledProcessError on failure."""
+    """Path of the library compiled from ``source_file``, building it if needed; raises OSError (LoadError when
+    the file will not load) / CalledProcessError on failure."""
     source = source_file.read_bytes()
-    key = build_key(source, COMPILE, platform.machine(), _cpu_flags())
+    tools = toolchain()
+    key = build_key(source, COMPILE, platform.machine(), _cpu_flags(), tools["compiler"], tools["mindspore"])
     target = Path(kernel_root(env), key, source_file.stem + ".so")
     if target.exists():
-        return str(target)
+        return _loadable(target, cached=True)
     if shutil.which(COMPILE[0]) is None:
         raise OSError(f"{COMPILE[0]} is not on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +117,7 @@ def build(env: Mapping[str, str] = os.environ, source_file: Path = SOURCE) -> st
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
-    return str(target)
+    return _loadable(target, cached=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,10 +126,17 @@ def library() -> Optional[str]:
     try:
         return build()
     except (OSError, subprocess.SubprocessError) as err:
-        detail = getattr(err, "stderr", None) or str(err)
-        print(f"warning: could not build {SOURCE.name} ({detail.strip().splitlines()[-1] if detail.strip() else err}); "
-              f"using MindSpore's own, slower CPU ops; set {SWITCH_ENV}={STOCK} to silence this", file=sys.stderr)
+        print(f"warning: {failure(err, SOURCE)}; using MindSpore's own, slower CPU ops; set {SWITCH_ENV}={STOCK} "
+              f"to silence this", file=sys.stderr)
         return None
+
+
+def failure(err: Exception, source_file: Path) -> str:
+    """What went wrong in `build`, in one line."""
+    if isinstance(err, LoadError):
+        return str(err)
+    detail = (getattr(err, "stderr", None) or str(err)).strip()
+    return f"could not build {source_file.name} ({detail.splitlines()[-1] if detail else err})"
 
 
 # ---------------------------------------------------------------- the ops (MindSpore)

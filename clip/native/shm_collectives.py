@@ -129,8 +129,7 @@ def _library() -> Optional[str]:
     try:
         return kernels.build(source_file=SOURCE)
     except (OSError, subprocess.SubprocessError) as err:
-        detail = (getattr(err, "stderr", None) or str(err)).strip()
-        _warn(f"could not build {SOURCE.name} ({detail.splitlines()[-1] if detail else err})")
+        _warn(kernels.failure(err, SOURCE))
         return None
 
 
