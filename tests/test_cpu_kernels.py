@@ -181,7 +181,6 @@ def test_without_the_kernel_the_model_falls_back_to_mindspores_layer_norm(case, 
         assert len(warnings) == 1 and "CLIP_PROFILE=stock" in warnings[0], result.stderr
 
 
-
 def damaged_copy(source: Path, root: Path) -> Path:
     """The library built from `source`, cut short, where a build into `root` would find it (as a crash of the
     disk or of a copy would leave it; the build itself never leaves a partial file)."""
