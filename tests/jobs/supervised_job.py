@@ -1,6 +1,7 @@
 """A tiny real MindSpore job for the launcher's diagnosis tests: rounds of AllReduce with a heartbeat
 after each; `--fail-mode` makes `--fail-rank` misbehave after the first round while the others wait in
-the next one. Uses common.supervision like any Python worker would (error file, SIGUSR1 stacks)."""
+the next one. Uses the launcher's worker side as any third-party Python worker would
+(`from launcher import record, heartbeat, install`: error file, heartbeats, SIGUSR1 stacks)."""
 import argparse
 import json
 import os
@@ -8,7 +9,7 @@ import signal
 import sys
 import time
 
-from launcher import worker
+from launcher import beat_while_waiting, heartbeat, install, record
 
 SLOW_SECONDS = 7
 
@@ -31,10 +32,10 @@ def misbehave(mode: str, out: str, rank: int) -> None:
         until = time.time() + SLOW_SECONDS
         while time.time() < until:
             time.sleep(0.2)
-            worker.heartbeat()
+            heartbeat()
 
 
-@worker.record
+@record
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fail-rank", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    worker.install()
+    install()
     import mindspore as ms
     from mindspore import ops
     from mindspore.communication import get_rank, init
@@ -55,9 +56,9 @@ def main(argv=None) -> int:
         # with --fail-mode slow, the other ranks wait here for the slow one as clip.train's ranks wait for rank 0's
         # evaluation
         waiting = round_ == 1 and args.fail_mode == "slow" and rank != args.fail_rank
-        with worker.beat_while_waiting(60 if waiting else 0):
+        with beat_while_waiting(60 if waiting else 0):
             all_reduce(ms.Tensor([1.0], ms.float32)).asnumpy()
-        worker.heartbeat(force=True)
+        heartbeat(force=True)
         if round_ == 0 and rank == args.fail_rank and args.fail_mode != "none":
             misbehave(args.fail_mode, args.out, rank)
     return 0
