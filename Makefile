@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 $(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(RUNTIME)
 
 test: $(TESTDEPS)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=25 tests
+
+# The edit-test loop: every test that starts no process (tests/conftest.py), under 3 minutes on 2 cores.
+test-fast: $(TESTDEPS)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=10 -m "not processes" tests
 
 bench: $(TESTDEPS)
 	for b in bench/bench_*.py; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python $$b || exit 1; done

@@ -6,7 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from test_equivalence import (
+
+from clip.config import load_config
+from clip.train.accumulate import backward_order
+from clip.train.recompute import blocks_to_recompute
+from launcher.errors import UserError
+
+from training_runs import (
     REPO,
     TINY,
     clean_env,
@@ -20,11 +26,6 @@ from test_equivalence import (
     start_training,
     train_command,
 )
-
-from clip.config import load_config
-from clip.train.accumulate import backward_order
-from clip.train.recompute import blocks_to_recompute
-from launcher.errors import UserError
 
 
 def test_bad_accumulation_and_recompute_settings_are_one_line_errors():
@@ -87,6 +88,7 @@ def test_each_tower_re_encodes_in_its_own_graph_and_every_weight_is_summed_once(
         assert [s.name for s in graph.grad_sum] == [f"grad_sum.{w.name}" for w in graph.weights]
 
 
+@pytest.mark.processes
 def test_a_global_batch_the_dataset_cannot_fill_is_refused(tmp_path):
     cmd = train_command(TINY + ["train.batch_size=4", "train.accum_steps=8", f"output_dir={tmp_path / 'out'}"])
     proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
@@ -138,7 +140,7 @@ def test_recompute_leaves_the_gradients_unchanged(preset, dtype, tolerance):
     assert worst <= tolerance, f"{dtype} gradients differ by {worst:.3g} (relative) with recompute"
 
 
-@pytest.mark.slow
+@pytest.mark.processes
 def test_a_run_with_accumulation_resumes_exactly(tmp_path):
     overrides = [o for o in TINY if not o.startswith("train.resume")] + [
         "train.batch_size=2", "train.accum_steps=4", "train.save_every=2", "train.resume=auto"]
@@ -155,7 +157,7 @@ def test_a_run_with_accumulation_resumes_exactly(tmp_path):
     assert sorted(split) == [1, 2, 3, 4, 5] and all(abs(split[s] - straight[s]) <= 1e-6 for s in straight)
 
 
-@pytest.mark.slow
+@pytest.mark.processes
 def test_accumulation_in_fp16_and_in_pynative_trains_like_the_plain_step(tmp_path):
     """fp16: (W, B, K) = (1, 2, 4) against (1, 8, 1), both with dynamic loss scaling, within test_precision's fp16
     tolerance, with the same skipped steps and loss scales (the scaler sees the summed gradient). PyNative: the

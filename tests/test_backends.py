@@ -74,6 +74,7 @@ def test_every_backend_is_registered_once_with_its_names():
         assert set(backend.VARIABLES) <= set(backends.all_variables())
 
 
+@pytest.mark.processes
 def test_single_card_shell_lines_clear_every_other_start_up_mode(tmp_path):
     """What scripts/run_standalone.sh evals: a worker started inside another launch still runs alone."""
     leftovers = {**planned_dynamic(2)[1].env, **planned_ranktable(2)[1].env}

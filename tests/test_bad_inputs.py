@@ -26,7 +26,9 @@ from typing import Callable
 import numpy as np
 import pytest
 from PIL import Image
-from test_zeroshot import RAW_NAMES, draw_images, write_cifar
+
+from cifar_files import RAW_NAMES, draw_images, write_cifar
+from crafted_weights import crafted_state, torch_save
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {"config": "clip.config", "train": "clip.train", "eval": "clip.eval", "predict": "clip.predict",
@@ -34,36 +36,6 @@ COMMANDS = {"config": "clip.config", "train": "clip.train", "eval": "clip.eval",
 
 
 # ---------------------------------------------------------------- shared inputs (built once)
-
-def tiny_shapes_config():
-    """OpenAI-named shapes of a very small ViT (a few KB per file), for crafted conversion sources."""
-    from clip.model.architectures import CLIPConfig
-    from clip.model.convert import expected_shapes
-
-    return expected_shapes(CLIPConfig(embed_dim=8, image_size=32, patch_size=16, vision_width=64, vision_layers=1,
-                                      vision_heads=1, context_length=8, vocab_size=16, text_width=64,
-                                      text_layers=1, text_heads=1))
-
-
-def torch_save(path: Path, tensors: dict) -> str:
-    import torch
-
-    torch.save({k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v, np.float32)))
-                for k, v in tensors.items()}, str(path))
-    return str(path)
-
-
-def crafted_state(**changed) -> dict:
-    """A tiny valid state dict (numpy) with some tensors replaced (None removes one)."""
-    tensors = {k: np.zeros(s, np.float32) for k, s in tiny_shapes_config().items()}
-    for key, value in changed.items():
-        key = key.replace("__", ".")
-        if value is None:
-            tensors.pop(key)
-        else:
-            tensors[key] = value
-    return tensors
-
 
 class _Storage:
     """Marks where a crafted pickle refers to tensor storage '0'."""
@@ -731,6 +703,7 @@ def test_catalogue_covers_every_command_and_category():
 SUBPROCESS_CASES = ["config-bad-flag", "predict-image-truncated", "convert-stride0-terabytes", "eval-json-is-directory"]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("case_id", SUBPROCESS_CASES)
 def test_bad_input_as_a_process(case_id, assets, tmp_path):
     """The in-process runs above are faithful: the real entry point gives the same exit code and line."""

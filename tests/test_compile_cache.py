@@ -6,7 +6,6 @@ import fcntl
 import os
 
 import pytest
-from test_equivalence import TINY, finish_training, max_param_diff, model_params, start_training
 
 from clip.config import RunConfig
 from clip.train.compile_cache import (
@@ -21,6 +20,8 @@ from clip.train.compile_cache import (
     graph_fields,
     stop_caching,
 )
+
+from training_runs import TINY, finish_training, max_param_diff, model_params, start_training
 
 VERSIONS = {"mindspore": "2.10.0", "python": "3.11", "sources": "abc", "device_target": "CPU"}
 
@@ -133,17 +134,20 @@ def launches(tmp_path_factory):
     return base, root, params
 
 
+@pytest.mark.processes
 def test_the_same_job_in_a_new_output_dir_reuses_the_graph_and_matches(launches):
     _, _, params = launches
     assert max_param_diff(params["cold"], params["again"])[0] == 0.0
 
 
+@pytest.mark.processes
 def test_a_changed_learning_rate_reuses_the_graph_and_trains_with_the_new_rate(launches):
     _, _, params = launches
     assert max_param_diff(params["lr"], params["lr_uncached"])[0] == 0.0
     assert max_param_diff(params["lr"], params["cold"])[0] > 1e-4
 
 
+@pytest.mark.processes
 def test_changed_constant_compiles_its_own_graph_and_only_the_train_step_is_cached(launches):
     base, root, params = launches
     keys = sorted(p for p in root.iterdir() if p.is_dir())

@@ -84,6 +84,7 @@ def test_resolved_config_round_trips(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["config.yaml"]  # no temporary file left
 
 
+@pytest.mark.processes
 def test_cli_get_is_fast_and_mindspore_free(repo_root, tmp_path):
     """run_distribute.sh asks this CLI for output_dir before anything starts."""
     path = write(tmp_path, "output_dir: runs/abc\n")

@@ -148,6 +148,7 @@ def test_round_trip_embeddings_equal_reference(files, tmp_path, reference_embedd
         np.testing.assert_allclose(model.encode_text(ms.Tensor(tokens)).asnumpy(), text, atol=1e-4, err_msg=kind)
 
 
+@pytest.mark.processes
 def test_command_converts_with_torch_unavailable(files, tmp_path):
     """The runtime path must not need torch: run the real command with `import torch` made to fail."""
     dst = tmp_path / "ViT-tiny.ckpt"
@@ -249,6 +250,7 @@ def _run_cli(args, cwd):
                           text=True, timeout=180)
 
 
+@pytest.mark.processes
 def test_malicious_archive_via_cli(tmp_path):
     marker = tmp_path / "pwned"
     _zip_archive(tmp_path / "evil.pt", pickle.dumps(_Exploit(marker), protocol=2))
@@ -299,6 +301,7 @@ def test_bad_input_one_line_exit_2_no_output(bad_files, tmp_path, capsys, src, e
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.processes
 def test_console_script_reports_bad_output_path(bad_files, tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "clip-convert")
     proc = subprocess.run([script, str(bad_files / "missing.pt"), str(tmp_path / "out.bin")], capture_output=True,

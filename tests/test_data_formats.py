@@ -16,7 +16,9 @@ import sys
 import time
 
 import pytest
-from test_equivalence import (
+
+from data_files import write_image_folder, write_img2dataset_dir
+from training_runs import (
     REPO,
     TOL,
     clean_env,
@@ -28,8 +30,6 @@ from test_equivalence import (
     start_training,
     train_command,
 )
-
-from data_files import write_image_folder, write_img2dataset_dir
 
 CORRUPT, UNCAPTIONED = 5, 14
 TINY = ["model.name=clip_tiny", "data.eval=null", "train.max_steps=5", "train.lr=1e-3", "train.warmup_steps=2",
@@ -88,7 +88,7 @@ def assert_same_training(a: dict, b: dict, what: str, param_tol: float = TOL) ->
     assert diff <= param_tol, f"{what}: parameter {key} differs by {diff:.3g}"
 
 
-@pytest.mark.slow
+@pytest.mark.processes
 def test_webdataset_two_cards_equal_one_card_resumed_mid_epoch(runs):
     assert "resumed from" in runs["w1_split"]["second"] and "steps 2->5 of 5" in runs["w1_split"]["second"]
     assert len(set(round(v, 6) for v in runs["w2"]["losses"].values())) == 5  # it trained: agreeing is not trivial
@@ -96,7 +96,7 @@ def test_webdataset_two_cards_equal_one_card_resumed_mid_epoch(runs):
                          CROSS_WORLD_PARAM_TOL)
 
 
-@pytest.mark.slow
+@pytest.mark.processes
 def test_mindrecord_packed_from_the_shards_trains_the_same(runs):
     assert_same_training(runs["mr"], runs["w1_split"], "mindrecord vs webdataset")
     manifest = json.loads((runs["mr"]["dir"] / "manifest.json").read_text())
@@ -105,7 +105,7 @@ def test_mindrecord_packed_from_the_shards_trains_the_same(runs):
     assert "verified" in runs["pack"].stdout and "unreadable sample 00000.tar:000000005" in runs["pack"].stdout
 
 
-@pytest.mark.slow
+@pytest.mark.processes
 def test_corrupt_and_captionless_samples_are_named_in_the_log(runs, shards):
     corrupt, uncaptioned = shards["keys"][CORRUPT], shards["keys"][UNCAPTIONED]
     for run in ("w1_split", "w2"):
@@ -136,6 +136,7 @@ def cli_error(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.processes
 def test_bad_inputs_are_one_line_errors(shards, tmp_path):
     root = shards["root"]
     line = cli_error(pack(f"{root}/{{00010..00019}}.tar", tmp_path / "o1"))
@@ -163,7 +164,7 @@ def test_bad_inputs_are_one_line_errors(shards, tmp_path):
         assert not p.exists()  # inputs are checked before anything is written
 
 
-@pytest.mark.slow
+@pytest.mark.processes
 def test_mindrecord_dir_with_a_missing_shard_is_refused(runs, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -177,7 +178,7 @@ def test_mindrecord_dir_with_a_missing_shard_is_refused(runs, tmp_path):
     assert "part-00001.mindrecord" in line and "missing" in line and "3 shards" in line
 
 
-@pytest.mark.slow
+@pytest.mark.processes
 def test_interrupted_pack_keeps_finished_shards_and_completes_on_rerun(tmp_path):
     """A real Ctrl-C during packing: finished shards stay, the shard being written is not in OUT under its
     name, the directory is not readable as a pack, and the same command then completes it."""
@@ -204,7 +205,7 @@ def test_interrupted_pack_keeps_finished_shards_and_completes_on_rerun(tmp_path)
         f"part-0000{k}.mindrecord{ext}" for k in range(3) for ext in ("", ".db"))
 
 
-@pytest.mark.slow
+@pytest.mark.processes
 def test_image_folder_training_learns_its_classes(tmp_path):
     """Fine-tune on a labelled folder's train split (captions from class names), zero-shot on its val split."""
     classes = [0, 5, 10, 15, 18, 23]  # six shapes classes: chance is 16.7%

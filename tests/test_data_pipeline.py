@@ -135,6 +135,7 @@ def test_resume_from_start_step_continues_exactly(shapes, shapes_runs):
     assert list(run(shapes, 2, start_step=4)[0][0]) == []
 
 
+@pytest.mark.processes
 def test_worker_processes_give_identical_batches(shapes, shapes_runs):
     parallel = run(shapes, 2, num_workers=2)
     for r in range(2):
@@ -169,6 +170,7 @@ def corrupt_table(tmp_path_factory):
     return str(root / "train.csv")
 
 
+@pytest.mark.processes
 def test_corrupt_images_are_counted_logged_and_replaced(corrupt_table, caplog):
     source = build_train_source(DatasetConfig(type="csv", path=corrupt_table))
     with caplog.at_level(logging.WARNING, logger="clip.data.pipeline"):

@@ -16,6 +16,8 @@ import pytest
 
 from clusters import clean_environ
 
+pytestmark = pytest.mark.processes
+
 REPO = Path(__file__).resolve().parent.parent
 
 FINAL = r"final zero-shot top-1 ([\d.]+)% top-5 [\d.]+% on (\d+) images, (\d+) classes"
@@ -49,7 +51,6 @@ def demo(tmp_path_factory):
     return out, run_demo(out).stdout
 
 
-@pytest.mark.slow
 def test_demo_config_reaches_60_percent_zero_shot(demo):
     out, stdout = demo
     final = re.search(r"\[rank 0\] " + FINAL, stdout)
@@ -64,7 +65,6 @@ def test_demo_config_reaches_60_percent_zero_shot(demo):
     assert (out / "logs" / "worker_1.log").is_file()
 
 
-@pytest.mark.slow
 def test_demo_in_fp16_learns_like_fp32(demo, tmp_path):
     out = tmp_path / "fp16"
     run_demo(out, "train.precision=fp16", "train.stop_after=100")
@@ -85,7 +85,6 @@ def test_demo_in_fp16_learns_like_fp32(demo, tmp_path):
     assert scales and all(s >= 1 for s in scales)
 
 
-@pytest.mark.slow
 def test_demo_with_recompute_trains_like_without(demo, tmp_path):
     """Recompute changes where activations come from in the backward pass, not the arithmetic."""
     out = tmp_path / "recompute"

@@ -36,6 +36,7 @@ def launch(tmp_path, env, nproc, *job_args, launcher_args=(), timeout=240):
     return proc, time.time() - started
 
 
+@pytest.mark.processes
 def test_raise_on_rank_2_of_4_is_the_root_cause(tmp_path, clean_env):
     proc, _ = launch(tmp_path, clean_env, 4, "--fail-mode", "raise", "--fail-rank", "2")
     exited = time.time()
@@ -53,6 +54,7 @@ def test_raise_on_rank_2_of_4_is_the_root_cause(tmp_path, clean_env):
     assert leftovers(str(tmp_path)) == []
 
 
+@pytest.mark.processes
 def test_sigkill_is_named_with_its_signal(tmp_path, clean_env):
     proc, _ = launch(tmp_path, clean_env, 2, "--fail-mode", "sigkill", "--fail-rank", "1")
     assert proc.returncode == 137, proc.stderr
@@ -63,6 +65,7 @@ def test_sigkill_is_named_with_its_signal(tmp_path, clean_env):
     assert record["root_cause"]["rank"] == 1 and record["root_cause"]["returncode"] == -signal.SIGKILL
 
 
+@pytest.mark.processes
 def test_hung_rank_is_named_with_its_line_and_everything_stops(tmp_path, clean_env):
     proc, _ = launch(tmp_path, clean_env, 2, "--fail-mode", "hang", "--fail-rank", "1",
                      launcher_args=("--hang-timeout", "15", "--grace-period", "2"))
@@ -117,6 +120,7 @@ def test_ranks_waiting_for_a_slow_rank_are_not_taken_for_hung(tmp_path, clean_en
     assert seconds > SLOW_SECONDS  # the slow rank did outlast the hang timeout
 
 
+@pytest.mark.processes
 def test_worker_that_never_beats_is_not_watched(tmp_path, clean_env):
     cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", "1", "--hang-timeout", "0.5",
            "--log-dir", str(tmp_path / "logs"), "--", sys.executable, "-c", "import time; time.sleep(3)"]
@@ -176,6 +180,7 @@ def test_error_record_and_decorator(tmp_path, monkeypatch):
     assert "Traceback" in record["traceback"] and record["exit_code"] == 1
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("argv", [
     ["clip.eval", "--set", "data.eval.type=cifar100", "--set", "data.eval.path=/nonexistent/cifar"],
     ["clip.predict", "--checkpoint", "w.ckpt", "--image", "x.png", "--labels", "cat,cat"],
@@ -224,6 +229,7 @@ def test_a_rank_waiting_for_a_peer_beats_only_while_it_waits(tmp_path, monkeypat
 
 # ---------------------------------------------------------------- msrun and torchrun command lines
 
+@pytest.mark.processes
 def test_msrun_command_line_runs_the_two_worker_job(tmp_path, clean_env):
     job = Path(__file__).resolve().parent / "jobs" / "collective_job.py"
     cmd = [sys.executable, "-m", "launcher", "msrun", "--worker_num", "2", "--local_worker_num", "2",
@@ -253,6 +259,7 @@ def test_msrun_options_without_effect_say_so():
     assert env == {"MS_TOPO_TIMEOUT": "600"}
 
 
+@pytest.mark.processes
 def test_torchrun_spellings(tmp_path, clean_env):
     cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "--nproc-per-node", "2", "--nnodes", "1",
            "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", "29555", "--standalone",
@@ -264,6 +271,7 @@ def test_torchrun_spellings(tmp_path, clean_env):
                                         "scheduler on a free port is the default)"]
 
 
+@pytest.mark.processes
 def test_mindspore_info_lines_stay_in_the_worker_log(tmp_path):
     code = ("print('[INFO] DISTRIBUTED(31931,7f1e,python):2026-11-30-20:37:00.373.463 [tcp_client.cc:367] "
             "Start] Event base dispatch success!'); print('step 1 loss 0.5')")

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bad_inputs import crafted_state, torch_save
-from test_zeroshot import RAW_NAMES, draw_images, write_cifar
 
 from launcher.errors import exit_on_user_error
+
+from cifar_files import RAW_NAMES, draw_images, write_cifar
+from crafted_weights import crafted_state, torch_save
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,6 +55,7 @@ def one_error_line(capsys) -> str:
     return err[0]
 
 
+@pytest.mark.processes
 def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(small_disk, capsys):
     import mindspore as ms
 
@@ -77,6 +79,7 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(small_disk
     assert restored["step"] == 1 and np.array_equal(stored["w"].asnumpy(), np.arange(50000, dtype=np.float32))
 
 
+@pytest.mark.processes
 def test_convert_on_a_full_disk_keeps_the_previous_output(small_disk, tmp_path, capsys):
     from clip.model.convert import main
 
@@ -94,6 +97,7 @@ def test_convert_on_a_full_disk_keeps_the_previous_output(small_disk, tmp_path, 
     assert snapshot(small_disk) == before
 
 
+@pytest.mark.processes
 def test_eval_json_on_a_full_disk_keeps_the_previous_result(small_disk, tmp_path, capsys, monkeypatch):
     import mindspore as ms
 
@@ -121,6 +125,7 @@ def test_eval_json_on_a_full_disk_keeps_the_previous_result(small_disk, tmp_path
     assert snapshot(out) == before and sorted(os.listdir(out)) == ["eval.json"]
 
 
+@pytest.mark.processes
 def test_size_limited_file_is_one_line_and_leaves_nothing(tmp_path):
     """RLIMIT_FSIZE (no root needed): the converted file would exceed the limit; as a real process."""
     source = torch_save(tmp_path / "tiny.pt", crafted_state())

@@ -52,6 +52,7 @@ def test_rank_table_against_hccn_conf():
     assert "no address_1" in doctor.consistency_check(table, {0: "192.168.0.1"}, ["10.0.0.1"]).detail
 
 
+@pytest.mark.processes
 def test_probe_edges():
     assert doctor.probe_mindspore("/nonexistent/python").detail == "python interpreter '/nonexistent/python' not found"
     with socket.socket() as busy:
@@ -76,6 +77,7 @@ def files(tmp_path):
     return tmp_path
 
 
+@pytest.mark.processes
 def test_doctor_all_pass(files, clean_env):
     proc = run_doctor(files, clean_env, "--hccn-conf", "hccn.conf", "--rank-table", "table.json", "--nproc", "1",
                       "--server-ip", "10.0.0.1")
@@ -88,6 +90,7 @@ def test_doctor_all_pass(files, clean_env):
     assert lines[-1] == "all 6 checks passed (0 skipped)"
 
 
+@pytest.mark.processes
 def test_doctor_reports_each_failure(files, clean_env):
     (files / "hccn.conf").write_text("address_0=192.168.0.1\naddress_1 192.168.1.1\n")
     table = json.loads((files / "table.json").read_text())
@@ -111,6 +114,7 @@ def test_doctor_reports_each_failure(files, clean_env):
     assert lines[-1] == "4 of 5 checks failed"
 
 
+@pytest.mark.processes
 def test_doctor_bad_arguments(files, clean_env):
     proc = run_doctor(files, clean_env, "--nproc", "0")
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --nproc 0: expected a positive number of workers"

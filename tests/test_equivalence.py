@@ -5,127 +5,21 @@ Real CPU dynamic clusters through the real launcher (`python -m launcher run --b
 One run per configuration, shared by all checks; 24 samples / global batch 8 = 3 steps per epoch, so the
 5 steps also cross an epoch boundary (new permutation, new captions).
 """
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
 
-from clusters import clean_environ
+from training_runs import (
+    TINY,
+    TOL,
+    finish_training,
+    losses,
+    max_param_diff,
+    metric,
+    model_params,
+    run_training,
+    start_training,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-TOL = 1e-5
-
-TINY = ["model.name=clip_tiny", "data.train.type=shapes", "data.train.num_samples=24", "data.eval=null",
-        "train.max_steps=5", "train.lr=1e-3", "train.warmup_steps=2", "train.weight_decay=0.1",
-        "train.seed=7", "train.num_workers=1", "train.resume=none"]
-
-
-def clean_env() -> dict:
-    env = clean_environ()
-    env["PYTHONUNBUFFERED"] = "1"
-    env["GLOG_v"] = "3"  # MindSpore: errors only, keep worker logs readable
-    return env
-
-
-def train_command(overrides) -> list:
-    cmd = [sys.executable, "-m", "clip.train"]
-    for o in overrides:
-        cmd += ["--set", o]
-    return cmd
-
-
-def run_training(out_dir: Path, world: int, overrides, timeout: float = 300) -> subprocess.CompletedProcess:
-    """clip.train on `world` workers (launcher, cluster backend) or as one plain process for world 1."""
-    cmd = train_command(list(overrides) + [f"output_dir={out_dir}"])
-    if world > 1:
-        cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(world),
-               "--log-dir", str(out_dir / "logs"), "--no-chdir", "--tee", "0", "--"] + cmd
-    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        logs = "".join(f"\n--- {p}\n{p.read_text()[-3000:]}" for p in sorted((out_dir / "logs").glob("*.log"))
-                       ) if (out_dir / "logs").is_dir() else ""
-        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-                             f"{logs}")
-    return proc
-
-
-def start_training(out_dir: Path, overrides) -> subprocess.Popen:
-    """clip.train as one plain process, not waited for (finish_training does). Single-process runs share no
-    port, and much of a short run is single-threaded start-up and compilation, so two cores finish several
-    side by side sooner (measured: two tiny K = 4 runs took 25 s one after the other, 16 s together)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{out_dir}.stdout", "w") as stdout, open(f"{out_dir}.stderr", "w") as stderr:
-        return subprocess.Popen(train_command(list(overrides) + [f"output_dir={out_dir}"]), cwd=REPO, env=clean_env(),
-                                stdout=stdout, stderr=stderr, text=True)
-
-
-def finish_training(out_dir: Path, proc: subprocess.Popen, timeout: float = 600) -> subprocess.CompletedProcess:
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    stdout, stderr = Path(f"{out_dir}.stdout").read_text(), Path(f"{out_dir}.stderr").read_text()
-    if proc.returncode != 0:
-        raise AssertionError(f"training in {out_dir} failed ({proc.returncode}):\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-
-def run_trainings(jobs: dict) -> dict:
-    """Several single-process trainings ({out_dir: overrides}) side by side; out_dir -> CompletedProcess."""
-    started = {out: start_training(out, overrides) for out, overrides in jobs.items()}
-    try:
-        return {out: finish_training(out, proc) for out, proc in started.items()}
-    finally:
-        for proc in started.values():
-            if proc.poll() is None:
-                proc.kill()
-
-
-def losses(out_dir: Path) -> dict:
-    """step -> global loss from metrics.jsonl (each step exactly once)."""
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    train_rows = [r for r in rows if "loss" in r]
-    steps = [r["step"] for r in train_rows]
-    assert len(steps) == len(set(steps)), f"duplicate steps in metrics.jsonl: {steps}"
-    return {r["step"]: r["loss"] for r in train_rows}
-
-
-def metric(out_dir: Path, key: str) -> dict:
-    """step -> `key` of the training lines of metrics.jsonl."""
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r[key] for r in rows if "loss" in r}
-
-
-def model_params(ckpt: Path) -> dict:
-    """The model's parameters (OpenAI names) from a training checkpoint, as numpy."""
-    import mindspore as ms
-
-    from clip.train.checkpoint import META_KEYS, TEXT_META
-    from clip.train.precision import SCALER_STATE
-
-    stored = ms.load_checkpoint(str(ckpt))
-    return {k: v.asnumpy() for k, v in stored.items()
-            if not k.startswith(("adam_", "global_step")) and k not in META_KEYS + SCALER_STATE + tuple(TEXT_META)}
-
-
-def function_part(name: str, value: np.ndarray) -> np.ndarray:
-    """The part of a parameter that the model's output depends on. The key third of `attn.in_proj_bias`
-    adds a constant to every score of a query row, which softmax ignores: its true gradient is exactly zero,
-    so what reaches it is float rounding noise, and AdamW's bias-corrected update turns that noise into
-    steps of up to lr that differ between world sizes (2.7e-5 after 5 steps here) without changing the model."""
-    if name.endswith("attn.in_proj_bias"):
-        width = value.shape[0] // 3
-        return np.concatenate([value[:width], value[2 * width:]])
-    return value
-
-
-def max_param_diff(a: dict, b: dict) -> tuple:
-    assert a.keys() == b.keys()
-    return max((float(np.max(np.abs(function_part(k, a[k]) - function_part(k, b[k])))), k) for k in a)
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,11 @@ import sys
 
 import pytest
 import yaml
-from test_zeroshot import (
-    PER_CLASS,
-    RAW_NAMES,
-    WRONG,
-    determined_cifar_model,
-    draw_images,
-    expected_metrics,
-    write_cifar,
-)
 
 import clusters
+from cifar_files import RAW_NAMES, draw_images, write_cifar
 from clusters import clean_environ
+from determined_model import PER_CLASS, WRONG, determined_cifar_model, expected_metrics
 
 TIMEOUT = 240
 
@@ -62,6 +55,7 @@ def assert_designed(result, expected):
     assert list(result["per_class"].values()) == pytest.approx(expected["per_class"])
 
 
+@pytest.mark.processes
 def test_eval_script_writes_designed_accuracy_and_worst_classes(setup, repo_root):
     env = {**clean_env(), "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(repo_root / "scripts" / "run_eval.sh"), str(setup["config"])],
@@ -76,6 +70,7 @@ def test_eval_script_writes_designed_accuracy_and_worst_classes(setup, repo_root
     assert not [p for p in os.listdir(setup["root"] / "run") if p.endswith(".tmp")]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("args, message", [
     (["--set", "data.eval.path=/nonexistent/cifar"], "error: data.eval.path: dataset directory '/nonexistent/cifar' does not exist"),
     (["--checkpoint", "/nonexistent/w.ckpt"], "error: --checkpoint '/nonexistent/w.ckpt' does not exist"),
@@ -99,7 +94,7 @@ def run_cluster(args, world_size, cwd):
     return clusters.run_cluster([sys.executable, "-m", "clip.eval", *args], world_size, cwd, clean_env(), TIMEOUT)
 
 
-@pytest.mark.slow
+@pytest.mark.processes
 @pytest.mark.parametrize("sharded", [True, False], ids=["sharded", "rank0"])
 def test_two_worker_cluster_gives_single_card_numbers(setup, tmp_path, sharded):
     out = tmp_path / "run"
@@ -117,6 +112,7 @@ def test_two_worker_cluster_gives_single_card_numbers(setup, tmp_path, sharded):
     assert ("rank 0 evaluates" in logs["worker_1"]) is not sharded
 
 
+@pytest.mark.processes
 def test_rank_failing_under_the_launcher_is_named_with_its_error(setup, tmp_path):
     """clip.eval as a 2-worker launcher job whose dataset is missing on rank 1's node (simulated by a per-rank
     path): rank 1 writes its error file, the launcher names it as the root cause with the one-line message

@@ -61,6 +61,7 @@ def test_same_table_as_hccl_tools(tmp_path, device_num, visible, cards):
     assert ours == hccl_tools_table(device_num, visible, "10.0.0.7", device_ips, cards)
 
 
+@pytest.mark.processes
 def test_the_command_line_spelling(tmp_path, clean_env):
     """`launcher ranktable --device_num "[0,4)" --visible_devices 4,5,6,7` as people paste it."""
     (tmp_path / "hccn.conf").write_text(hccn_text(range(8)))

@@ -72,6 +72,7 @@ def _install_tool(bin_dir, body):
     tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
 
 
+@pytest.mark.processes
 def test_hccn_tool_on_path_is_preferred_in_auto_mode(tmp_path, monkeypatch):
     # A stand-in for the driver's hccn_tool: prints the format of `hccn_tool -i <chip> -ip -g`.
     _install_tool(tmp_path, 'echo "ipaddr:10.9.0.$2"\necho "netmask:255.255.255.0"\n')
@@ -82,6 +83,7 @@ def test_hccn_tool_on_path_is_preferred_in_auto_mode(tmp_path, monkeypatch):
     assert hccn.device_ips([0, 3], conf, source="file") == {0: "192.168.100.101", 3: "192.168.103.101"}
 
 
+@pytest.mark.processes
 def test_hccn_tool_failure_and_duplicates_are_user_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     _install_tool(tmp_path, 'echo "device $2 not found" >&2\nexit 1\n')

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,6 +28,7 @@ def peak_rss_kib(argv: list, cwd: Path) -> int:
     return usage.ru_maxrss
 
 
+@pytest.mark.processes
 def test_a_1_by_100000_png_costs_what_a_normal_image_costs(tmp_path):
     import mindspore as ms
 
@@ -68,6 +70,7 @@ def test_cropping_before_resizing_gives_the_same_pixels():
         assert fast.size == (size, size) and diff.max() <= 1, (width, height, mode, diff.max())
 
 
+@pytest.mark.processes
 def test_huge_jpegs_are_decoded_at_a_reduced_scale(tmp_path):
     """A 6400 x 4800 (31 MP) JPEG decodes at 1/4 scale, still at least twice the largest model input per side;
     a 12 MP photo decodes in full."""

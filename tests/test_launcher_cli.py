@@ -7,6 +7,8 @@ import pytest
 
 from launcher import ranktable
 
+pytestmark = pytest.mark.processes
+
 
 def launcher(cwd, env, *args, module=("-m", "launcher")):
     return subprocess.run([sys.executable, *module, *args], cwd=cwd, env=env, capture_output=True, text=True,

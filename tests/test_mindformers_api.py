@@ -11,7 +11,6 @@ import mindspore as ms
 import numpy as np
 import pytest
 from PIL import Image
-from test_zeroshot import RAW_NAMES, draw_images, write_cifar
 
 import clip
 from clip.api.app import config_from, dataset_from_path
@@ -22,6 +21,8 @@ from clip.model import CLIPModel, create_model
 from clip.model.architectures import CLIPConfig
 from launcher.backends import dynamic
 from launcher.errors import UserError
+
+from cifar_files import RAW_NAMES, draw_images, write_cifar
 
 TINY_RUN = {"model.name": "clip_tiny", "data.train.num_samples": 16, "data.eval.num_samples": 24,
             "train": {"batch_size": 4, "max_steps": 2, "mode": "pynative", "lr": 1e-3, "resume": "none",

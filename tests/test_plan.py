@@ -127,6 +127,7 @@ def parse_dry_run(stdout):
     return blocks
 
 
+@pytest.mark.processes
 def test_dry_run_cluster(env, tmp_path):
     result = launcher(["-n", "2", "--backend", "cluster", "--master-port", "29611", "--bind-cores",
                        "--log-dir", str(tmp_path / "logs"), "--dry-run", "--", "sh", "job.sh", "--lr", "0.1"],
@@ -149,6 +150,7 @@ HCCN = "".join(f"address_{chip}=192.98.{chip % 4}.{10 + chip}\nnetmask_{chip}=25
                for chip in range(8))
 
 
+@pytest.mark.processes
 def test_dry_run_ascend_generates_table_from_hccn_conf(env, tmp_path):
     conf = tmp_path / "hccn.conf"
     conf.write_text(HCCN)
@@ -165,6 +167,7 @@ def test_dry_run_ascend_generates_table_from_hccn_conf(env, tmp_path):
     assert not logs.exists()
 
 
+@pytest.mark.processes
 def test_dry_run_ascend_with_merged_table_picks_this_servers_devices(env, tmp_path):
     ips = {chip: f"192.98.0.{10 + chip}" for chip in (4, 5)}
     other = {chip: f"192.99.0.{10 + chip}" for chip in (4, 5)}
@@ -180,6 +183,7 @@ def test_dry_run_ascend_with_merged_table_picks_this_servers_devices(env, tmp_pa
         "rank 3": {"DEVICE_ID": "5", "RANK_ID": "3", "RANK_SIZE": "4", "RANK_TABLE_FILE": str(path)}}
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("args, message", [
     (["-n", "0", "--", "sh"], "--nproc 0: expected at least 1"),
     (["-n", "2"], "no command to run"),

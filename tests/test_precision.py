@@ -13,7 +13,11 @@ import subprocess
 
 import numpy as np
 import pytest
-from test_equivalence import (
+
+from clip.train.precision import check_resume, model_dtype
+from launcher.errors import UserError
+
+from training_runs import (
     REPO,
     TINY,
     clean_env,
@@ -26,9 +30,6 @@ from test_equivalence import (
     start_training,
     train_command,
 )
-
-from clip.train.precision import check_resume, model_dtype
-from launcher.errors import UserError
 
 FP16 = [o for o in TINY if not o.startswith("train.max_steps")] + [
     "train.precision=fp16", "train.max_steps=6", "train.save_every=1", "train.keep_last=10"]
@@ -62,6 +63,7 @@ def resumed(runs):
     return runs, first.stdout
 
 
+@pytest.mark.processes
 def test_fp16_on_two_workers_trains_like_one(runs):
     base = runs
     ref, got = losses(base / "w1"), losses(base / "w2")
@@ -75,6 +77,7 @@ def test_fp16_on_two_workers_trains_like_one(runs):
     assert diff <= 1e-3, f"{key} differs by {diff:.3g}"
 
 
+@pytest.mark.processes
 def test_forced_overflow_is_skipped_on_every_rank_and_training_goes_on(runs):
     import mindspore as ms
 
@@ -105,7 +108,7 @@ def test_forced_overflow_is_skipped_on_every_rank_and_training_goes_on(runs):
     assert (out / "logs" / "worker_1.log").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.processes
 def test_fp16_resume_equals_the_uninterrupted_run(resumed):
     base, first = resumed
     assert "stopped at step 3 of 6" in first
@@ -121,6 +124,7 @@ def test_fp16_resume_equals_the_uninterrupted_run(resumed):
     assert all(abs(split_losses[s] - straight_losses[s]) <= 1e-6 * straight_losses[s] for s in straight_losses)
 
 
+@pytest.mark.processes
 def test_resume_under_another_precision_is_refused(runs):
     out = runs / "overflow"
     cmd = train_command(FP16 + ["train.batch_size=8", "train.precision=fp32", "train.resume=auto",
@@ -131,6 +135,7 @@ def test_resume_under_another_precision_is_refused(runs):
     assert len(errors) == 1 and "train.precision fp16" in errors[0] and "resume_reset_scaler" in errors[0]
 
 
+@pytest.mark.processes
 def test_too_many_skipped_steps_in_a_row_end_the_run_with_one_line(tmp_path):
     out = tmp_path / "diverged"
     cmd = train_command(FP16 + ["train.batch_size=8", "train.loss_scale_init=1e38", "train.max_skipped_steps=2",

@@ -8,9 +8,11 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from test_zeroshot import determine, draw_images, preprocess, tiny_model
 
 from launcher.errors import UserError
+
+from cifar_files import draw_images
+from determined_model import determine, preprocess, tiny_model
 
 LABELS = ["red square", "green circle", "blue triangle"]
 TEMPLATE = "a photo of a {}."
@@ -130,6 +132,7 @@ def run_predict(args, cwd):
                           timeout=240)
 
 
+@pytest.mark.processes
 def test_cli_json_over_a_directory_and_script_table(setup, tmp_path, repo_root):
     proc = run_predict(["--checkpoint", setup["ckpt"], "--image", str(setup["root"] / "imgs"),
                         "--labels", ", ".join(LABELS), "--top-k", "2", "--json"], tmp_path)
@@ -148,6 +151,7 @@ def test_cli_json_over_a_directory_and_script_table(setup, tmp_path, repo_root):
         setup["expected"][2].max(), abs=1e-4)
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("args, message", [
     (["--image", "{root}/nope.png"], "error: image '{root}/nope.png' does not exist"),
     (["--image", "{root}/junk.png"], "error: image '{root}/junk.png' cannot be read"),

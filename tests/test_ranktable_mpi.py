@@ -10,6 +10,8 @@ import pytest
 
 from launcher import ranktable
 
+pytestmark = pytest.mark.processes
+
 SERVER_IPS = {0: "10.20.0.2", 1: "10.20.0.1"}  # MPI rank 0 has the higher IP: merge order is by IP
 
 

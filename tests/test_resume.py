@@ -10,7 +10,11 @@ import time
 
 import psutil
 import pytest
-from test_equivalence import (
+
+from launcher import worker
+from launcher.backends import dynamic
+
+from training_runs import (
     REPO,
     TINY,
     clean_env,
@@ -23,8 +27,7 @@ from test_equivalence import (
     train_command,
 )
 
-from launcher import worker
-from launcher.backends import dynamic
+pytestmark = pytest.mark.processes
 
 STEPS = ["train.max_steps=6", "train.batch_size=8", "loss.mode=local", "train.save_every=2",
          "train.keep_last=1"]
@@ -102,7 +105,6 @@ def _worker(launcher: "psutil.Process", rank: int):
     return None
 
 
-@pytest.mark.slow
 def test_killed_worker_restarts_and_resumes_to_the_uninterrupted_parameters(tmp_path):
     """The launcher's --max-restarts with train.resume=auto: SIGKILL rank 1 after the first checkpoint; the
     restarted job resumes from it and ends exactly where the same job ends without the crash (on one card
@@ -136,7 +138,6 @@ def test_killed_worker_restarts_and_resumes_to_the_uninterrupted_parameters(tmp_
     assert diff <= 1e-5, f"{key} differs by {diff:.3g} after a crash and restart"
 
 
-@pytest.mark.slow
 def test_sigterm_to_the_launcher_saves_at_a_step_boundary_and_resume_equals_uninterrupted(resumed, tmp_path):
     """Pre-emption: SIGTERM to the launcher mid-run; every worker stops at the same step with a checkpoint,
     exit code 75 reported as "pre-empted, resumable"; `train.resume: auto` then ends where the straight run

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from test_zeroshot import determine, draw_images, preprocess, tiny_model
 
 from clip.data import DatasetConfig, build_train_source
+
+from cifar_files import draw_images
+from determined_model import determine, preprocess, tiny_model
 
 N_IMAGES = 6
 CAPTIONS = [[f"picture number {i} of the set", f"the drawing called item {i}"] for i in range(N_IMAGES)]
@@ -106,6 +108,7 @@ def test_swapped_captions_cost_exactly_their_recall_at_1(determined):
     assert r["text_to_image_R@1"] == pytest.approx(100 * 8 / 12)
 
 
+@pytest.mark.processes
 def test_eval_cli_retrieval_task(determined, tmp_path):
     import mindspore as ms
 

@@ -13,6 +13,8 @@ from launcher.run import free_port
 
 from jobs.processes import leftovers
 
+pytestmark = pytest.mark.processes
+
 JOB = Path(__file__).resolve().parent / "jobs" / "collective_job.py"
 TIMEOUT = 180
 
@@ -55,7 +57,6 @@ def test_two_workers_collectives_tee_and_bound_cores(python_exe, clean_env, tmp_
     assert leftovers(str(tmp_path)) == []
 
 
-@pytest.mark.slow
 def test_four_workers_collectives(python_exe, clean_env, tmp_path):
     run = launch(python_exe, clean_env, tmp_path, 4)
     assert run.returncode == 0, run.stderr
@@ -67,9 +68,8 @@ def test_four_workers_collectives(python_exe, clean_env, tmp_path):
 
 @pytest.mark.parametrize("mode, exit_code, detail", [
     ("exit3", 3, "exit code 3"),
-    pytest.param("raise", 1, "RuntimeError: collective_job: deliberate failure on rank 1",
-                 marks=pytest.mark.slow),
-    pytest.param("sigkill", 137, "signal SIGKILL (exit code 137)", marks=pytest.mark.slow),
+    ("raise", 1, "RuntimeError: collective_job: deliberate failure on rank 1"),
+    ("sigkill", 137, "signal SIGKILL (exit code 137)"),
 ])
 def test_worker_failure_ends_the_job(python_exe, clean_env, tmp_path, mode, exit_code, detail):
     run = launch(python_exe, clean_env, tmp_path, 2, job_args=("--fail-mode", mode, "--fail-rank", "1"))
@@ -107,7 +107,6 @@ def test_signal_to_launcher_stops_the_whole_cluster(python_exe, clean_env, tmp_p
     assert leftovers(str(tmp_path)) == []
 
 
-@pytest.mark.slow
 def test_max_restarts_recovers(python_exe, clean_env, tmp_path):
     marker = tmp_path / "failed_once.json"
     run = launch(python_exe, clean_env, tmp_path, 2, "--max-restarts", "1",
@@ -120,7 +119,6 @@ def test_max_restarts_recovers(python_exe, clean_env, tmp_path):
     assert leftovers(str(tmp_path)) == []
 
 
-@pytest.mark.slow
 def test_two_launchers_as_two_nodes_on_loopback(python_exe, clean_env, tmp_path):
     port = str(free_port())
     nodes = [subprocess.Popen(launcher_cmd(python_exe, tmp_path, 1, "--nnodes", "2", "--node-rank", str(node),
@@ -183,7 +181,6 @@ def tiny_config(tmp_path):
     return "tiny.yaml"
 
 
-@pytest.mark.slow
 def test_run_distribute_trains_on_two_workers(clean_env, python_exe, tmp_path, tiny_config):
     run = subprocess.run(["bash", str(REPO / "scripts" / "run_distribute.sh"), "2", tiny_config,
                           "train.max_steps=1"], env={**clean_env, "PYTHON": python_exe}, cwd=tmp_path,
@@ -196,7 +193,6 @@ def test_run_distribute_trains_on_two_workers(clean_env, python_exe, tmp_path, t
     assert leftovers(str(tmp_path)) == []
 
 
-@pytest.mark.slow
 def test_run_standalone_is_one_pynative_process(clean_env, python_exe, tmp_path, tiny_config):
     env = {**clean_env, "PYTHON": python_exe, "MS_ROLE": "MS_WORKER", "RANK_SIZE": "8"}  # must be ignored
     run = subprocess.run(["bash", str(REPO / "scripts" / "run_standalone.sh"), tiny_config, "train.max_steps=1",

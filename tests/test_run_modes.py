@@ -9,10 +9,13 @@ import subprocess
 import sys
 
 import pytest
-from test_equivalence import REPO, clean_env
-from test_zeroshot import RAW_NAMES, draw_images, write_cifar
 
 from clip.data.shapes import render
+
+from cifar_files import RAW_NAMES, draw_images, write_cifar
+from training_runs import REPO, clean_env
+
+pytestmark = pytest.mark.processes
 
 LABELS = ["red circle", "blue square", "green cross"]
 CONFIG = """\

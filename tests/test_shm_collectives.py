@@ -92,30 +92,35 @@ def cluster(tmp_path_factory):
     return {"codes": codes, "logs": logs, "results": results}
 
 
+@pytest.mark.processes
 def test_both_workers_finish(cluster):
     failed = {name: text[-2000:] for name, text in cluster["logs"].items() if cluster["codes"][name] != 0}
     assert not failed, f"exit codes {cluster['codes']}\n{failed}"
     assert len(cluster["results"]) == 2
 
 
+@pytest.mark.processes
 def test_the_segment_leaves_no_name_behind(cluster):
     for res in cluster["results"]:
         assert res["shared"] is True
         assert res["segments_left"] == []
 
 
+@pytest.mark.processes
 def test_sums_across_chunk_boundaries_are_mindspores_bits(cluster):
     for res in cluster["results"]:
         assert len(res["sum_max_diff"]) == 6
         assert all(diff == 0.0 for diff in res["sum_max_diff"].values()), res["sum_max_diff"]
 
 
+@pytest.mark.processes
 def test_gathers_are_every_ranks_bytes_in_rank_order(cluster):
     for res in cluster["results"]:
         assert len(res["gather_exact"]) == 5
         assert all(res["gather_exact"].values()), res["gather_exact"]
 
 
+@pytest.mark.processes
 def test_ranks_that_disagree_get_an_error_not_a_hang(cluster):
     for res in cluster["results"]:
         message, seconds = res["mismatch"]
@@ -125,6 +130,7 @@ def test_ranks_that_disagree_get_an_error_not_a_hang(cluster):
     assert "ranks disagree on the order, kind or sizes of their collectives" in logs
 
 
+@pytest.mark.processes
 def test_a_new_segment_works_after_a_failed_one(cluster):
     for res in cluster["results"]:
         assert res["fresh"] == [[3.0, 3.0, 3.0], [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]]
@@ -164,6 +170,7 @@ def waits():
     return results
 
 
+@pytest.mark.processes
 def test_a_rank_waiting_for_an_exited_peer_fails_at_once_with_its_rank_and_pid(waits):
     out, err, pid = waits["exit"]
     assert "failed after" in out, out + err[-2000:]

@@ -37,6 +37,7 @@ def run(specs_for, max_restarts=0, grace=2.0, timeout=None, tee=()):
 SLEEP = "import time; time.sleep(120)"
 
 
+@pytest.mark.processes
 def test_success_tee_env_log_and_working_dirs(tmp_path):
     code = """
         import os, sys
@@ -55,6 +56,7 @@ def test_success_tee_env_log_and_working_dirs(tmp_path):
     assert "JOB_RANK=0" in env_log and any(line.startswith("PATH=") for line in env_log)
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("code, expected_rc, expected_text", [
     ("import sys; print('boom before exit'); sys.exit(3)", 3, "rank 1 failed with exit code 3"),
     ("raise ValueError('deliberate')", 1, "ValueError: deliberate"),
@@ -72,6 +74,7 @@ def test_first_failure_stops_everyone_fast(tmp_path, code, expected_rc, expected
     assert leftovers(str(tmp_path)) == []
 
 
+@pytest.mark.processes
 def test_sigterm_ignored_means_sigkill_after_grace_and_orphans_die(tmp_path):
     stubborn = """
         import signal, subprocess, sys, time
@@ -99,12 +102,14 @@ def test_sigterm_ignored_means_sigkill_after_grace_and_orphans_die(tmp_path):
     assert leftovers(str(tmp_path)) == []
 
 
+@pytest.mark.processes
 def test_timeout_stops_the_group(tmp_path):
     rc, _, err = run(lambda attempt: [spec(tmp_path, 0, SLEEP)], timeout=1.0)
     assert rc == 124 and "timeout after 1 s" in err
     assert leftovers(str(tmp_path)) == []
 
 
+@pytest.mark.processes
 def test_max_restarts_reruns_the_whole_group_with_own_log_dirs(tmp_path):
     code = """
         import os, sys
@@ -126,6 +131,7 @@ def test_max_restarts_reruns_the_whole_group_with_own_log_dirs(tmp_path):
     assert "marker: True" in (tmp_path / "attempt_1" / "worker_0.log").read_text()
 
 
+@pytest.mark.processes
 def test_restarts_exhausted_returns_the_failure(tmp_path):
     specs_for = lambda attempt: [spec(tmp_path, 0, "import sys; sys.exit(7)",  # noqa: E731
                                       log_dir=plan.attempt_log_dir(str(tmp_path), attempt, 2))]
@@ -134,6 +140,7 @@ def test_restarts_exhausted_returns_the_failure(tmp_path):
     assert (tmp_path / "attempt_2" / "worker_0.log").exists()
 
 
+@pytest.mark.processes
 def test_cores_are_bound_in_the_child(tmp_path):
     cores = sorted(psutil.Process().cpu_affinity())
     blocks = plan.split_cores(cores, 2)
@@ -165,6 +172,7 @@ def start_driver(tmp_path, clean_env):
     return proc
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_to_launcher_reaches_every_worker(tmp_path, clean_env, signum):
     proc = start_driver(tmp_path, clean_env)
@@ -175,6 +183,7 @@ def test_signal_to_launcher_reaches_every_worker(tmp_path, clean_env, signum):
     assert leftovers(str(tmp_path)) == []
 
 
+@pytest.mark.processes
 def test_launcher_killed_with_sigkill_takes_workers_along(tmp_path, clean_env):
     proc = start_driver(tmp_path, clean_env)
     proc.kill()
@@ -182,6 +191,7 @@ def test_launcher_killed_with_sigkill_takes_workers_along(tmp_path, clean_env):
     assert leftovers(str(tmp_path), settle=5.0) == []
 
 
+@pytest.mark.processes
 def test_unstartable_process_stops_the_ones_already_started(tmp_path):
     missing = plan.WorkerSpec("worker", 1, (str(tmp_path / "missing_program"),), str(tmp_path), {}, None,
                               str(tmp_path / "worker_1.log"))

@@ -6,10 +6,11 @@ import subprocess
 
 import numpy as np
 import pytest
-from test_equivalence import REPO, clean_env, run_training, train_command
 
 from clip.train import checkpoint, runlog
 from launcher.errors import UserError
+
+from training_runs import REPO, clean_env, run_training, train_command
 
 # ---------------------------------------------------------------- pure parts
 
@@ -110,6 +111,7 @@ def test_plot_writes_a_png(tmp_path):
 
 # ---------------------------------------------------------------- the command line
 
+@pytest.mark.processes
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(train_command(["train.lr=fast", f"output_dir={out}"]), cwd=REPO, env=clean_env(),
@@ -130,6 +132,7 @@ def single_run(tmp_path_factory):
     return out, proc.stdout
 
 
+@pytest.mark.processes
 def test_single_card_run_writes_every_output(single_run):
     out, stdout = single_run
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "metrics.png"]
@@ -152,6 +155,7 @@ def test_single_card_run_writes_every_output(single_run):
     assert len(final) == 1 and f"{evals[-1]['eval_top1']:.2f}%" in final[0] and "24 classes" in final[0]
 
 
+@pytest.mark.processes
 def test_training_checkpoint_loads_as_model_weights(single_run):
     """last.ckpt keeps OpenAI parameter names, so evaluation and prediction can load it directly."""
     import mindspore as ms

@@ -2,153 +2,31 @@
 
 The "determined model" is the real clip_tiny whose visual projection is solved (least squares) so that
 each test image's feature has chosen scores against the classifier; the expected accuracy then follows
-from the design, not from running the code under test. The helpers here are shared by the other
-evaluation tests.
+from the design, not from running the code under test (tests/determined_model.py, shared with the other
+evaluation tests).
 """
-import functools
 import hashlib
 import os
 import pickle
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from clip.data.base import DatasetConfig
 from launcher.errors import UserError
 
-RAW_NAMES = ["apple", "aquarium_fish", "maple_tree", "lawn_mower", "bus", "rose", "sweet_pepper", "whale"]
-CLEAN_NAMES = ["apple", "aquarium fish", "maple tree", "lawn mower", "bus", "rose", "sweet pepper", "whale"]
-PER_CLASS = 4
-# Image index -> (predicted class, label still in the top 5?) for the images the model gets wrong.
-WRONG = {1: (3, True), 2: (5, False), 13: (2, True), 22: (4, False), 30: (6, True)}
-
-
-# ---------------------------------------------------------------- shared helpers
-
-def draw_images(n_classes: int, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Class c: its own background colour and shape, jittered position and pixel noise. uint8 [N,32,32,3]."""
-    rng = np.random.default_rng(seed)
-    backgrounds = rng.integers(0, 256, (n_classes, 3))
-    images, labels = [], []
-    for c in range(n_classes):
-        for _ in range(per_class):
-            img = Image.new("RGB", (32, 32), tuple(int(v) for v in backgrounds[c]))
-            draw = ImageDraw.Draw(img)
-            x, y = rng.integers(4, 12, 2)
-            box = [int(x), int(y), int(x) + 16, int(y) + 16]
-            fill = tuple(int(v) for v in 255 - backgrounds[c])
-            [draw.rectangle, draw.ellipse, lambda b, fill: draw.polygon(
-                [(b[0], b[3]), (b[2], b[3]), ((b[0] + b[2]) // 2, b[1])], fill=fill)][c % 3](box, fill=fill)
-            arr = np.asarray(img).astype(np.int64) + rng.integers(-30, 31, (32, 32, 3))
-            images.append(np.clip(arr, 0, 255).astype(np.uint8))
-            labels.append(c)
-    return np.stack(images), np.asarray(labels)
-
-
-def write_cifar(root: str, images: np.ndarray, labels: np.ndarray, raw_names: list) -> str:
-    """The real CIFAR-100 python layout: pickled dicts with bytes keys, rows R(1024) G(1024) B(1024)."""
-    folder = os.path.join(root, "cifar-100-python")
-    os.makedirs(folder, exist_ok=True)
-    rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-    split = {b"batch_label": b"testing batch 1 of 1", b"fine_labels": [int(v) for v in labels],
-             b"coarse_labels": [0] * len(labels), b"data": rows,
-             b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))]}
-    meta = {b"fine_label_names": [n.encode() for n in raw_names], b"coarse_label_names": [b"all"]}
-    for name, obj in (("test", split), ("train", split), ("meta", meta)):
-        with open(os.path.join(folder, name), "wb") as f:
-            pickle.dump(obj, f, protocol=2)
-    return root
-
-
-def tiny_model(seed: int = 0):
-    import mindspore as ms
-
-    from clip.model import create_model
-
-    ms.set_seed(seed)
-    model = create_model("clip_tiny")
-    model.set_train(False)
-    return model
-
-
-def preprocess(images: np.ndarray, image_size: int) -> np.ndarray:
-    from clip.model.transforms import image_transform
-
-    t = image_transform(image_size)
-    return np.stack([t(Image.fromarray(a)) for a in images]).astype(np.float32)
-
-
-def direct_text_embeddings(model, classnames, templates) -> np.ndarray:
-    """Normalised class embeddings [C, E], one class at a time, straight from the model (the reference)."""
-    import mindspore as ms
-
-    from clip.model.tokenizer import tokenize
-
-    rows = []
-    for name in classnames:
-        tokens = tokenize([t.format(name) for t in templates], model.config.context_length)
-        feats = model.encode_text(ms.Tensor(tokens)).asnumpy().astype(np.float64)
-        feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-        mean = feats.mean(axis=0)
-        rows.append(mean / np.linalg.norm(mean))
-    return np.stack(rows)
-
-
-def pre_projection_features(model, pixels: np.ndarray) -> np.ndarray:
-    """ln_post(class token) [N, width]: encode with the projection set to identity blocks."""
-    import mindspore as ms
-
-    width, embed = model.config.vision_width, model.config.embed_dim
-    saved = model.visual.proj.asnumpy()
-    blocks = []
-    for start in range(0, width, embed):
-        proj = np.zeros((width, embed), np.float32)
-        cols = min(embed, width - start)
-        proj[start:start + cols, :cols] = np.eye(cols, dtype=np.float32)
-        model.visual.proj.set_data(ms.Tensor(proj))
-        blocks.append(model.encode_image(ms.Tensor(pixels)).asnumpy()[:, :cols])
-    model.visual.proj.set_data(ms.Tensor(saved))
-    return np.concatenate(blocks, axis=1).astype(np.float64)
-
-
-def determine(model, pixels: np.ndarray, class_embeddings: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Set visual.proj so that image i's feature g_i has g_i . class_embeddings[c] = scores[i, c] exactly.
-    Returns the features g [N, E]."""
-    import mindspore as ms
-
-    targets = scores @ np.linalg.pinv(class_embeddings.T)  # g with W^T g = s (C <= E, W full rank)
-    basis = pre_projection_features(model, pixels)
-    proj, *_ = np.linalg.lstsq(basis, targets, rcond=None)
-    model.visual.proj.set_data(ms.Tensor(proj.astype(np.float32)))
-    return targets
-
-
-def designed_scores(labels: np.ndarray, n_classes: int, wrong: dict, seed: int = 1) -> np.ndarray:
-    """Score rows: the right class 1.0, others in [0.2, 0.5]; for wrong[i] = (p, in_top5) class p gets 1.0
-    and the label 0.9 (second place) or -1.0 (last place)."""
-    rng = np.random.default_rng(seed)
-    scores = rng.uniform(0.2, 0.5, (len(labels), n_classes))
-    for i, label in enumerate(labels):
-        predicted, in_top5 = wrong.get(i, (label, True))
-        scores[i, predicted] = 1.0
-        if predicted != label:
-            scores[i, label] = 0.9 if in_top5 else -1.0
-    return scores
-
-
-def expected_metrics(labels: np.ndarray, n_classes: int, wrong: dict) -> dict:
-    n = len(labels)
-    top1_hits = np.array([i not in wrong for i in range(n)])
-    top5_hits = np.array([i not in wrong or wrong[i][1] for i in range(n)])
-    per_class = [100.0 * top1_hits[labels == c].mean() for c in range(n_classes)]
-    return {"top1": 100.0 * top1_hits.mean(), "top5": 100.0 * top5_hits.mean(), "per_class": per_class, "n": n}
-
-
-def shipped_templates() -> list:
-    from clip.data.cifar100 import shipped_prompts
-
-    return shipped_prompts()[1]
+from cifar_files import CLEAN_NAMES, RAW_NAMES, draw_images, write_cifar
+from determined_model import (
+    PER_CLASS,
+    WRONG,
+    determined_cifar_model,
+    direct_text_embeddings,
+    expected_metrics,
+    preprocess,
+    shipped_templates,
+    tiny_model,
+)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -162,18 +40,6 @@ def drawn():
 def cifar_root(tmp_path_factory, drawn):
     images, labels = drawn
     return write_cifar(str(tmp_path_factory.mktemp("cifar")), images, labels, RAW_NAMES)
-
-
-@functools.lru_cache(maxsize=1)
-def determined_cifar_model():
-    """clip_tiny with its projection solved for the drawn images under the 18 CIFAR templates (built once
-    per session; nothing modifies it)."""
-    images, labels = draw_images(len(RAW_NAMES), PER_CLASS)
-    model = tiny_model()
-    embeddings = direct_text_embeddings(model, CLEAN_NAMES, shipped_templates())
-    determine(model, preprocess(images, model.config.image_size), embeddings,
-              designed_scores(labels, len(RAW_NAMES), WRONG))
-    return model
 
 
 @pytest.fixture(scope="module")
