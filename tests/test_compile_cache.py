@@ -1,13 +1,22 @@
-"""clip.compile_cache: the cache key (pure), one writer per key directory, and, on real runs, that the same
-graph launched again from a new output_dir reuses the cached train step with identical results, that a
-changed learning rate (an input of the graph) reuses it correctly, and that a changed constant compiles its own."""
+"""clip.train.compile_cache: the cache key (pure), one writer per key directory, and, on real runs, that the
+same graph launched again from a new output_dir reuses the cached train step with identical results, that a
+changed learning rate (an input of the graph) reuses it correctly, that a changed constant compiles its own,
+that a 2-rank job whose ranks fall back from shared memory to MindSpore's transport never reads the shared-memory
+graph, and that a program run with `python -c` or from stdin trains (without the cache)."""
 import dataclasses
 import fcntl
+import json
 import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from clip.config import RunConfig
+from clip.native import kernels, shm_collectives
 from clip.train.compile_cache import (
     COMPLETE,
     ENABLE,
@@ -17,12 +26,17 @@ from clip.train.compile_cache import (
     cache_key,
     cache_root,
     claim,
+    graph_environment,
     graph_fields,
+    main_is_a_file,
     stop_caching,
 )
 
+from clusters import clean_environ
+
 from training_runs import TINY, finish_training, max_param_diff, model_params, start_training
 
+REPO = Path(__file__).resolve().parent.parent
 VERSIONS = {"mindspore": "2.10.0", "python": "3.11", "sources": "abc", "device_target": "CPU"}
 
 
@@ -159,3 +173,124 @@ def test_changed_constant_compiles_its_own_graph_and_only_the_train_step_is_cach
     assert not any((base / name / "compile_cache").exists() for name in params)
     # Runs are bit-reproducible (see above): a stale graph would reproduce the first run's parameters exactly.
     assert max_param_diff(params["cold"], params["beta2"])[0] > 0.0
+
+
+# ---------------------------------------------------------------- the environment, the transport, the main module
+
+def test_the_key_keeps_exactly_the_variables_that_change_the_graph():
+    env = {"CLIP_PROFILE": "stock", "CLIP_SHM_COLLECTIVES": "off", "MS_DEV_JIT_SYNTAX_LEVEL": "0",
+           "MS_DEV_RUNTIME_CONF": "memory_statistics:True", "MS_ENABLE_LCCL": "1", "MS_ALLOC_CONF": "enable_vmm:True",
+           "MS_FORMAT_MODE": "1",
+           # start-up, timeouts, logging and paths: not the graph
+           "MS_SCHED_PORT": "8118", "MS_NODE_ID": "1", "MS_CPU_COMM_OP_TIMEOUT": "7200", "GLOG_v": "3",
+           "CLIP_SHM_COLLECTIVES_TIMEOUT": "5", "CLIP_KERNEL_DIR": "/k", "HOME": "/root", ROOT_ENV: "/c"}
+    assert list(graph_environment(env)) == ["CLIP_PROFILE", "CLIP_SHM_COLLECTIVES", "MS_ALLOC_CONF",
+                                            "MS_DEV_JIT_SYNTAX_LEVEL", "MS_DEV_RUNTIME_CONF", "MS_ENABLE_LCCL",
+                                            "MS_FORMAT_MODE"]
+    base = cache_key(config(), 2, 0, {**VERSIONS, "environment": {}})
+    for name in graph_environment(env):
+        assert cache_key(config(), 2, 0, {**VERSIONS, "environment": {name: env[name]}}) != base, name
+
+
+def test_the_profile_and_the_transport_change_the_key():
+    native = {**VERSIONS, "profile": "native", "transport": "shm", "kernels": "/k/kernels.so"}
+    base = cache_key(config(), 2, 0, native)
+    assert cache_key(config(), 2, 0, {**native, "transport": "mindspore"}) != base
+    assert cache_key(config(), 2, 0, {**native, "profile": "stock", "kernels": "off"}) != base
+
+
+def test_mindspores_cache_is_used_only_when_the_main_module_is_a_file(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("")
+    assert main_is_a_file([str(script)])
+    for argv in (["-c"], ["-"], [""], [], [str(tmp_path / "gone.py")], [str(tmp_path)]):
+        assert not main_is_a_file(argv), argv
+
+
+def private_kernels(root: Path) -> Path:
+    """The session's two CPU libraries, copied under `root` as a build there would place them."""
+    for source in (kernels.SOURCE, shm_collectives.SOURCE):
+        built = Path(kernels.build(source_file=source))
+        shutil.copytree(built.parent, root / built.parent.name, dirs_exist_ok=True)
+    return root
+
+
+def key_files(root: Path) -> dict:
+    """key -> what `<key>.json` says the directory holds."""
+    return {p.stem: json.loads(p.read_text()) for p in root.glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def transports(tmp_path_factory):
+    """A 2-rank job on shared memory, then the same job once the shared-memory library no longer loads, so the
+    ranks agree on MindSpore's transport at run time with the same config and environment; one cache root.
+    -> (root, keys after the first job, keys after the second, the second job's worker logs)."""
+    base = tmp_path_factory.mktemp("transports")
+    root, kernel_dir = base / "cache", private_kernels(base / "kernels")
+    env = {**clean_environ(), "PYTHONUNBUFFERED": "1", "GLOG_v": "3", ROOT_ENV: str(root),
+           "CLIP_KERNEL_DIR": str(kernel_dir)}
+    overrides = ["model.name=clip_tiny", "data.train.type=shapes", "data.train.num_samples=16", "data.eval=null",
+                 "train.max_steps=1", "train.batch_size=4", "train.num_workers=0", "train.resume=none",
+                 "train.mode=graph"]
+    seen, logs = [], ""
+    for run in ("shm", "mindspore"):
+        if run == "mindspore":
+            for library in kernel_dir.glob("*/shm_collectives.so"):
+                library.write_bytes(library.read_bytes()[:300])
+        out = base / run
+        command = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", "2", "--log-dir",
+                   str(out / "logs"), "--no-chdir", "--tee", "0", "--", sys.executable, "-m", "clip.train"]
+        for override in overrides + [f"output_dir={out}"]:
+            command += ["--set", override]
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        logs = "".join(p.read_text(errors="replace") for p in sorted((out / "logs").glob("worker_*.log")))
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:] + logs[-3000:]
+        seen.append(key_files(root))
+    return root, seen[0], seen[1], logs
+
+
+@pytest.mark.processes
+def test_a_switched_transport_compiles_and_caches_its_own_graph(transports):
+    root, first, both, second_logs = transports
+    assert sorted((k["rank"], k["versions"]["transport"]) for k in first.values()) == [(0, "shm"), (1, "shm")]
+    second = {key: inputs for key, inputs in both.items() if key not in first}
+    assert sorted((k["rank"], k["versions"]["transport"]) for k in second.values()) == [(0, "mindspore"),
+                                                                                        (1, "mindspore")]
+    assert "cannot load the cached" in second_logs  # the ranks fell back at run time
+    for key, inputs in second.items():  # the same job in every other respect
+        twin = next(k for k in first.values() if k["rank"] == inputs["rank"])
+        assert inputs["config"] == twin["config"]
+        assert {**inputs["versions"], "transport": "shm"} == twin["versions"]
+    # every key has its own complete directory with its rank's graph: the second job wrote, never read, one
+    for key in both:
+        assert (root / key / COMPLETE).is_file()
+        assert any((root / key / f"rank_{both[key]['rank']}").rglob("*.mindir")), key
+
+
+README_SNIPPET = textwrap.dedent("""
+    from clip import Trainer
+
+    trainer = Trainer(task="contrastive_language_image_pretrain", model="clip_tiny",
+                      config={"output_dir": OUTPUT_DIR, "train.max_steps": 2, "data.eval.num_samples": 16})
+    trainer.train()
+    print(trainer.evaluate()["top1"])
+""")
+
+
+@pytest.mark.processes
+def test_the_readme_trainer_snippet_runs_with_python_c_and_from_stdin(tmp_path):
+    """MindSpore's cache reads sys.argv[0] as the main module's source: "-c" and "-" are no files."""
+    env = {**clean_environ(), "PYTHONUNBUFFERED": "1", "GLOG_v": "3", ROOT_ENV: str(tmp_path / "cache")}
+    started = {}
+    for how in ("c", "stdin"):
+        code = README_SNIPPET.replace("OUTPUT_DIR", repr(str(tmp_path / how)))
+        argv, stdin = ([sys.executable, "-c", code], None) if how == "c" else ([sys.executable, "-"], code)
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        started[how] = (proc, stdin)
+    for how, (proc, stdin) in started.items():
+        out, err = proc.communicate(stdin, timeout=600)
+        assert proc.returncode == 0, f"{how}: {err[-3000:]}"
+        assert 0.0 <= float(out.strip().splitlines()[-1]) <= 100.0
+        assert (tmp_path / how / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "cache").exists()  # trained without MindSpore's cache

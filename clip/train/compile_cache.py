@@ -9,8 +9,10 @@ numbers. So this module
 - keys the directory by everything the train step's graph depends on: the resolved config (less the
   fields that only steer the loop or feed the graph as inputs: output paths, data, the learning-rate
   schedule, logging, saving, evaluation cadence), world size, rank, device target, MindSpore and Python
-  versions, a hash of the clip and launcher sources (Python and C++) and the device profile in use
-  (clip.profiles: its name, transport and kernel library);
+  versions, a hash of the clip and launcher sources (Python and C++), the device profile in use
+  (clip.profiles: its name, its kernel library and the transport the ranks actually agreed on, so the key
+  is computed after the step's collectives are set up and before the step compiles) and every environment
+  variable that changes the graph (GRAPH_ENV); `<key>.json` beside each directory shows what it holds;
 - caches only the graphs compiled during the first train-step call (one for the plain step; one per phase,
   always in the same order, for the accumulating step) and turns caching off right after it, so that
   evaluation graphs, whose order and shapes depend on the data, are always compiled afresh;
@@ -21,7 +23,9 @@ numbers. So this module
 Because the key is exact, the cache is shared by every run of the user: `$CLIP_COMPILE_CACHE_DIR`,
 by default `~/.cache/mindclip/compile`, so a restart, a resume or the same job in a new output_dir starts
 its first step warm. `CLIP_COMPILE_CACHE_DIR=off` turns it off; a user who sets `MS_COMPILER_CACHE_PATH`
-or `MS_COMPILER_CACHE_ENABLE` takes over and this module stays out of the way.
+or `MS_COMPILER_CACHE_ENABLE` takes over and this module stays out of the way. A program whose main module
+is not a file (`python -c`, `python -` reading stdin, an interactive session) trains without the cache:
+MindSpore's cache opens `sys.argv[0]` as a source file and would fail on it.
 """
 from __future__ import annotations
 
@@ -48,6 +52,18 @@ LOOP_ONLY = ("output_dir", "data", "train.resume", "train.overwrite", "train.sto
              "train.lr", "train.lr_schedule", "train.min_lr", "train.warmup_steps", "train.max_steps",
              "train.epochs")
 _SOURCE_PACKAGES = ("clip", "launcher")
+# Environment variables that change the train step's graph, so that a run with another value never reads a
+# graph compiled without it: the device profile and its transport switch (their outcome is keyed too, see
+# `versions`); MindSpore's developer and feature switches, whole families because each release adds some
+# (MS_DEV_*: JIT syntax level, runtime config, kernel packets, graph-kernel flags, ...; MS_ENABLE_*); and its
+# named variables that choose kernels, formats, fusion, JIT modules or memory allocation. Listing one that
+# turns out not to matter costs a cold compile, never a wrong graph.
+GRAPH_ENV = ("CLIP_PROFILE", "CLIP_SHM_COLLECTIVES", "MS_ALLOC_CONF", "MS_FORMAT_MODE", "MS_JIT", "MS_JIT_MODULES",
+             "MS_JIT_IGNORE_MODULES", "MS_SIMULATION_LEVEL", "MS_ASCEND_CHECK_OVERFLOW_MODE", "MS_COMM_COMPILER_OPT",
+             "MS_CUSTOM_AOT_WHITE_LIST", "MS_OPTIMIZE_OP_IMPL", "MS_SYMBOL_ENGINE_OPTIMIZE", "MS_GPTO_OPTIONS",
+             "MS_AUTO_DYNAMIC_SHAPE_ENABLE", "MS_DISABLE_INTERNAL_KERNELS_LIST", "MS_INTERNAL_DISABLE_CUSTOM_KERNEL_LIST",
+             "MS_INTERNAL_ENABLE_CUSTOM_KERNEL_LIST", "GRAPH_OP_RUN")
+GRAPH_ENV_PREFIXES = ("MS_DEV_", "MS_ENABLE_")
 
 
 def graph_fields(config: Mapping) -> dict:
@@ -63,11 +79,27 @@ def graph_fields(config: Mapping) -> dict:
     return kept
 
 
-def cache_key(config: Mapping, world_size: int, rank: int, versions: Mapping[str, str]) -> str:
+def graph_environment(env: Mapping[str, str]) -> dict:
+    """The variables of `env` that change the graph (GRAPH_ENV), with their values (pure)."""
+    return {name: value for name, value in sorted(env.items())
+            if name in GRAPH_ENV or name.startswith(GRAPH_ENV_PREFIXES)}
+
+
+def key_inputs(config: Mapping, world_size: int, rank: int, versions: Mapping) -> dict:
+    """Everything the key is made of (pure); `versions` holds the versions, the profile and the environment."""
+    return {"config": graph_fields(config), "world_size": world_size, "rank": rank, "versions": dict(versions)}
+
+
+def cache_key(config: Mapping, world_size: int, rank: int, versions: Mapping) -> str:
     """Hex key of the train step's graph (pure): equal keys mean the same graph."""
-    blob = json.dumps({"config": graph_fields(config), "world_size": world_size, "rank": rank,
-                       "versions": dict(versions)}, sort_keys=True)
+    blob = json.dumps(key_inputs(config, world_size, rank, versions), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def main_is_a_file(argv: list) -> bool:
+    """Whether MindSpore's cache can read the program's main module (pure): it opens `sys.argv[0]` as Python
+    source, which is "-c" under `python -c` and "-" for a program read from stdin."""
+    return bool(argv) and argv[0] not in ("", "-", "-c") and os.path.isfile(argv[0])
 
 
 def cache_root(env: Mapping[str, str]) -> Optional[str]:
@@ -91,13 +123,15 @@ def source_hash(root: Optional[Path] = None) -> str:
     return digest.hexdigest()[:20]
 
 
-def versions() -> dict:
+def versions(env: Mapping[str, str] = os.environ) -> dict:
+    """What the graph depends on beyond the config: versions, sources, the device profile and the environment."""
     import mindspore as ms
 
     from clip import profiles
     # The device profile decides the graph's pieces: its name, transport and kernel library are in the key.
     return {"mindspore": ms.__version__, "python": platform.python_version(), "sources": source_hash(),
-            "device_target": ms.get_context("device_target"), **profiles.cache_fields()}
+            "device_target": ms.get_context("device_target"), **profiles.cache_fields(),
+            "environment": graph_environment(env)}
 
 
 @dataclass
@@ -133,13 +167,29 @@ def claim(root: str, key: str) -> Optional[Claim]:
 
 
 def enable_for_train_step(config: Mapping, world_size: int, rank: int, env=os.environ) -> Optional[Claim]:
-    """Point MindSpore's cache at this graph's directory before the train step compiles; None when the
-    cache is off, owned by the user, or being written by another process."""
+    """Point MindSpore's cache at this graph's directory before the train step compiles, and after its
+    collectives are set up (the transport is part of the key); None when the cache is off, owned by the user,
+    being written by another process, or when the main module is not a file."""
     root = cache_root(env)
-    held = claim(root, cache_key(config, world_size, rank, versions())) if root else None
+    if root is None or not main_is_a_file(sys.argv):
+        return None
+    inputs = key_inputs(config, world_size, rank, versions(env))
+    key = cache_key(config, world_size, rank, inputs["versions"])
+    held = claim(root, key)
     if held is not None:
         env[ENABLE], env[PATH] = "1", held.path
+        if held.lock is not None:  # the writer says what the directory holds
+            _write_json(os.path.join(root, key + ".json"), inputs)
     return held
+
+
+def _write_json(path: str, value: dict) -> None:
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(value, handle, indent=1, sort_keys=True)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass  # only a description: the cache works without it
 
 
 def stop_caching(held: Optional[Claim], env=os.environ) -> None:
