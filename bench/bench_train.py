@@ -16,6 +16,14 @@ pinned to one core each, with open_clip's sharded loss (--local-loss --gather-wi
 in one process at 2B. Inputs are fixed random
 tensors: the data pipeline is not measured. The first step (graph compilation) is reported separately
 and excluded from the rate. Load averages are recorded with every measurement (the machine is shared).
+
+    python bench/bench_train.py --profiles [--before 3cdb81d] [--rounds 2] --presets clip_tiny --batch 16
+
+measures instead, on 1 rank, the device profiles (clip/profiles.py) side by side in one run: the native
+profile (CPU's default), the same step of the code at commit `--before` (checked out into a temporary
+`git worktree`, its own bench worker run from there), the stock profile (`CLIP_PROFILE=stock`, what Ascend
+and GPU run), and open_clip with plain and fused AdamW. The MindSpore runs alternate for `--rounds`
+rounds and the best of each counts; results go to bench/results/profiles_<preset>.json with the CPU model.
 """
 from __future__ import annotations
 
@@ -193,19 +201,23 @@ def openclip_ddp_worker(args) -> None:
     dist.destroy_process_group()
 
 
-def run(cmd, timeout: float, extra_env: Optional[dict] = None) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_"))}
+def run(cmd, timeout: float, extra_env: Optional[dict] = None, cwd: Path = REPO) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_", "CLIP_PROFILE"))}
     env["GLOG_v"] = "3"
     env.update(extra_env or {})
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
 def measure(preset: str, batch: int, steps: int, kind: str, ranks: int, workdir: Path,
-            bind_cores: bool = False, extra_env: Optional[dict] = None) -> dict:
-    result = workdir / f"{preset}_{kind}_{ranks}_{batch}{'_mindspore_collectives' if extra_env else ''}.json"
-    worker = [sys.executable, str(Path(__file__).resolve()), f"--{kind}-worker", "--preset", preset,
+            bind_cores: bool = False, extra_env: Optional[dict] = None, code: Path = REPO, label: str = "") -> dict:
+    """One measurement in a fresh process; `code` is the source tree whose bench worker and clip package run."""
+    label = label or ("mindspore_collectives" if extra_env else "")
+    result = workdir / f"{preset}_{kind}_{ranks}_{batch}{'_' + label if label else ''}.json"
+    if code != REPO:
+        extra_env = {**(extra_env or {}), "PYTHONPATH": str(code)}
+    worker = [sys.executable, str(code / "bench" / "bench_train.py"), f"--{kind}-worker", "--preset", preset,
               "--batch", str(batch), "--steps", str(steps), "--result", str(result)]
     if kind == "openclip-ddp":
         worker = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] + \
@@ -215,12 +227,12 @@ def measure(preset: str, batch: int, steps: int, kind: str, ranks: int, workdir:
                   "--log-dir", str(workdir / f"logs_{preset}_{ranks}"), "--no-chdir"] + \
                  (["--bind-cores"] if bind_cores else []) + ["--"] + worker
     start = time.perf_counter()
-    run(worker, timeout=3600, extra_env=extra_env)
+    run(worker, timeout=3600, extra_env=extra_env, cwd=code)
     out = json.loads(result.read_text())
     out["wall_s"] = round(time.perf_counter() - start, 1)
     out["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     extra = f", fused {out['fused']['samples_per_s']:.2f}" if "fused" in out else ""
-    print(f"{preset:14s} {kind:10s} ranks={ranks} batch={batch}{' (MindSpore collectives)' if extra_env else ''}: {out['samples_per_s']:8.2f} samples/s{extra} "
+    print(f"{preset:14s} {kind:10s} ranks={ranks} batch={batch}{' (' + label + ')' if label else ''}: {out['samples_per_s']:8.2f} samples/s{extra} "
           f"(step {out['step_s']:.3f} s, first step {out['first_step_s']:.1f} s, load {out['load_avg'][0]})",
           flush=True)
     return out
@@ -259,6 +271,56 @@ def compare(preset: str, batch: int, steps: int, workdir: Path) -> dict:
     }
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def compare_profiles(preset: str, batch: int, steps: int, workdir: Path, before: str, rounds: int) -> dict:
+    """The native profile, the code at commit `before` and the stock profile, `rounds` times in turn (the best
+    of each counts), between two open_clip runs (the faster counts); ratios of each to open_clip."""
+    tree = workdir / "before"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), before], cwd=REPO, check=True,
+                   capture_output=True, text=True)
+    try:
+        anchor_runs = [measure(preset, batch, steps, "openclip", 1, workdir, label="first")]
+        runs: dict = {"native": [], "before": [], "stock": []}
+        for r in range(rounds):
+            runs["before"].append(measure(preset, batch, steps, "mindspore", 1, workdir, code=tree,
+                                          label=f"before_{r}"))
+            runs["native"].append(measure(preset, batch, steps, "mindspore", 1, workdir,
+                                          extra_env={"CLIP_PROFILE": "native"}, label=f"native_{r}"))
+            runs["stock"].append(measure(preset, batch, steps, "mindspore", 1, workdir,
+                                         extra_env={"CLIP_PROFILE": "stock"}, label=f"stock_{r}"))
+        anchor_runs.append(measure(preset, batch, steps, "openclip", 1, workdir, label="last"))
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+    plain = max(run["samples_per_s"] for run in anchor_runs)
+    fused = max(run["fused"]["samples_per_s"] for run in anchor_runs)
+    best = {name: max(rs, key=lambda run: run["samples_per_s"]) for name, rs in runs.items()}
+    out = {"before_commit": before, "batch": batch, "steps": steps, "rounds": rounds,
+           "samples_per_s": {name: [run["samples_per_s"] for run in rs] for name, rs in runs.items()},
+           "open_clip_samples_per_s": {"plain": [run["samples_per_s"] for run in anchor_runs],
+                                       "fused": [run["fused"]["samples_per_s"] for run in anchor_runs]},
+           "best": best, "open_clip": anchor_runs,
+           "ratio_native_vs_before": round(best["native"]["samples_per_s"] / best["before"]["samples_per_s"], 3),
+           "ratio_stock_vs_native": round(best["stock"]["samples_per_s"] / best["native"]["samples_per_s"], 3)}
+    for name in runs:
+        out[f"ratio_{name}_vs_open_clip_adamw"] = round(best[name]["samples_per_s"] / plain, 3)
+        out[f"ratio_{name}_vs_open_clip_fused_adamw"] = round(best[name]["samples_per_s"] / fused, 3)
+    print(f"{preset}: native/before {out['ratio_native_vs_before']}, stock/native {out['ratio_stock_vs_native']}, "
+          + ", ".join(f"{name} vs open_clip {out[f'ratio_{name}_vs_open_clip_adamw']} (fused "
+                      f"{out[f'ratio_{name}_vs_open_clip_fused_adamw']})" for name in runs), flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=list(STEPS))
@@ -266,6 +328,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default per preset)")
     parser.add_argument("--out", default=None, help="default: bench/results/train_<preset>.json for one preset, "
                                                     "else train.json")
+    parser.add_argument("--profiles", action="store_true", help="native vs stock profile vs the code at --before")
+    parser.add_argument("--before", default="3cdb81d", help="the commit the native profile is compared with")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--mindspore-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--openclip-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--openclip-ddp-worker", action="store_true", help=argparse.SUPPRESS)
@@ -282,6 +347,8 @@ def main() -> int:
         openclip_ddp_worker(args)
         return 0
 
+    if args.profiles:
+        return profiles_main(args)
     results = {"machine": {"cpus": psutil.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
                            "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1)},
                "batch_per_rank": args.batch, "presets": {}}
@@ -291,6 +358,24 @@ def main() -> int:
     results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out) if args.out else default_out(args.presets)
     out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(str(out), results, indent=2)
+    print(f"wrote {out}")
+    return 0
+
+
+def profiles_main(args) -> int:
+    results = {"machine": {"cpu_model": cpu_model(), "cpus": psutil.cpu_count(),
+                           "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+                           "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1)},
+               "command": " ".join(["python", "bench/bench_train.py"] + sys.argv[1:]), "presets": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.presets:
+            results["presets"][preset] = compare_profiles(preset, args.batch, args.steps or STEPS.get(preset, 5),
+                                                          Path(tmp), args.before, args.rounds)
+    results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    name = RESULT_FILES.get(args.presets[0], "train.json").replace("train", "profiles") \
+        if len(args.presets) == 1 else "profiles.json"
+    out = Path(args.out) if args.out else RESULTS / name
     write_json(str(out), results, indent=2)
     print(f"wrote {out}")
     return 0
