@@ -267,13 +267,14 @@ def test_a_switched_transport_compiles_and_caches_its_own_graph(transports):
         assert any((root / key / f"rank_{both[key]['rank']}").rglob("*.mindir")), key
 
 
+# The README's snippet, shortened: one step, no evaluation (its graphs are never cached).
 README_SNIPPET = textwrap.dedent("""
     from clip import Trainer
 
     trainer = Trainer(task="contrastive_language_image_pretrain", model="clip_tiny",
-                      config={"output_dir": OUTPUT_DIR, "train.max_steps": 2, "data.eval.num_samples": 16})
+                      config={"output_dir": OUTPUT_DIR, "train.max_steps": 1, "data.eval": None})
     trainer.train()
-    print(trainer.evaluate()["top1"])
+    print("trained")
 """)
 
 
@@ -291,6 +292,6 @@ def test_the_readme_trainer_snippet_runs_with_python_c_and_from_stdin(tmp_path):
     for how, (proc, stdin) in started.items():
         out, err = proc.communicate(stdin, timeout=600)
         assert proc.returncode == 0, f"{how}: {err[-3000:]}"
-        assert 0.0 <= float(out.strip().splitlines()[-1]) <= 100.0
+        assert out.strip().splitlines()[-1] == "trained"
         assert (tmp_path / how / "checkpoints" / "last.ckpt").is_file()
     assert not (tmp_path / "cache").exists()  # trained without MindSpore's cache
