@@ -8,6 +8,7 @@ _EXPORTS = {
     "create_model": "clip.model.factory",
     "CLIPModel": "clip.model.towers",
     "CLIPConfig": "clip.model.architectures",
+    "list_models": "clip.model.architectures",
     "tokenize": "clip.model.tokenizer",
     "image_transform": "clip.model.transforms",
     "pipeline": "clip.eval.predict",

@@ -31,8 +31,10 @@ ACCUM_MODES = ("contrastive", "plain")
 
 @dataclass
 class ModelConfig:
-    name: str = "clip_tiny"               # preset name (clip.model.architectures.PRESETS)
+    name: Optional[str] = None            # model name (clip.list_models()) or open_clip JSON config path; null =
+                                          # the architecture model.checkpoint carries, else clip_tiny
     checkpoint: Optional[str] = None      # MindSpore .ckpt with OpenAI parameter names to start from
+    image_size: Optional[int] = None      # null = the model's; another size resizes the position embeddings
     dtype: str = "float32"                # compute dtype for evaluation/prediction; training uses train.precision
     recompute: Union[bool, int] = False   # recompute residual blocks in the backward pass: true = all, N = first N per tower
 
@@ -279,7 +281,7 @@ def apply_override(data: dict, key: str, value: Any) -> None:
 
 def validate(cfg: RunConfig) -> list[tuple[str, str]]:
     """Semantic problems as (key, message) pairs; types were already checked while building."""
-    from clip.model.architectures import PRESETS  # pure dataclasses, no MindSpore
+    from clip.model.architectures import get_config  # pure dataclasses, no MindSpore
 
     t, problems = cfg.train, []
 
@@ -287,8 +289,16 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
         if not ok:
             problems.append((key, msg))
 
-    need(cfg.model.name in PRESETS, "model.name",
-         f"unknown model {cfg.model.name!r}, expected one of {', '.join(PRESETS)}")
+    architecture = None
+    if cfg.model.name is not None:
+        try:
+            architecture = get_config(cfg.model.name)
+        except UserError as exc:
+            problems.append(("model.name", str(exc)))
+    need(cfg.model.image_size is None or (cfg.model.image_size >= 1 and (architecture is None or
+         cfg.model.image_size % architecture.patch_size == 0)), "model.image_size",
+         f"{cfg.model.image_size} must be a positive multiple of the model's patch size"
+         + (f" ({architecture.patch_size})" if architecture else ""))
     need(cfg.model.dtype in MODEL_DTYPES, "model.dtype",
          f"{cfg.model.dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
     need(cfg.model.checkpoint is None or os.path.isfile(cfg.model.checkpoint), "model.checkpoint",
@@ -321,8 +331,8 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
     need(t.accum_steps >= 1, "train.accum_steps", f"{t.accum_steps} must be at least 1")
     need(t.accum_mode in ACCUM_MODES, "train.accum_mode", f"{t.accum_mode!r} is not one of {', '.join(ACCUM_MODES)}")
     recompute = cfg.model.recompute
-    if not isinstance(recompute, bool) and cfg.model.name in PRESETS:
-        preset = PRESETS[cfg.model.name]
+    if not isinstance(recompute, bool) and architecture is not None:
+        preset = architecture
         most = max(preset.vision_layers, preset.text_layers)
         need(0 <= recompute <= most, "model.recompute",
              f"{recompute} blocks: {cfg.model.name} has {preset.vision_layers} vision and {preset.text_layers} text "

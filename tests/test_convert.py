@@ -19,6 +19,7 @@ import clip
 from clip.model import create_model, torch_archive
 from clip.model.architectures import get_config
 from clip.model.convert import convert, expected_shapes, main, to_openai_parameters
+from launcher.errors import UserError
 
 from torch_reference import Shapes, build, random_state_dict, to_torchscript
 
@@ -112,7 +113,7 @@ def test_expected_shapes_are_the_models_parameters():
 @pytest.mark.parametrize("kind", ["plain", "open_clip", "legacy", "hf", "hf_bin"])
 def test_float32_formats_convert_to_identical_parameters(kind, files, state, tmp_path):
     dst = tmp_path / "out.ckpt"
-    result = convert(str(files[kind]), str(dst))
+    result = convert(str(files[kind]), str(dst), "clip_tiny")
     assert result.model == "clip_tiny"
     _, params = converted_params(dst)
     assert set(params) == set(state)
@@ -142,7 +143,7 @@ def test_round_trip_embeddings_equal_reference(files, tmp_path, reference_embedd
     pixels, tokens, image, text = reference_embeddings
     for kind in ("open_clip", "hf"):
         dst = tmp_path / f"{kind}.ckpt"
-        convert(str(files[kind]), str(dst))
+        convert(str(files[kind]), str(dst), "clip_tiny")
         model = create_model("clip_tiny", checkpoint=str(dst))
         np.testing.assert_allclose(model.encode_image(ms.Tensor(pixels)).asnumpy(), image, atol=1e-4, err_msg=kind)
         np.testing.assert_allclose(model.encode_text(ms.Tensor(tokens)).asnumpy(), text, atol=1e-4, err_msg=kind)
@@ -158,7 +159,7 @@ def test_command_converts_with_torch_unavailable(files, tmp_path):
                           text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"wrote {dst}: 62 tensors for clip_tiny from TorchScript archive")
-    assert sorted(ms.load_checkpoint(str(dst))) == sorted(expected_shapes(TINY))
+    assert sorted(ms.load_checkpoint(str(dst))) == sorted([*expected_shapes(TINY), "architecture"])
 
 
 def test_float16_output_and_cli(files, state, tmp_path, capsys):
@@ -167,7 +168,7 @@ def test_float16_output_and_cli(files, state, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "clip_tiny" in out and "safetensors" in out and "Hugging Face" in out
     stored = ms.load_checkpoint(str(dst))
-    assert {str(v.dtype) for v in stored.values()} == {"Float16"}
+    assert {str(v.dtype) for v in stored.values() if not isinstance(v, str)} == {"Float16"}
     np.testing.assert_array_equal(stored["visual.proj"].asnumpy(), state["visual.proj"].half().numpy())
     assert os.listdir(tmp_path) == ["half.ckpt"]
 
@@ -186,8 +187,9 @@ def test_archive_reader_handles_views_and_dtypes(tmp_path):
 
 @pytest.mark.parametrize("preset,layout", [("clip_vit_b_32", "openai"), ("clip_vit_l_14@336", "openai"),
                                             ("clip_vit_b_16", "hf")])
-def test_preset_inferred_from_full_size_shapes(preset, layout):
-    """Shape-only arrays (zero strides, no memory) with the published models' shapes."""
+def test_plain_state_dict_needs_model_and_names_the_candidates(preset, layout):
+    """Shape-only arrays (zero strides, no memory) with the published models' shapes: the activation is not
+    in the shapes, so without --model the conversion is refused naming every model with these shapes."""
     config = get_config(preset)
     tensors = {name: np.broadcast_to(np.float16(0), shape) for name, shape in expected_shapes(config).items()}
     if layout == "hf":
@@ -195,7 +197,10 @@ def test_preset_inferred_from_full_size_shapes(preset, layout):
     else:
         tensors = {"state_dict.module." + name: value for name, value in tensors.items()}
         tensors["state_dict.module.input_resolution"] = np.array(config.image_size)
-    result = to_openai_parameters(tensors, "weights", None)
+    with pytest.raises(UserError, match=f"a plain state dict does not say its activation or head count; pass "
+                                        f"--model with one of the models whose shapes match: {preset} \\(quick_gelu\\)"):
+        to_openai_parameters(tensors, "weights", None)
+    result = to_openai_parameters(tensors, "weights", preset)
     assert result.model == preset and result.ignored == ()
     assert {name: value.shape for name, value in result.tensors.items()} == expected_shapes(config)
 
@@ -285,8 +290,10 @@ def bad_files(tmp_path_factory, files, state):
     ("truncated.safetensors", [], "truncated"),
     ("notes.txt", [], "unknown format"),
     ("resnet.pt", [], "unknown layout"),
-    ("missing.pt", [], "ln_final.weight"),
-    ("misshaped.pt", [], "transformer.resblocks.1.mlp.c_fc.weight has shape (7, 64)"),
+    ("missing.pt", ["--model", "clip_tiny"], "ln_final.weight"),
+    ("misshaped.pt", ["--model", "clip_tiny"], "transformer.resblocks.1.mlp.c_fc.weight has shape (7, 64)"),
+    ("plain.pt", [], "a plain state dict does not say its activation or head count; pass --model with one of the "
+                     "models whose shapes match: clip_tiny (quick_gelu)"),
     ("plain.pt", ["--model", "vit"], "unknown model 'vit'"),
     ("plain.pt", ["--dtype", "bfloat16"], "--dtype 'bfloat16' is not one of float32, float16"),
     ("plain.pt", ["--model", "clip_vit_b_32"], "visual.class_embedding has shape (128,), clip_vit_b_32 expects (768,)"),

@@ -171,22 +171,19 @@ def weights_for(cfg: RunConfig, checkpoint: Optional[str] = None, what: str = "c
 
 
 def preset_of_checkpoint(path: str) -> str:
-    """The preset whose shapes the checkpoint has (training runs need a named preset)."""
-    from clip.model import checkpoint_shapes, model_name
-    from clip.model.architectures import infer_config
+    """The name of the architecture the checkpoint carries (older files: the one their shapes imply)."""
+    from clip.model import model_name
+    from clip.model.factory import resolve_config
+    from clip.model.weights import read
 
-    name = model_name(infer_config(checkpoint_shapes(path)))
-    if name == "custom":
-        raise UserError(f"checkpoint {path!r} does not match any preset's shapes; the Trainer needs one of "
-                        f"the names CLIPModel.show_support_list() prints")
-    return name
+    return model_name(resolve_config(None, read(path), path))
 
 
 def save_weights(model, path: str) -> str:
     """A model's parameters (OpenAI names) as a MindSpore checkpoint, written atomically."""
     from clip.model import weights
 
-    return weights.write(path, model)
+    return weights.write(path, model, architecture=model.config)
 
 
 def require_single_card(env: Mapping[str, str]) -> None:
@@ -250,7 +247,7 @@ def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: b
     checkpoint = weights_for(cfg, checkpoint, pretrained=False)
     if not checkpoint:
         log.warning("no checkpoint given (--checkpoint or model.checkpoint): evaluating random weights")
-    model = create_model(cfg.model.name, checkpoint=checkpoint, dtype=cfg.model.dtype)
+    model = create_model(cfg.model.name, checkpoint=checkpoint, dtype=cfg.model.dtype, image_size=cfg.model.image_size)
     model.set_train(False)
     image_size, batch_size = model.config.image_size, cfg.train.eval_batch_size
     if task == "zeroshot":
@@ -261,7 +258,9 @@ def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: b
         from clip.eval.retrieval import evaluate_captions
 
         result = evaluate_captions(model, source, image_size, batch_size)
-    result.update(task=task, model=cfg.model.name, checkpoint=checkpoint, dtype=cfg.model.dtype,
+    from clip.model import model_name
+
+    result.update(task=task, model=cfg.model.name or model_name(model.config), checkpoint=checkpoint, dtype=cfg.model.dtype,
                   dataset={"type": data.type, "path": data.path, "split": data.split},
                   seconds=round(time.time() - started, 3))
     return result

@@ -58,19 +58,20 @@ class Trainer:
         self._model = None
         if isinstance(model, CLIPModel):
             name = model_name(model.config)
-            if name == "custom":
-                raise UserError("model: a CLIPModel with a custom config; the Trainer needs a preset's shapes "
-                                "(CLIPModel.show_support_list())")
-            cfg = with_model(cfg, name=name, dtype=model.config.dtype)
+            # A custom architecture travels in the saved initial weights (they carry it), not as a name.
+            cfg = with_model(cfg, name=None if name == "custom" else name, dtype=model.config.dtype)
             self._model = model
         elif isinstance(model, (str, os.PathLike)):
             model = os.fspath(model)
             if model in PRESETS:
                 cfg = with_model(cfg, name=model)
             elif os.path.isfile(model):
-                cfg = with_model(cfg, name=preset_of_checkpoint(model), checkpoint=model)
+                name = preset_of_checkpoint(model)
+                cfg = with_model(cfg, name=None if name == "custom" else name, checkpoint=model)
             else:
-                raise UserError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
+                from clip.model.architectures import suggest
+
+                raise UserError(f"model {model!r} is neither a preset name nor a checkpoint file; {suggest(model)}")
         elif model is not None:
             raise UserError(f"model: got {type(model).__name__}, expected a CLIPModel, a preset name or a .ckpt path")
         self.task = task

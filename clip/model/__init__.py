@@ -12,6 +12,8 @@ _EXPORTS = {
     "checkpoint_shapes": "clip.model.factory",
     "CLIPConfig": "clip.model.architectures",
     "PRESETS": "clip.model.architectures",
+    "list_models": "clip.model.architectures",
+    "get_config": "clip.model.architectures",
 }
 
 __all__ = list(_EXPORTS)

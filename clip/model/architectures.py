@@ -1,15 +1,26 @@
-"""Model shapes by the names users know from MindFormers and OpenAI, plus a tiny one for tests and the demo."""
+"""The architecture description, and the names it is known by: MindFormers' presets (OpenAI's QuickGELU models and
+a tiny one for tests and the demo) and open_clip's pure-ViT configs, whose data ships in clip/assets (no runtime
+dependency on open_clip). A path to an open_clip-format JSON config works wherever a name does."""
+import difflib
+import json
 import math
-from dataclasses import dataclass, fields, replace
-from typing import Dict, Tuple
+import os
+from dataclasses import MISSING, dataclass, fields, replace
+from importlib import resources
+from typing import Dict, Optional, Tuple
 
 from launcher.errors import UserError
 
 DTYPES = ("float32", "float16", "bfloat16")
+ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")  # OpenAI's x*sigmoid(1.702x), exact erf GELU, tanh GELU
+DEFAULT_MODEL = "clip_tiny"  # what runs when neither a name nor a checkpoint says otherwise
+ARCHITECTURE_KEY = "architecture"  # the .ckpt entry holding the description as JSON (clip.model.weights)
 
 
 @dataclass(frozen=True)
 class CLIPConfig:
+    """Everything that decides the model's parameters and its numbers; the defaults are OpenAI's (QuickGELU,
+    MLP 4x, LayerNorm eps 1e-5), so checkpoints written before the description existed mean what they meant."""
     embed_dim: int
     image_size: int
     patch_size: int
@@ -22,28 +33,44 @@ class CLIPConfig:
     text_layers: int
     text_heads: int
     dtype: str = "float32"
+    activation: str = "quick_gelu"
+    vision_mlp_ratio: float = 4.0
+    text_mlp_ratio: float = 4.0
+    norm_eps: float = 1e-5
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "dtype" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if f.type is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UserError(f"model {f.name} is {value!r}, expected a positive integer")
+            if f.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                    or not math.isfinite(value) or value <= 0):
+                raise UserError(f"model {f.name} is {value!r}, expected a positive number")
         if self.dtype not in DTYPES:
             raise UserError(f"model dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.activation not in ACTIVATIONS:
+            raise UserError(f"model activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
         if self.image_size % self.patch_size:
             raise UserError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"),
                                     (self.text_width, self.text_heads, "text")):
             if width % heads:
                 raise UserError(f"{tower}_width {width} is not divisible by {tower}_heads {heads}")
+        for tower in ("vision", "text"):
+            if self.mlp_width(tower) < 1:
+                raise UserError(f"model {tower}_mlp_ratio {getattr(self, tower + '_mlp_ratio')} gives an empty MLP")
 
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
 
+    def mlp_width(self, tower: str) -> int:
+        """int(width * ratio), as open_clip rounds it (bigG: 1664 * 4.9231 -> 8192)."""
+        return int(getattr(self, f"{tower}_width") * getattr(self, f"{tower}_mlp_ratio"))
+
     @classmethod
     def from_pretrained(cls, name: str) -> "CLIPConfig":
-        """The preset's configuration, as MindFormers' `CLIPConfig.from_pretrained` gives it."""
+        """The named configuration, as MindFormers' `CLIPConfig.from_pretrained` gives it."""
         return get_config(name)
 
     def with_dtype(self, dtype: str) -> "CLIPConfig":
@@ -51,6 +78,44 @@ class CLIPConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def architecture(self) -> dict:
+        """The description without the compute dtype: what a checkpoint stores."""
+        return {k: v for k, v in self.to_dict().items() if k != "dtype"}
+
+    def to_json(self) -> str:
+        return json.dumps(self.architecture(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "CLIPConfig":
+        """A description stored by to_json (in a checkpoint); an unknown or missing key is a one-line error."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UserError(f"{source}: damaged architecture entry ({exc})") from None
+        names = {f.name for f in fields(cls)} - {"dtype"}
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: architecture entry is not a JSON object")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UserError(f"{source}: architecture has unknown key {unknown[0]!r} (written by a newer version?)")
+        missing = sorted(n for n in names if n not in data and n in _REQUIRED)
+        if missing:
+            raise UserError(f"{source}: architecture has no {missing[0]!r}")
+        try:
+            return cls(**data)
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
+
+    def describe(self) -> str:
+        """One short line: activation and the shapes that tell models apart."""
+        return (f"{self.activation}, {self.image_size}px/{self.patch_size}, vision {self.vision_width}x"
+                f"{self.vision_layers} ({self.vision_heads} heads, MLP {self.mlp_width('vision')}), text "
+                f"{self.text_width}x{self.text_layers} ({self.text_heads} heads, MLP {self.mlp_width('text')}), "
+                f"embed {self.embed_dim}")
+
+
+_REQUIRED = tuple(f.name for f in fields(CLIPConfig) if f.default is MISSING)  # no default
 
 
 def _openai(embed_dim, image_size, patch_size, vision_width, vision_layers, text_width, text_layers):
@@ -60,7 +125,7 @@ def _openai(embed_dim, image_size, patch_size, vision_width, vision_layers, text
                       text_width=text_width, text_layers=text_layers, text_heads=text_width // 64)
 
 
-PRESETS: Dict[str, CLIPConfig] = {
+MINDFORMERS: Dict[str, CLIPConfig] = {
     "clip_vit_b_32": _openai(512, 224, 32, 768, 12, 512, 12),
     "clip_vit_b_16": _openai(512, 224, 16, 768, 12, 512, 12),
     "clip_vit_l_14": _openai(768, 224, 14, 1024, 24, 768, 12),
@@ -72,15 +137,225 @@ PRESETS: Dict[str, CLIPConfig] = {
 }
 
 
-def get_config(name: str) -> CLIPConfig:
+# ------------------------------------------------------------------------- open_clip's JSON model configs
+
+_ANY = object()  # a knob that changes nothing here unless another (checked) knob is on
+# open_clip 3.3.0 model.py: key -> the only value this model implements (its open_clip default), or _ANY.
+_TOP = {"embed_dim": None, "quick_gelu": None, "vision_cfg": None, "text_cfg": None, "custom_text": False,
+        "init_logit_scale": _ANY, "init_logit_bias": None, "nonscalar_logit_scale": False, "cast_dtype": None,
+        "output_dict": _ANY}
+_COMMON = {"width": None, "layers": None, "mlp_ratio": None, "act_kwargs": None, "norm_kwargs": None,
+           "ls_init_value": None, "output_tokens": _ANY, "final_ln_after_pool": False, "block_type": (None, "default"),
+           "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
+           "scale_attn": False, "scale_fc": False}
+_VISION = {**_COMMON, "head_width": None, "patch_size": None, "image_size": None, "patch_dropout": 0,
+           "attentional_pool": False, "attn_pooler_queries": _ANY, "attn_pooler_heads": _ANY, "no_ln_pre": False,
+           "pos_embed_type": "learnable", "pool_type": "tok", "timm_model_name": None,
+           "timm_model_pretrained": _ANY, "timm_pool": _ANY, "timm_proj": _ANY, "timm_proj_bias": _ANY,
+           "timm_drop": _ANY, "timm_drop_path": _ANY}
+_TEXT = {**_COMMON, "heads": None, "context_length": None, "vocab_size": None, "hf_tokenizer_name": None,
+         "tokenizer_mode": None, "tokenizer_kwargs": None, "embed_cls": False, "pad_id": 0, "eos_id": _ANY,
+         "no_causal_mask": False, "pool_type": "argmax", "proj_bias": False, "proj_type": "linear",
+         "hf_model_name": None, "hf_model_pretrained": _ANY, "hf_proj_type": _ANY, "hf_pooler_type": _ANY}
+# open_clip's CLIPVisionCfg / CLIPTextCfg defaults for the keys a JSON may leave out.
+_VISION_DEFAULTS = {"layers": 12, "width": 768, "head_width": 64, "mlp_ratio": 4.0, "patch_size": 16, "image_size": 224}
+_TEXT_DEFAULTS = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12, "mlp_ratio": 4.0}
+
+
+def _check_keys(section: dict, allowed: dict, where: str, source: str) -> None:
+    for key, value in section.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{source}: unknown key {where}{key!r}{hint}")
+        accepted = allowed[key]
+        if accepted is None or accepted is _ANY or key in ("act_kwargs", "norm_kwargs"):
+            continue
+        if value not in (accepted if isinstance(accepted, tuple) else (accepted,)):
+            raise UserError(f"{source}: {where}{key} = {json.dumps(value)} is not supported here "
+                            f"(only {json.dumps(accepted if not isinstance(accepted, tuple) else accepted[0])}: "
+                            f"this model implements open_clip's plain ViT and text transformer)")
+    for key in ("ls_init_value", "hf_tokenizer_name", "tokenizer_mode", "tokenizer_kwargs", "timm_model_name",
+                "hf_model_name"):
+        if section.get(key) is not None:
+            raise UserError(f"{source}: {where}{key} = {json.dumps(section[key])} is not supported here (only null: "
+                            f"this model implements open_clip's plain ViT and text transformer)")
+
+
+def _activation(section: dict, quick_gelu: bool, where: str, source: str) -> str:
+    kwargs = section.get("act_kwargs")
+    if kwargs is None:
+        return "quick_gelu" if quick_gelu else "gelu"
+    approximate = kwargs.get("approximate", "none") if isinstance(kwargs, dict) else None
+    if quick_gelu or set(kwargs) - {"approximate"} or approximate not in ("none", "tanh"):
+        raise UserError(f"{source}: {where}act_kwargs = {json.dumps(kwargs)} is not supported here (only "
+                        f'{{"approximate": "none" | "tanh"}} with quick_gelu false)')
+    return "gelu" if approximate == "none" else "gelu_tanh"
+
+
+def _eps(section: dict, where: str, source: str) -> float:
+    kwargs = section.get("norm_kwargs") or {}
+    if not isinstance(kwargs, dict) or set(kwargs) - {"eps"}:
+        raise UserError(f"{source}: {where}norm_kwargs = {json.dumps(kwargs)} is not supported here (only {{\"eps\": x}})")
+    return kwargs.get("eps", 1e-5)
+
+
+def _int(section: dict, key: str, where: str, source: str) -> int:
+    value = section[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{source}: {where}{key} = {json.dumps(value)}, expected a positive integer")
+    return value
+
+
+def from_open_clip(data, source: str) -> CLIPConfig:
+    """An open_clip model config (the JSON of `model_configs/`, or `model_cfg` of an `open_clip_config.json`)
+    -> CLIPConfig. Every key is checked: an unknown key or a knob value this model does not implement is a
+    one-line error naming it, never silently ignored."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a JSON object with embed_dim, vision_cfg and text_cfg")
+    _check_keys(data, _TOP, "", source)
+    for key in ("embed_dim", "vision_cfg", "text_cfg"):
+        if key not in data:
+            raise UserError(f"{source}: missing key {key!r}")
+    vision, text = data["vision_cfg"], data["text_cfg"]
+    for key, section in (("vision_cfg", vision), ("text_cfg", text)):
+        if not isinstance(section, dict):
+            raise UserError(f"{source}: {key} is {json.dumps(section)}, expected a JSON object")
+    _check_keys(vision, _VISION, "vision_cfg.", source)
+    _check_keys(text, _TEXT, "text_cfg.", source)
+    quick_gelu = data.get("quick_gelu", False)
+    if not isinstance(quick_gelu, bool):
+        raise UserError(f"{source}: quick_gelu = {json.dumps(quick_gelu)}, expected true or false")
+    vision, text = {**_VISION_DEFAULTS, **vision}, {**_TEXT_DEFAULTS, **text}
+    if isinstance(vision["layers"], list):
+        raise UserError(f"{source}: vision_cfg.layers = {json.dumps(vision['layers'])} is a ResNet tower; "
+                        f"only ViT towers are supported")
+    size = vision["image_size"]
+    if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
+    vision["image_size"] = size
+    activations = {_activation(vision, quick_gelu, "vision_cfg.", source), _activation(text, quick_gelu, "text_cfg.", source)}
+    epsilons = {_eps(vision, "vision_cfg.", source), _eps(text, "text_cfg.", source)}
+    for what, values in (("activations", activations), ("LayerNorm eps", epsilons)):
+        if len(values) > 1:
+            raise UserError(f"{source}: the towers' {what} differ ({', '.join(map(str, sorted(values)))}); "
+                            f"only one for both is supported")
+    width = _int(vision, "width", "vision_cfg.", source)
+    head_width = _int(vision, "head_width", "vision_cfg.", source)
+    if width % head_width:
+        raise UserError(f"{source}: vision_cfg.width {width} is not a multiple of head_width {head_width}")
     try:
+        return CLIPConfig(
+            embed_dim=_int(data, "embed_dim", "", source), image_size=_int(vision, "image_size", "vision_cfg.", source),
+            patch_size=_int(vision, "patch_size", "vision_cfg.", source), vision_width=width,
+            vision_layers=_int(vision, "layers", "vision_cfg.", source), vision_heads=width // head_width,
+            context_length=_int(text, "context_length", "text_cfg.", source),
+            vocab_size=_int(text, "vocab_size", "text_cfg.", source), text_width=_int(text, "width", "text_cfg.", source),
+            text_layers=_int(text, "layers", "text_cfg.", source), text_heads=_int(text, "heads", "text_cfg.", source),
+            activation=activations.pop(), vision_mlp_ratio=vision["mlp_ratio"], text_mlp_ratio=text["mlp_ratio"],
+            norm_eps=epsilons.pop())
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+
+
+def from_hugging_face(data, source: str) -> CLIPConfig:
+    """A Hugging Face `CLIPModel` config.json -> CLIPConfig (hidden_act says the activation)."""
+    acts = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+    try:
+        v, t = data["vision_config"], data["text_config"]
+        if {v.get("hidden_act", "quick_gelu"), t.get("hidden_act", "quick_gelu")} - set(acts):
+            raise UserError(f"{source}: hidden_act {v.get('hidden_act')!r} / {t.get('hidden_act')!r} is not one of "
+                            f"{', '.join(acts)}")
+        activations = {acts[v.get("hidden_act", "quick_gelu")], acts[t.get("hidden_act", "quick_gelu")]}
+        epsilons = {v.get("layer_norm_eps", 1e-5), t.get("layer_norm_eps", 1e-5)}
+        if len(activations) > 1 or len(epsilons) > 1:
+            raise UserError(f"{source}: the towers' hidden_act or layer_norm_eps differ; only one for both is supported")
+
+        def ratio(tower):  # a ratio that int(width * ratio) turns back into intermediate_size exactly
+            return (tower["intermediate_size"] + 0.5) / tower["hidden_size"]
+
+        return CLIPConfig(
+            embed_dim=data["projection_dim"], image_size=v["image_size"], patch_size=v["patch_size"],
+            vision_width=v["hidden_size"], vision_layers=v["num_hidden_layers"], vision_heads=v["num_attention_heads"],
+            context_length=t["max_position_embeddings"], vocab_size=t["vocab_size"], text_width=t["hidden_size"],
+            text_layers=t["num_hidden_layers"], text_heads=t["num_attention_heads"], activation=activations.pop(),
+            vision_mlp_ratio=ratio(v), text_mlp_ratio=ratio(t), norm_eps=epsilons.pop())
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{source}: not a Hugging Face CLIP config (no {exc})") from None
+    except UserError as exc:
+        raise UserError(exc.args[0] if str(exc).startswith(source) else f"{source}: {exc}") from None
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise UserError(f"cannot read model config {path}: {exc.strerror}") from None
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"model config {path} is not valid JSON ({str(exc).splitlines()[0]})") from None
+
+
+def _open_clip_registry() -> Dict[str, CLIPConfig]:
+    data = json.loads(resources.files("clip").joinpath("assets/open_clip_models.json").read_text())
+    return {name: from_open_clip(cfg, f"open_clip config {name}") for name, cfg in data["models"].items()}
+
+
+# Every name: MindFormers' first (so an OpenAI-shaped QuickGELU model is called by its MindFormers name).
+PRESETS: Dict[str, CLIPConfig] = {**MINDFORMERS, **_open_clip_registry()}
+
+
+def list_models() -> list:
+    """Every model name create_model, model.name and --model accept (a JSON config path works too)."""
+    return list(PRESETS)
+
+
+def is_config_path(name: str) -> bool:
+    return name.endswith(".json") or (os.sep in name and os.path.isfile(name))
+
+
+def get_config(name: str) -> CLIPConfig:
+    """A name from list_models() or the path of an open_clip-format JSON config."""
+    if not isinstance(name, str):
+        raise UserError(f"model name {name!r}: expected a string")
+    if name in PRESETS:
         return PRESETS[name]
-    except KeyError:
-        raise UserError(f"unknown model {name!r}; expected one of {', '.join(PRESETS)}") from None
+    if is_config_path(name):
+        if not os.path.isfile(name):
+            raise UserError(f"model config {name} does not exist")
+        return from_open_clip(read_json(name), f"model config {name}")
+    raise UserError(f"unknown model {name!r}; {suggest(name)}")
+
+
+def suggest(name: str) -> str:
+    """What to say after an unknown name: the MindFormers names, the closest of all names (difflib)."""
+    lowered = {n.lower(): n for n in PRESETS}
+    close = difflib.get_close_matches(str(name).lower(), lowered, n=3, cutoff=0.5)
+    shown = f" (closest: {', '.join(lowered[c] for c in close)})" if close else ""
+    return (f"expected one of {', '.join(MINDFORMERS)}, an open_clip name{shown} or an open_clip JSON config path; "
+            f"clip.list_models() lists all {len(PRESETS)} names")
+
+
+def matching_names(config: CLIPConfig) -> list:
+    """Names whose architecture equals `config` (dtype aside)."""
+    return [n for n, c in PRESETS.items() if c.architecture() == config.architecture()]
+
+
+def name_of(config: CLIPConfig) -> str:
+    names = matching_names(config)
+    return names[0] if names else "custom"
+
+
+def candidates_for(shapes: Dict[str, tuple]) -> list:
+    """Names whose parameter shapes are exactly these (the activation and head count are not in shapes)."""
+    shapes = {k: tuple(v) for k, v in shapes.items()}
+    return [n for n, c in PRESETS.items() if all(shapes.get(k) == v for k, v in expected_shapes(c).items())]
 
 
 def infer_config(shapes: Dict[str, tuple]) -> CLIPConfig:
-    """Recover the architecture from parameter shapes (OpenAI names), so any checkpoint loads without --model."""
+    """The architecture of a checkpoint written before checkpoints carried one: those were all OpenAI-style
+    (QuickGELU, MLP 4x); head counts, not visible in shapes, come from a QuickGELU preset with the same shapes,
+    else width / 64 as they were built."""
     def need(key, ndim):
         if key not in shapes:
             raise UserError(f"checkpoint has no parameter {key!r}; is it a CLIP ViT checkpoint?")
@@ -107,10 +382,10 @@ def infer_config(shapes: Dict[str, tuple]) -> CLIPConfig:
                        vision_heads=vision_width // 64 or 1, context_length=context_length,
                        vocab_size=vocab_size, text_width=text_width,
                        text_layers=layers("transformer.resblocks"), text_heads=text_width // 64 or 1)
-    # Head counts are not visible in shapes: take them from a preset with the same shapes when there is one.
     for preset in PRESETS.values():
-        if all(getattr(preset, f.name) == getattr(found, f.name) for f in fields(found)
-               if f.name not in ("vision_heads", "text_heads")):
+        if preset.activation == "quick_gelu" and all(
+                getattr(preset, f.name) == getattr(found, f.name) for f in fields(found)
+                if f.name not in ("vision_heads", "text_heads")):
             return preset
     return found
 
@@ -119,15 +394,15 @@ def expected_shapes(config: CLIPConfig) -> Dict[str, Tuple[int, ...]]:
     """OpenAI parameter name -> shape for a configuration (the model's parameters, without building it)."""
     shapes: Dict[str, Tuple[int, ...]] = {}
 
-    def tower(prefix: str, width: int, layers: int):
+    def tower(prefix: str, width: int, layers: int, mlp: int):
         for i in range(layers):
             block = f"{prefix}transformer.resblocks.{i}."
             shapes.update({
                 block + "attn.in_proj_weight": (3 * width, width), block + "attn.in_proj_bias": (3 * width,),
                 block + "attn.out_proj.weight": (width, width), block + "attn.out_proj.bias": (width,),
                 block + "ln_1.weight": (width,), block + "ln_1.bias": (width,),
-                block + "mlp.c_fc.weight": (4 * width, width), block + "mlp.c_fc.bias": (4 * width,),
-                block + "mlp.c_proj.weight": (width, 4 * width), block + "mlp.c_proj.bias": (width,),
+                block + "mlp.c_fc.weight": (mlp, width), block + "mlp.c_fc.bias": (mlp,),
+                block + "mlp.c_proj.weight": (width, mlp), block + "mlp.c_proj.bias": (width,),
                 block + "ln_2.weight": (width,), block + "ln_2.bias": (width,),
             })
 
@@ -145,6 +420,16 @@ def expected_shapes(config: CLIPConfig) -> Dict[str, Tuple[int, ...]]:
         "text_projection": (tw, config.embed_dim),
         "logit_scale": (),
     })
-    tower("visual.", vw, config.vision_layers)
-    tower("", tw, config.text_layers)
+    tower("visual.", vw, config.vision_layers, config.mlp_width("vision"))
+    tower("", tw, config.text_layers, config.mlp_width("text"))
     return shapes
+
+
+def first_mismatch(shapes: Dict[str, tuple], config: CLIPConfig) -> Optional[str]:
+    """'parameter X has shape A, expected B' (or 'has no parameter X') for the first difference, else None."""
+    for name, shape in expected_shapes(config).items():
+        if name not in shapes:
+            return f"has no parameter {name}"
+        if tuple(shapes[name]) != shape:
+            return f"parameter {name} has shape {tuple(shapes[name])}, expected {shape}"
+    return None

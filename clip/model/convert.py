@@ -5,7 +5,11 @@
 SRC may be OpenAI's TorchScript `.pt` (fp16), a `torch.save` state dict (OpenAI or open_clip names, optionally
 wrapped in {"state_dict": ...} and/or prefixed "module."), or a Hugging Face `CLIPModel` `.safetensors`.
 The format is recognised from the file's bytes, the layout from the tensor names. The output uses OpenAI's
-names, which are our model's parameter names, so `create_model(name, checkpoint=DST)` loads it directly.
+names, which are our model's parameter names, and carries the architecture, so `create_model(checkpoint=DST)`
+builds the right model with no name. The architecture comes from --model (a name or an open_clip JSON config),
+else from the source itself: OpenAI's TorchScript archive (QuickGELU), or an `open_clip_config.json` / Hugging
+Face `config.json` beside SRC. A plain state dict says neither its activation nor its head count, so without
+--model it is refused, naming the models whose shapes match.
 """
 from __future__ import annotations
 
@@ -15,13 +19,14 @@ import os
 import re
 import sys
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from clip.model import torch_archive
-from clip.model.architectures import PRESETS, CLIPConfig, expected_shapes, get_config, infer_config
+from clip.model.architectures import (PRESETS, CLIPConfig, candidates_for, expected_shapes, from_hugging_face,
+                                      from_open_clip, get_config, infer_config, name_of, read_json)
 from launcher.errors import UserError, exit_on_user_error
 
 OUTPUT_DTYPES = ("float32", "float16")
@@ -40,6 +45,8 @@ class Conversion:
     source_dtype: str
     tensors: Dict[str, np.ndarray]
     ignored: Tuple[str, ...]
+    config: Optional[CLIPConfig] = None
+    architecture_from: str = "--model"
 
 
 # ---------------------------------------------------------------------------------------------- pure logic
@@ -123,20 +130,52 @@ def is_non_parameter(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in NON_PARAMETERS
 
 
-def resolve_config(tensors: Dict[str, np.ndarray], model: Optional[str], source: str) -> Tuple[str, CLIPConfig]:
-    """The preset named by --model, else the one whose shapes the tensors have (or a custom config)."""
+def resolve_config(tensors: Dict[str, np.ndarray], model: Optional[str], source: str,
+                   described: Optional[Tuple[str, CLIPConfig]] = None) -> Tuple[str, CLIPConfig, str]:
+    """(name, config, where the architecture came from): --model, else what the source says about itself
+    (`described`: TorchScript archive or a config file beside it), else a one-line refusal naming the models
+    whose shapes match (the activation and head count are not in the shapes)."""
     if model is not None:
-        return model, get_config(model)
+        config = get_config(model)
+        return (name_of(config) if model.endswith(".json") else model), config, "--model"
+    if described is not None:
+        how, config = described
+        return name_of(config), config, how
+    shapes = {name: value.shape for name, value in tensors.items()}
+    matching = candidates_for(shapes)
+    if matching:
+        shown = ", ".join(f"{n} ({PRESETS[n].activation})" for n in matching)
+        raise UserError(f"{source}: a plain state dict does not say its activation or head count; pass --model "
+                        f"with one of the models whose shapes match: {shown}")
     try:
-        config = infer_config({name: value.shape for name, value in tensors.items()})
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") from None
-    except ValueError:
-        raise UserError(f"{source}: tensor shapes do not describe a CLIP ViT model; pass --model") from None
-    for name, preset in PRESETS.items():
-        if preset == config:
-            return name, config
-    return "custom", config
+        found = infer_config(shapes)
+    except (UserError, ValueError):
+        found = None
+    what = (f" (vision {found.vision_width} wide x {found.vision_layers}, patch {found.patch_size}, {found.image_size} px; "
+            f"text {found.text_width} wide x {found.text_layers})" if found else "")
+    raise UserError(f"{source}: no known model has these shapes{what}; pass --model with an open_clip JSON "
+                    f"config describing it")
+
+
+def described_by_source(path: str, source_format: str, layout: str, tensors) -> Optional[Tuple[str, CLIPConfig]]:
+    """The architecture the source states: OpenAI's TorchScript archive (QuickGELU, shapes as OpenAI built
+    them), or `open_clip_config.json` / Hugging Face `config.json` in SRC's directory."""
+    if source_format == "TorchScript archive":
+        shapes = {name: value.shape for name, value in tensors.items()}
+        return "the OpenAI TorchScript archive", infer_config(shapes)
+    folder = os.path.dirname(os.path.abspath(path))
+    order = ("config.json", "open_clip_config.json") if layout == "hf" else ("open_clip_config.json", "config.json")
+    for filename in order:
+        candidate = os.path.join(folder, filename)
+        if not os.path.isfile(candidate):
+            continue
+        data = read_json(candidate)
+        if filename == "open_clip_config.json":
+            model_cfg = data.get("model_cfg") if isinstance(data, dict) else None
+            return candidate, from_open_clip(model_cfg, candidate)
+        if isinstance(data, dict) and "vision_config" in data and "text_config" in data:
+            return candidate, from_hugging_face(data, candidate)
+    return None
 
 
 def check_shapes(tensors: Dict[str, np.ndarray], config: CLIPConfig, model: str, source: str) -> None:
@@ -154,14 +193,16 @@ def check_shapes(tensors: Dict[str, np.ndarray], config: CLIPConfig, model: str,
         raise UserError(f"{source}: missing tensor {missing[0]}{more} required by {model}")
 
 
-def to_openai_parameters(tensors: Dict[str, np.ndarray], source: str, model: Optional[str]) -> Conversion:
+def to_openai_parameters(tensors: Dict[str, np.ndarray], source: str, model: Optional[str],
+                         source_format: str = "tensors") -> Conversion:
     """Flat tensors of any supported layout -> checked OpenAI-named parameters for one configuration."""
     layout, prefix = find_layout(list(tensors), source)
     tensors = strip_prefix(tensors, prefix)
     if layout == "hf":
         tensors = hf_to_openai(tensors, source)
     kept = {name: value for name, value in tensors.items() if not is_non_parameter(name)}
-    model, config = resolve_config(kept, model, source)
+    described = None if model is not None else described_by_source(source, source_format, layout, kept)
+    model, config, how = resolve_config(kept, model, source, described)
     check_shapes(kept, config, model, source)
     expected = expected_shapes(config)
     params = {name: kept[name] for name in expected}
@@ -170,7 +211,7 @@ def to_openai_parameters(tensors: Dict[str, np.ndarray], source: str, model: Opt
     layout_name = {"openai": "OpenAI/open_clip names", "hf": "Hugging Face names"}[layout]
     if prefix:
         layout_name += f" under '{prefix}'"
-    return Conversion("tensors", layout_name, model, "/".join(dtypes), params, ignored)
+    return Conversion(source_format, layout_name, model, "/".join(dtypes), params, ignored, config, how)
 
 
 # ---------------------------------------------------------------------------------------------- I/O edges
@@ -254,14 +295,14 @@ def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
         raise UserError(f"{path}: damaged or truncated safetensors file ({reason})") from None
 
 
-def write_checkpoint(params: Dict[str, np.ndarray], dst: str, dtype: str) -> None:
+def write_checkpoint(params: Dict[str, np.ndarray], dst: str, dtype: str, config: Optional[CLIPConfig] = None) -> None:
     """Atomic: MindSpore writes a temporary file in the destination directory, which then replaces DST."""
     import mindspore as ms
 
     from clip.model import weights
 
     weights.write(dst, [{"name": name, "data": ms.Tensor(np.asarray(value, dtype=dtype, order="C"))}
-                           for name, value in params.items()])
+                           for name, value in params.items()], architecture=config)
 
 
 def check_destination(dst: str) -> None:
@@ -284,15 +325,16 @@ def convert(src: str, dst: str, model: Optional[str] = None, dtype: str = "float
         get_config(model)
     check_destination(dst)
     source_format, tensors = read_tensors(src)
-    result = to_openai_parameters(tensors, src, model)
-    write_checkpoint(result.tensors, dst, dtype)
-    return replace(result, source_format=source_format)
+    result = to_openai_parameters(tensors, src, model, source_format)
+    write_checkpoint(result.tensors, dst, dtype, result.config)
+    return result
 
 
 def summary(result: Conversion, dst: str, dtype: str) -> str:
     line = (f"wrote {dst}: {len(result.tensors)} tensors for {result.model} from {result.source_format} "
-            f"({result.layout}, {result.source_dtype} -> {dtype})")
-    if result.model == "custom":
+            f"({result.layout}, {result.source_dtype} -> {dtype}); architecture ({result.config.activation}) "
+            f"from {result.architecture_from}")
+    if result.model == "custom" and result.architecture_from.startswith("OpenAI"):
         line += "; no preset has these shapes, head counts assumed width/64"
     if result.ignored:
         shown = ", ".join(result.ignored[:3]) + (", ..." if len(result.ignored) > 3 else "")
@@ -312,7 +354,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = _ArgumentParser(prog="clip-convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="OpenAI .pt, PyTorch state dict, or Hugging Face .safetensors")
     parser.add_argument("dst", help="MindSpore checkpoint to write (.ckpt)")
-    parser.add_argument("--model", help=f"preset to convert to: {', '.join(PRESETS)} (default: inferred)")
+    parser.add_argument("--model", help="model name (clip.list_models(), docs/models.md) or open_clip JSON config; "
+                                        "needed for plain state dicts, which do not say their activation")
     parser.add_argument("--dtype", default="float32", help=f"stored parameter dtype: {' or '.join(OUTPUT_DTYPES)}")
     args = parser.parse_args(argv)
     result = convert(args.src, args.dst, args.model, args.dtype)

@@ -5,7 +5,7 @@ import os
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from clip.model.architectures import DTYPES, PRESETS, CLIPConfig
+from clip.model.architectures import DTYPES, PRESETS, CLIPConfig, list_models
 from clip.model.transformer import LayerNorm, Transformer, causal_mask, normal
 from launcher.errors import UserError
 
@@ -20,9 +20,10 @@ class VisionTransformer(nn.Cell):
         self.conv1 = PatchConv(width, config.patch_size, compute_dtype)
         self.class_embedding = normal(scale, (width,), "class_embedding")
         self.positional_embedding = normal(scale, (config.grid_size ** 2 + 1, width), "positional_embedding")
-        self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, config.vision_layers, config.vision_heads, compute_dtype)
-        self.ln_post = LayerNorm(width)
+        self.ln_pre = LayerNorm(width, config.norm_eps)
+        self.transformer = Transformer(width, config.vision_layers, config.vision_heads, compute_dtype,
+                                       config.mlp_width("vision"), config.activation, config.norm_eps)
+        self.ln_post = LayerNorm(width, config.norm_eps)
         self.proj = normal(scale, (width, config.embed_dim), "proj")
         self.no_mask = Tensor(0.0, ms.float32)
 
@@ -66,10 +67,11 @@ class CLIPModel(nn.Cell):
         dtype = MS_DTYPES[config.dtype]
         self.dtype = dtype
         self.visual = VisionTransformer(config, dtype)
-        self.transformer = Transformer(config.text_width, config.text_layers, config.text_heads, dtype)
+        self.transformer = Transformer(config.text_width, config.text_layers, config.text_heads, dtype,
+                                       config.mlp_width("text"), config.activation, config.norm_eps)
         self.token_embedding = TokenEmbedding(config.vocab_size, config.text_width)
         self.positional_embedding = normal(0.01, (config.context_length, config.text_width), "positional_embedding")
-        self.ln_final = LayerNorm(config.text_width)
+        self.ln_final = LayerNorm(config.text_width, config.norm_eps)
         self.text_projection = normal(config.text_width ** -0.5, (config.text_width, config.embed_dim),
                                       "text_projection")
         self.logit_scale = Parameter(Tensor(math.log(1 / 0.07), ms.float32), name="logit_scale")
@@ -77,20 +79,22 @@ class CLIPModel(nn.Cell):
 
     @staticmethod
     def show_support_list():
-        """Print and return the preset names `create_model` and `from_pretrained` accept."""
-        names = list(PRESETS)
+        """Print and return the model names `create_model`, `model.name` and `--model` accept."""
+        names = list_models()
         print(names)
         return names
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "float32") -> "CLIPModel":
-        """A `.ckpt` path (architecture inferred from its shapes) or a preset name, whose converted weights are
-        looked up in the local model directory. Nothing is downloaded."""
+        """A `.ckpt` path (the architecture it carries, or for older files the one its shapes imply) or a model
+        name, whose converted weights are looked up in the local model directory. Nothing is downloaded."""
         from clip.model.factory import load_model
 
         if name_or_path in PRESETS or os.path.isfile(name_or_path):
             return load_model(name_or_path, dtype=dtype)
-        raise UserError(f"{name_or_path!r} is neither a checkpoint file nor a preset ({', '.join(PRESETS)})")
+        from clip.model.architectures import suggest
+
+        raise UserError(f"{name_or_path!r} is neither a checkpoint file nor a preset name; {suggest(name_or_path)}")
 
     def encode_image(self, pixels):
         return self.visual(pixels)

@@ -61,6 +61,24 @@ class QuickGELU(nn.Cell):
         return self.gelu(x)
 
 
+class GELU(nn.Cell):
+    """Exact (erf) or tanh-approximate GELU, open_clip's nn.GELU: MindSpore's stock op in every profile."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        self.approximate = approximate
+
+    def construct(self, x):
+        return ops.gelu(x, approximate=self.approximate)
+
+
+def activation(name, compute_dtype):
+    """The MLP's activation by the architecture's name (clip.model.architectures.ACTIVATIONS)."""
+    if name == "quick_gelu":
+        return QuickGELU(compute_dtype)
+    return GELU("tanh" if name == "gelu_tanh" else "none")
+
+
 class MultiheadAttention(nn.Cell):
     """Self-attention with packed QKV weights (`in_proj_weight`) like torch.nn.MultiheadAttention."""
 
@@ -95,11 +113,12 @@ class MultiheadAttention(nn.Cell):
 
 
 class MLP(nn.Cell):
-    def __init__(self, width, layers, compute_dtype):
+    def __init__(self, width, layers, compute_dtype, mlp_width=None, act="quick_gelu"):
         super().__init__()
-        self.c_fc = Linear(width, 4 * width, (2 * width) ** -0.5, compute_dtype)
-        self.gelu = QuickGELU(compute_dtype)
-        self.c_proj = Linear(4 * width, width, width ** -0.5 * (2 * layers) ** -0.5, compute_dtype)
+        mlp_width = mlp_width or 4 * width
+        self.c_fc = Linear(width, mlp_width, (2 * width) ** -0.5, compute_dtype)
+        self.gelu = activation(act, compute_dtype)
+        self.c_proj = Linear(mlp_width, width, width ** -0.5 * (2 * layers) ** -0.5, compute_dtype)
 
     def construct(self, x):
         return self.c_proj(self.gelu(self.c_fc(x)))
@@ -108,12 +127,12 @@ class MLP(nn.Cell):
 class ResidualAttentionBlock(nn.Cell):
     """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); the residual stream stays float32."""
 
-    def __init__(self, width, heads, layers, compute_dtype):
+    def __init__(self, width, heads, layers, compute_dtype, mlp_width=None, act="quick_gelu", eps=1e-5):
         super().__init__()
-        self.ln_1 = LayerNorm(width)
+        self.ln_1 = LayerNorm(width, eps)
         self.attn = MultiheadAttention(width, heads, layers, compute_dtype)
-        self.ln_2 = LayerNorm(width)
-        self.mlp = MLP(width, layers, compute_dtype)
+        self.ln_2 = LayerNorm(width, eps)
+        self.mlp = MLP(width, layers, compute_dtype, mlp_width, act)
 
     def construct(self, x, mask):
         x = x + self.attn(self.ln_1(x), mask).astype(ms.float32)
@@ -122,9 +141,9 @@ class ResidualAttentionBlock(nn.Cell):
 
 
 class Transformer(nn.Cell):
-    def __init__(self, width, layers, heads, compute_dtype):
+    def __init__(self, width, layers, heads, compute_dtype, mlp_width=None, act="quick_gelu", eps=1e-5):
         super().__init__()
-        self.resblocks = nn.CellList([ResidualAttentionBlock(width, heads, layers, compute_dtype)
+        self.resblocks = nn.CellList([ResidualAttentionBlock(width, heads, layers, compute_dtype, mlp_width, act, eps)
                                       for _ in range(layers)])
 
     def construct(self, x, mask):

@@ -10,10 +10,15 @@ from launcher.errors import UserError
 TEXT_META = {"precision": "fp32"}  # text entries with the value assumed for checkpoints written before them
 
 
-def write(path: str, save_obj, append_dict: Optional[dict] = None) -> str:
+def write(path: str, save_obj, append_dict: Optional[dict] = None, architecture=None) -> str:
     """The one checkpoint writer: ms.save_checkpoint through launcher.safe_write (temporary file, fsync, rename);
     a failure is one line naming the file and the reason, and MindSpore's own multi-line report of it is held
-    back (it would only repeat that line)."""
+    back (it would only repeat that line). `architecture` (a CLIPConfig) is stored as JSON under one key, so
+    the file alone says which model it is (the activation is not in the shapes)."""
+    if architecture is not None:
+        from clip.model.architectures import ARCHITECTURE_KEY
+
+        append_dict = {**(append_dict or {}), ARCHITECTURE_KEY: architecture.to_json()}
     import mindspore as ms
     from mindspore import log as ms_log
 
@@ -49,4 +54,20 @@ def read(path: str, what: str = "checkpoint") -> dict:
 
 def shapes(path: str, what: str = "checkpoint") -> dict:
     """Parameter name -> shape of a checkpoint."""
-    return {name: tuple(p.shape) for name, p in read(path, what).items() if name not in TEXT_META}
+    return parameter_shapes(read(path, what))
+
+
+def parameter_shapes(stored: dict) -> dict:
+    return {name: tuple(p.shape) for name, p in stored.items() if name not in TEXT_META and not isinstance(p, str)}
+
+
+def architecture(stored: dict, path: str):
+    """The CLIPConfig a checkpoint carries (read()'s result), or None for files written before they did."""
+    from clip.model.architectures import ARCHITECTURE_KEY, CLIPConfig
+
+    text = stored.get(ARCHITECTURE_KEY)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise UserError(f"checkpoint {path!r}: entry {ARCHITECTURE_KEY!r} is not text")
+    return CLIPConfig.from_json(text, f"checkpoint {path!r}")

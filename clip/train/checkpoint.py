@@ -5,6 +5,8 @@ A checkpoint holds the model parameters under their OpenAI names (so `create_mod
 `global_step`), the position of the run (`step`, `epoch`, `step_in_epoch`, `global_batch`, `seed`), the
 training `precision` and, in fp16, the loss scaler's state (`loss_scale`, `loss_scale_good_steps`,
 `skipped_steps`, `skipped_in_a_row`).
+The model's architecture is stored too (JSON, clip.model.weights; files written before it have none), so a
+checkpoint alone builds its model and a resume with another model is refused.
 The learning rate is not stored: it is recomputed from the config.
 """
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import re
 from typing import Iterable, Optional
 
+from clip.model import weights
+from clip.model.architectures import ARCHITECTURE_KEY
 from clip.model.weights import TEXT_META, read, write
 from launcher.errors import UserError
 
@@ -63,7 +67,7 @@ def unique_parameters(cells) -> list:
     return params
 
 
-def save(params: list, output_dir: str, meta: dict, keep_last: int) -> str:
+def save(params: list, output_dir: str, meta: dict, keep_last: int, architecture=None) -> str:
     """Write step_<n>.ckpt through a temporary file, point last.ckpt at it (hard link, rename), prune.
 
     A crash at any moment leaves either the previous last.ckpt or the new one, never a partial file."""
@@ -72,7 +76,8 @@ def save(params: list, output_dir: str, meta: dict, keep_last: int) -> str:
     directory = checkpoint_dir(output_dir)
     final = os.path.join(directory, step_file(meta["step"]))
     write(final, [{"name": p.name, "data": p} for p in params],
-          {**{k: int(meta[k]) for k in META_KEYS}, **{k: str(meta.get(k, default)) for k, default in TEXT_META.items()}})
+          {**{k: int(meta[k]) for k in META_KEYS}, **{k: str(meta.get(k, default)) for k, default in TEXT_META.items()}},
+          architecture=architecture)
     link_atomic(final, os.path.join(directory, LAST))
     for name in to_prune(os.listdir(directory), keep_last):
         os.remove(os.path.join(directory, name))
@@ -88,7 +93,21 @@ def load(path: str) -> tuple[dict, dict]:
                         f"use it as model.checkpoint instead")
     meta = {k: int(stored.pop(k).asnumpy()) for k in META_KEYS}
     meta.update({k: str(stored.pop(k, default)) for k, default in TEXT_META.items()})
+    meta["architecture"] = weights.architecture(stored, path)
+    stored.pop(ARCHITECTURE_KEY, None)
     return stored, meta
+
+
+def check_architecture(meta: dict, config, path: str) -> None:
+    """A resumed run's model must be the one the checkpoint was trained as (older files carry none)."""
+    carried = meta.get("architecture")
+    if carried is not None and carried.architecture() != config.architecture():
+        from clip.model.architectures import name_of
+
+        key = next(k for k, v in carried.architecture().items() if config.architecture()[k] != v)
+        raise UserError(f"train.resume: {path!r} was trained as {name_of(carried)} ({key} {getattr(carried, key)!r}); "
+                        f"this run builds {name_of(config)} ({key} {getattr(config, key)!r}); set model.name / "
+                        f"model.checkpoint to match or train.resume: none")
 
 
 def restore(params: list, stored: dict, path: str) -> None:

@@ -23,7 +23,7 @@ from clip.data import build_train_source
 from clip.data.pipeline import steps_per_epoch as epoch_steps
 from clip.data.pipeline import train_batches
 from clip.loss.contrastive import ContrastiveLoss
-from clip.model import create_model
+from clip.model import create_model, model_name
 from clip.parallel import distributed
 from clip.train import checkpoint, compile_cache, precision, preflight, runlog
 from clip.train.optim import build_optimizer, lr_schedule
@@ -93,7 +93,9 @@ def train(cfg: RunConfig) -> dict:
         start = meta["step"]
 
     ms.set_seed(t.seed)
-    model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, dtype=dtype)
+    model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, dtype=dtype, image_size=cfg.model.image_size)
+    if resume_from:
+        checkpoint.check_architecture(meta, model.config, resume_from)
     recompute_blocks(model, cfg.model.recompute)
     distributed.check_identical_params(model)
     optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
@@ -113,7 +115,7 @@ def train(cfg: RunConfig) -> dict:
         write_resolved(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         log = runlog.MetricsLog(cfg.output_dir, start if resume_from else None)
     progress = runlog.Progress(steps, start, enabled=main_rank)
-    progress.message(f"training {cfg.model.name} on {world} rank(s) x batch {t.batch_size}"
+    progress.message(f"training {cfg.model.name or model_name(model.config)} on {world} rank(s) x batch {t.batch_size}"
                      + (f" x {t.accum_steps} micro-batches" if t.accum_steps > 1 else "")
                      + f" (global {global_batch}), {per_epoch} steps/epoch, steps {start}->{stop} of {steps}, "
                      f"loss {cfg.loss.mode}, {t.mode} mode" + (f", resumed from {resume_from}" if resume_from else ""))
@@ -124,7 +126,7 @@ def train(cfg: RunConfig) -> dict:
             checkpoint.save(stored_params, cfg.output_dir,
                             {"step": step, "epoch": epoch, "step_in_epoch": in_epoch,
                              "global_batch": global_batch, "seed": t.seed, "precision": t.precision},
-                            t.keep_last)
+                            t.keep_last, model.config)
 
     def evaluate(step: int) -> dict:
         result = {}

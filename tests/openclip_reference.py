@@ -1,0 +1,112 @@
+"""open_clip 3.3.0 itself as the reference of the architecture tests: models built by `open_clip.create_model(NAME,
+pretrained=None)` (random weights, no download) or from a model-config dict, and their state dicts saved as the
+files users convert. open_clip imports torchvision only for names it does not use here; the PyPI torchvision
+wheels do not load beside the CPU torch on this machine, so a minimal stand-in is registered when it is missing
+(a copy of bench/openclip_anchor.py's, so the tests do not import bench/)."""
+import enum
+import importlib.util
+import sys
+import types
+
+TRANSFORM_NAMES = ("Compose", "Normalize", "Resize", "CenterCrop", "RandomResizedCrop", "ToTensor",
+                   "ColorJitter", "Grayscale")
+
+
+class InterpolationMode(enum.Enum):
+    NEAREST = "nearest"
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+
+
+def _unavailable(name: str):
+    class Unavailable:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError(f"torchvision.{name} is a test stand-in (tests/openclip_reference.py); "
+                               f"install a working torchvision to use open_clip's image transforms")
+    Unavailable.__name__ = Unavailable.__qualname__ = name.rsplit(".", 1)[-1]
+    return Unavailable
+
+
+def _functional_getattr(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    def unavailable(*args, **kwargs):
+        raise RuntimeError(f"torchvision.transforms.functional.{name} is a test stand-in")
+    return unavailable
+
+
+def install_torchvision_stand_in() -> bool:
+    """Register the stand-in modules unless a real torchvision is importable; True when installed."""
+    if "torchvision" in sys.modules:
+        return False
+    try:
+        if importlib.util.find_spec("torchvision") is not None:
+            import torchvision  # noqa: F401  (a real one that loads wins)
+            return False
+    except Exception:  # a broken real torchvision: fall through to the stand-in
+        for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+            del sys.modules[key]
+    modules = {name: types.ModuleType(name) for name in
+               ("torchvision", "torchvision.ops", "torchvision.ops.misc", "torchvision.transforms",
+                "torchvision.transforms.functional")}
+    modules["torchvision.ops.misc"].FrozenBatchNorm2d = _unavailable("ops.misc.FrozenBatchNorm2d")
+    transforms = modules["torchvision.transforms"]
+    transforms.InterpolationMode = InterpolationMode
+    for name in TRANSFORM_NAMES:
+        setattr(transforms, name, _unavailable(f"transforms.{name}"))
+    modules["torchvision.transforms.functional"].__getattr__ = _functional_getattr
+    modules["torchvision"].ops = modules["torchvision.ops"]
+    modules["torchvision"].transforms = transforms
+    modules["torchvision.ops"].misc = modules["torchvision.ops.misc"]
+    transforms.functional = modules["torchvision.transforms.functional"]
+    modules["torchvision"].__version__ = "0.0+test-stand-in"
+    sys.modules.update(modules)
+    return True
+
+
+def import_open_clip():
+    install_torchvision_stand_in()
+    import open_clip
+    return open_clip
+
+
+def create(name_or_cfg, seed: int = 0, **overrides):
+    """open_clip's model by name or model-config dict (vision_cfg / text_cfg overrides merged in), random
+    weights from `seed`, float32, eval mode."""
+    import copy
+
+    import torch
+
+    open_clip = import_open_clip()
+    torch.manual_seed(seed)
+    if isinstance(name_or_cfg, str) and not overrides:
+        model = open_clip.create_model(name_or_cfg, pretrained=None)
+    else:
+        cfg = copy.deepcopy(open_clip.get_model_config(name_or_cfg) if isinstance(name_or_cfg, str) else name_or_cfg)
+        for key in ("vision_cfg", "text_cfg"):
+            cfg[key].update(overrides.get(key, {}))
+        cfg.update({k: v for k, v in overrides.items() if k not in ("vision_cfg", "text_cfg")})
+        model = open_clip.CLIP(**cfg)
+    with torch.no_grad():  # open_clip initialises some tensors to constants; make every value matter
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln" in name:
+                p.add_(0.02 * torch.randn_like(p))
+    return model.float().eval()
+
+
+def model_cfg(name: str) -> dict:
+    return import_open_clip().get_model_config(name)
+
+
+def embeddings(model, pixels, tokens):
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        image = model.encode_image(torch.from_numpy(pixels)).numpy()
+        text = model.encode_text(torch.from_numpy(np.asarray(tokens, np.int64))).numpy()
+    return image, text
+
+
+def state_dict(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
