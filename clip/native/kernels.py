@@ -1,10 +1,10 @@
 """Fused float32 kernels for the CPU backend, compiled from clip/native/kernels.cc on first use:
 LayerNorm and QuickGELU, each a forward and a backward pass.
 
-Why: MindSpore 2.10's CPU `LayerNorm` + `LayerNormGrad` take 12-16 ms for one forward and backward on
-ViT-B/32's [800, 768] activations; the same in one C++ pass each takes 1.1-1.4 ms (docs/model.md). The
-kernels run through MindSpore's own extension point, `ops.Custom(func_type="aot")`, with the gradient
-given as the primitive's bprop, so autodiff, recompute and graph mode treat them like built-in ops.
+Why: MindSpore 2.10's CPU `LayerNorm` + `LayerNormGrad` and its five-kernel QuickGELU make several passes
+over the activations where one suffices (docs/model.md has the measurements). The kernels run through
+MindSpore's own extension point, `ops.Custom(func_type="aot")`, with the gradient given as the primitive's
+bprop, so autodiff, recompute and graph mode treat them like built-in ops.
 
 The library is built once per source, compiler command, compiler version (`g++ --version`), MindSpore
 version (whose custom-op loader calls it) and CPU into `$CLIP_KERNEL_DIR` (default

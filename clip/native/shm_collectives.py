@@ -1,10 +1,8 @@
 """The train step's collectives through shared memory, for CPU jobs whose ranks all run on one host.
 
-Why: MindSpore 2.10's CPU collectives go through loopback TCP in ~2 KB reads and keep the CPU busy: a
-600k-float all-reduce took 12.3 ms of wall time and 9 ms of CPU per rank, every collective costs ~1.6 ms
-however small, and ViT-B/32's 600 MB of gradients took 2.5-3.1 s per step (docs/training.md). Ranks on one
-host can instead exchange through a shared segment, at memory speed, as NCCL and gloo do between processes
-on one machine.
+Why: MindSpore 2.10's CPU collectives go through loopback TCP in small reads and keep the CPU busy, with a
+fixed cost per call however small (docs/training.md has the measurements). Ranks on one host can instead
+exchange through a shared segment, at memory speed, as NCCL and gloo do between processes on one machine.
 
 Two C++ kernels (clip/native/shm_collectives.cc) run as `ops.Custom(func_type="aot")`, built like
 clip/native/kernels.py's: a float32 sum and an all-gather (any dtype, bit for bit). In the sum every element
@@ -15,7 +13,7 @@ checks) stay MindSpore's.
 
 The kernels run outside MindSpore's collective machinery, so nothing but the graph orders them, and every
 rank must make the same calls in the same order. The gradient buckets differ from one another, so the
-reducer chains them with `ops.depend` after every gradient (clip/buckets.py). The loss's gather and its
+reducer chains them with `ops.depend` after every gradient (clip/native/buckets.py). The loss's gather and its
 backward come in the order of the data; a step that evaluates the loss both alone and inside its gradient
 (clip.train.step) gathers the same features twice, or once where MindSpore merges the two, and two
 identical gathers give the same result in either order. Each call checks that the ranks agree on its
@@ -31,8 +29,8 @@ all-gather on whether to use the segment. The segment has no name at any moment:
 anonymous memfd, the others open it through /proc/<pid of rank 0>/fd/<n> and check a random token rank 0
 wrote into it, and rank 0 closes its descriptor once all have mapped it. The memory lives exactly as long
 as some rank maps it, so a `kill -9` of any rank at any moment leaves nothing in /dev/shm or elsewhere. On
-another backend, across hosts, with `CLIP_SHM_COLLECTIVES=off`, or when any rank cannot build, open or map
-it, every rank keeps MindSpore's collectives (a warning line says why, except for `off`).
+another backend, across hosts, with `CLIP_SHM_COLLECTIVES=off`, or when any rank cannot build, load, open or
+map it, every rank keeps MindSpore's collectives (a warning line says why, except for `off`).
 """
 from __future__ import annotations
 
