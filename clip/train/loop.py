@@ -104,7 +104,8 @@ def train(cfg: RunConfig) -> dict:
     loss_fn = ContrastiveLoss(cfg.loss.mode)
     reducer = distributed.grad_reducer(optimizer.parameters, info)
     step_cell = build_train_step(t, model, loss_fn, optimizer, reducer, scaler)
-    # The train step's graphs are the first the process compiles and the only ones cached (clip.train.compile_cache).
+    # The train step's graphs are the first the process compiles and the only ones cached (clip.train.compile_cache);
+    # keyed here, after the loss and the reducer set up the step's collectives, whose transport is in the key.
     cache = compile_cache.enable_for_train_step(to_dict(cfg), world, rank) if t.mode == "graph" else None
     stored_params = checkpoint.unique_parameters([model, optimizer] + ([scaler] if scaler else []))
     if resume_from:
