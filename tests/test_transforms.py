@@ -80,6 +80,16 @@ def test_matches_openai_pipeline_other_resolutions(n):
         np.testing.assert_allclose(ours, openai_reference(image, n), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [224, 256, 336, 384])
+def test_far_from_square_images_match_openai_pipeline(n):
+    """1000 x 31 and 31 x 1000 (aspect 32:1, once 1 to 2 levels off): still resized in full, so bit-identical."""
+    transform = clip.image_transform(n)
+    for k, size in enumerate([(1000, 31), (31, 1000)]):
+        image = make_image("RGB", size, seed=200 + k)
+        np.testing.assert_allclose(transform(image), openai_reference(image, n), rtol=0, atol=1e-6,
+                                   err_msg=f"{size} at {n}")
+
+
 def test_size_and_crop_arithmetic_follows_torchvision():
     assert resized_size(640, 480, 224) == (298, 224)  # int(224*640/480) = int(298.67), truncated
     assert resized_size(480, 640, 224) == (224, 298)

@@ -59,33 +59,57 @@ def reduce_while_decoding(image: Image.Image) -> Image.Image:
     return image
 
 
-# Beyond this ratio of resized area to crop area the image is resized only where the crop will be.
-ELONGATED = 4
+# Images whose resized size has more than this many times the crop's pixels (aspect ratio beyond 64:1 at any
+# size) are resized only where the crop will be; up to it the full resize is done, as OpenAI does, at most
+# 64 x the crop's memory (38 MB at 384 px).
+ELONGATED = 64
+PILLOW_MAJOR = int(Image.__version__.split(".")[0])
+
+
+def vertical_first(in_size: Tuple[int, int], out_size: Tuple[int, int]) -> bool:
+    """Which pass Pillow runs first in one resize: from Pillow 13 the vertical one when the height shrinks by more
+    than twice what the width does, before that always the horizontal one. Rounding to 8 bits between the passes
+    makes the order visible, so the bounded path must follow the order of the full resize it stands for."""
+    (width, height), (out_width, out_height) = in_size, out_size
+    return PILLOW_MAJOR >= 13 and height - out_height > 0 and height - out_height > (width - out_width) * 2
+
+
+def source_span(start: float, end: float, scale: float, length: int) -> Tuple[int, int]:
+    """Source pixels that bicubic resampling of [start, end) reads along one axis (PIL's window: 2 pixels of
+    support, widened by the scale when shrinking), plus one of margin, clipped to the image."""
+    support = 2.0 * max(scale, 1.0)
+    return max(0, int(start - support) - 1), min(length, int(end + support) + 2)
 
 
 def resize_crop(image: Image.Image, new_size: Tuple[int, int], size: int) -> Image.Image:
-    """Resize(new_size) then CenterCrop(size), computed one axis at a time on just the source region the crop
-    needs, so that a 1 x 100000 image costs memory by the output size, not by its resized size. PIL resizes
-    horizontally, then vertically, and a box on one axis reads the same pixels around it as a full pass: the
-    result equals resize-then-crop (up to rounding of the box coordinates: at most 1 level, rarely)."""
+    """Resize(new_size) then CenterCrop(size) without the resized image: one PIL resize with a source box, the
+    crop window mapped back through the scale, on just the source pixels that window reads, so a 1 x 100000
+    image costs memory by the output size. Pillow takes box coordinates as float32, so the filter weights can
+    differ from the full resize's in the last bits: see docs/model.md for what that changes (tests/
+    test_image_memory.py measures it). When that one call would run its two passes in the other order than
+    the full resize, it is done as two one-axis calls in the full resize's order."""
     left, top, right, bottom = center_crop_box(new_size[0], new_size[1], size)
     if new_size == image.size:
         return image.crop((left, top, right, bottom))
-    premultiplied = {"RGBA": "RGBa", "LA": "La"}.get(image.mode)
-    if premultiplied:  # resize() would premultiply per call; once for both passes, as in one full resize
-        image = image.convert(premultiplied)
-    if new_size[0] != image.width:
-        sx = image.width / new_size[0]
-        image = image.resize((size, image.height), Image.Resampling.BICUBIC,
-                             box=(left * sx, 0, right * sx, image.height))
+    sx, sy = image.width / new_size[0], image.height / new_size[1]
+    x0, x1 = source_span(left * sx, right * sx, sx, image.width)
+    y0, y1 = source_span(top * sy, bottom * sy, sy, image.height)
+    region = image.crop((x0, y0, x1, y1))  # copies only these pixels; coordinates small, so float32 is closer
+    box = (left * sx - x0, top * sy - y0, right * sx - x0, bottom * sy - y0)
+    premultiplied = {"RGBA": "RGBa", "LA": "La"}.get(region.mode)
+    if premultiplied:  # resize() would premultiply per call; once, as in one full resize
+        region = region.convert(premultiplied)
+    first_vertical = vertical_first(image.size, new_size)
+    bicubic = Image.Resampling.BICUBIC
+    if vertical_first(region.size, (size, size)) == first_vertical:
+        out = region.resize((size, size), bicubic, box=box)
+    elif first_vertical:
+        out = region.resize((region.width, size), bicubic, box=(0, box[1], region.width, box[3]))
+        out = out.resize((size, size), bicubic, box=(box[0], 0, box[2], size))
     else:
-        image = image.crop((left, 0, right, image.height))
-    if new_size[1] != image.height:
-        sy = image.height / new_size[1]
-        image = image.resize((size, size), Image.Resampling.BICUBIC, box=(0, top * sy, size, bottom * sy))
-    else:
-        image = image.crop((0, top, size, bottom))
-    return image.convert({"RGBa": "RGBA", "La": "LA"}[image.mode]) if premultiplied else image
+        out = region.resize((size, region.height), bicubic, box=(box[0], 0, box[2], region.height))
+        out = out.resize((size, size), bicubic, box=(0, box[1], size, box[3]))
+    return out.convert({"RGBa": "RGBA", "La": "LA"}[out.mode]) if premultiplied else out
 
 
 @dataclass(frozen=True)
