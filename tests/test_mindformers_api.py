@@ -197,7 +197,10 @@ def test_trainer_predicts_like_the_pipeline(trained, tmp_path):
     image.save(folder / "a.png")
     render(0, "val", 6)[0].convert("L").save(folder / "b.jpg")
     many = trainer.predict(input_data=[str(folder / "a.png"), image], candidate_labels=labels, top_k=None)
-    assert len(many) == 2 and many[0] == many[1]  # a path and the same PIL image give the same answer
+    # a path and the same PIL image give the same answer (the pixels are identical, tests/test_transforms.py;
+    # two rows of one batch may differ in the last bits when MindSpore's CPU kernels split work by load)
+    assert len(many) == 2 and [p["label"] for p in many[0]] == [p["label"] for p in many[1]]
+    assert [p["score"] for p in many[0]] == pytest.approx([p["score"] for p in many[1]], abs=1e-6)
     assert sum(p["score"] for p in many[0]) == pytest.approx(1.0) and {p["label"] for p in many[0]} == set(labels)
     by_dir = trainer.predict(input_data=str(folder), candidate_labels=labels)
     assert len(by_dir) == 2 and by_dir[0] == many[0]
