@@ -1,8 +1,13 @@
 """open_clip's architectures: embeddings equal open_clip's own models (random weights, built by open_clip 3.3.0)
 for each knob (exact and tanh GELU, QuickGELU, head width 80 with MLP ratio 4.9231, 256 px, LayerNorm eps),
-through convert -> a checkpoint that carries its architecture -> create_model / pipeline / evaluation with no
-name; the names and JSON configs, their one-line errors, and position embeddings resized as open_clip does.
-Depths are reduced to 2 blocks per tower (the knobs act per block; depth only repeats them)."""
+through convert -> a checkpoint that carries its architecture -> create_model / pipeline / predict / evaluation
+with no name; a Hugging Face config.json beside the weights; the names and JSON configs, their one-line errors,
+and position embeddings resized as open_clip does (create_model and model.image_size in a config).
+
+Sizes: each knob keeps its real value (head width 80 and 64, MLP ratio 4.9231, 256 px on 32 px patches...) on
+narrow towers of 2 blocks (the knobs act per block and per head; width and depth only repeat them); ViT-H/14 and
+ViT-bigG/14 keep their full widths, heads and MLPs at 1 block per tower. Each case is built, converted and run
+by open_clip once per module (the `case` fixture), so the whole file stays a few tens of seconds."""
 import copy
 import json
 import os
@@ -18,13 +23,16 @@ from clip.model.architectures import PRESETS, expected_shapes, from_open_clip, g
 from clip.model.convert import convert, main, to_openai_parameters
 from launcher.errors import UserError
 
-SMALL = {"layers": 2}
+from crafted_weights import hf_names
 
 
-def small(name, **vision):
+def narrow(name, **vision):
+    """open_clip's config `name` with its knobs (patch and image size, head width 64, context 77, activation)
+    on towers 128 wide (2 heads of 64) and 2 blocks deep."""
     cfg = copy.deepcopy(ref.model_cfg(name))
-    cfg["vision_cfg"].update(SMALL, **vision)
-    cfg["text_cfg"].update(SMALL)
+    cfg["embed_dim"] = 64
+    cfg["vision_cfg"].update({"layers": 2, "width": 128}, **vision)
+    cfg["text_cfg"].update({"layers": 2, "width": 128, "heads": 2})
     return cfg
 
 
@@ -40,10 +48,11 @@ def tiny(**knobs):
     return cfg
 
 
+HEAD_80 = "head_width 80, mlp_ratio 4.9231"
 CASES = {
-    "ViT-B-32 (gelu)": (lambda: small("ViT-B-32"), "gelu"),
-    "ViT-B-32-256": (lambda: small("ViT-B-32-256"), "gelu"),
-    "head_width 80, mlp_ratio 4.9231": (lambda: tiny(), "gelu"),
+    "ViT-B-32 (gelu)": (lambda: narrow("ViT-B-32"), "gelu"),
+    "ViT-B-32-256": (lambda: narrow("ViT-B-32-256"), "gelu"),
+    HEAD_80: (lambda: tiny(), "gelu"),
     "quick_gelu": (lambda: tiny(quick_gelu=True), "quick_gelu"),
     "gelu_tanh": (lambda: tiny(vision_cfg={"act_kwargs": {"approximate": "tanh"}},
                                text_cfg={"act_kwargs": {"approximate": "tanh"}}), "gelu_tanh"),
@@ -65,51 +74,103 @@ def close(ours, theirs, what):
     assert np.abs(ours - theirs).max() <= 1e-5 * scale, (what, np.abs(ours - theirs).max() / scale)
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def converted(request, tmp_path_factory):
-    """(case, open_clip config, checkpoint converted with --model <json>, open_clip's embeddings)."""
-    build, activation = CASES[request.param]
-    cfg = build()
-    folder = tmp_path_factory.mktemp("arch")
-    model = ref.create(cfg)
-    torch.save(ref.state_dict(model), folder / "open_clip_pytorch_model.bin")
-    (folder / "model.json").write_text(json.dumps(cfg))
-    ckpt = folder / "model.ckpt"
-    result = convert(str(folder / "open_clip_pytorch_model.bin"), str(ckpt), str(folder / "model.json"))
-    assert result.config.activation == activation
-    pixels, tokens = inputs(cfg)
-    return request.param, cfg, str(ckpt), (pixels, tokens) + ref.embeddings(model, pixels, tokens)
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """case name -> its build, once per module: {"cfg": open_clip config, "model": open_clip's model,
+    "folder", "weights": its state dict saved as open_clip does, "ckpt": converted with --model <json>,
+    "pixels", "tokens", "image", "text": open_clip's embeddings}."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            build, activation = CASES[name]
+            cfg = build()
+            folder = tmp_path_factory.mktemp("arch")
+            model = ref.create(cfg)
+            torch.save(ref.state_dict(model), folder / "open_clip_pytorch_model.bin")
+            (folder / "model.json").write_text(json.dumps(cfg))
+            ckpt = folder / "model.ckpt"
+            result = convert(str(folder / "open_clip_pytorch_model.bin"), str(ckpt), str(folder / "model.json"))
+            assert result.config.activation == activation
+            pixels, tokens = inputs(cfg)
+            image, text = ref.embeddings(model, pixels, tokens)
+            built[name] = {"cfg": cfg, "model": model, "folder": folder, "weights": folder / "open_clip_pytorch_model.bin",
+                           "ckpt": str(ckpt), "pixels": pixels, "tokens": tokens, "image": image, "text": text}
+        return built[name]
+    return get
+
+
+@pytest.fixture(params=list(CASES))
+def converted(request, case):
+    return request.param, case(request.param)
 
 
 def test_embeddings_equal_open_clip_from_the_checkpoint_alone(converted):
-    case, cfg, ckpt, (pixels, tokens, image, text) = converted
-    model = clip.create_model(checkpoint=ckpt)  # no name: the checkpoint says what it is
-    assert model.config == from_open_clip(cfg, case)
-    close(model.encode_image(ms.Tensor(pixels)).asnumpy(), image, f"{case} image")
-    close(model.encode_text(ms.Tensor(tokens)).asnumpy(), text, f"{case} text")
+    name, c = converted
+    model = clip.create_model(checkpoint=c["ckpt"])  # no name: the checkpoint says what it is
+    assert model.config == from_open_clip(c["cfg"], name)
+    close(model.encode_image(ms.Tensor(c["pixels"])).asnumpy(), c["image"], f"{name} image")
+    close(model.encode_text(ms.Tensor(c["tokens"])).asnumpy(), c["text"], f"{name} text")
 
 
 def test_pipeline_and_from_pretrained_build_the_same_model(converted):
-    case, cfg, ckpt, (pixels, tokens, image, text) = converted
-    for model in (clip.pipeline(model=ckpt, candidate_labels=["cat", "dog"]).model,
-                  clip.CLIPModel.from_pretrained(ckpt)):
-        assert model.config == from_open_clip(cfg, case)
-        close(model.encode_image(ms.Tensor(pixels)).asnumpy(), image, f"{case} image")
+    name, c = converted
+    for model in (clip.pipeline(model=c["ckpt"], candidate_labels=["cat", "dog"]).model,
+                  clip.CLIPModel.from_pretrained(c["ckpt"])):
+        assert model.config == from_open_clip(c["cfg"], name)
+        close(model.encode_image(ms.Tensor(c["pixels"])).asnumpy(), c["image"], f"{name} image")
 
 
-def test_evaluation_builds_the_checkpoints_model(converted, tmp_path):
+def open_clip_probabilities(model, pixels, labels, context_length, template="a photo of a {}."):
+    """The pipeline's designed output computed by open_clip: softmax over labels of exp(logit_scale) * cosine."""
+    with torch.no_grad():
+        image = model.encode_image(torch.from_numpy(pixels), normalize=True).double()
+        tokens = clip.tokenize([template.format(label) for label in labels], context_length=context_length)
+        text = model.encode_text(torch.from_numpy(np.asarray(tokens, np.int64)), normalize=True).double()
+        return torch.softmax(model.logit_scale.exp().double() * image @ text.T, dim=-1).numpy()
+
+
+def test_predict_command_with_a_json_model_config_equals_open_clip(case, tmp_path, capsys):
+    """`clip.predict --model <open_clip JSON> --checkpoint` (and with the checkpoint alone): open_clip's
+    probabilities for the 256 px model; a JSON that disagrees with the checkpoint is refused in one line."""
+    from PIL import Image
+
+    from clip.eval.predict import main as predict
+    from clip.model.transforms import image_transform
+
+    c = case("ViT-B-32-256")
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (300, 280, 3), dtype=np.uint8))
+    image.save(tmp_path / "x.png")
+    labels = ["cat", "dog", "snow"]
+    pixels = image_transform(256)(image)[None].astype(np.float32)
+    expected = dict(zip(labels, open_clip_probabilities(c["model"], pixels, labels, 77)[0]))
+    outputs = []
+    for model in ([], ["--model", str(c["folder"] / "model.json")]):
+        assert predict(["--checkpoint", c["ckpt"], *model, "--image", str(tmp_path / "x.png"), "--labels",
+                        ",".join(labels), "--json"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)
+        outputs.append(row["predictions"])
+        assert {p["label"]: pytest.approx(expected[p["label"]], abs=1e-5) for p in row["predictions"]} == expected
+    assert outputs[0] == outputs[1]
+    other = dict(c["cfg"], quick_gelu=True)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit) as exc:
+        predict(["--checkpoint", c["ckpt"], "--model", str(tmp_path / "other.json"), "--image",
+                 str(tmp_path / "x.png"), "--labels", "cat,dog"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "activation 'gelu'" in err and "'quick_gelu'" in err
+
+
+def test_evaluation_builds_the_checkpoints_model(case, tmp_path):
     """clip.eval with only model.checkpoint set evaluates the checkpoint's architecture: the same result as
     naming its JSON config, and a name that disagrees is refused naming the field."""
-    case, cfg, ckpt, _ = converted
-    if case != "ViT-B-32-256":
-        pytest.skip("one architecture is enough for the evaluation path")
     from clip.api.app import evaluate
     from clip.config import load_config
     from clip.data import build_eval_source
 
-    config_path = str(tmp_path / "model.json")
-    with open(config_path, "w") as f:
-        json.dump(cfg, f)
+    c = case("ViT-B-32-256")
+    ckpt, config_path = c["ckpt"], str(c["folder"] / "model.json")
     run = load_config(None, [f"model.checkpoint={ckpt}", "data.eval.num_samples=8", "train.eval_batch_size=8",
                              f"output_dir={tmp_path}"])
     assert run.model.name is None
@@ -119,11 +180,38 @@ def test_evaluation_builds_the_checkpoints_model(converted, tmp_path):
                                "train.eval_batch_size=8", f"output_dir={tmp_path}"])
     by_name = evaluate(named, "zeroshot", named.data.eval, source, None, False)
     assert by_checkpoint["top1"] == by_name["top1"] and by_checkpoint["n"] == 8
+    assert by_checkpoint["per_class"] == by_name["per_class"]
     wrong = load_config(None, ["model.name=clip_vit_b_32", f"model.checkpoint={ckpt}", "data.eval.num_samples=8",
                                f"output_dir={tmp_path}"])
-    with pytest.raises(UserError, match="holds custom \\(image_size|holds custom \\(vision_layers 2\\), not "
-                                        "clip_vit_b_32 \\(vision_layers 12\\)"):
+    with pytest.raises(UserError, match="holds custom \\(embed_dim 64\\), not clip_vit_b_32 \\(embed_dim 512\\)"):
         evaluate(wrong, "zeroshot", wrong.data.eval, source, None, False)
+
+
+def test_hugging_face_config_beside_the_weights_says_the_architecture(case, tmp_path):
+    """A Hugging Face CLIPModel safetensors with its config.json (hidden_act gelu, 2 heads of 80, MLP 787):
+    converted without --model, it builds open_clip's model (heads and MLP from the config, not width / 64)."""
+    from safetensors.numpy import save_file
+
+    c = case(HEAD_80)
+    config = from_open_clip(c["cfg"], HEAD_80)
+    state = {k: v.numpy() for k, v in ref.state_dict(c["model"]).items() if k in expected_shapes(config)}
+    save_file({k: np.asarray(v, order="C") for k, v in hf_names(state, config).items()},
+              str(tmp_path / "model.safetensors"))
+    vision, text = c["cfg"]["vision_cfg"], c["cfg"]["text_cfg"]
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["CLIPModel"], "projection_dim": c["cfg"]["embed_dim"],
+        "vision_config": {"hidden_act": "gelu", "hidden_size": 160, "image_size": 32, "patch_size": 8,
+                          "intermediate_size": int(160 * vision["mlp_ratio"]), "num_attention_heads": 2,
+                          "num_hidden_layers": 2, "layer_norm_eps": 1e-5},
+        "text_config": {"hidden_act": "gelu", "hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4,
+                        "num_hidden_layers": 2, "max_position_embeddings": text["context_length"],
+                        "vocab_size": 49408, "layer_norm_eps": 1e-5}}))
+    result = convert(str(tmp_path / "model.safetensors"), str(tmp_path / "out.ckpt"))
+    assert result.architecture_from == str(tmp_path / "config.json")
+    model = clip.create_model(checkpoint=str(tmp_path / "out.ckpt"))
+    assert (model.config.activation, model.config.vision_heads, model.config.mlp_width("vision")) == ("gelu", 2, 787)
+    close(model.encode_image(ms.Tensor(c["pixels"])).asnumpy(), c["image"], "HF image")
+    close(model.encode_text(ms.Tensor(c["tokens"])).asnumpy(), c["text"], "HF text")
 
 
 # ---------------------------------------------------------------- names, JSON configs and their errors
@@ -209,13 +297,15 @@ def test_gelu_state_dict_is_ambiguous_and_a_wrong_model_names_the_parameter():
     assert to_openai_parameters(tensors, "b32.pt", "ViT-B-32").config.activation == "gelu"
 
 
-def test_open_clip_config_beside_the_weights_says_the_architecture(tmp_path):
-    cfg = tiny(vision_cfg={"act_kwargs": {"approximate": "tanh"}}, text_cfg={"act_kwargs": {"approximate": "tanh"}})
-    torch.save(ref.state_dict(ref.create(cfg)), tmp_path / "open_clip_pytorch_model.bin")
-    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+def test_open_clip_config_beside_the_weights_says_the_architecture(case, tmp_path):
+    c = case("gelu_tanh")
+    os.link(c["weights"], tmp_path / "open_clip_pytorch_model.bin")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": c["cfg"], "preprocess_cfg": {}}))
     result = convert(str(tmp_path / "open_clip_pytorch_model.bin"), str(tmp_path / "out.ckpt"))
     assert result.architecture_from.endswith("open_clip_config.json") and result.config.activation == "gelu_tanh"
-    assert clip.create_model(checkpoint=str(tmp_path / "out.ckpt")).config.activation == "gelu_tanh"
+    model = clip.create_model(checkpoint=str(tmp_path / "out.ckpt"))
+    assert model.config.activation == "gelu_tanh"
+    close(model.encode_text(ms.Tensor(c["tokens"])).asnumpy(), c["text"], "gelu_tanh text")
 
 
 def test_old_checkpoints_without_an_architecture_still_load(tmp_path):
@@ -230,26 +320,52 @@ def test_old_checkpoints_without_an_architecture_still_load(tmp_path):
 
 # ---------------------------------------------------------------- position embeddings at another resolution
 
-@pytest.mark.parametrize("new_size", [40, 24, 64])
-def test_position_embeddings_resized_as_open_clip_does(tmp_path, new_size):
-    open_clip = ref.import_open_clip()
-    cfg = tiny()
-    source = ref.create(cfg)
-    torch.save(ref.state_dict(source), tmp_path / "w.bin")
-    (tmp_path / "m.json").write_text(json.dumps(cfg))
-    convert(str(tmp_path / "w.bin"), str(tmp_path / "m.ckpt"), str(tmp_path / "m.json"))
-    ours = clip.create_model(checkpoint=str(tmp_path / "m.ckpt"), image_size=new_size)
+def open_clip_resized(case, new_size):
+    """open_clip's model at `new_size` px holding the case's weights, position embeddings resized by open_clip's
+    own resize_pos_embed (what open_clip does when it loads a checkpoint at another image size)."""
+    state = ref.state_dict(case["model"])
     target = ref.create(tiny(vision_cfg={"image_size": new_size}), seed=5)
-    state = ref.state_dict(source)
-    open_clip.model.resize_pos_embed(state, target)
+    ref.import_open_clip().model.resize_pos_embed(state, target)
     target.load_state_dict(state)
-    theirs = state["visual.positional_embedding"].numpy()
+    return target
+
+
+@pytest.mark.parametrize("new_size", [40, 24, 64])
+def test_position_embeddings_resized_as_open_clip_does(case, new_size):
+    c = case(HEAD_80)
+    ours = clip.create_model(checkpoint=c["ckpt"], image_size=new_size)
+    target = open_clip_resized(c, new_size)
+    theirs = target.visual.positional_embedding.detach().numpy()
     mine = ours.visual.positional_embedding.asnumpy()
     assert mine.shape == theirs.shape == ((new_size // 8) ** 2 + 1, 160)
     np.testing.assert_allclose(mine, theirs, atol=1e-5 * np.abs(theirs).max())
     pixels, tokens = inputs(tiny(vision_cfg={"image_size": new_size}))
     image, _ = ref.embeddings(target, pixels, tokens)
     close(ours.encode_image(ms.Tensor(pixels)).asnumpy(), image, "resized image")
+
+
+def test_model_image_size_in_a_config_resizes_the_checkpoints_position_embeddings(case, tmp_path):
+    """model.image_size in a YAML config with model.checkpoint: prediction (the Trainer's, which reads the config)
+    runs at 48 px with the position embeddings open_clip's resize_pos_embed gives; an image size that is not a
+    multiple of the patch size is refused in one line."""
+    from PIL import Image
+
+    from clip.api.trainer import ZERO_SHOT, Trainer
+    from clip.model.transforms import image_transform
+
+    c = case(HEAD_80)
+    (tmp_path / "run.yaml").write_text(f"model:\n  checkpoint: {c['ckpt']}\n  image_size: 48\n"
+                                       f"output_dir: {tmp_path / 'out'}\n")
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (60, 50, 3), dtype=np.uint8))
+    labels = ["cat", "dog", "snow", "night"]
+    predictions = Trainer(ZERO_SHOT, config=str(tmp_path / "run.yaml")).predict(image, labels, top_k=None)
+    target = open_clip_resized(c, 48)
+    expected = open_clip_probabilities(target, image_transform(48)(image)[None].astype(np.float32), labels, 16)[0]
+    assert [p["label"] for p in predictions] == [labels[i] for i in np.argsort(-expected, kind="stable")]
+    np.testing.assert_allclose([p["score"] for p in predictions], np.sort(expected)[::-1], atol=1e-5)
+    (tmp_path / "bad.yaml").write_text(f"model:\n  checkpoint: {c['ckpt']}\n  image_size: 44\n")
+    with pytest.raises(UserError, match="^image_size 44 is not a multiple of patch_size 8$"):
+        Trainer(ZERO_SHOT, config=str(tmp_path / "bad.yaml")).predict(image, labels)
 
 
 @pytest.mark.parametrize("name", ["ViT-H-14", "ViT-bigG-14"])
@@ -259,14 +375,15 @@ def test_big_models_convert_and_encode_at_reduced_depth(name, tmp_path):
     cfg = copy.deepcopy(ref.model_cfg(name))
     cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = 1
     model = ref.create(cfg)
-    torch.save(ref.state_dict(model), tmp_path / "w.bin")
+    torch.save(model.state_dict(), tmp_path / "w.bin")
+    pixels, tokens = inputs(cfg, n=1)
+    image, text = ref.embeddings(model, pixels, tokens)
+    del model
     (tmp_path / "m.json").write_text(json.dumps(cfg))
     convert(str(tmp_path / "w.bin"), str(tmp_path / "m.ckpt"), str(tmp_path / "m.json"))
-    del model
+    os.remove(tmp_path / "w.bin")
     ours = clip.create_model(checkpoint=str(tmp_path / "m.ckpt"))
-    assert (ours.config.vision_heads, ours.config.mlp_width("vision")) == \
-        (PRESETS[name].vision_heads, PRESETS[name].mlp_width("vision"))
-    pixels, tokens = inputs(cfg, n=1)
-    image, text = ref.embeddings(ref.create(cfg), pixels, tokens)  # same seed, same weights
+    assert (ours.config.vision_heads, ours.config.mlp_width("vision"), ours.config.text_heads) == \
+        (PRESETS[name].vision_heads, PRESETS[name].mlp_width("vision"), PRESETS[name].text_heads)
     close(ours.encode_image(ms.Tensor(pixels)).asnumpy(), image, f"{name} image")
     close(ours.encode_text(ms.Tensor(tokens)).asnumpy(), text, f"{name} text")

@@ -21,47 +21,10 @@ from clip.model.architectures import get_config
 from clip.model.convert import convert, expected_shapes, main, to_openai_parameters
 from launcher.errors import UserError
 
+from crafted_weights import hf_names
 from torch_reference import Shapes, build, random_state_dict, to_torchscript
 
 TINY = get_config("clip_tiny")
-
-
-def hf_names(state, config=TINY):
-    """OpenAI names -> Hugging Face CLIPModel names, written from HF's published layout (independent of
-    clip.convert): q/k/v split out of in_proj, projections stored transposed as Linear weights."""
-    out = {}
-    projections = {"visual.proj": "visual_projection.weight", "text_projection": "text_projection.weight"}
-    for name, value in state.items():
-        value = np.asarray(value)
-        if name in projections:
-            out[projections[name]] = value.T
-            continue
-        tower, rest = ("vision_model", name[len("visual."):]) if name.startswith("visual.") else ("text_model", name)
-        fixed = {"class_embedding": "embeddings.class_embedding", "conv1.weight": "embeddings.patch_embedding.weight",
-                 "positional_embedding": "embeddings.position_embedding.weight",
-                 "token_embedding.weight": "embeddings.token_embedding.weight", "logit_scale": None}
-        if rest in fixed:
-            out[f"{tower}.{fixed[rest]}" if fixed[rest] else "logit_scale"] = value
-            continue
-        if rest.startswith(("ln_pre.", "ln_post.", "ln_final.")):
-            norm, param = rest.split(".")
-            hf_norm = {"ln_pre": "pre_layrnorm", "ln_post": "post_layernorm", "ln_final": "final_layer_norm"}[norm]
-            out[f"{tower}.{hf_norm}.{param}"] = value
-            continue
-        _, _, index, *part = rest.split(".")
-        layer = f"{tower}.encoder.layers.{index}"
-        part = ".".join(part)
-        if part.startswith("attn.in_proj_"):
-            kind = part[len("attn.in_proj_"):]
-            for letter, chunk in zip("qkv", np.split(value, 3, axis=0)):
-                out[f"{layer}.self_attn.{letter}_proj.{kind}"] = chunk
-            continue
-        mapped = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
-                  "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}[part.rsplit(".", 1)[0]]
-        out[f"{layer}.{mapped}.{part.rsplit('.', 1)[1]}"] = value
-    out["text_model.embeddings.position_ids"] = np.arange(config.context_length, dtype=np.int64)[None]
-    out["vision_model.embeddings.position_ids"] = np.arange(config.grid_size ** 2 + 1, dtype=np.int64)[None]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +45,7 @@ def files(tmp_path_factory, state):
                paths["open_clip"])
     torch.save(state, paths["legacy"], _use_new_zipfile_serialization=False)
     torch.jit.save(to_torchscript(build(state, Shapes.of(TINY)).half()), str(paths["torchscript"]))
-    hf = {k: np.asarray(v, order="C") for k, v in hf_names({k: v.numpy() for k, v in state.items()}).items()}
+    hf = {k: np.asarray(v, order="C") for k, v in hf_names({k: v.numpy() for k, v in state.items()}, TINY).items()}
     save_file(hf, str(paths["hf"]))
     torch.save({k: torch.from_numpy(v) for k, v in hf.items()}, paths["hf_bin"])
     return paths

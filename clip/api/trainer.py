@@ -121,7 +121,8 @@ class Trainer:
             path = self._weights(predict_checkpoint)
             key = (path, os.stat(path).st_mtime_ns)
             if self._loaded is None or self._loaded[0] != key:  # reload only when the weights file changed
-                self._loaded = (key, load_model(self.config.model.name, path, self.config.model.dtype))
+                self._loaded = (key, load_model(self.config.model.name, path, self.config.model.dtype,
+                                                   self.config.model.image_size))
             model = self._loaded[1]
         else:
             model = self._model
