@@ -28,9 +28,9 @@ demo: $(RUNTIME)
 test: $(TESTDEPS)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=25 tests
 
-# The edit-test loop: every test that starts no process (tests/conftest.py), under 3 minutes on 2 cores.
+# The edit-test loop: the tests that start no process and are not heavy (tests/conftest.py), under 3 min on 2 cores.
 test-fast: $(TESTDEPS)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=10 -m "not processes" tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=10 -m "not processes and not slow" tests
 
 bench: $(TESTDEPS)
 	for b in bench/bench_*.py; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python $$b || exit 1; done

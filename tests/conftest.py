@@ -5,20 +5,22 @@ Tests run real MindSpore and real processes; nothing is mocked.
 Two tiers. A test that starts a child process (python, the launcher, a script, a cluster from clusters.py, a job
 from jobs/, mpirun, the demo, a fake tool on PATH, MindSpore data workers...) carries the `processes` marker:
 `pytestmark = pytest.mark.processes` when the whole module does, `@pytest.mark.processes` on the test otherwise.
-`make test-fast` runs the tests without it (`-m "not processes"`, the edit-test loop, under 3 minutes on
-2 cores); `make test` runs everything.
+`make test-fast` runs the tests without it, the edit-test loop in under 3 minutes on 2 cores; it also leaves
+out the few in-process tests marked `slow` (over ~10 s of CPU each: big-model parity, recompute gradients), so
+it is `-m "not processes and not slow"`. `make test` runs everything.
 
 The guard makes the marker impossible to forget: while an unmarked test (its set-up, call or tear-down, so
 module fixtures count) runs, starting a child process fails the test with a message saying to mark it. It
 watches `subprocess.Popen`, `os.fork`/`forkpty`/`posix_spawn`/`posix_spawnp`/`system` and
 `_posixsubprocess.fork_exec` (multiprocessing's spawn and forkserver), so everything built on them is covered.
-It is a guard, not a mock: nothing is replaced for marked tests, and the unmarked ones only see a failure.
+It is a guard, not a mock: the wrappers pass straight through to the real calls for marked tests, and the
+unmarked ones only see a failure.
 
-One exception: processes started by the library's own code in clip/native/ (today: g++ building the fused CPU
-kernels and the shared-memory transport). Every in-process CPU model or training test needs those libraries,
-so the build is part of what the library does in-process; it takes about a second per library and runs once
-per session (`CLIP_KERNEL_DIR` is one directory for the session), or again only when a test asks for a
-fresh build. Processes MindSpore starts from C++ are invisible to the guard; MindSpore's Python-side data
+One exception: processes started by the library's own code in clip/native/ (today: g++, which builds the fused
+CPU kernels and the shared-memory transport and reports its version for their build key). Every in-process CPU
+model or training test needs those libraries, so the build is part of what the library does in-process; it
+takes about a second per library and runs once per session (`CLIP_KERNEL_DIR` is one directory for the
+session), or again only when a test asks for a fresh build. Processes MindSpore starts from C++ are invisible to the guard; MindSpore's Python-side data
 workers (`num_workers > 1`) are not, and count as processes.
 """
 import _posixsubprocess

@@ -98,6 +98,7 @@ def test_a_global_batch_the_dataset_cannot_fill_is_refused(tmp_path):
                       "1 ranks x train.accum_steps 8)"], proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, dtype, tolerance", [("clip_vit_b_32", "float32", 1e-6), ("clip_tiny", "float16", 1e-3)])
 def test_recompute_leaves_the_gradients_unchanged(preset, dtype, tolerance):
     import mindspore as ms

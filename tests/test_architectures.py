@@ -368,6 +368,7 @@ def test_model_image_size_in_a_config_resizes_the_checkpoints_position_embedding
         Trainer(ZERO_SHOT, config=str(tmp_path / "bad.yaml")).predict(image, labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ViT-H-14", "ViT-bigG-14"])
 def test_big_models_convert_and_encode_at_reduced_depth(name, tmp_path):
     """Full widths, heads and MLP of ViT-H/14 and ViT-bigG/14, 1 block per tower (full depth only repeats it
