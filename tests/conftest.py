@@ -16,7 +16,9 @@ watches `subprocess.Popen`, `os.fork`/`forkpty`/`posix_spawn`/`posix_spawnp`/`sy
 It is a guard, not a mock: the wrappers pass straight through to the real calls for marked tests, and the
 unmarked ones only see a failure.
 
-One exception: processes started by the library's own code in clip/native/ (today: g++, which builds the fused
+Two exceptions. Processes MindSpore's own Python code starts to inspect the machine (`lscpu`, when its
+runtime first binds threads in a process), which are part of importing and running it at all. And processes
+started by the library's own code in clip/native/ (today: g++, which builds the fused
 CPU kernels and the shared-memory transport and reports its version for their build key). Every in-process CPU
 model or training test needs those libraries, so the build is part of what the library does in-process; it
 takes about a second per library and runs once per session (`CLIP_KERNEL_DIR` is one directory for the
@@ -38,6 +40,8 @@ from clusters import clean_environ
 
 REPO = Path(__file__).resolve().parent.parent
 NATIVE = str(REPO / "clip" / "native") + os.sep
+# MindSpore's own Python code asks the system about itself (`lscpu` when its runtime first binds threads)
+MINDSPORE = os.path.join(os.path.dirname(os.path.dirname(pytest.__file__)), "mindspore") + os.sep
 MARKER = "processes"
 
 
@@ -62,7 +66,7 @@ _guarded = None  # the unmarked test item whose phase is running, else None
 def _started_by_the_library() -> bool:
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code.co_filename.startswith(NATIVE):
+        if frame.f_code.co_filename.startswith((NATIVE, MINDSPORE)):
             return True
         frame = frame.f_back
     return False

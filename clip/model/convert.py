@@ -148,8 +148,8 @@ def resolve_config(tensors: Dict[str, np.ndarray], model: Optional[str], source:
         raise UserError(f"{source}: a plain state dict does not say its activation or head count; pass --model "
                         f"with one of the models whose shapes match: {shown}")
     try:
-        found = infer_config(shapes)
-    except (UserError, ValueError):
+        found = infer_config(shapes)  # a UserError here names the malformed parameter: the more useful line
+    except ValueError:
         found = None
     what = (f" (vision {found.vision_width} wide x {found.vision_layers}, patch {found.patch_size}, {found.image_size} px; "
             f"text {found.text_width} wide x {found.text_layers})" if found else "")
@@ -178,6 +178,17 @@ def described_by_source(path: str, source_format: str, layout: str, tensors) -> 
     return None
 
 
+OPENAI_PARAMETERS = ("visual.", "transformer.", "token_embedding.", "positional_embedding", "ln_final.",
+                     "text_projection", "logit_scale")
+
+
+def check_dtypes(tensors: Dict[str, np.ndarray], source: str) -> None:
+    """Weights are floating point whatever the architecture: checked before asking which one it is."""
+    for name, value in tensors.items():
+        if name.startswith(OPENAI_PARAMETERS) and not np.issubdtype(value.dtype, np.floating):
+            raise UserError(f"{source}: tensor {name} has dtype {value.dtype}, expected floating point")
+
+
 def check_shapes(tensors: Dict[str, np.ndarray], config: CLIPConfig, model: str, source: str) -> None:
     """Every parameter present with the expected shape, else a one-line error naming the first problem."""
     expected = expected_shapes(config)
@@ -201,6 +212,7 @@ def to_openai_parameters(tensors: Dict[str, np.ndarray], source: str, model: Opt
     if layout == "hf":
         tensors = hf_to_openai(tensors, source)
     kept = {name: value for name, value in tensors.items() if not is_non_parameter(name)}
+    check_dtypes(kept, source)
     described = None if model is not None else described_by_source(source, source_format, layout, kept)
     model, config, how = resolve_config(kept, model, source, described)
     check_shapes(kept, config, model, source)
