@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m clip.predict",
                                      description="Zero-shot label probabilities for images.")
     parser.add_argument("--checkpoint", required=True, help="MindSpore checkpoint (OpenAI parameter names)")
-    parser.add_argument("--model", help="preset name (default: inferred from the checkpoint's shapes)")
+    parser.add_argument("--model", help="model name or open_clip JSON config (default: the architecture the "
+                                        "checkpoint carries)")
     parser.add_argument("--image", nargs="+", required=True, metavar="PATH", help="image files or directories")
     parser.add_argument("--labels", required=True, help='candidate labels, comma-separated: "cat,dog,bird"')
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"prompt template (default {DEFAULT_TEMPLATE!r})")
