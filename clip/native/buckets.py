@@ -11,8 +11,8 @@ The token embedding's gradient is zero outside the rows the step's tokens index 
 at small batches: 84% of clip_tiny's gradient bytes). When the step's W x B x L token ids are fewer than the
 table's rows, the reducer all-gathers the ids and all-reduces only those rows, then scatters them into a
 zero table: the same sums of the same values, on a few rows instead of the whole table. The rows travel in
-one all-reduce with the buckets either side of the table, since every collective costs a fixed ~1.6 ms on
-top of its bytes on the CPU backend (bench/bench_collectives.py). With more ids than rows (large batches) it
+one all-reduce with the buckets either side of the table, since every collective has a fixed cost on top
+of its bytes on the CPU backend (bench/bench_collectives.py). With more ids than rows (large batches) it
 all-reduces the table as before, in a bucket of its own.
 """
 from __future__ import annotations

@@ -45,10 +45,10 @@ def backward_order(names: Sequence[str]) -> list[int]:
     The micro-batch graph adds each gradient to the sum in place, and MindSpore runs those in-place adds in
     the order they are written: in parameter order, the first add (the text positional embedding, whose
     gradient comes last) holds every other gradient alive until the backward ends. In production order each
-    gradient is added and freed as soon as it exists (measured: ViT-B/32 micro-batch 4, pool peak 645 ->
-    337 MiB; bench/bench_memory.py). The image tower goes first because that is where MindSpore's CPU
-    schedule starts the backward of the whole model (text first: 547 MiB); the contrastive step runs the towers
-    as separate graphs and keeps this order within each."""
+    gradient is added and freed as soon as it exists, which roughly halves the step's memory pool
+    (bench/bench_memory.py). The image tower goes first because that is where MindSpore's CPU schedule starts
+    the backward of the whole model; the contrastive step runs the towers as separate graphs and keeps this
+    order within each."""
     def key(index: int):
         name = names[index]
         block = _BLOCK.search(name)
@@ -113,8 +113,8 @@ class AccumulatingTrainStep:
         loss, d_image, d_text, d_scale = self.loss_grad(image_all, text_all, features[0][2])
         no_scale = ops.zeros_like(d_scale)
         for i, (x, t) in enumerate(parts):
-            # one tower at a time: only that tower's activations are alive (ViT-B/32, K = 4 x 16: the step's
-            # pool peak 1261 -> 665 MiB); the temperature's gradient flows once, with the first micro-batch
+            # one tower at a time: only that tower's activations are alive (bench/bench_memory.py); the
+            # temperature's gradient flows once, with the first micro-batch
             self.image_grad(x, d_image[i * b:(i + 1) * b])
             self.text_grad(t, d_text[i * b:(i + 1) * b], d_scale if i == 0 else no_scale)
         return loss, self.update(lr)

@@ -164,9 +164,9 @@ class GradientUpdate(nn.Cell):
     `of_parameters`: the gradients are Parameters, the sums of clip.accumulate. Then the norm is taken one
     tensor after the other (see clip.profiles.grad_norm), and with AdamW the unscaling and clipping are one factor that the
     optimiser applies tensor by tensor as it updates, since a scaled copy of all gradients made up front would
-    be a second set of gradients in memory (ViT-B/32, K = 4 micro-batches of 4 with clipping: pool peak 1217 ->
-    387 MiB with both). The norm of the unscaled gradients is then that of the scaled ones divided by the
-    scale. Fresh gradients keep the plain form: there, folding measured no lower and at batch 4 higher.
+    be a second set of gradients in memory (docs/training.md, accumulation memory). The norm of the unscaled
+    gradients is then that of the scaled ones divided by the scale. Fresh gradients keep the plain form: there,
+    folding saved no memory.
     """
 
     def __init__(self, optimizer, grad_clip_norm: float = 0.0, scaler=None, of_parameters: bool = False):
