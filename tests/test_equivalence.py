@@ -3,14 +3,18 @@ same per-step global losses and final parameters; MindFormers' local-only loss d
 
 Real CPU dynamic clusters through the real launcher (`python -m launcher run --backend cluster`).
 One run per configuration, shared by all checks; 24 samples / global batch 8 = 3 steps per epoch, so the
-5 steps also cross an epoch boundary (new permutation, new captions).
+5 steps also cross an epoch boundary (new permutation, new captions). One of the 2-card runs (accumulation with
+`loss.mode=full`) trains instead from a converted open_clip checkpoint with exact GELU (training_runs.TINY_GELU,
+no model name) against its own one-card run, so the guarantee covers that architecture without another cluster.
 """
 import pytest
 
 from training_runs import (
     TINY,
     TOL,
+    converted_gelu_checkpoint,
     finish_training,
+    from_checkpoint,
     losses,
     max_param_diff,
     metric,
@@ -31,10 +35,14 @@ def runs(tmp_path_factory):
             # contrastive gradient accumulation: (W, B, K) = (2, 2, 2) and (1, 2, 4), global batch 8
             "w2_k2": (2, 2, "local", "graph", ["train.accum_steps=2"]),
             "w1_k4": (1, 2, "local", "graph", ["train.accum_steps=4"]),
-            "w2_k2_full": (2, 2, "full", "graph", ["train.accum_steps=2"]),
+            # from a converted GELU checkpoint: (2, 2, 2) full loss against (1, 8, 1) of the same checkpoint
+            "w1_gelu": (1, 8, "local", "graph", []),
+            "w2_k2_full_gelu": (2, 2, "full", "graph", ["train.accum_steps=2"]),
             "w2_k2_plain": (2, 2, "local", "graph", ["train.accum_steps=2", "train.accum_mode=plain"])}
     overrides = {name: TINY + [f"train.batch_size={batch}", f"loss.mode={mode}", f"train.mode={exec_mode}"] + extra
                  for name, (world, batch, mode, exec_mode, extra) in plan.items()}
+    gelu = converted_gelu_checkpoint(base / "gelu")
+    overrides.update({name: from_checkpoint(o, gelu) for name, o in overrides.items() if name.endswith("_gelu")})
     # the one-process runs go side by side with the clusters (start_training), the clusters one at a time
     single = {name: start_training(base / name, overrides[name]) for name, p in plan.items() if p[0] == 1}
     try:
@@ -89,15 +97,24 @@ def test_local_only_loss_is_a_different_objective(runs):
 
 def test_contrastive_accumulation_trains_like_the_whole_global_batch(runs):
     """(W, B, K) = (2, 2, 2) and (1, 2, 4) equal (1, 8, 1): the same per-step global loss and parameters;
-    (2, 2, 2) also with `loss.mode=full` (every rank computes the whole logit matrix)."""
-    ref = runs["w1"]
-    for name in ("w2_k2", "w1_k4", "w2_k2_full"):
-        got = runs[name]
+    (2, 2, 2) also with `loss.mode=full` (every rank computes the whole logit matrix), on the GELU model trained
+    from a converted open_clip checkpoint."""
+    for name, ref_name in (("w2_k2", "w1"), ("w1_k4", "w1"), ("w2_k2_full_gelu", "w1_gelu")):
+        got, ref = runs[name], runs[ref_name]
         assert sorted(got["losses"]) == sorted(ref["losses"])
         worst = max(abs(got["losses"][s] - ref["losses"][s]) / ref["losses"][s] for s in ref["losses"])
         assert worst <= 1e-6, f"{name}: per-step global loss differs by {worst:.3g} (relative)"
         diff, key = max_param_diff(got["params"], ref["params"])
         assert diff <= TOL, f"{name}: parameter {key} differs by {diff:.3g} from (1, 8, 1)"
+
+
+def test_the_gelu_runs_trained_the_converted_checkpoints_model(runs):
+    """The GELU pair built the checkpoint's architecture (no model name given) and started from its weights:
+    its losses are not clip_tiny's, and it learned (5 distinct losses)."""
+    gelu, tiny = runs["w1_gelu"], runs["w1"]
+    assert "training custom on 1 rank(s)" in gelu["stdout"], gelu["stdout"][-2000:]
+    assert len(set(round(v, 6) for v in gelu["losses"].values())) == 5
+    assert abs(gelu["losses"][1] - tiny["losses"][1]) > 100 * TOL
 
 
 def test_plain_accumulation_is_a_different_objective(runs):

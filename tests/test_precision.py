@@ -28,6 +28,7 @@ from training_runs import (
     model_params,
     run_training,
     start_training,
+    stored_arrays,
     train_command,
 )
 
@@ -35,12 +36,6 @@ FP16 = [o for o in TINY if not o.startswith("train.max_steps")] + [
     "train.precision=fp16", "train.max_steps=6", "train.save_every=1", "train.keep_last=10"]
 FIRST_SCALE = 18
 OVERFLOW = f"train.loss_scale_init={2 ** FIRST_SCALE}"
-
-
-def stored(ckpt):
-    import mindspore as ms
-
-    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(ckpt)).items() if k != "precision"}
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +91,12 @@ def test_forced_overflow_is_skipped_on_every_rank_and_training_goes_on(runs):
         previous_skipped, previous_scale = skipped[step], scale[step]
     ms.set_seed(7)
     initial = {p.name: p.asnumpy() for p in create_model("clip_tiny").get_parameters()}
-    after_skip = stored(out / "checkpoints" / "step_00000001.ckpt")
+    after_skip = stored_arrays(out / "checkpoints" / "step_00000001.ckpt")
     assert all(np.array_equal(after_skip[name], value) for name, value in initial.items())
     moments = [v for name, v in after_skip.items() if name.startswith("adam_")]
     assert len(moments) == 2 * len(initial) and not any(np.any(v) for v in moments)
     assert int(after_skip["global_step"][0]) == 0
-    final = stored(out / "checkpoints" / "last.ckpt")
+    final = stored_arrays(out / "checkpoints" / "last.ckpt")
     assert int(final["global_step"][0]) == 6 - k and int(final["skipped_steps"]) == k
     assert max_param_diff({n: final[n] for n in initial}, initial)[0] > 1e-4  # the later steps trained
     # both ranks skipped the same steps: the run checks at its end that their parameters are identical
@@ -112,8 +107,8 @@ def test_forced_overflow_is_skipped_on_every_rank_and_training_goes_on(runs):
 def test_fp16_resume_equals_the_uninterrupted_run(resumed):
     base, first = resumed
     assert "stopped at step 3 of 6" in first
-    straight = stored(base / "overflow" / "checkpoints" / "last.ckpt")
-    split = stored(base / "split" / "checkpoints" / "last.ckpt")
+    straight = stored_arrays(base / "overflow" / "checkpoints" / "last.ckpt")
+    split = stored_arrays(base / "split" / "checkpoints" / "last.ckpt")
     assert straight.keys() == split.keys()
     diff = max(float(np.max(np.abs(split[k] - straight[k]))) for k in straight)
     assert diff <= 1e-6, f"resumed fp16 run differs by {diff:.3g}"

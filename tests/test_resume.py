@@ -18,11 +18,14 @@ from training_runs import (
     REPO,
     TINY,
     clean_env,
+    converted_gelu_checkpoint,
     finish_training,
+    from_checkpoint,
     losses,
     max_param_diff,
     model_params,
     run_training,
+    run_trainings,
     start_training,
     train_command,
 )
@@ -92,6 +95,49 @@ def test_resume_from_a_file_that_is_not_a_training_checkpoint_is_a_user_error(re
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"train.resume: '{bogus}' is not a readable MindSpore checkpoint" in proc.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def gelu_resumed(tmp_path_factory):
+    """From a converted open_clip GELU checkpoint (no model name): 6 steps straight, and stopped after 4 then
+    resumed, one process each (the first half side by side with the straight run)."""
+    base = tmp_path_factory.mktemp("resume_gelu")
+    overrides = from_checkpoint([o for o in TINY if not o.startswith("train.max_steps")] + STEPS,
+                                converted_gelu_checkpoint(base / "gelu"))
+    first = run_trainings({base / "straight": overrides, base / "split": overrides + ["train.stop_after=4"]})
+    second = run_training(base / "split", 1, overrides + ["train.resume=auto"])
+    return {"base": base, "first": first[base / "split"].stdout, "second": second.stdout, "overrides": overrides}
+
+
+def test_run_from_a_converted_gelu_checkpoint_resumes_bit_identically(gelu_resumed):
+    base = gelu_resumed["base"]
+    assert "stopped at step 4 of 6" in gelu_resumed["first"]
+    assert "training custom on 1 rank(s)" in gelu_resumed["second"] and "steps 4->6 of 6" in gelu_resumed["second"]
+    straight = model_params(base / "straight" / "checkpoints" / "last.ckpt")
+    split = model_params(base / "split" / "checkpoints" / "last.ckpt")
+    assert len(split) > 20
+    diff, key = max_param_diff(split, straight)
+    assert diff == 0.0, f"{key} differs by {diff:.3g} after resuming"
+    assert losses(base / "split") == losses(base / "straight")
+    gelu_start = model_params(gelu_resumed["base"] / "gelu" / "tiny_gelu.ckpt")
+    assert max_param_diff(gelu_start, straight)[0] > 0  # it trained
+
+
+def test_resuming_with_another_architecture_is_refused_in_one_line(gelu_resumed):
+    """The GELU run's checkpoint under clip_tiny (QuickGELU, the same shapes): refused before any step, naming
+    the field that differs, nothing written."""
+    out = gelu_resumed["base"] / "split"
+    ckpt = out / "checkpoints" / "last.ckpt"
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    overrides = [o for o in gelu_resumed["overrides"] if not o.startswith("model.checkpoint=")]
+    cmd = train_command(overrides + ["model.name=clip_tiny", f"train.resume={ckpt}", f"output_dir={out}"])
+    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert (f"train.resume: '{ckpt}' was trained as custom (activation 'gelu'); this run builds clip_tiny "
+            f"(activation 'quick_gelu')") in errors[0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
 
 
 def _worker(launcher: "psutil.Process", rank: int):

@@ -87,7 +87,8 @@ def test_checkpoint_save_rotate_load_restore(tmp_path):
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["last.ckpt", "step_00000004.ckpt", "step_00000006.ckpt"]  # no temporary files left
     stored, meta = checkpoint.load(str(tmp_path / "checkpoints" / "last.ckpt"))
-    assert meta == {"step": 6, "epoch": 1, "step_in_epoch": 2, "global_batch": 8, "seed": 1, "precision": "fp32"}
+    assert meta == {"step": 6, "epoch": 1, "step_in_epoch": 2, "global_batch": 8, "seed": 1, "precision": "fp32",
+                    "architecture": None}  # saved without one, as files written before checkpoints carried it
     params[0].set_data(Tensor(np.zeros((2, 3), np.float32)))
     checkpoint.restore(params, stored, "last.ckpt")
     assert np.all(params[0].asnumpy() == 6.0)

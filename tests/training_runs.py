@@ -98,15 +98,20 @@ def metric(out_dir: Path, key: str) -> dict:
 
 
 def model_params(ckpt: Path) -> dict:
-    """The model's parameters (OpenAI names) from a training checkpoint, as numpy."""
-    import mindspore as ms
-
-    from clip.train.checkpoint import META_KEYS, TEXT_META
+    """The model's parameters (OpenAI names) from a training checkpoint, as numpy: no optimiser state, run
+    position or scaler state, and no text entry (precision, the architecture's JSON)."""
+    from clip.train.checkpoint import META_KEYS
     from clip.train.precision import SCALER_STATE
 
-    stored = ms.load_checkpoint(str(ckpt))
-    return {k: v.asnumpy() for k, v in stored.items()
-            if not k.startswith(("adam_", "global_step")) and k not in META_KEYS + SCALER_STATE + tuple(TEXT_META)}
+    return {k: v for k, v in stored_arrays(ckpt).items()
+            if not k.startswith(("adam_", "global_step")) and k not in META_KEYS + SCALER_STATE}
+
+
+def stored_arrays(ckpt: Path) -> dict:
+    """Every tensor of a checkpoint as numpy; the text entries (str values: precision, architecture) left out."""
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(ckpt)).items() if not isinstance(v, str)}
 
 
 def function_part(name: str, value: np.ndarray) -> np.ndarray:
@@ -123,3 +128,32 @@ def function_part(name: str, value: np.ndarray) -> np.ndarray:
 def max_param_diff(a: dict, b: dict) -> tuple:
     assert a.keys() == b.keys()
     return max((float(np.max(np.abs(function_part(k, a[k]) - function_part(k, b[k])))), k) for k in a)
+
+
+# clip_tiny's shapes as an open_clip model-config with exact GELU (open_clip's default activation), for the
+# runs that train from a converted open_clip checkpoint.
+TINY_GELU = {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": 2, "width": 128, "head_width": 32,
+                                             "patch_size": 16},
+             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
+
+def converted_gelu_checkpoint(folder: Path) -> Path:
+    """A checkpoint converted (clip.convert --model <JSON>) from a TINY_GELU model that open_clip builds with
+    random weights; it carries its architecture, so runs name no model. Returns its path."""
+    import torch
+
+    import openclip_reference as ref
+    from clip.model.convert import convert
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(ref.state_dict(ref.create(TINY_GELU, seed=11)), folder / "open_clip_pytorch_model.bin")
+    (folder / "tiny_gelu.json").write_text(json.dumps(TINY_GELU))
+    result = convert(str(folder / "open_clip_pytorch_model.bin"), str(folder / "tiny_gelu.ckpt"),
+                     str(folder / "tiny_gelu.json"))
+    assert result.config.activation == "gelu"
+    return folder / "tiny_gelu.ckpt"
+
+
+def from_checkpoint(overrides, ckpt: Path) -> list:
+    """`overrides` training from `ckpt` (its architecture, no model name) instead of clip_tiny."""
+    return [o for o in overrides if not o.startswith("model.name=")] + [f"model.checkpoint={ckpt}"]
