@@ -23,6 +23,9 @@ the compiled graph's IR (~1.6 GiB for this step) and buffers that CPU kernels (T
 pool; the pool is what the step itself allocates through MindSpore, which on a card is device memory.
 `--train-mode pynative` measures the same step uncompiled (results in memory_pynative.json): on the
 CPU backend the compiled step's RSS also holds its IR and memory CPU kernels keep outside the pool.
+`--big` measures ViT-H-14 and ViT-bigG-14 at 1-2 blocks per tower and batches 4 and 8, fits each tower's per-block
+and per-sample cost and extrapolates linearly to the full depth (`big`, bench/results/memory_big.json; the
+per-card table in docs/training.md).
 `--quick` is a small smoke run of the same ViT-B/32 step (batches 4 8, K = 2, 1 timed step, no
 verification) written to bench/results/memory_quick.json.
 """
@@ -38,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -107,19 +111,24 @@ def worker(args) -> None:
     from clip.config import load_config
     from clip.loss.contrastive import ContrastiveLoss
     from clip.model import create_model
+    from clip.model.architectures import get_config
     from clip.parallel import distributed
     from clip.train import build_train_step
+    from clip.train.precision import MODEL_DTYPE
     from clip.train.optim import build_optimizer
     from clip.train.recompute import recompute_blocks
 
     ms.set_context(mode=ms.GRAPH_MODE if args.train_mode == "graph" else ms.PYNATIVE_MODE)
     info = distributed.init_from_env()
-    cfg = load_config(None, [f"model.name={PRESET}", f"train.batch_size={args.batch}", "train.lr=1e-4", f"train.mode={args.train_mode}",
+    cfg = load_config(None, [f"model.name={args.model}", f"train.batch_size={args.batch}", "train.lr=1e-4", f"train.mode={args.train_mode}",
                              f"train.accum_steps={args.accum}", f"model.recompute={str(args.recompute).lower()}",
-                             f"train.grad_clip_norm={args.grad_clip_norm}"])
+                             f"train.grad_clip_norm={args.grad_clip_norm}", f"train.precision={args.precision}"])
     t = cfg.train
     ms.set_seed(0)
-    model = create_model(cfg.model.name)
+    architecture = get_config(args.model)
+    if args.layers:  # reduced depth (--big): vision and text blocks
+        architecture = replace(architecture, vision_layers=args.layers[0], text_layers=args.layers[1])
+    model = create_model(architecture, dtype=MODEL_DTYPE[args.precision])
     marked = recompute_blocks(model, cfg.model.recompute)
     optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
     step = build_train_step(t, model, ContrastiveLoss(cfg.loss.mode), optimizer,
@@ -142,7 +151,8 @@ def worker(args) -> None:
         times.append(time.perf_counter() - start)
     peak = peak_rss_gib()
     Path(args.result).write_text(json.dumps({
-        "batch": args.batch, "accum_steps": args.accum, "global_batch": args.batch * args.accum,
+        "model": args.model, "layers_per_tower": model.config.vision_layers, "precision": args.precision,
+        "parameters": sum(p.size for p in model.get_parameters()), "batch": args.batch, "accum_steps": args.accum, "global_batch": args.batch * args.accum,
         "recompute": args.recompute, "recomputed_blocks": marked, "steps": args.steps, "state_gib": round(state, 3),
         "rss_after_build_gib": round(after_build, 3), "peak_rss_after_first_step_gib": round(after_first, 3),
         "peak_rss_gib": round(peak, 3), "step_increment_gib": round(peak - after_build, 3),
@@ -153,13 +163,17 @@ def worker(args) -> None:
 # ---------------------------------------------------------------- orchestration
 
 def measure(batch: int, steps: int, workdir: Path, recompute: bool = False, accum: int = 1,
-            train_mode: str = "graph", grad_clip_norm: float = 0.0) -> dict:
+            train_mode: str = "graph", grad_clip_norm: float = 0.0, model: str = PRESET, layers: tuple = (),
+            precision: str = "fp32") -> dict:
     """One configuration in a fresh process; its result plus the load average."""
     name = f"{'recompute' if recompute else 'plain'}_{batch}" + (f"_x{accum}" if accum > 1 else "")
+    if layers:
+        name = f"{model}_{precision}_v{layers[0]}_t{layers[1]}_{name}"
     result = workdir / f"{name}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--batch", str(batch), "--accum", str(accum),
            "--steps", str(steps), "--train-mode", train_mode, "--result", str(result),
-           "--grad-clip-norm", str(grad_clip_norm)] + (["--recompute"] if recompute else [])
+           "--grad-clip-norm", str(grad_clip_norm), "--model", model, "--precision", precision] + \
+        (["--layers", *[str(n) for n in layers]] if layers else []) + (["--recompute"] if recompute else [])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_"))}
     env.update(GLOG_v="3", MS_DEV_RUNTIME_CONF="memory_statistics:True")
     start = time.perf_counter()
@@ -237,6 +251,105 @@ def verify(fit: dict, mode: str, workdir: Path, train_mode: str) -> dict:
             "fits": out["peak_rss_gib"] <= fit["limit_gib"]}
 
 
+# --big: the grid of reduced-depth runs (vision blocks, text blocks, per-card batch) per model and recompute setting.
+BIG_MODELS = ("ViT-H-14", "ViT-bigG-14")
+# Batches 4 and 8: at batches 1-2 a block's activations (~0.03 GiB per sample for ViT-H-14) are below the RSS's
+# run-to-run scatter (~0.1 GiB) and the fit comes out negative; the pool peak stays at one value at any of these.
+BIG_POINTS = ((1, 1, 4), (2, 1, 4), (1, 2, 4), (1, 1, 8), (2, 1, 8), (1, 2, 8))
+# Measured in fp32: on the CPU backend fp16 towers inflate the RSS with conversion buffers (ViT-H-14 fp16: +0.49 GiB
+# per sample per vision block against ~0.03 GiB in fp32, which the activation count predicts), and bf16 has no
+# CPU MatMul; fp16/bf16 activations are taken as half of fp32's (FP16_ACTIVATIONS), an estimate.
+BIG_PRECISION = "fp32"
+FP16_ACTIVATIONS = 0.5
+# Bytes per parameter a card holds with fp16/bf16 towers: fp32 master weight and two AdamW moments (the state,
+# 12), the fp32 gradient (4), the towers' 2-byte copy of the weight (2); accumulation adds the fp32 gradient sum.
+BYTES_PER_PARAMETER = 12 + 4 + 2
+ACCUM_BYTES_PER_PARAMETER = 4
+
+
+def fit_depth_batch(points: dict) -> dict:
+    """Least-squares fit of y = p0 + pv*Lv + pt*Lt + B*(s0 + sv*Lv + st*Lt) over {(Lv, Lt, B): GiB}: a fixed
+    cost, costs per vision / text block, and per-sample costs (embeddings and loss; per vision / text block)."""
+    import numpy as np
+
+    keys = sorted(points)
+    rows = np.array([[1, lv, lt, b, b * lv, b * lt] for lv, lt, b in keys], float)
+    coef, *_ = np.linalg.lstsq(rows, np.array([points[k] for k in keys], float), rcond=None)
+    return dict(zip(("p0", "pv", "pt", "s0", "sv", "st"), (float(c) for c in coef)))
+
+
+def at(fit: dict, vision_layers: int, text_layers: int, batch: int) -> float:
+    return (fit["p0"] + fit["pv"] * vision_layers + fit["pt"] * text_layers
+            + batch * (fit["s0"] + fit["sv"] * vision_layers + fit["st"] * text_layers))
+
+
+def per_sample_gib(fit: dict, vision_layers: int, text_layers: int) -> float:
+    return fit["s0"] + fit["sv"] * vision_layers + fit["st"] * text_layers
+
+
+def fixed_gib(parameters: int, accum_steps: int = 1) -> float:
+    return parameters * (BYTES_PER_PARAMETER + (ACCUM_BYTES_PER_PARAMETER if accum_steps > 1 else 0)) / GIB
+
+
+def largest_card_batch(per_sample: float, parameters: int, card_gib: float, accum_steps: int = 1,
+                       usable: float = 0.9) -> int:
+    """The largest per-card (micro-)batch B with fixed + B * per_sample <= usable * card (0: none fits)."""
+    return max(0, math.floor((usable * card_gib - fixed_gib(parameters, accum_steps)) / per_sample))
+
+
+def big(args) -> int:
+    """ViT-H-14 and ViT-bigG-14 cannot train at full depth within this machine's memory: each runs at 1-2 blocks
+    per tower and batch 4-8 (BIG_POINTS; fp32 towers, see BIG_PRECISION); the peak RSS and the pool peak are
+    fitted linearly in each tower's blocks and the batch (fit_depth_batch) and the per-sample cost is
+    extrapolated to the full depth. The parameter-bound part is counted, not fitted (BYTES_PER_PARAMETER)."""
+    from clip.model.architectures import PRESETS, expected_shapes
+
+    results = {"machine": machine(), "precision": BIG_PRECISION, "mode": args.train_mode, "points": BIG_POINTS,
+               "method": "each run is clip.train's step at (vision blocks, text blocks, batch) of `points`, fp32 towers, "
+                         "1 process; peak RSS and pool peak fitted as p0 + pv*Lv + pt*Lt + B*(s0 + sv*Lv + st*Lt) GiB; "
+                         "per sample at full depth = s0 + sv*Lv + st*Lt of the RSS fit, extrapolated linearly in depth "
+                         "(the pool peak stays at one value here and resolves nothing); fp16/bf16 per sample = half of "
+                         "fp32's (estimate); per card = 18 bytes per parameter (fp32 weights, AdamW moments and "
+                         "gradient, 2-byte tower copy; +4 with accumulation) + B x per sample, within 90% of the card",
+               "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in BIG_MODELS:
+            config = PRESETS[name]
+            parameters = sum(math.prod(s) for s in expected_shapes(config).values())
+            entry = results["models"][name] = {"parameters": parameters, "vision_layers": config.vision_layers,
+                                               "text_layers": config.text_layers,
+                                               "fixed_gib": round(fixed_gib(parameters), 2),
+                                               "fixed_gib_accumulating": round(fixed_gib(parameters, 2), 2),
+                                               "runs": {}, "fits": {}}
+            # recompute only: on the CPU backend neither the RSS nor the pool resolves its effect at these batches
+            for recompute in (False,):
+                mode = "recompute" if recompute else "plain"
+                rss, pool = {}, {}
+                for lv, lt, batch in BIG_POINTS:
+                    out = measure(batch, args.steps, Path(tmp), recompute=recompute, train_mode=args.train_mode,
+                                  model=name, layers=(lv, lt), precision=BIG_PRECISION)
+                    entry["runs"][f"{mode}_v{lv}_t{lt}_b{batch}"] = out
+                    rss[(lv, lt, batch)], pool[(lv, lt, batch)] = out["peak_rss_gib"], out["pool_peak_gib"]
+                fits = {"peak_rss": fit_depth_batch(rss), "pool_peak": fit_depth_batch(pool)}
+                row = entry["fits"][mode] = {}
+                for what, fit in fits.items():
+                    row[what] = {k: round(v, 4) for k, v in fit.items()}
+                    row[what]["max_residual_gib"] = round(max(abs(at(fit, *k) - v) for k, v in
+                                                              (rss if what == "peak_rss" else pool).items()), 4)
+                per_sample = per_sample_gib(fits["peak_rss"], config.vision_layers, config.text_layers)
+                row["per_sample_gib_full_depth_fp32"] = round(per_sample, 3)
+                row["per_sample_gib_full_depth_fp16_bf16"] = round(per_sample * FP16_ACTIVATIONS, 3)
+                for card in (32, 64):
+                    for accum in (1, 4):
+                        row[f"largest_batch_{card}gb_k{accum}_fp16_bf16"] = largest_card_batch(
+                            per_sample * FP16_ACTIVATIONS, parameters, card * 1e9 / GIB, accum)
+                print(f"{name} {mode}: {row}", flush=True)
+    results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    write_json(args.out, results, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def machine() -> dict:
     return {"cpus": psutil.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
             "memory_gib": round(psutil.virtual_memory().total / GIB, 1)}
@@ -254,14 +367,21 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--no-verify", action="store_true", help="do not run the predicted largest batches")
     parser.add_argument("--quick", action="store_true", help="batches 4 8, K = 2, 1 step, no verification")
     parser.add_argument("--out", default=None, help="default bench/results/memory[_pynative][_quick].json")
+    parser.add_argument("--big", action="store_true",
+                        help="ViT-H-14 and ViT-bigG-14 at 1 and 2 blocks per tower (BIG_POINTS), written to "
+                             "bench/results/memory_big.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=PRESET, help=argparse.SUPPRESS)
+    parser.add_argument("--layers", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.accum, args.steps, args.no_verify = [4, 8], 2, 1, True
-    name = "memory" + ("_pynative" if args.train_mode == "pynative" else "") + ("_quick" if args.quick else "")
+    name = "memory" + ("_pynative" if args.train_mode == "pynative" else "") + ("_quick" if args.quick else "") + \
+        ("_big" if args.big else "")
     args.out = args.out or str(REPO / "bench" / "results" / f"{name}.json")
     return args
 
@@ -271,6 +391,8 @@ def main() -> int:
     if args.worker:
         worker(args)
         return 0
+    if args.big:
+        return big(args)
     batches = sorted(set(args.batches))
     results = {"machine": machine(), "preset": PRESET, "precision": "fp32", "mode": args.train_mode, "processes": 1,
                "steps": args.steps, "grad_clip_norm": args.grad_clip_norm, "unit": "GiB (2**30 bytes); peak_rss = ru_maxrss of the worker process; pool_peak = peak in use of "

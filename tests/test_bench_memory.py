@@ -78,3 +78,19 @@ def test_fit_and_predict_per_mode():
     fits = bench_memory.fit_and_predict(runs, [16, 32, 64], 16.0)
     assert fits["plain"]["largest_batch"] == 104 and fits["plain"]["b_mib_per_sample"] == 128.0
     assert "recompute" not in fits  # one point is no line
+
+
+def test_depth_and_batch_fit_recovers_each_towers_costs_and_the_card_batch():
+    """--big: the 6-point grid determines the fixed, per-block and per-sample costs; the largest card batch
+    counts 18 bytes per parameter (22 when accumulating) and the per-sample cost at full depth."""
+    truth = {"p0": 1.0, "pv": 0.3, "pt": 0.2, "s0": 0.01, "sv": 0.05, "st": 0.02}
+    points = {k: bench_memory.at(truth, *k) for k in bench_memory.BIG_POINTS}
+    fit = bench_memory.fit_depth_batch(points)
+    assert fit == pytest.approx(truth)
+    per_sample = bench_memory.per_sample_gib(fit, 32, 24)  # 0.01 + 32 * 0.05 + 24 * 0.02 = 2.09
+    assert per_sample == pytest.approx(2.09)
+    gib = 2 ** 30
+    assert bench_memory.largest_card_batch(per_sample, gib, 24 / 0.9) == 2  # (24 - 18) / 2.09 = 2.87
+    assert bench_memory.largest_card_batch(1.0, gib, 30 / 0.9) == 12  # 30 - 18
+    assert bench_memory.largest_card_batch(1.0, gib, 30 / 0.9, accum_steps=4) == 8  # 30 - 22
+    assert bench_memory.largest_card_batch(1.0, 2 * gib, 30 / 0.9) == 0  # 36 GiB of parameters alone
