@@ -19,7 +19,8 @@ import torch
 
 import clip
 import openclip_reference as ref
-from clip.model.architectures import PRESETS, expected_shapes, from_open_clip, get_config, list_models
+from clip.model.architectures import (PRESETS, expected_shapes, from_open_clip, get_config, list_models,
+                                     mlp_ratio_for)
 from clip.model.convert import convert, main, to_openai_parameters
 from launcher.errors import UserError
 
@@ -237,6 +238,17 @@ def test_every_open_clip_vit_config_is_listed_exactly_and_the_rest_refused():
                  "ViT-bigG-14", "ViT-B-32-256", "ViT-B-16-plus-240", "ViT-g-14", "clip_vit_b_32", "clip_tiny"):
         assert name in list_models()
     assert clip.list_models() == clip.CLIPModel.show_support_list()
+
+
+def test_hugging_face_mlp_widths_give_open_clips_ratios():
+    """A Hugging Face config states the MLP width, open_clip the ratio: every listed model's width maps back to
+    the very ratio open_clip writes (bigG 8192 / 1664 -> 4.9231, g 6144 / 1408 -> 4.3637), so a converted
+    checkpoint names the same architecture as open_clip's config."""
+    for name, config in PRESETS.items():
+        for tower in ("vision", "text"):
+            width, ratio = getattr(config, f"{tower}_width"), getattr(config, f"{tower}_mlp_ratio")
+            assert mlp_ratio_for(int(width * ratio), width) == ratio, (name, tower)
+    assert int(160 * mlp_ratio_for(787, 160)) == 787  # a width no 4-decimal ratio gives is still exact
 
 
 def test_big_models_have_open_clips_heads_and_mlp():

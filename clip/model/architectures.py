@@ -144,6 +144,17 @@ _ANY = object()  # a knob that changes nothing here unless another (checked) kno
 _TOP = {"embed_dim": None, "quick_gelu": None, "vision_cfg": None, "text_cfg": None, "custom_text": False,
         "init_logit_scale": _ANY, "init_logit_bias": None, "nonscalar_logit_scale": False, "cast_dtype": None,
         "output_dict": _ANY}
+def mlp_ratio_for(hidden: int, width: int) -> float:
+    """The ratio open_clip would write for an MLP `hidden` wide on a `width`-wide tower: the 4-decimal one
+    (ViT-bigG-14's 8192 / 1664 -> 4.9231, ViT-g-14's 6144 / 1408 -> 4.3637) when int(width * ratio) gives `hidden` back, so a model converted
+    from Hugging Face names the same architecture as open_clip's config; else an exact one."""
+    exact = hidden / width
+    for rounded in (round(exact, 4), math.ceil(exact * 1e4) / 1e4):
+        if int(width * rounded) == hidden:
+            return rounded
+    return (hidden + 0.5) / width
+
+
 _COMMON = {"width": None, "layers": None, "mlp_ratio": None, "act_kwargs": None, "norm_kwargs": None,
            "ls_init_value": None, "output_tokens": _ANY, "final_ln_after_pool": False, "block_type": (None, "default"),
            "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
@@ -271,8 +282,8 @@ def from_hugging_face(data, source: str) -> CLIPConfig:
         if len(activations) > 1 or len(epsilons) > 1:
             raise UserError(f"{source}: the towers' hidden_act or layer_norm_eps differ; only one for both is supported")
 
-        def ratio(tower):  # a ratio that int(width * ratio) turns back into intermediate_size exactly
-            return (tower["intermediate_size"] + 0.5) / tower["hidden_size"]
+        def ratio(tower):
+            return mlp_ratio_for(tower["intermediate_size"], tower["hidden_size"])
 
         return CLIPConfig(
             embed_dim=data["projection_dim"], image_size=v["image_size"], patch_size=v["patch_size"],
