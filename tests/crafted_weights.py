@@ -15,6 +15,19 @@ def tiny_shapes_config():
                                       text_layers=1, text_heads=1))
 
 
+def tiny_model_json(path: Path) -> str:
+    """The crafted sources' architecture as an open_clip model config, for `--model` (a plain state dict does not
+    say its activation)."""
+    import json
+
+    path.write_text(json.dumps({"embed_dim": 8, "quick_gelu": True,
+                                "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 64,
+                                               "patch_size": 16},
+                                "text_cfg": {"context_length": 8, "vocab_size": 16, "width": 64, "heads": 1,
+                                             "layers": 1}}))
+    return str(path)
+
+
 def torch_save(path: Path, tensors: dict) -> str:
     import torch
 

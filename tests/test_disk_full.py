@@ -17,7 +17,7 @@ import pytest
 from launcher.errors import exit_on_user_error
 
 from cifar_files import RAW_NAMES, draw_images, write_cifar
-from crafted_weights import crafted_state, torch_save
+from crafted_weights import crafted_state, tiny_model_json, torch_save
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,12 +85,13 @@ def test_convert_on_a_full_disk_keeps_the_previous_output(small_disk, tmp_path, 
 
     source = torch_save(tmp_path / "tiny.pt", crafted_state())
     dst = small_disk / "tiny.ckpt"
-    assert main([source, str(dst)]) == 0
+    model = tiny_model_json(tmp_path / "tiny.json")
+    assert main([source, str(dst), "--model", model]) == 0
     capsys.readouterr()
     before = snapshot(small_disk)
     small_disk.fill(keep=8192)
     with pytest.raises(SystemExit) as exit_info:
-        main([source, str(dst), "--dtype", "float32"])
+        main([source, str(dst), "--model", model, "--dtype", "float32"])
     assert exit_info.value.code == 2
     line = one_error_line(capsys)
     assert str(dst) in line and "disk full" in line
@@ -139,7 +140,9 @@ def test_size_limited_file_is_one_line_and_leaves_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_"))}
     env["PYTHONPATH"] = str(REPO)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "clip.convert", source, str(out / "tiny.ckpt")], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "clip.convert", source, str(out / "tiny.ckpt"), "--model",
+                           tiny_model_json(tmp_path / "tiny.json")],
+                          cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=180, preexec_fn=limit)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr

@@ -256,7 +256,9 @@ def test_data_parallel_equals_single_process_global_batch(cluster, mode, exec_mo
         eq = res["equivalence"]
         assert eq["grad_scale"] > 1.0
         measured = eq[f"{mode}/{exec_mode}"]
-        assert measured["grad_error"] <= TOLERANCE, measured
+        # float32 sums in another order: the error scales with the values summed (a few ULPs of the largest
+        # gradient; on some hosts the 4-rank full loss is 1.4e-6 off for gradients above 1)
+        assert measured["grad_error"] <= TOLERANCE * eq["grad_scale"], measured
         assert measured["loss_error"] <= TOLERANCE, measured
 
 
