@@ -2,8 +2,8 @@
 reaches at least 60% zero-shot top-1 over at least 20 classes (chance under 5%). The same demo in fp16, and
 with recompute, is run for the first part of its schedule (train.stop_after: same learning-rate schedule,
 fewer steps) and compared with the fp32 run at the same step: fp16 within 8 points of zero-shot top-1
-(wider than the spread between seeds) and 5% of mean loss over steps 60-100,
-recompute the same training (per-step losses and accuracy).
+(wider than the spread between seeds) and 5% of mean loss over steps 60-100, recompute the same training
+(per-step losses over its first 40 steps; tests/test_accumulate.py checks its gradients exactly).
 """
 import json
 import os
@@ -88,9 +88,9 @@ def test_demo_in_fp16_learns_like_fp32(demo, tmp_path):
 def test_demo_with_recompute_trains_like_without(demo, tmp_path):
     """Recompute changes where activations come from in the backward pass, not the arithmetic."""
     out = tmp_path / "recompute"
-    run_demo(out, "model.recompute=true", "train.stop_after=100")
+    run_demo(out, "model.recompute=true", "train.stop_after=40")
     plain, recomputed = by_step(demo[0], "loss"), by_step(out, "loss")
-    assert sorted(recomputed) == list(range(10, 101, 10))
+    assert sorted(recomputed) == list(range(10, 41, 10))
+    assert plain[40] < plain[10], "the steps compared must be learning steps"
     worst = max(abs(recomputed[s] - plain[s]) / plain[s] for s in recomputed)
     assert worst <= 1e-4, f"recompute changes the demo's loss by {worst:.3g} (relative)"
-    assert by_step(out, "eval_top1")[100] == pytest.approx(by_step(demo[0], "eval_top1")[100], abs=1.0)

@@ -6,6 +6,9 @@ One run per configuration, shared by all checks; 24 samples / global batch 8 = 3
 5 steps also cross an epoch boundary (new permutation, new captions). One of the 2-card runs (accumulation with
 `loss.mode=full`) trains instead from a converted open_clip checkpoint with exact GELU (training_runs.TINY_GELU,
 no model name) against its own one-card run, so the guarantee covers that architecture without another cluster.
+Four runs repeat native ones under the stock device profile (CLIP_PROFILE=stock: what Ascend and GPU run) on 1
+and 2 ranks, with and without accumulation; they must end within a few times the noise floor that the native
+runs' different splits of the same global batch measure.
 """
 import pytest
 
@@ -19,11 +22,18 @@ from training_runs import (
     max_param_diff,
     metric,
     model_params,
+    profile_env,
     run_training,
     start_training,
 )
 
 pytestmark = pytest.mark.processes
+
+# stock-profile run -> its native twin (same overrides): 1 and 2 ranks, K = 1 and more
+STOCK = {"w1_stock": "w1", "w1_k4_stock": "w1_k4", "w2_stock": "w2", "w2_k2_stock": "w2_k2"}
+# the native runs of one training (global batch 8, local loss) that split the batch differently
+SPLITS = ("w1", "w2", "w4", "w2_k2", "w1_k4")
+FACTOR = 3  # how far above the measured noise floor the profiles may end
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +53,21 @@ def runs(tmp_path_factory):
                  for name, (world, batch, mode, exec_mode, extra) in plan.items()}
     gelu = converted_gelu_checkpoint(base / "gelu")
     overrides.update({name: from_checkpoint(o, gelu) for name, o in overrides.items() if name.endswith("_gelu")})
+    for name, twin in STOCK.items():
+        plan[name], overrides[name] = plan[twin], overrides[twin]
+    profile = {name: "stock" if name in STOCK else "auto" for name in plan}
     # the one-process runs go side by side with the clusters (start_training), the clusters one at a time
-    single = {name: start_training(base / name, overrides[name]) for name, p in plan.items() if p[0] == 1}
+    single = {}
+    for name, p in plan.items():
+        if p[0] == 1:
+            with profile_env(profile[name]):
+                single[name] = start_training(base / name, overrides[name])
     try:
-        procs = {name: run_training(base / name, p[0], overrides[name]) for name, p in plan.items() if p[0] > 1}
+        procs = {}
+        for name, p in plan.items():
+            if p[0] > 1:
+                with profile_env(profile[name]):
+                    procs[name] = run_training(base / name, p[0], overrides[name])
         procs.update({name: finish_training(base / name, proc) for name, proc in single.items()})
     finally:
         for proc in single.values():
@@ -129,3 +150,26 @@ def test_rank_zero_reports_the_run(runs):
     assert "[rank 0]" in out and "2 rank(s) x batch 4 (global 8)" in out
     assert (runs["w2"]["out"] / "config.yaml").is_file()
     assert not (runs["w2"]["out"] / "logs" / "worker_1.log").read_text().count("step 1/5 loss")
+
+
+@pytest.fixture(scope="module")
+def floor(runs):
+    """The float noise floor of this training: the largest parameter gap between native runs that differ only
+    in how the global batch is split (ranks, micro-batches, PyNative or graph), so only in the order of float
+    sums."""
+    gap = max(max_param_diff(runs[a]["params"], runs[b]["params"])[0]
+              for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:])
+    assert gap > 0, "different splits of the batch must round differently, or the floor measures nothing"
+    return gap
+
+
+@pytest.mark.parametrize("stock", list(STOCK))
+def test_stock_and_native_profiles_end_five_steps_at_the_same_parameters(runs, floor, stock):
+    native, got = runs[STOCK[stock]], runs[stock]
+    assert sorted(got["losses"]) == sorted(native["losses"]) == [1, 2, 3, 4, 5]
+    diff, key = max_param_diff(got["params"], native["params"])
+    assert diff <= FACTOR * floor, (f"{stock}: the profiles end {diff:.3g} apart at {key}, more than {FACTOR} x "
+                                    f"the noise floor {floor:.3g}")
+    worst = max(abs(got["losses"][s] - native["losses"][s]) / native["losses"][s] for s in native["losses"])
+    assert worst <= 1e-5, f"{stock}: per-step losses differ by {worst:.3g} (relative)"
+

@@ -3,7 +3,9 @@ and the readers of what a run leaves behind (per-step losses and metrics, checkp
 
 Shared by the equivalence, accumulation, precision, resume, data-format and compile-cache tests.
 """
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +34,20 @@ def train_command(overrides) -> list:
     for o in overrides:
         cmd += ["--set", o]
     return cmd
+
+
+@contextlib.contextmanager
+def profile_env(name: str):
+    """CLIP_PROFILE for the processes started inside (they copy os.environ)."""
+    before = os.environ.get("CLIP_PROFILE")
+    os.environ["CLIP_PROFILE"] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CLIP_PROFILE")
+        else:
+            os.environ["CLIP_PROFILE"] = before
 
 
 def run_training(out_dir: Path, world: int, overrides, timeout: float = 300) -> subprocess.CompletedProcess:
