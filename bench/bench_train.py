@@ -272,15 +272,13 @@ def compare(preset: str, batch: int, steps: int, workdir: Path) -> dict:
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    """The CPU's name from /proc/cpuinfo (ratios differ a lot between hosts), else what platform knows."""
     import platform
-    return platform.processor() or platform.machine()
+
+    path = Path("/proc/cpuinfo")
+    lines = path.read_text().splitlines() if path.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else (platform.processor() or platform.machine())
 
 
 def compare_profiles(preset: str, batch: int, steps: int, workdir: Path, before: str, rounds: int) -> dict:

@@ -54,10 +54,12 @@ def test_an_unmarked_test_that_starts_a_process_fails(request, start):
 
 
 def test_a_caught_refusal_still_fails_the_test(request):
+    caught = []
     try:
-        subprocess.run([sys.executable, "-c", "pass"])
-    except BaseException:  # code under test may swallow anything
-        pass
+        subprocess.run([sys.executable, "-c", "print()"])
+    except BaseException as refusal:  # code under test may swallow anything
+        caught.append(refusal)
+    assert len(caught) == 1 and "not marked `processes`" in str(caught[0])
     assert len(request.node.stash[conftest._violations]) == 1
     forget_the_guards_record(request)
 
