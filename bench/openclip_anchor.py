@@ -3,9 +3,9 @@
 open_clip's model code needs torchvision only at import time, for `torchvision.ops.misc.FrozenBatchNorm2d`
 (ResNet towers, unused here) and a few names of `torchvision.transforms` (its preprocessing, unused here:
 the benchmarks feed tensors). The PyPI torchvision wheels do not load beside the CPU torch on this machine
-("operator torchvision::nms does not exist"), so when torchvision is missing this module registers a
-minimal stand-in providing exactly those names; anything that would really use one of them raises.
-Used by bench/ only; the parity tests keep tests/torch_reference.py.
+("operator torchvision::nms does not exist"), so when torchvision is missing a minimal stand-in providing
+exactly those names is registered (tests/openclip_reference.py, the tests' open_clip reference: one stand-in
+for both); anything that would really use one of them raises.
 
 Architecture: open_clip's `-quickgelu` configuration (OpenAI's weights and our model use QuickGELU; its
 plain configs use GELU): `ViT-B-32-quickgelu` for clip_vit_b_32, and `CLIP(..., quick_gelu=True)` with our
@@ -13,73 +13,14 @@ preset's shapes for the others (clip_tiny).
 """
 from __future__ import annotations
 
-import enum
-import importlib.util
 import sys
-import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from openclip_reference import import_open_clip  # noqa: E402  (one torchvision stand-in for tests and bench)
 
 OPEN_CLIP_NAMES = {"clip_vit_b_32": "ViT-B-32-quickgelu", "clip_vit_b_16": "ViT-B-16-quickgelu",
                    "clip_vit_l_14": "ViT-L-14-quickgelu"}
-TRANSFORM_NAMES = ("Compose", "Normalize", "Resize", "CenterCrop", "RandomResizedCrop", "ToTensor",
-                   "ColorJitter", "Grayscale")
-
-
-class InterpolationMode(enum.Enum):
-    NEAREST = "nearest"
-    BILINEAR = "bilinear"
-    BICUBIC = "bicubic"
-
-
-def _unavailable(name: str):
-    class Unavailable:
-        def __init__(self, *args, **kwargs):
-            raise RuntimeError(f"torchvision.{name} is a benchmark stand-in (bench/openclip_anchor.py); "
-                               f"install a working torchvision to use open_clip's image transforms")
-    Unavailable.__name__ = Unavailable.__qualname__ = name.rsplit(".", 1)[-1]
-    return Unavailable
-
-
-def _functional_getattr(name: str):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    def unavailable(*args, **kwargs):
-        raise RuntimeError(f"torchvision.transforms.functional.{name} is a benchmark stand-in")
-    return unavailable
-
-
-def install_torchvision_stand_in() -> bool:
-    """Register the stand-in modules unless a real torchvision is importable; True when installed."""
-    if "torchvision" in sys.modules:
-        return False
-    try:
-        if importlib.util.find_spec("torchvision") is not None:
-            import torchvision  # noqa: F401  (a real one that loads wins)
-            return False
-    except Exception:  # a broken real torchvision: fall through to the stand-in
-        for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-            del sys.modules[key]
-    modules = {name: types.ModuleType(name) for name in
-               ("torchvision", "torchvision.ops", "torchvision.ops.misc", "torchvision.transforms",
-                "torchvision.transforms.functional")}
-    modules["torchvision.ops.misc"].FrozenBatchNorm2d = _unavailable("ops.misc.FrozenBatchNorm2d")
-    transforms = modules["torchvision.transforms"]
-    transforms.InterpolationMode = InterpolationMode
-    for name in TRANSFORM_NAMES:
-        setattr(transforms, name, _unavailable(f"transforms.{name}"))
-    modules["torchvision.transforms.functional"].__getattr__ = _functional_getattr
-    modules["torchvision"].ops = modules["torchvision.ops"]
-    modules["torchvision"].transforms = transforms
-    modules["torchvision.ops"].misc = modules["torchvision.ops.misc"]
-    transforms.functional = modules["torchvision.transforms.functional"]
-    modules["torchvision"].__version__ = "0.0+bench-stand-in"
-    sys.modules.update(modules)
-    return True
-
-
-def import_open_clip():
-    install_torchvision_stand_in()
-    import open_clip
-    return open_clip
 
 
 def create(preset: str):

@@ -2,7 +2,7 @@
 pretrained=None)` (random weights, no download) or from a model-config dict, and their state dicts saved as the
 files users convert. open_clip imports torchvision only for names it does not use here; the PyPI torchvision
 wheels do not load beside the CPU torch on this machine, so a minimal stand-in is registered when it is missing
-(a copy of bench/openclip_anchor.py's, so the tests do not import bench/)."""
+(bench/openclip_anchor.py uses this one too)."""
 import enum
 import importlib.util
 import sys
@@ -21,7 +21,7 @@ class InterpolationMode(enum.Enum):
 def _unavailable(name: str):
     class Unavailable:
         def __init__(self, *args, **kwargs):
-            raise RuntimeError(f"torchvision.{name} is a test stand-in (tests/openclip_reference.py); "
+            raise RuntimeError(f"torchvision.{name} is a stand-in (tests/openclip_reference.py); "
                                f"install a working torchvision to use open_clip's image transforms")
     Unavailable.__name__ = Unavailable.__qualname__ = name.rsplit(".", 1)[-1]
     return Unavailable
@@ -31,7 +31,7 @@ def _functional_getattr(name: str):
     if name.startswith("__"):
         raise AttributeError(name)
     def unavailable(*args, **kwargs):
-        raise RuntimeError(f"torchvision.transforms.functional.{name} is a test stand-in")
+        raise RuntimeError(f"torchvision.transforms.functional.{name} is a stand-in (tests/openclip_reference.py)")
     return unavailable
 
 
@@ -59,7 +59,7 @@ def install_torchvision_stand_in() -> bool:
     modules["torchvision"].transforms = transforms
     modules["torchvision.ops"].misc = modules["torchvision.ops.misc"]
     transforms.functional = modules["torchvision.transforms.functional"]
-    modules["torchvision"].__version__ = "0.0+test-stand-in"
+    modules["torchvision"].__version__ = "0.0+stand-in"
     sys.modules.update(modules)
     return True
 
