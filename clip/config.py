@@ -18,8 +18,9 @@ from typing import Any, Optional, Union
 import yaml
 
 from clip.data import EVAL_TYPES, TRAIN_TYPES, DatasetConfig
-from clip.loss.modes import LOSS_MODES
+from clip.loss.modes import LOSS_MODES, LOSS_TYPES, SIGLIP_MODES
 from clip.model.architectures import DTYPES as MODEL_DTYPES
+from clip.schema import SEED_MAX, check, setting, shown
 from launcher.errors import ArgumentParser, UserError, exit_on_user_error
 
 TRAIN_MODES = ("graph", "pynative")
@@ -33,10 +34,20 @@ ACCUM_MODES = ("contrastive", "plain")
 class ModelConfig:
     name: Optional[str] = None            # model name (clip.list_models()) or open_clip JSON config path; null =
                                           # the architecture model.checkpoint carries, else clip_tiny
-    checkpoint: Optional[str] = None      # MindSpore .ckpt with OpenAI parameter names to start from
-    image_size: Optional[int] = None      # null = the model's; another size resizes the position embeddings
-    dtype: str = "float32"                # compute dtype for evaluation/prediction; training uses train.precision
-    recompute: Union[bool, int] = False   # recompute residual blocks in the backward pass: true = all, N = first N per tower
+    checkpoint: Optional[str] = setting(None, path="file")  # MindSpore .ckpt with OpenAI parameter names to start from
+    # null = the model's; another size resizes the position embeddings
+    image_size: Optional[int] = setting(None, ge=1, le=65536, le_why="pixels a side")
+    # compute dtype for evaluation/prediction; training uses train.precision
+    dtype: str = setting("float32", choices=tuple(MODEL_DTYPES))
+    # recompute residual blocks in the backward pass: true = all, N = first N per tower
+    recompute: Union[bool, int] = setting(False, ge=0)
+    lock_image: bool = False              # LiT: freeze the image tower (no gradient, optimiser state or all-reduce)
+    # with lock_image: the last N of open_clip's layer groups stay trainable (docs/training.md)
+    lock_image_unlocked_groups: int = setting(0, ge=0)
+    lock_text: bool = False               # freeze the text tower
+    # with lock_text: the last N of open_clip's text layer groups stay trainable
+    lock_text_unlocked_layers: int = setting(0, ge=0)
+    patch_dropout: float = 0.0            # training drops this share of each image's patch tokens (FLIP); 0 = off
 
 
 @dataclass
@@ -49,42 +60,57 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32                  # per card and micro-batch; the global batch is world_size * batch_size * accum_steps
-    accum_steps: int = 1                  # micro-batches per step, one contrastive loss over all of them
-    accum_mode: str = "contrastive"       # contrastive | plain (K separate losses: the wrong objective, a baseline)
-    epochs: int = 1                       # used when max_steps is not set
-    max_steps: Optional[int] = None       # total optimiser steps; overrides epochs when set
-    stop_after: Optional[int] = None      # end this invocation at this step (wall-time limits); the schedule
-                                          # still spans the whole run and `resume: auto` continues it later
-    optimizer: str = "adamw"              # adamw (torch semantics) | adamweightdecay (MindSpore's, no bias correction)
-    lr: float = 5e-4                      # peak learning rate
-    lr_schedule: str = "cosine"           # cosine | linear | constant, after the warm-up
-    min_lr: float = 0.0                   # end of the cosine / linear decay
-    warmup_steps: int = 0                 # linear warm-up, then the schedule
-    weight_decay: float = 0.2             # decoupled; not applied to gains, biases, logit_scale
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    grad_clip_norm: float = 0.0           # clip the global gradient L2 norm to this (torch clip_grad_norm_); 0 = off
-    precision: str = "fp32"               # fp32 | fp16 (dynamic loss scaling) | bf16 (Ascend/GPU)
-    loss_scale_init: float = 65536.0      # fp16: initial dynamic loss scale
-    max_skipped_steps: int = 50           # fp16: more overflowing steps in a row than this ends the run
+    # per card and micro-batch; the global batch is world_size * batch_size * accum_steps
+    batch_size: int = setting(32, ge=1)
+    accum_steps: int = setting(1, ge=1)  # micro-batches per step, one contrastive loss over all of them
+    # contrastive | plain (K separate losses: the wrong objective, a baseline)
+    accum_mode: str = setting("contrastive", choices=ACCUM_MODES)
+    epochs: int = setting(1, ge=1)  # used when max_steps is not set
+    max_steps: Optional[int] = setting(None, ge=1)  # total optimiser steps; overrides epochs when set
+    # end this invocation at this step (wall-time limits); the schedule still spans the whole run and
+    # `resume: auto` continues it later
+    stop_after: Optional[int] = setting(None, ge=1)
+    # adamw (torch semantics) | adamweightdecay (MindSpore's, no bias correction)
+    optimizer: str = setting("adamw", choices=OPTIMIZERS)
+    lr: float = setting(5e-4, gt=0)  # peak learning rate
+    lr_schedule: str = setting("cosine", choices=LR_SCHEDULES)  # cosine | linear | constant, after the warm-up
+    min_lr: float = setting(0.0, ge=0)  # end of the cosine / linear decay
+    warmup_steps: int = setting(0, ge=0)  # linear warm-up, then the schedule
+    weight_decay: float = setting(0.2, ge=0)  # decoupled; not applied to gains, biases, logit_scale
+    beta1: float = setting(0.9, ge=0, lt=1)
+    beta2: float = setting(0.98, ge=0, lt=1)
+    eps: float = setting(1e-6, gt=0)
+    lr_image: Optional[float] = setting(None, gt=0)  # peak lr of the image tower; null = train.lr
+    lr_text: Optional[float] = setting(None, gt=0)  # peak lr of the text tower; null = train.lr
+    # layer-wise lr decay over the residual blocks (BEiT); 1 = off
+    layer_decay: float = setting(1.0, gt=0, le=1, hint="(1 = off)")
+    ema_decay: float = setting(0.0, ge=0, lt=1, hint="(0 = off)")  # EMA of the weights after each optimiser step
+    # clip the global gradient L2 norm to this (torch clip_grad_norm_); 0 = off
+    grad_clip_norm: float = setting(0.0, ge=0, hint="(0 = off)")
+    precision: str = setting("fp32", choices=PRECISIONS)  # fp32 | fp16 (dynamic loss scaling) | bf16 (Ascend/GPU)
+    loss_scale_init: float = setting(65536.0, ge=1)  # fp16: initial dynamic loss scale
+    max_skipped_steps: int = setting(50, ge=0)  # fp16: more overflowing steps in a row than this ends the run
     resume_reset_scaler: bool = False     # allow resuming under another precision (fresh loss scaler)
-    seed: int = 0                         # weights, data order and caption choice
-    save_every: int = 0                   # steps between checkpoints; 0 = only at the end
-    keep_last: int = 3                    # step checkpoints kept besides last.ckpt
-    eval_every: int = 0                   # steps between zero-shot evaluations; 0 = only at the end
-    eval_batch_size: int = 64
-    log_every: int = 1                    # steps between metrics lines
-    resume: str = "auto"                  # auto | none | path to a .ckpt
+    # weights, data order and caption choice
+    seed: int = setting(0, ge=0, le=SEED_MAX, le_why="the seeds MindSpore accepts")
+    save_every: int = setting(0, ge=0)  # steps between checkpoints; 0 = only at the end
+    keep_last: int = setting(3, ge=1)  # step checkpoints kept besides last.ckpt
+    eval_every: int = setting(0, ge=0)  # steps between zero-shot evaluations; 0 = only at the end
+    eval_batch_size: int = setting(64, ge=1)
+    log_every: int = setting(1, ge=1)  # steps between metrics lines
+    resume: str = setting("auto", path="file", special=("auto", "none"))  # auto | none | path to a .ckpt
     overwrite: bool = False               # a fresh run may replace an earlier run's files in output_dir
-    mode: str = "graph"                   # graph (compiled step) | pynative (debugging)
-    num_workers: int = 1                  # data-loading worker processes per card
+    mode: str = setting("graph", choices=TRAIN_MODES)  # graph (compiled step) | pynative (debugging)
+    num_workers: int = setting(1, ge=0, cores=True)  # data-loading worker processes per card
+    tensorboard: bool = True              # TensorBoard event files under output_dir/tensorboard (rank 0)
 
 
 @dataclass
 class LossConfig:
-    mode: str = "local"                   # local | full | local_only (the MindFormers baseline; wrong on >1 card)
+    # local | full | local_only (the MindFormers baseline; wrong on >1 card)
+    mode: str = setting("local", choices=LOSS_MODES)
+    # clip (softmax) | siglip (sigmoid, learnable logit bias; docs/loss.md)
+    type: str = setting("clip", choices=tuple(LOSS_TYPES))
 
 
 @dataclass
@@ -93,7 +119,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    output_dir: str = "runs/default"
+    output_dir: str = setting("runs/default", nonempty=True, path="output_dir")
 
 
 # ---------------------------------------------------------------- building from plain data (pure)
@@ -172,21 +198,21 @@ def _convert(value: Any, tp, key: str, base: Any) -> Any:
                 raise
             except ValueError:
                 continue
-        raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
+        raise ValueError(f"expected {_type_name(tp)}, got {shown(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"expected a mapping, got {value!r}")
+            raise ValueError(f"expected a mapping, got {shown(value)}")
         return build(tp, value, key + ".", base)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"expected true or false, got {value!r}")
+        raise ValueError(f"expected true or false, got {shown(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ValueError(f"expected an integer, got {value!r}")
+        raise ValueError(f"expected an integer, got {shown(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
@@ -197,18 +223,18 @@ def _convert(value: Any, tp, key: str, base: Any) -> Any:
                 number = math.nan
             if math.isfinite(number):
                 return number
-        raise ValueError(f"expected a number, got {value!r}")
+        raise ValueError(f"expected a number, got {shown(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ValueError(f"expected a string, got {value!r}")
+        raise ValueError(f"expected a string, got {shown(value)}")
     if origin is list:
         if not isinstance(value, list):
-            raise ValueError(f"expected a list, got {value!r}")
+            raise ValueError(f"expected a list, got {shown(value)}")
         return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"expected a mapping, got {value!r}")
+            raise ValueError(f"expected a mapping, got {shown(value)}")
         return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     raise TypeError(f"config field {key} has unsupported type {tp}")
 
@@ -245,24 +271,46 @@ def flow_depth(text: str) -> int:
     return deepest
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, but a key given twice in one mapping is an error: PyYAML keeps the last silently, which
+    drops a whole section when `train:` appears twice."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def safe_yaml(text: str):
-    """yaml.safe_load, refusing nesting no run config has before the parser spends time or stack on it."""
+    """yaml.safe_load, refusing nesting no run config has before the parser spends time or stack on it, and
+    duplicate keys. Python refuses integers of more than 4300 digits with a ValueError, which passes through."""
     if flow_depth(text) > MAX_NESTING:
         raise RecursionError
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` from the command line; the value is read as YAML so lists and null work."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"--set {text!r}: expected key=value")
+        raise UserError(f"--set {shown(text)}: expected key=value")
     try:
         value = safe_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except ValueError:  # an integer beyond Python's digit limit
+        raise UserError(f"--set {shown(key.strip())}: the value has more digits than Python reads "
+                        "(4300 by default)") from None
     except RecursionError:
-        raise UserError(f"--set {text!r}: value nested too deeply") from None
+        raise UserError(f"--set {shown(text)}: value nested too deeply") from None
     return key.strip(), value
 
 
@@ -280,10 +328,13 @@ def apply_override(data: dict, key: str, value: Any) -> None:
 
 
 def validate(cfg: RunConfig) -> list[tuple[str, str]]:
-    """Semantic problems as (key, message) pairs; types were already checked while building."""
+    """Problems as (key, message) pairs: every field against what it declares (clip.schema), then the checks
+    that relate fields; types were already checked while building."""
     from clip.model.architectures import get_config  # pure dataclasses, no MindSpore
 
-    t, problems = cfg.train, []
+    t, problems = cfg.train, check(cfg)
+    if problems:  # the relations below assume each field is in its own range
+        return problems
 
     def need(ok, key, msg):
         if not ok:
@@ -299,8 +350,6 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
          cfg.model.image_size % architecture.patch_size == 0)), "model.image_size",
          f"{cfg.model.image_size} must be a positive multiple of the model's patch size"
          + (f" ({architecture.patch_size})" if architecture else ""))
-    need(cfg.model.dtype in MODEL_DTYPES, "model.dtype",
-         f"{cfg.model.dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
     need(cfg.model.checkpoint is None or os.path.isfile(cfg.model.checkpoint), "model.checkpoint",
          f"file {cfg.model.checkpoint!r} does not exist")
     need(cfg.data.train.type in TRAIN_TYPES, "data.train.type",
@@ -311,25 +360,21 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
     need(cfg.data.retrieval is None or cfg.data.retrieval.type in TRAIN_TYPES, "data.retrieval.type",
          f"{getattr(cfg.data.retrieval, 'type', None)!r} is not a captioned dataset, expected one of "
          f"{', '.join(TRAIN_TYPES)}")
-    for key in ("batch_size", "epochs", "keep_last", "eval_batch_size", "log_every"):
-        need(getattr(t, key) >= 1, f"train.{key}", f"{getattr(t, key)} must be at least 1")
-    for key in ("max_steps", "stop_after"):
-        need(getattr(t, key) is None or getattr(t, key) >= 1, f"train.{key}",
-             f"{getattr(t, key)} must be at least 1 (or null)")
-    for key in ("warmup_steps", "save_every", "eval_every", "num_workers", "seed"):
-        need(getattr(t, key) >= 0, f"train.{key}", f"{getattr(t, key)} must not be negative")
-    need(t.lr > 0, "train.lr", f"{t.lr} must be positive")
     need(0 <= t.min_lr <= t.lr, "train.min_lr", f"{t.min_lr} must be between 0 and train.lr ({t.lr})")
-    need(t.weight_decay >= 0, "train.weight_decay", f"{t.weight_decay} must not be negative")
-    for key in ("beta1", "beta2"):
-        need(0 <= getattr(t, key) < 1, f"train.{key}", f"{getattr(t, key)} must be in [0, 1)")
-    need(t.eps > 0, "train.eps", f"{t.eps} must be positive")
-    need(t.optimizer in OPTIMIZERS, "train.optimizer", f"{t.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-    need(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule",
-         f"{t.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
-    need(t.grad_clip_norm >= 0, "train.grad_clip_norm", f"{t.grad_clip_norm} must not be negative (0 = off)")
-    need(t.accum_steps >= 1, "train.accum_steps", f"{t.accum_steps} must be at least 1")
-    need(t.accum_mode in ACCUM_MODES, "train.accum_mode", f"{t.accum_mode!r} is not one of {', '.join(ACCUM_MODES)}")
+    grouped = [k for k, on in (("train.lr_image", t.lr_image is not None), ("train.lr_text", t.lr_text is not None),
+                               ("train.layer_decay", t.layer_decay != 1)) if on]
+    need(not grouped or t.optimizer == "adamw", grouped[0] if grouped else "train.optimizer",
+         f"needs train.optimizer: adamw (per-parameter learning rates), not {t.optimizer!r}")
+    m = cfg.model
+    for key, locked, tower, layers in (
+            ("lock_image_unlocked_groups", m.lock_image, "vision", architecture and architecture.vision_layers),
+            ("lock_text_unlocked_layers", m.lock_text, "text", architecture and architecture.text_layers)):
+        n = getattr(m, key)
+        lock_key = "lock_image" if tower == "vision" else "lock_text"
+        need(n == 0 or locked, f"model.{key}", f"{n} has no effect without model.{lock_key}: true")
+        if layers:  # open_clip's groups: the embeddings, each block, the last block + final norm, the projection
+            need(n <= layers + 2, f"model.{key}",
+                 f"{n} groups: {m.name}'s {tower} tower has {layers + 2} ({layers} blocks + 2), expected 0..{layers + 2}")
     recompute = cfg.model.recompute
     if not isinstance(recompute, bool) and architecture is not None:
         preset = architecture
@@ -337,14 +382,12 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
         need(0 <= recompute <= most, "model.recompute",
              f"{recompute} blocks: {cfg.model.name} has {preset.vision_layers} vision and {preset.text_layers} text "
              f"blocks; expected true, false or 0..{most} (blocks per tower)")
-    need(t.precision in PRECISIONS, "train.precision", f"{t.precision!r} is not one of {', '.join(PRECISIONS)}")
-    need(t.loss_scale_init >= 1, "train.loss_scale_init", f"{t.loss_scale_init} must be at least 1")
-    need(t.max_skipped_steps >= 0, "train.max_skipped_steps", f"{t.max_skipped_steps} must not be negative")
-    need(t.mode in TRAIN_MODES, "train.mode", f"{t.mode!r} is not one of {', '.join(TRAIN_MODES)}")
+    need(0 <= cfg.model.patch_dropout < 1, "model.patch_dropout",
+         f"{cfg.model.patch_dropout} must be in [0, 1) (the share of patch tokens dropped in training)")
+    need(cfg.loss.type != "siglip" or cfg.loss.mode in SIGLIP_MODES, "loss.mode",
+         f"{cfg.loss.mode!r} is not one of {', '.join(SIGLIP_MODES)} (the modes of loss.type siglip)")
     need(t.resume in ("auto", "none") or os.path.isfile(t.resume), "train.resume",
          f"{t.resume!r} is neither auto, none nor an existing checkpoint file")
-    need(cfg.loss.mode in LOSS_MODES, "loss.mode", f"{cfg.loss.mode!r} is not one of {', '.join(LOSS_MODES)}")
-    need(bool(cfg.output_dir.strip()), "output_dir", "must not be empty")
     return problems
 
 
@@ -364,6 +407,9 @@ def load_config(path: Optional[str], overrides: typing.Sequence[str] = ()) -> Ru
             raise UserError(f"config file {path!r} is a directory, expected a YAML file") from None
         except RecursionError:
             raise UserError(f"{path}: nested too deeply for a run config") from None
+        except ValueError:  # an integer beyond Python's digit limit (yaml.YAMLError is not a ValueError)
+            raise UserError(f"{path}: a number has more digits than Python reads "
+                            "(4300 by default)") from None
         except (UnicodeDecodeError, PermissionError) as exc:
             raise UserError(f"config file {path!r} cannot be read ({exc.__class__.__name__})") from None
         except yaml.YAMLError as exc:
@@ -391,8 +437,9 @@ def load_config(path: Optional[str], overrides: typing.Sequence[str] = ()) -> Ru
 
 
 def _from_override(text: str, overrides) -> str:
-    for o in overrides:
-        if text.startswith(parse_override(o)[0]):
+    for o in overrides:  # the override's whole key: model.lock_image is not model.lock_image_unlocked_groups
+        key = parse_override(o)[0]
+        if text.startswith(key) and not text[len(key):len(key) + 1].replace("_", "a").isalnum():
             return f" (from --set {o})"
     return ""
 

@@ -9,6 +9,13 @@ class UserError(Exception):
     """A mistake in the user's input (file, key or value), reported as one line."""
 
 
+def one_line(text: str) -> str:
+    """`text` safe to print as one line: control characters (a newline, an escape sequence from a file name) and
+    undecodable bytes (argv's invalid UTF-8, kept as lone surrogates) are written as escapes, never raw."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in str(text))
+
+
 def exit_on_user_error(main):
     """Decorator for command-line entry points: UserError -> 'error: ...' on stderr and exit 2."""
     import functools
@@ -18,7 +25,7 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(exc)}", file=sys.stderr)
             raise SystemExit(USER_ERROR_EXIT_CODE)
 
     return wrapper
@@ -43,5 +50,5 @@ class ArgumentParser(argparse.ArgumentParser):
     """
 
     def error(self, message):
-        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        print(f"error: {one_line(self.prog)}: {one_line(message)}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT_CODE)

@@ -25,14 +25,15 @@ LAYERS = [
     ["launcher.cli", "launcher.__main__"],
     # clip: pure foundations and the CPU-only implementations, the one switch between those and MindSpore's
     # stock pieces, then model, parallel, loss, evaluation, training, and the front doors
-    ["clip", "clip.config", "clip.model", "clip.model.architectures", "clip.model.tokenizer",
+    ["clip", "clip.schema", "clip.config", "clip.model", "clip.model.architectures", "clip.model.tokenizer",
      "clip.model.transforms", "clip.model.torch_archive", "clip.model.weights", "clip.loss.modes", "clip.data",
      "clip.data.*", "clip.native", "clip.native.*"],
     ["clip.profiles"],
     ["clip.model.*"],
     ["clip.parallel", "clip.parallel.*"],
     ["clip.loss", "clip.loss.*"],
-    ["clip.eval", "clip.eval.encode", "clip.eval.zeroshot", "clip.eval.retrieval", "clip.eval.predict"],
+    ["clip.eval", "clip.eval.encode", "clip.eval.zeroshot", "clip.eval.retrieval", "clip.eval.predict",
+     "clip.eval.results"],
     ["clip.train", "clip.train.*"],
     ["clip.api", "clip.api.app"],
     ["clip.*", "clip.api.trainer", "clip.eval.cli", "clip.eval.__main__", "clip.train.__main__", "clip.__main__",

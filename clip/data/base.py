@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from clip.model.transforms import reduce_while_decoding
+from clip.schema import setting
 from launcher.errors import UserError
 
 ImageLike = Union[Image.Image, np.ndarray]
@@ -26,18 +27,24 @@ ImageLike = Union[Image.Image, np.ndarray]
 class DatasetConfig:
     """Where a dataset lives and how to read it; the training config embeds one as data.train / data.eval."""
 
-    type: str = "shapes"
-    path: Optional[str] = None
+    type: str = setting("shapes", nonempty=True)  # which types serve which role: clip.config.validate
+    path: Optional[str] = setting(None, path="input")  # file or directory by type: the loader says which
     split: str = "train"
-    num_samples: int = 2048          # shapes only: samples in the split
-    seed: int = 0                    # shapes only: generation seed (the split is mixed in)
-    csv_image_key: str = "filepath"  # csv only: column holding the image path
-    csv_caption_key: str = "title"   # csv only: column holding the caption
-    csv_separator: Optional[str] = None  # csv only: None = "\t" for .tsv, "," otherwise
-    classnames_file: Optional[str] = None  # imagefolder only: one class name per line
-    templates: Optional[list[str]] = None  # zero-shot prompt templates; None = the dataset's own
-    sha256: Optional[dict[str, str]] = None  # relative file path -> expected hex digest
-    index_dir: Optional[str] = None  # webdataset only: where shard indexes go; None = beside the shards
+    num_samples: int = setting(2048, ge=1)  # shapes only: samples in the split
+    seed: int = setting(0, ge=0)     # shapes only: generation seed (the split is mixed in)
+    csv_image_key: str = setting("filepath", nonempty=True)  # csv only: column holding the image path
+    csv_caption_key: str = setting("title", nonempty=True)  # csv only: column holding the caption
+    # csv only: None = "\t" for .tsv, "," otherwise
+    csv_separator: Optional[str] = setting(None, form=lambda s: len(s) == 1, form_what="one character")
+    classnames_file: Optional[str] = setting(None, path="input")  # imagefolder only: one class name per line
+    # zero-shot prompt templates; None = the dataset's own
+    templates: Optional[list[str]] = setting(None, nonempty=True, form=lambda t: is_template(t),
+                                             form_what="a template with exactly one bare '{}' for the class name")
+    # relative file path -> expected hex digest
+    sha256: Optional[dict[str, str]] = setting(None, pattern="[0-9a-fA-F]{64}", form_what="a SHA-256 hex digest")
+    # webdataset only: where shard indexes go; None = beside the shards
+    index_dir: Optional[str] = setting(None, path="output_dir")
+    recall_k: list[int] = setting(factory=lambda: [1, 5, 10], ge=1, nonempty=True)  # retrieval: each Recall@K's K
 
 
 class UnreadableImage(Exception):
