@@ -1,5 +1,11 @@
-"""The contrastive loss modes, by name: the list clip.loss implements and config validation reads (pure Python,
+"""The loss types and modes, by name: the lists clip.loss implements and config validation reads (pure Python,
 so reading a config never imports MindSpore). Adding a mode: its function in clip/loss/contrastive.py, one line here."""
+
+LOSS_TYPES = {
+    "clip": "the softmax contrastive loss (clip/loss/contrastive.py)",
+    "siglip": "SigLIP's sigmoid loss with a learnable logit bias (clip/loss/sigmoid.py)",
+}
+SIGLIP_MODES = ("local", "local_only")  # the modes the sigmoid loss has (`full` is the softmax loss's cross-check)
 
 LOSS_MODES = {
     "local": "this rank's B rows of the B x W*B logits (default; same gradients as one card with the global batch)",

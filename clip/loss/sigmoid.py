@@ -44,13 +44,16 @@ class SigmoidBlocks(nn.Cell):
         super().__init__()
         self.blocks = blocks
         self.own = own
+        # transposes as matmul flags: `.T` does not compile inside a bprop within a larger graph (MindSpore 2.10)
+        self.matmul_nt = ops.MatMul(transpose_b=True)
+        self.matmul_tn = ops.MatMul(transpose_a=True)
 
     def construct(self, image, text_all, scale, bias):
         b = image.shape[0]
         total = ops.zeros((), ms.float32)
         for q in range(self.blocks):
             block = ops.depend(text_all[q * b:(q + 1) * b], total)
-            total = total + _softplus(scale * ops.matmul(image, block.T) + bias).sum()
+            total = total + _softplus(scale * self.matmul_nt(image, block) + bias).sum()
         own = text_all[self.own * b:(self.own + 1) * b]
         positive = scale * (image * own).sum() + b * bias  # sum of the true pairs' logits
         return (total - positive) / b
@@ -64,10 +67,10 @@ class SigmoidBlocks(nn.Cell):
         d_text = ()
         for q in range(self.blocks):
             block = ops.depend(text_all[q * b:(q + 1) * b], d_image)
-            sims = ops.matmul(image, block.T)
+            sims = self.matmul_nt(image, block)
             p = ops.sigmoid(scale * sims + bias) * g
             d_image = d_image + scale * ops.matmul(p, block)
-            d_text = d_text + (scale * ops.matmul(p.T, image),)
+            d_text = d_text + (scale * self.matmul_tn(p, image),)
             d_scale = d_scale + (p * sims).sum()
             d_bias = d_bias + p.sum()
         own = text_all[self.own * b:(self.own + 1) * b]
