@@ -37,6 +37,7 @@ class CLIPConfig:
     vision_mlp_ratio: float = 4.0
     text_mlp_ratio: float = 4.0
     norm_eps: float = 1e-5
+    init_logit_bias: Optional[float] = None  # SigLIP's learnable logit bias (its initial value); None = no bias
 
     def __post_init__(self):
         for f in fields(self):
@@ -46,6 +47,9 @@ class CLIPConfig:
             if f.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))
                                     or not math.isfinite(value) or value <= 0):
                 raise UserError(f"model {f.name} is {value!r}, expected a positive number")
+        if self.init_logit_bias is not None and (isinstance(self.init_logit_bias, bool) or not isinstance(
+                self.init_logit_bias, (int, float)) or not math.isfinite(self.init_logit_bias)):
+            raise UserError(f"model init_logit_bias is {self.init_logit_bias!r}, expected a number or null")
         if self.dtype not in DTYPES:
             raise UserError(f"model dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.activation not in ACTIVATIONS:
@@ -142,7 +146,7 @@ MINDFORMERS: Dict[str, CLIPConfig] = {
 _ANY = object()  # a knob that changes nothing here unless another (checked) knob is on
 # open_clip 3.3.0 model.py: key -> the only value this model implements (its open_clip default), or _ANY.
 _TOP = {"embed_dim": None, "quick_gelu": None, "vision_cfg": None, "text_cfg": None, "custom_text": False,
-        "init_logit_scale": _ANY, "init_logit_bias": None, "nonscalar_logit_scale": False, "cast_dtype": None,
+        "init_logit_scale": _ANY, "init_logit_bias": _ANY, "nonscalar_logit_scale": False, "cast_dtype": None,
         "output_dict": _ANY}
 def mlp_ratio_for(hidden: int, width: int) -> float:
     """The ratio open_clip would write for an MLP `hidden` wide on a `width`-wide tower: the 4-decimal one
@@ -264,7 +268,7 @@ def from_open_clip(data, source: str) -> CLIPConfig:
             vocab_size=_int(text, "vocab_size", "text_cfg.", source), text_width=_int(text, "width", "text_cfg.", source),
             text_layers=_int(text, "layers", "text_cfg.", source), text_heads=_int(text, "heads", "text_cfg.", source),
             activation=activations.pop(), vision_mlp_ratio=vision["mlp_ratio"], text_mlp_ratio=text["mlp_ratio"],
-            norm_eps=epsilons.pop())
+            norm_eps=epsilons.pop(), init_logit_bias=data.get("init_logit_bias"))
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
 
@@ -431,6 +435,8 @@ def expected_shapes(config: CLIPConfig) -> Dict[str, Tuple[int, ...]]:
         "text_projection": (tw, config.embed_dim),
         "logit_scale": (),
     })
+    if config.init_logit_bias is not None:
+        shapes["logit_bias"] = ()
     tower("visual.", vw, config.vision_layers, config.mlp_width("vision"))
     tower("", tw, config.text_layers, config.mlp_width("text"))
     return shapes

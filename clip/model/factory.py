@@ -24,10 +24,16 @@ OPENAI_FILES = {"clip_vit_b_32": "ViT-B-32.pt", "clip_vit_b_16": "ViT-B-16.pt", 
 
 
 def create_model(name_or_config: Union[str, CLIPConfig, None] = None, checkpoint: Optional[str] = None,
-                 dtype: str = "float32", image_size: Optional[int] = None) -> CLIPModel:
+                 dtype: str = "float32", image_size: Optional[int] = None, init_logit_bias: Optional[float] = None,
+                 init_logit_scale: Optional[float] = None) -> CLIPModel:
     """A model by name (or open_clip JSON path, or CLIPConfig), with a checkpoint's weights; with no name, the
     architecture the checkpoint carries (older checkpoints: the OpenAI one its shapes imply). `image_size`
-    other than the checkpoint's resizes its position embeddings (bicubic on the patch grid)."""
+    other than the checkpoint's resizes its position embeddings (bicubic on the patch grid).
+
+    `init_logit_bias` / `init_logit_scale` are what a loss asks of the model (SigLIP: a learnable bias, another
+    starting temperature), as open_clip's create_model takes them: a model without a bias gets one starting at
+    `init_logit_bias` (also when its checkpoint has none), and `init_logit_scale` is the log-temperature of a
+    model that no checkpoint initialises. What the architecture or the checkpoint already holds wins."""
     if dtype == "bfloat16" and ms.get_context("device_target") == "CPU":
         # Fail here with one line rather than deep inside the first forward pass.
         raise UserError("dtype bfloat16 needs an Ascend or GPU device: MindSpore's CPU kernels have no bfloat16 "
@@ -36,6 +42,10 @@ def create_model(name_or_config: Union[str, CLIPConfig, None] = None, checkpoint
     config = resolve_config(name_or_config, params, checkpoint)
     if image_size is not None and image_size != config.image_size:
         config = replace(config, image_size=image_size)
+    if init_logit_bias is not None and config.init_logit_bias is None:
+        config = replace(config, init_logit_bias=float(init_logit_bias))
+        if params is not None and "logit_bias" not in params:
+            params = {**params, "logit_bias": Tensor(np.float32(init_logit_bias))}
     if params is not None:  # checked before the model is built: a wrong file costs no memory and no time
         params = fit_positions(params, config)
         check_parameters(params, config, checkpoint)
@@ -43,6 +53,8 @@ def create_model(name_or_config: Union[str, CLIPConfig, None] = None, checkpoint
     if params is not None:
         for p in model.get_parameters():
             p.set_data(Tensor(params[p.name].asnumpy().astype(np.float32)))
+    elif init_logit_scale is not None:
+        model.logit_scale.set_data(Tensor(np.float32(init_logit_scale)))
     return model
 
 

@@ -75,6 +75,8 @@ class CLIPModel(nn.Cell):
         self.text_projection = normal(config.text_width ** -0.5, (config.text_width, config.embed_dim),
                                       "text_projection")
         self.logit_scale = Parameter(Tensor(math.log(1 / 0.07), ms.float32), name="logit_scale")
+        if config.init_logit_bias is not None:  # SigLIP: the sigmoid loss's learnable bias (clip.loss.sigmoid)
+            self.logit_bias = Parameter(Tensor(float(config.init_logit_bias), ms.float32), name="logit_bias")
         self.attn_mask = causal_mask(config.context_length)
 
     @staticmethod

@@ -85,7 +85,10 @@ class AccumulatingTrainStep:
                                                 requires_grad=False) for w in self.weights])
         self.zero = _Zero(self.sum)
         self.encode = _Encode(net.model)
-        self.loss_grad = _LossGrad(net.loss_fn, scaler)
+        # a loss with a weight of its own (SigLIP's logit bias) gets that weight's gradient with the features'
+        own = [i for i, w in enumerate(self.weights) if w is getattr(net.loss_fn, "logit_bias", None)]
+        self.loss_grad = (_LossGradWithBias(net.loss_fn, scaler, self.weights[own[0]], _subset(self.sum, own)) if own
+                          else _LossGrad(net.loss_fn, scaler))
         # the micro-batch graphs take the weights and their sums in backward order (see backward_order); the
         # update keeps the optimiser's order
         order = backward_order([w.name for w in self.weights])
@@ -173,6 +176,25 @@ class _LossGrad(nn.Cell):
         loss = self.loss_fn(image_all, text_all, scale)
         d_image, d_text, d_scale = self.grad(self.loss_fn)(image_all, text_all, scale, sens)
         return loss, d_image, d_text, d_scale
+
+
+class _LossGradWithBias(_LossGrad):
+    """_LossGrad for a loss that holds a weight (SigLIP's logit bias): its gradient, taken once per step over the
+    whole global batch, is added to that weight's sum here."""
+
+    def __init__(self, loss_fn, scaler, bias, bias_sum):
+        super().__init__(loss_fn, scaler)
+        self.bias = ms.ParameterTuple([bias])
+        self.bias_sum = bias_sum
+        self.grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, image_all, text_all, scale):
+        sens = self.scaler.scale if self.dynamic else ops.ones((), ms.float32)
+        loss = self.loss_fn(image_all, text_all, scale)
+        (d_image, d_text, d_scale), d_bias = self.grad(self.loss_fn, self.bias)(image_all, text_all, scale, sens)
+        added = _done(self.hyper_map(ops.assign_add, self.bias_sum, d_bias))
+        return ops.depend(loss, added), d_image, d_text, d_scale
 
 
 class _TowerGrad(nn.Cell):

@@ -22,6 +22,7 @@ from clip.config import RunConfig, add_config_arguments, load_config, to_dict, w
 from clip.data import build_train_source
 from clip.data.pipeline import steps_per_epoch as epoch_steps
 from clip.data.pipeline import train_batches
+from clip.loss import sigmoid
 from clip.loss.contrastive import ContrastiveLoss
 from clip.model import create_model, model_name
 from clip.parallel import distributed
@@ -93,7 +94,10 @@ def train(cfg: RunConfig) -> dict:
         start = meta["step"]
 
     ms.set_seed(t.seed)
-    model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, dtype=dtype, image_size=cfg.model.image_size)
+    siglip = cfg.loss.type == "siglip"  # the sigmoid loss brings a learnable bias and open_clip's --siglip start
+    model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, dtype=dtype, image_size=cfg.model.image_size,
+                         **({"init_logit_bias": sigmoid.INIT_LOGIT_BIAS, "init_logit_scale": sigmoid.INIT_LOGIT_SCALE}
+                            if siglip else {}))
     if resume_from:
         checkpoint.check_architecture(meta, model.config, resume_from)
     recompute_blocks(model, cfg.model.recompute)
@@ -101,7 +105,7 @@ def train(cfg: RunConfig) -> dict:
     optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
     lrs = lr_schedule(t.lr_schedule, t.lr, t.min_lr, t.warmup_steps, steps).astype(np.float32)
     scaler = LossScaler(t.loss_scale_init) if t.precision == "fp16" else None
-    loss_fn = ContrastiveLoss(cfg.loss.mode)
+    loss_fn = sigmoid.SigmoidLoss(model.logit_bias, cfg.loss.mode) if siglip else ContrastiveLoss(cfg.loss.mode)
     reducer = distributed.grad_reducer(optimizer.parameters, info)
     step_cell = build_train_step(t, model, loss_fn, optimizer, reducer, scaler)
     # The train step's graphs are the first the process compiles and the only ones cached (clip.train.compile_cache);
@@ -119,7 +123,7 @@ def train(cfg: RunConfig) -> dict:
     progress.message(f"training {cfg.model.name or model_name(model.config)} on {world} rank(s) x batch {t.batch_size}"
                      + (f" x {t.accum_steps} micro-batches" if t.accum_steps > 1 else "")
                      + f" (global {global_batch}), {per_epoch} steps/epoch, steps {start}->{stop} of {steps}, "
-                     f"loss {cfg.loss.mode}, {t.mode} mode" + (f", resumed from {resume_from}" if resume_from else ""))
+                     f"loss {cfg.loss.type} {cfg.loss.mode}, {t.mode} mode" + (f", resumed from {resume_from}" if resume_from else ""))
 
     def save(step: int) -> None:
         if main_rank:
