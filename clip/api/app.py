@@ -201,10 +201,24 @@ def require_single_card(env: Mapping[str, str]) -> None:
 
 # ---------------------------------------------------------------- evaluation
 
+def effective_task(cfg, task: str) -> str:
+    """The task a dataset calls for: a CLIP_benchmark set whose dataset_type.txt says retrieval, given as
+    data.eval, is evaluated by retrieval (CLIP_benchmark names every set by one path whatever its task)."""
+    from clip.data.clip_benchmark import kind_of
+
+    if task == "zeroshot" and kind_of(cfg.data.eval) == "retrieval":
+        return "retrieval"
+    return task
+
+
 def dataset_for(cfg, task: str):
     """The dataset config the task reads, or a UserError naming the missing config key."""
+    from clip.data.clip_benchmark import kind_of
+
     data = cfg.data.eval if task == "zeroshot" else cfg.data.retrieval
     key = "data.eval" if task == "zeroshot" else "data.retrieval"
+    if data is None and task == "retrieval" and kind_of(cfg.data.eval) == "retrieval":
+        data = cfg.data.eval
     if data is None:
         raise UserError(f"{key} is not set; --task {task} needs a dataset there")
     return data
@@ -257,7 +271,7 @@ def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: b
     else:
         from clip.eval.retrieval import evaluate_captions
 
-        result = evaluate_captions(model, source, image_size, batch_size)
+        result = evaluate_captions(model, source, image_size, batch_size, data.recall_k)
     from clip.model import model_name
 
     result.update(task=task, model=cfg.model.name or model_name(model.config), checkpoint=checkpoint, dtype=cfg.model.dtype,
@@ -270,28 +284,47 @@ def evaluate_and_write(cfg, task: str, checkpoint: Optional[str], sharded: bool 
                        weights_label: Optional[str] = None) -> Optional[dict]:
     """Evaluate, then (on the rank that has the result) write <output_dir>/eval.json or retrieval.json and print
     the one-line summary: the only place evaluation results are written."""
+    from clip.eval.results import benchmark_file
     from clip.train.preflight import check_output_file
     from launcher.safe_write import write_json
 
+    task = effective_task(cfg, task)
     path = os.path.join(cfg.output_dir, RESULT_FILES[task])
+    benchmark_path = os.path.join(cfg.output_dir, benchmark_file(task))
     check_output_file(path, "output_dir")
+    check_output_file(benchmark_path, "output_dir")
     result = run(cfg, task, checkpoint, sharded)
     if result is None:
         return None
     if weights_label is not None:
         result["checkpoint"] = weights_label
-    if task == "zeroshot":
+    if "worst" in result:
         from clip.eval.zeroshot import confusion_summary
 
         log.info("%s", confusion_summary(result["worst"]))
     write_json(path, result)
+    write_json(benchmark_path, benchmark_json(result, task))
     print(report(result, task), flush=True)
-    log.info("wrote %s", path)
+    log.info("wrote %s and %s", path, benchmark_path)
     return result
+
+
+def benchmark_json(result: dict, task: str) -> dict:
+    """The CLIP_benchmark form of a result: `pretrained` is the weights file's name (random: none)."""
+    from clip.eval.results import benchmark_record, dataset_name
+
+    dataset = result["dataset"]
+    weights = result.get("checkpoint")
+    pretrained = os.path.splitext(os.path.basename(weights))[0] if weights else "random"
+    return benchmark_record(result, task, dataset_name(dataset["type"], dataset["path"]), result["model"],
+                            pretrained, result.get("recall_k", ()))
 
 
 def report(result: dict, task: str) -> str:
     """The one-line summary printed on stdout."""
+    if "mean_average_precision" in result:
+        return (f"zero-shot mean average precision {result['mean_average_precision']:.2f}% on {result['n']} "
+                f"images, {result['classes']} classes x {result['templates']} templates")
     if task == "zeroshot":
         return (f"zero-shot top1 {result['top1']:.2f}% top5 {result['top5']:.2f}% on {result['n']} images, "
                 f"{result['classes']} classes x {result['templates']} templates")

@@ -15,6 +15,8 @@ DATASETS: dict[str, dict[str, str]] = {
     "imagefolder": {"train": "clip.data.classcaptions:load_imagefolder", "eval": "clip.data.imagefolder:load"},
     "webdataset": {"train": "clip.data.webdataset:load"},
     "mindrecord": {"train": "clip.data.mindrecord:load"},
+    "imagenet": {"eval": "clip.data.imagenet:load"},
+    "clip_benchmark": {"train": "clip.data.clip_benchmark:load_captions", "eval": "clip.data.clip_benchmark:load"},
 }
 
 

@@ -81,9 +81,9 @@ def encode_source(model, source, image_size: int, batch_size: int) -> tuple[np.n
     return l2_normalize(image_features), l2_normalize(text_features), owner
 
 
-def evaluate_captions(model, source, image_size: int, batch_size: int) -> dict:
-    """Recall@1/5/10 both ways on a CaptionSource, plus the number of images and captions."""
+def evaluate_captions(model, source, image_size: int, batch_size: int, ks: Sequence[int] = KS) -> dict:
+    """Recall@K both ways on a CaptionSource, plus the number of images and captions and the Ks."""
     images, texts, owner = encode_source(model, source, image_size, batch_size)
-    result = recall_at_k(images @ texts.T, owner)
-    result.update({"images": int(images.shape[0]), "captions": int(texts.shape[0])})
+    result = recall_at_k(images @ texts.T, owner, ks)
+    result.update({"images": int(images.shape[0]), "captions": int(texts.shape[0]), "recall_k": list(ks)})
     return result

@@ -113,11 +113,15 @@ def count_predictions(model, classifier: np.ndarray, batches: Iterable[tuple[np.
 
 
 def summarize(counts: Counts) -> dict:
-    """top1/top5 in percent over all samples, per-class top-1 (None for classes without samples), n."""
+    """top1/top5 in percent over all samples, per-class top-1 (None for classes without samples), n, and
+    their mean over the classes that have samples (scikit-learn's balanced accuracy, CLIP_benchmark's
+    mean_per_class_recall), which a class-imbalanced set cannot inflate."""
     n = int(counts.total.sum())
     per_class = [100.0 * int(h) / int(t) if t else None for h, t in zip(counts.top1, counts.total)]
+    present = [v for v in per_class if v is not None]
     return {"top1": 100.0 * counts.top1.sum() / n if n else 0.0,
             "top5": 100.0 * counts.top5.sum() / n if n else 0.0,
+            "mean_per_class_recall": float(np.mean(present)) if present else 0.0,
             "per_class": per_class, "n": n}
 
 
@@ -194,6 +198,9 @@ def evaluate_source(model, source, image_size: int, batch_size: int, sharded: bo
     classifier = _all_reduced(build_classifier(model, source.classnames, source.templates, shard=(rank, world)),
                               world)
     text_seconds = time.time() - started
+    if getattr(source, "multilabel", False):
+        return evaluate_multilabel(model, source, classifier, image_transform(image_size), batch_size, (rank, world),
+                                   text_seconds)
     skipped: list[str] = []
     indices = range(rank, len(source), world)
     batches = iterate_batches(source, image_transform(image_size), batch_size, indices, skipped)
@@ -212,6 +219,46 @@ def evaluate_source(model, source, image_size: int, batch_size: int, sharded: bo
                   classifier_seconds=round(text_seconds, 3), image_seconds=round(image_seconds, 3),
                   images_per_second=round(result["n"] / image_seconds, 3) if image_seconds > 0 else None)
     return result
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class average precision [C] of scores [N, C] against 0/1 targets [N, C], as CLIP_benchmark computes
+    it: rank the images by score, average the precision at the rank of every positive; a class without
+    positives scores 0 (and still counts in the mean). Ties go to the lower image index."""
+    order = np.argsort(-scores, axis=0, kind="stable")
+    truth = np.take_along_axis(np.asarray(targets, np.float64), order, axis=0)
+    precision = np.cumsum(truth, axis=0) / np.arange(1, len(scores) + 1)[:, None]
+    return (precision * truth).sum(axis=0) / np.maximum(truth.sum(axis=0), 1.0)
+
+
+def evaluate_multilabel(model, source, classifier: np.ndarray, transform, batch_size: int,
+                        shard: tuple[int, int], text_seconds: float) -> dict:
+    """Mean average precision over classes for a multilabel source (targets are 0/1 vectors). Each rank
+    scores its images into its rows of an [N, C] matrix left zero elsewhere; the sum over ranks is the
+    single-process matrix exactly, and the ranking needs every row."""
+    rank, world = shard
+    started = time.time()
+    indices = list(range(rank, len(source), world))
+    n_classes = classifier.shape[1]
+    scores = np.zeros((len(source), n_classes), np.float32)
+    targets = np.zeros((len(source), n_classes), np.int64)
+    compiled = worth_compiling(len(indices), batch_size)
+    encode = encoder(model, "image", compiled)
+    for start in range(0, len(indices), batch_size):
+        rows = indices[start:start + batch_size]
+        items = [source[i] for i in rows]
+        pixels = np.stack([transform(image) for image, _ in items]).astype(np.float32)
+        features = encode_in_batches(encode, pixels, batch_size, pad=compiled)
+        scores[rows] = logits_for(features, classifier)
+        targets[rows] = np.stack([target for _, target in items])
+    scores, targets = _all_reduced(scores, world), _all_reduced(targets, world)
+    per_class = average_precision(scores, targets)
+    image_seconds = time.time() - started
+    return {"mean_average_precision": 100.0 * float(per_class.mean()),
+            "per_class_average_precision": dict(zip(source.classnames, (100.0 * per_class).tolist())),
+            "n": len(source), "classes": n_classes, "templates": len(source.templates), "skipped": 0,
+            "classifier_seconds": round(text_seconds, 3), "image_seconds": round(image_seconds, 3),
+            "images_per_second": round(len(source) / image_seconds, 3) if image_seconds > 0 else None}
 
 
 def _all_reduced(array: np.ndarray, world: int) -> np.ndarray:

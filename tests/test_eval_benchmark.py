@@ -1,0 +1,173 @@
+"""ImageNet and CLIP_benchmark evaluation through `python -m clip.eval` (in process): every metric equals the
+same metric computed here in numpy from the model's own encoders (random weights), and the CLIP_benchmark JSON
+holds it as a fraction under CLIP_benchmark's names."""
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from benchmark_files import (
+    encoded,
+    imagenet_wnids,
+    npy_bytes,
+    random_images,
+    reference_classification,
+    reference_classifier,
+    reference_image_features,
+    reference_map,
+    reference_retrieval,
+    reference_text_features,
+    write_class_folders,
+    write_clip_benchmark,
+)
+
+EXTS = ["png", "jpg", "jpeg", "webp"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Random-weight clip_tiny, its checkpoint, and a config evaluating it."""
+    import mindspore as ms
+
+    from clip.model import create_model
+
+    root = tmp_path_factory.mktemp("bench_eval")
+    ms.set_seed(3)
+    model = create_model("clip_tiny")
+    model.set_train(False)
+    ckpt = root / "tiny.ckpt"
+    ms.save_checkpoint(model, str(ckpt))
+    return {"root": root, "model": model, "ckpt": str(ckpt)}
+
+
+def run_eval(tiny, out, *sets, task="zeroshot", writes="eval.json"):
+    from clip.eval.cli import main
+
+    config = tiny["root"] / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": "clip_tiny"}, "train": {"eval_batch_size": 4}}))
+    code = main(["--config", str(config), "--checkpoint", tiny["ckpt"], "--task", task,
+                 "--set", f"output_dir={out}", *[a for s in sets for a in ("--set", s)]])
+    assert code == 0
+    return json.loads((out / writes).read_text()), out
+
+
+def benchmark_json(out, task):
+    return json.loads((out / f"clip_benchmark_{task}.json").read_text())
+
+
+def decoded(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_imagenet_with_all_1000_class_folders(tiny, tmp_path):
+    wnids = imagenet_wnids()
+    images = random_images(7, seed=1)
+    filled = {wnids[0]: images[:2], wnids[17]: images[2:3], wnids[500]: images[3:5], wnids[999]: images[5:]}
+    write_class_folders(tmp_path / "imagenet" / "val", wnids, filled)
+    result, out = run_eval(tiny, tmp_path / "out", "data.eval.type=imagenet",
+                           f"data.eval.path={tmp_path / 'imagenet'}", "data.eval.templates=['a photo of a {}.']")
+    from clip.data.imagenet import shipped
+
+    classes = list(shipped()[1])
+    labels = np.array([0, 0, 17, 500, 500, 999, 999])
+    ordered = [im for w in (wnids[0], wnids[17], wnids[500], wnids[999]) for im in filled[w]]
+    scores = reference_image_features(tiny["model"], ordered) @ \
+        reference_classifier(tiny["model"], classes, ["a photo of a {}."]).T
+    expected = reference_classification(scores, labels)
+    assert result["classes"] == 1000 and result["n"] == 7
+    assert result["top1"] / 100 == pytest.approx(expected["acc1"])
+    assert result["mean_per_class_recall"] / 100 == pytest.approx(expected["mean_per_class_recall"])
+    record = benchmark_json(out, "zeroshot_classification")
+    assert record["dataset"] == "imagenet1k" and record["task"] == "zeroshot_classification"
+    assert record["model"] == "clip_tiny" and record["pretrained"] == "tiny" and record["language"] == "en"
+    assert record["metrics"] == pytest.approx(expected)
+
+
+def test_imagenet_variants_share_the_class_list(tmp_path):
+    """ImageNetV2's numbered folders sort by number; a 200-class subset keeps its own 200 names in order."""
+    from clip.data import DatasetConfig
+    from clip.data.imagenet import load, shipped
+
+    wnids, classes, templates = shipped()
+    image = random_images(1)
+    write_class_folders(tmp_path / "v2", [str(i) for i in range(1000)], {"2": image, "10": image, "999": image})
+    v2 = load(DatasetConfig(type="imagenet", path=str(tmp_path / "v2"), split="val"))
+    assert v2.classnames == list(classes) and v2.labels == [2, 10, 999] and len(v2.templates) == 80
+    subset = sorted(wnids[::5])
+    write_class_folders(tmp_path / "r", subset, {subset[0]: image, subset[199]: image})
+    r = load(DatasetConfig(type="imagenet", path=str(tmp_path / "r"), split="val"))
+    assert r.classnames == [classes[i] for i in range(0, 1000, 5)] and r.labels == [0, 199]
+
+
+def test_shipped_imagenet_prompts_are_open_clips():
+    import runpy
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    from clip.data.imagenet import shipped
+
+    path = Path(find_spec("open_clip").submodule_search_locations[0]) / "zero_shot_metadata.py"
+    reference = runpy.run_path(str(path))  # the module alone: open_clip's package needs torchvision
+    wnids, classes, templates = shipped()
+    assert list(classes) == list(reference["IMAGENET_CLASSNAMES"])
+    assert list(templates) == [t("{}") for t in reference["OPENAI_IMAGENET_TEMPLATES"]] and len(templates) == 80
+    assert len(set(wnids)) == 1000 and list(wnids) == sorted(wnids)
+
+
+def test_clip_benchmark_classification_every_image_type(tiny, tmp_path):
+    classnames = ["red thing", "green thing", "blue thing"]
+    images = random_images(10, seed=2)
+    labels = np.array([0, 1, 2, 0, 1, 2, 2, 1, 0, 1])
+    samples = [{EXTS[i % 4]: encoded(images[i], EXTS[i % 4]), "cls": f"{labels[i]}\n".encode()}
+               for i in range(10)]
+    root = write_clip_benchmark(tmp_path / "wds_colours", samples, classnames=classnames,
+                                templates=["a photo of a {c}.", "a {c} in a picture."], nshards=3)
+    result, out = run_eval(tiny, tmp_path / "out", "data.eval.type=clip_benchmark", f"data.eval.path={root}")
+    # Tar order: shard 0 holds samples 0, 3, 6, 9, shard 1 holds 1, 4, 7, shard 2 holds 2, 5, 8.
+    order = [0, 3, 6, 9, 1, 4, 7, 2, 5, 8]
+    pixels = [decoded(samples[i][EXTS[i % 4]]) for i in order]
+    scores = reference_image_features(tiny["model"], pixels) @ reference_classifier(
+        tiny["model"], classnames, ["a photo of a {}.", "a {} in a picture."]).T
+    expected = reference_classification(scores, labels[order])
+    record = benchmark_json(out, "zeroshot_classification")
+    assert record["dataset"] == "wds/colours" and result["templates"] == 2 and result["n"] == 10
+    assert record["metrics"] == pytest.approx(expected)
+
+
+def test_clip_benchmark_multilabel_mean_average_precision(tiny, tmp_path):
+    classnames = ["cat", "dog", "car", "tree"]
+    images = random_images(8, seed=4)
+    targets = np.random.default_rng(5).integers(0, 2, (8, 4))
+    targets[:, 3] = 0  # a class without positives counts as 0, as in CLIP_benchmark
+    samples = [{"jpg": encoded(images[i], "jpg"), "npy": npy_bytes(targets[i])} for i in range(8)]
+    root = write_clip_benchmark(tmp_path / "voc", samples, kind="multilabel", classnames=classnames, nshards=1)
+    result, out = run_eval(tiny, tmp_path / "out", "data.eval.type=clip_benchmark", f"data.eval.path={root}")
+    scores = reference_image_features(tiny["model"], [decoded(s["jpg"]) for s in samples]) @ \
+        reference_classifier(tiny["model"], classnames, ["a photo of a {}."]).T
+    assert benchmark_json(out, "zeroshot_classification")["metrics"] == pytest.approx(
+        {"mean_average_precision": reference_map(scores, targets)})
+    assert result["per_class_average_precision"]["tree"] == 0.0
+
+
+def test_clip_benchmark_retrieval_several_captions_per_image(tiny, tmp_path):
+    images = random_images(6, seed=6)
+    captions = [[f"picture {i} caption {j}" for j in range(1 + i % 3)] for i in range(6)]
+    samples = [{EXTS[i % 4]: encoded(images[i], EXTS[i % 4]), "txt": "\n".join(captions[i]).encode()}
+               for i in range(6)]
+    root = write_clip_benchmark(tmp_path / "wds_flickr", samples, kind="retrieval", nshards=1)
+    # Given as data.eval, as CLIP_benchmark names a set by its path whatever the task: evaluated by retrieval.
+    result, out = run_eval(tiny, tmp_path / "out", "data.eval.type=clip_benchmark", f"data.eval.path={root}",
+                           "data.eval.recall_k=[1,2,4]", writes="retrieval.json")
+    texts = [c for caps in captions for c in caps]
+    owner = np.array([i for i, caps in enumerate(captions) for _ in caps])
+    expected = reference_retrieval(reference_image_features(tiny["model"], [decoded(s[EXTS[i % 4]]) for i, s in
+                                                                            enumerate(samples)]),
+                                   reference_text_features(tiny["model"], texts), owner, (1, 2, 4))
+    record = benchmark_json(out, "zeroshot_retrieval")
+    assert record["task"] == "zeroshot_retrieval" and result["captions"] == len(texts)
+    assert record["metrics"] == pytest.approx(expected)
