@@ -20,7 +20,7 @@ import yaml
 from clip.data import EVAL_TYPES, TRAIN_TYPES, DatasetConfig
 from clip.loss.modes import LOSS_MODES, LOSS_TYPES, SIGLIP_MODES
 from clip.model.architectures import DTYPES as MODEL_DTYPES
-from clip.schema import SEED_MAX, check, setting, shown
+from clip.schema import SEED_MAX, check, machine_memory, setting, shown
 from launcher.errors import ArgumentParser, UserError, exit_on_user_error
 
 TRAIN_MODES = ("graph", "pynative")
@@ -214,6 +214,8 @@ def _convert(value: Any, tp, key: str, base: Any) -> Any:
             return int(value)
         raise ValueError(f"expected an integer, got {shown(value)}")
     if tp is float:
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1024:
+            raise ValueError(f"{shown(value)} is beyond any floating-point number")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
@@ -332,7 +334,12 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
     that relate fields; types were already checked while building."""
     from clip.model.architectures import get_config  # pure dataclasses, no MindSpore
 
-    t, problems = cfg.train, check(cfg)
+    roles = [(f"data.{section}.type", f"{dataset.type!r} is not {what}, expected one of {', '.join(types)}")
+             for section, types, what in (("train", TRAIN_TYPES, "a training dataset"),
+                                          ("eval", EVAL_TYPES, "an evaluation dataset"),
+                                          ("retrieval", TRAIN_TYPES, "a captioned dataset"))
+             for dataset in [getattr(cfg.data, section)] if dataset is not None and dataset.type not in types]
+    t, problems = cfg.train, roles + check(cfg)
     if problems:  # the relations below assume each field is in its own range
         return problems
 
@@ -352,14 +359,6 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
          + (f" ({architecture.patch_size})" if architecture else ""))
     need(cfg.model.checkpoint is None or os.path.isfile(cfg.model.checkpoint), "model.checkpoint",
          f"file {cfg.model.checkpoint!r} does not exist")
-    need(cfg.data.train.type in TRAIN_TYPES, "data.train.type",
-         f"{cfg.data.train.type!r} is not a training dataset, expected one of {', '.join(TRAIN_TYPES)}")
-    need(cfg.data.eval is None or cfg.data.eval.type in EVAL_TYPES, "data.eval.type",
-         f"{getattr(cfg.data.eval, 'type', None)!r} is not an evaluation dataset, expected one of "
-         f"{', '.join(EVAL_TYPES)}")
-    need(cfg.data.retrieval is None or cfg.data.retrieval.type in TRAIN_TYPES, "data.retrieval.type",
-         f"{getattr(cfg.data.retrieval, 'type', None)!r} is not a captioned dataset, expected one of "
-         f"{', '.join(TRAIN_TYPES)}")
     need(0 <= t.min_lr <= t.lr, "train.min_lr", f"{t.min_lr} must be between 0 and train.lr ({t.lr})")
     grouped = [k for k, on in (("train.lr_image", t.lr_image is not None), ("train.lr_text", t.lr_text is not None),
                                ("train.layer_decay", t.layer_decay != 1)) if on]
@@ -388,6 +387,11 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
          f"{cfg.loss.mode!r} is not one of {', '.join(SIGLIP_MODES)} (the modes of loss.type siglip)")
     need(t.resume in ("auto", "none") or os.path.isfile(t.resume), "train.resume",
          f"{t.resume!r} is neither auto, none nor an existing checkpoint file")
+    side = cfg.model.image_size or (architecture or get_config("clip_tiny")).image_size
+    for key in ("batch_size", "eval_batch_size"):  # one batch of float32 pixels, a lower bound of what it needs
+        need_bytes, have = getattr(t, key) * 3 * side * side * 4, machine_memory()
+        need(need_bytes <= have, f"train.{key}", f"{getattr(t, key)} images of {side} px take "
+             f"{need_bytes / 2**30:.1f} GiB as float32 pixels alone, more than this machine's {have / 2**30:.1f} GiB")
     return problems
 
 

@@ -26,7 +26,7 @@ SEED_MAX = 2**32 - 1       # mindspore.set_seed and mindspore.dataset.config.set
 FLOAT32_MAX = struct.unpack("f", struct.pack("f", 3.4028234663852886e38))[0]
 PATH_KINDS = ("file", "input", "output_dir")
 SHOWN = 300                # characters of a value quoted in a message: a 4000-digit number stays one short line
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,11 @@ def _number_problem(value: Union[int, float], spec: Spec, optional: bool) -> Opt
         if value > cores:
             return f"{value} is more than this machine's {cores} cores (MindSpore's limit for worker counts)"
     return None
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory: no batch can be larger."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _num(x: float) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from clip.model.transforms import reduce_while_decoding
+from clip.data.registry import DATASETS
 from clip.schema import setting
 from launcher.errors import UserError
 
@@ -27,7 +28,8 @@ ImageLike = Union[Image.Image, np.ndarray]
 class DatasetConfig:
     """Where a dataset lives and how to read it; the training config embeds one as data.train / data.eval."""
 
-    type: str = setting("shapes", nonempty=True)  # which types serve which role: clip.config.validate
+    # clip/data/registry.py; which types serve which role: clip.config.validate
+    type: str = setting("shapes", choices=lambda: tuple(DATASETS))
     path: Optional[str] = setting(None, path="input")  # file or directory by type: the loader says which
     split: str = "train"
     num_samples: int = setting(2048, ge=1)  # shapes only: samples in the split
