@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark_files import imagenet_wnids, write_clip_benchmark
 from cifar_files import RAW_NAMES, draw_images, write_cifar
 from crafted_weights import crafted_state, torch_save
 
@@ -210,6 +211,8 @@ GOOD_CONFIG = ("model: {name: clip_tiny}\n"
 
 CONFIG_CASES = [
     C("config-missing", "config", ["--config", "{ws}/nope.yaml"], "does not exist", category="missing file"),
+    C("config-recall-k-zero", "config", ["--set", "data.eval.recall_k=[1,0]"],
+      "data.eval.recall_k[1]: 0 must be at least 1"),
     C("config-directory", "config", ["--config", "{ws}"], "is a directory", category="path is a directory/file"),
     C("config-binary", "config", ["--config", "{ws}/c.yaml"], "c.yaml", {"c.yaml": b"\x00\x01\x02\xff\xfe"},
       category="empty/binary file"),
@@ -359,6 +362,27 @@ def cifar_changed(change):
     return {"": lambda ws, a: write_cifar_variant(ws, a, change), "c.yaml": cifar_config("{ws}/cifar")}
 
 
+CB_ARGS = ["--config", "{ws}/c.yaml", "--checkpoint", "{asset:ckpt}", "--set", "data.eval.type=clip_benchmark",
+           "--set", "data.eval.path={ws}/cb", "--set", "output_dir={ws}/out"]
+
+
+def cb_set(ws: Path, assets, classnames=("cat", "dog"), labels=(0, 1), first_image=None) -> None:
+    """A two-sample, two-shard CLIP_benchmark classification set and a config evaluating it."""
+    png = Path(assets["png"]).read_bytes()
+    samples = [{"png": first_image if i == 0 and first_image else png, "cls": f"{label}".encode()}
+               for i, label in enumerate(labels)]
+    write_clip_benchmark(ws / "cb", samples, classnames=classnames, nshards=2)
+    (ws / "c.yaml").write_text(cifar_config())
+
+
+def imagenet_folders(root: Path, image: str, skip: int) -> None:
+    """ImageNet's val layout less the wnid at index `skip`, one image in the first folder."""
+    folders = [w for i, w in enumerate(imagenet_wnids()) if i != skip]
+    for name in folders:
+        (root / name).mkdir(parents=True)
+    shutil.copy(image, root / folders[0] / "x.png")
+
+
 EVAL_CASES = [
     C("eval-bad-flag", "eval", ["--task", "captioning"], "invalid choice", category="command line"),
     C("eval-checkpoint-missing", "eval", ["--checkpoint", "{ws}/w.ckpt"], "does not exist", category="missing file"),
@@ -456,6 +480,22 @@ EVAL_CASES = [
        "names.txt": b"\xff\xfe\x00cat\n"}, category="empty/binary file"),
     C("eval-metrics-json-as-config", "eval", ["--config", "{ws}/metrics.jsonl"], "metrics.jsonl",
       {"metrics.jsonl": '{"step": 1}\n{"step": 2}\n'}, category="wrong file"),
+    C("eval-cb-no-classnames", "eval", CB_ARGS, "{ws}/cb/classnames.txt: missing",
+      {"": lambda ws, a: cb_set(ws, a, classnames=None)}, category="missing file"),
+    C("eval-cb-no-nshards", "eval", CB_ARGS, "{ws}/cb/test/nshards.txt: missing",
+      {"": lambda ws, a: (cb_set(ws, a), os.remove(ws / "cb" / "test" / "nshards.txt"))}, category="missing file"),
+    C("eval-cb-cls-out-of-range", "eval", CB_ARGS,
+      "{ws}/cb/test/1.tar: sample 's00001': .cls 2 is outside the class range 0..1 of {ws}/cb/classnames.txt",
+      {"": lambda ws, a: cb_set(ws, a, labels=(0, 2))}),
+    C("eval-cb-corrupt-image", "eval", CB_ARGS,
+      "{ws}/cb/test/0.tar: sample 's00000': image .png cannot be decoded",
+      {"": lambda ws, a: cb_set(ws, a, first_image=b"\x89PNG\r\n\x1a\n" + b"\0" * 40)}, category="empty/binary file"),
+    C("eval-imagenet-999-classes", "eval",
+      ["--config", "{ws}/c.yaml", "--checkpoint", "{asset:ckpt}", "--set", "data.eval.type=imagenet",
+       "--set", "data.eval.path={ws}/imagenet", "--set", "output_dir={ws}/out"],
+      "{ws}/imagenet/val' has 999 class folders, missing n01440764",
+      {"c.yaml": cifar_config(), "": lambda ws, a: imagenet_folders(ws / "imagenet" / "val", a["png"], skip=0)},
+      category="missing file"),
 ]
 
 
