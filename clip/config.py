@@ -34,7 +34,7 @@ ACCUM_MODES = ("contrastive", "plain")
 class ModelConfig:
     name: Optional[str] = None            # model name (clip.list_models()) or open_clip JSON config path; null =
                                           # the architecture model.checkpoint carries, else clip_tiny
-    checkpoint: Optional[str] = setting(None, path="file")  # MindSpore .ckpt with OpenAI parameter names to start from
+    checkpoint: Optional[str] = setting(None, path="maybe_file")  # MindSpore .ckpt with OpenAI parameter names to start from
     # null = the model's; another size resizes the position embeddings
     image_size: Optional[int] = setting(None, ge=1, le=65536, le_why="pixels a side")
     # compute dtype for evaluation/prediction; training uses train.precision
@@ -98,7 +98,7 @@ class TrainConfig:
     eval_every: int = setting(0, ge=0)  # steps between zero-shot evaluations; 0 = only at the end
     eval_batch_size: int = setting(64, ge=1)
     log_every: int = setting(1, ge=1)  # steps between metrics lines
-    resume: str = setting("auto", path="file", special=("auto", "none"))  # auto | none | path to a .ckpt
+    resume: str = setting("auto", path="maybe_file", special=("auto", "none"))  # auto | none | path to a .ckpt
     overwrite: bool = False               # a fresh run may replace an earlier run's files in output_dir
     mode: str = setting("graph", choices=TRAIN_MODES)  # graph (compiled step) | pynative (debugging)
     num_workers: int = setting(1, ge=0, cores=True)  # data-loading worker processes per card

@@ -15,28 +15,24 @@ import dataclasses
 import math
 import os
 import re
-import stat
 import struct
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-INT32_MAX = 2**31 - 1
+from launcher.errors import INT32_MAX, PATH_KINDS, path_problem, shown, text_problem
+
 SEED_MAX = 2**32 - 1       # mindspore.set_seed and mindspore.dataset.config.set_seed refuse larger seeds
 FLOAT32_MAX = struct.unpack("f", struct.pack("f", 3.4028234663852886e38))[0]
-PATH_KINDS = ("file", "input", "output_dir")
-SHOWN = 300                # characters of a value quoted in a message: a 4000-digit number stays one short line
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
 class Spec:
     """What one field accepts beyond its type. Bounds apply to numbers; `form` and `pattern` to each text (also
-    the items of a list or the values of a mapping); `path` to a text naming a file system entry:
-      file        an existing entry must be a regular, readable file (existence is the field's own check);
-      input       an existing entry must be a readable regular file or directory (never a FIFO or a device:
-                  reading one blocks); a missing one is left to the loader, which names what it expected;
-      output_dir  an existing entry must be a directory, a missing one must be creatable (no file on the way).
+    the items of a list or the values of a mapping); `path` to a text naming a file system entry, one of
+    launcher.errors.PATH_KINDS (`maybe_file`: if present a readable regular file, existence is the field's own
+    check; `input`: if present a readable file or directory, the loader names what it expected; `output_dir`: a
+    directory or creatable).
     """
 
     ge: Optional[float] = None
@@ -69,11 +65,6 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MI
 
 def spec_of(f: dataclasses.Field) -> Spec:
     return f.metadata.get(SPEC, Spec())
-
-
-def shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= SHOWN else f"{text[:SHOWN - 15]}...({len(text)} characters)"
 
 
 def check(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -162,14 +153,9 @@ def _num(x: float) -> str:
 
 
 def _text_problem(value: str, spec: Spec) -> Optional[str]:
-    if "\0" in value:
-        return f"{shown(value)} contains a NUL byte"
-    if _CONTROL.search(value):
-        return f"{shown(value)} contains a control character"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return f"{shown(value)} is not valid UTF-8"
+    problem = text_problem(value)
+    if problem:
+        return problem
     if spec.nonempty and not value.strip():
         return "must not be empty"
     if spec.choices is not None:
@@ -183,33 +169,3 @@ def _text_problem(value: str, spec: Spec) -> Optional[str]:
     if spec.path is not None and value not in spec.special:
         return path_problem(value, spec.path)
     return None
-
-
-def path_problem(path: str, kind: str) -> Optional[str]:
-    """What is wrong with `path` as a `kind` (see Spec), looking only at what exists now."""
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):  # the second: a file on the way, named below
-        st = None
-    except OSError as exc:
-        return f"{shown(path)} cannot be examined ({exc.strerror or exc.__class__.__name__})"
-    if kind == "output_dir":
-        if st is not None:
-            return None if stat.S_ISDIR(st.st_mode) else f"{shown(path)} is a file, expected a directory"
-        existing = os.path.dirname(os.path.abspath(path))
-        while not os.path.lexists(existing):
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing):
-            return f"{shown(path)} cannot be created: {shown(existing)} is a file"
-        return None
-    if st is None:
-        return None
-    if stat.S_ISDIR(st.st_mode):
-        if kind == "file":
-            return f"{shown(path)} is a directory, expected a file"
-        readable = os.access(path, os.R_OK | os.X_OK)
-    elif stat.S_ISREG(st.st_mode):
-        readable = os.access(path, os.R_OK)
-    else:
-        return f"{shown(path)} is not a regular file (a FIFO, socket or device would block or never end)"
-    return None if readable else f"{shown(path)} is not readable (permission denied)"

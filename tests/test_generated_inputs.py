@@ -176,7 +176,7 @@ def wrong_values(tp, spec: Spec, ws: Path):
             out.append(st.text(min_size=1, max_size=8).filter(lambda s: s not in choices))
         if spec.form is not None:
             out.append(st.text(alphabet="abc ", min_size=1, max_size=8).filter(lambda s: not spec.form(s)))
-        if spec.path == "file":
+        if spec.path == "maybe_file":
             out.append(st.sampled_from([str(ws / "a_dir"), str(ws / "a_fifo"), str(ws / "a_file" / "x")]))
         elif spec.path == "input":
             out.append(st.just(str(ws / "a_fifo")))
