@@ -486,7 +486,7 @@ EVAL_CASES = [
       ["--config", "{ws}/c.yaml", "--checkpoint", "{asset:ckpt}", "--task", "linear_probe",
        "--set", "data.eval.type=imagefolder", "--set", "data.eval.path={ws}/folder", "--set", "data.eval.split=val",
        "--set", "output_dir={ws}/out"],
-      "the train split's 1 classes are not the 1 classes of split 'val'",
+      "the train split's classes ['val'] are not those of split 'val' ['cat']",
       {"c.yaml": cifar_config(), "": lambda ws, a: image_folder(ws / "folder" / "val", a["png"])},
       category="missing file"),
     C("eval-cb-no-classnames", "eval", CB_ARGS, "{ws}/cb/classnames.txt: missing",

@@ -45,7 +45,7 @@ def run_eval(tiny, out, *sets, task="zeroshot", writes="eval.json"):
     from clip.eval.cli import main
 
     config = tiny["root"] / "c.yaml"
-    config.write_text(yaml.safe_dump({"model": {"name": "clip_tiny"}, "train": {"eval_batch_size": 4}}))
+    config.write_text(yaml.safe_dump({"model": {"name": "clip_tiny"}, "train": {"eval_batch_size": 8}}))
     code = main(["--config", str(config), "--checkpoint", tiny["ckpt"], "--task", task,
                  "--set", f"output_dir={out}", *[a for s in sets for a in ("--set", s)]])
     assert code == 0
@@ -171,3 +171,46 @@ def test_clip_benchmark_retrieval_several_captions_per_image(tiny, tmp_path):
     record = benchmark_json(out, "zeroshot_retrieval")
     assert record["task"] == "zeroshot_retrieval" and result["captions"] == len(texts)
     assert record["metrics"] == pytest.approx(expected)
+
+
+def test_held_out_split_takes_a_share_of_every_class():
+    from clip.eval.linear_probe import held_out_split
+
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 1)
+    fit, held = held_out_split(labels)
+    assert sorted(fit.tolist() + held.tolist()) == list(range(16))
+    assert [int((labels[held] == c).sum()) for c in range(3)] == [2, 1, 0]
+
+
+def test_linear_probe_on_an_image_folder(tiny, tmp_path):
+    from pathlib import Path
+
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+
+    from clip.eval.linear_probe import C_GRID, held_out_split
+    from data_files import write_image_folder
+
+    for split, per_class in (("train", 6), ("val", 3)):
+        write_image_folder(tmp_path / "pets", [0, 1, 2], per_class, split=split)
+    result, out = run_eval(tiny, tmp_path / "out", "data.eval.type=imagefolder", f"data.eval.path={tmp_path / 'pets'}",
+                           task="linear_probe", writes="linear_probe.json")
+
+    def split_of(name):
+        folders = sorted(Path(tmp_path / "pets" / name).iterdir())
+        files = [(f, c) for c, folder in enumerate(folders) for f in sorted(folder.iterdir())]
+        pixels = [np.asarray(Image.open(f).convert("RGB")) for f, _ in files]
+        return reference_image_features(tiny["model"], pixels), np.array([c for _, c in files])
+
+    (x_train, y_train), (x_test, y_test) = split_of("train"), split_of("val")
+    fit, held = held_out_split(y_train)
+    accuracy = [(LogisticRegression(C=c, max_iter=1000).fit(x_train[fit], y_train[fit]).predict(x_train[held])
+                 == y_train[held]).mean() for c in C_GRID]
+    best = C_GRID[int(np.argmax(accuracy))]  # the first best: the smallest C
+    probabilities = LogisticRegression(C=best, max_iter=1000).fit(x_train, y_train).predict_proba(x_test)
+    expected = reference_classification(probabilities, y_test)
+    assert result["C"] == best and result["n_train"] == 18 and result["n"] == 9
+    record = benchmark_json(out, "linear_probe")
+    assert record["task"] == "linear_probe" and record["dataset"] == "pets"
+    assert record["metrics"] == pytest.approx({"lp_acc1": expected["acc1"], "lp_acc5": expected["acc5"],
+                                               "lp_mean_per_class_recall": expected["mean_per_class_recall"]})

@@ -33,7 +33,7 @@ LAYERS = [
     ["clip.parallel", "clip.parallel.*"],
     ["clip.loss", "clip.loss.*"],
     ["clip.eval", "clip.eval.encode", "clip.eval.zeroshot", "clip.eval.retrieval", "clip.eval.predict",
-     "clip.eval.results"],
+     "clip.eval.linear_probe", "clip.eval.results"],
     ["clip.train", "clip.train.*"],
     ["clip.api", "clip.api.app"],
     ["clip.*", "clip.api.trainer", "clip.eval.cli", "clip.eval.__main__", "clip.train.__main__", "clip.__main__",

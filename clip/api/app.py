@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 MULTI_CARD_HINT = ("the Trainer runs one card in this process and never starts a cluster; for several cards use "
                    "bash scripts/run_distribute.sh N CONFIG")
-TASKS = ("zeroshot", "retrieval")
-RESULT_FILES = {"zeroshot": "eval.json", "retrieval": "retrieval.json"}
+TASKS = ("zeroshot", "retrieval", "linear_probe")
+RESULT_FILES = {"zeroshot": "eval.json", "retrieval": "retrieval.json", "linear_probe": "linear_probe.json"}
+SHARDED_TASKS = ("zeroshot", "linear_probe")
 
 
 def configure_logging() -> None:
@@ -215,8 +216,8 @@ def dataset_for(cfg, task: str):
     """The dataset config the task reads, or a UserError naming the missing config key."""
     from clip.data.clip_benchmark import kind_of
 
-    data = cfg.data.eval if task == "zeroshot" else cfg.data.retrieval
-    key = "data.eval" if task == "zeroshot" else "data.retrieval"
+    data = cfg.data.retrieval if task == "retrieval" else cfg.data.eval
+    key = "data.retrieval" if task == "retrieval" else "data.eval"
     if data is None and task == "retrieval" and kind_of(cfg.data.eval) == "retrieval":
         data = cfg.data.eval
     if data is None:
@@ -225,9 +226,22 @@ def dataset_for(cfg, task: str):
 
 
 def load_source(task: str, data):
+    """The task's source; for a linear probe the pair (train split, data's split), the train split being the
+    same dataset with split `train`."""
     from clip.data import build_eval_source, build_train_source
 
-    return build_eval_source(data) if task == "zeroshot" else build_train_source(data)
+    if task == "linear_probe":
+        test = build_eval_source(data)
+        if getattr(test, "multilabel", False):
+            raise UserError(f"data.eval.path: {data.path!r} is a multilabel set; --task linear_probe needs one "
+                            f"class per image")
+        train = build_eval_source(dataclasses.replace(data, split="train"))
+        if list(train.classnames) != list(test.classnames):
+            raise UserError(f"data.eval.path: {data.path!r}: the train split's classes {train.classnames[:3]} are not "
+                            f"those of split {data.split!r} {test.classnames[:3]} (a linear probe trains on split "
+                            f"train of the same set)")
+        return train, test
+    return build_train_source(data) if task == "retrieval" else build_eval_source(data)
 
 
 def run(cfg, task: str, checkpoint: Optional[str], sharded: bool) -> Optional[dict]:
@@ -249,12 +263,15 @@ def run(cfg, task: str, checkpoint: Optional[str], sharded: bool) -> Optional[di
         log.info("rank %d of %d: rank 0 evaluates (pass --sharded to share the work)", info.rank, info.world_size)
         return None
     result = evaluate(cfg, task, data, source, checkpoint, sharded)
+    if result is None or info.rank != 0:
+        return None
     result.update(world_size=info.world_size, sharded=sharded)
-    return result if info.rank == 0 else None
+    return result
 
 
-def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: bool) -> dict:
-    """Build the model from the config (and checkpoint) and evaluate it on the source."""
+def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: bool) -> Optional[dict]:
+    """Build the model from the config (and checkpoint) and evaluate it on the source (None on the ranks of a
+    sharded linear probe other than 0, which fits alone)."""
     from clip.model import create_model
 
     started = time.time()
@@ -268,6 +285,12 @@ def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: b
         from clip.eval.zeroshot import evaluate_source
 
         result = evaluate_source(model, source, image_size, batch_size, sharded)
+    elif task == "linear_probe":
+        from clip.eval.linear_probe import evaluate_probe
+
+        result = evaluate_probe(model, source[0], source[1], image_size, batch_size, sharded)
+        if result is None:
+            return None
     else:
         from clip.eval.retrieval import evaluate_captions
 
@@ -322,6 +345,10 @@ def benchmark_json(result: dict, task: str) -> dict:
 
 def report(result: dict, task: str) -> str:
     """The one-line summary printed on stdout."""
+    if task == "linear_probe":
+        return (f"linear probe top1 {result['lp_acc1']:.2f}% top5 {result['lp_acc5']:.2f}% mean per-class recall "
+                f"{result['lp_mean_per_class_recall']:.2f}% on {result['n']} images ({result['n_train']} to train, "
+                f"C {result['C']:g})")
     if "mean_average_precision" in result:
         return (f"zero-shot mean average precision {result['mean_average_precision']:.2f}% on {result['n']} "
                 f"images, {result['classes']} classes x {result['templates']} templates")

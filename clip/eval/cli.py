@@ -1,9 +1,11 @@
-"""`python -m clip.eval`: zero-shot classification (data.eval) or image-text retrieval (data.retrieval) of a
-checkpoint, with the same typed config as training.
+"""`python -m clip.eval`: zero-shot classification (data.eval), image-text retrieval (data.retrieval) or a
+linear probe (data.eval's train split, then its evaluated split) of a checkpoint, with the same typed config
+as training.
 
 On many cards rank 0 evaluates and the other ranks finish at once, unless --sharded asks every rank to
 evaluate its share (counts are summed over ranks, which gives the single-card numbers exactly).
-Results go to `<output_dir>/eval.json` (zero-shot) or `<output_dir>/retrieval.json`, written atomically.
+Results go to `<output_dir>/eval.json` (zero-shot), `retrieval.json` or `linear_probe.json`, and in
+CLIP_benchmark's format to `clip_benchmark_<task>.json`, written atomically.
 """
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ import os
 import sys
 from typing import Optional
 
-from clip.api.app import TASKS, configure_logging, evaluate_and_write
+from clip.api.app import SHARDED_TASKS, TASKS, configure_logging, evaluate_and_write
 from clip.config import add_config_arguments, load_config
 from launcher import worker
-from launcher.errors import ArgumentParser, UserError, exit_on_user_error
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error, path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,11 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Zero-shot accuracy (data.eval) or image-text retrieval "
                                                  "(data.retrieval) of a checkpoint.")
     add_config_arguments(parser)
-    parser.add_argument("--checkpoint", help="weights to evaluate (default: model.checkpoint)")
+    parser.add_argument("--checkpoint", type=path("file"), help="weights to evaluate (default: model.checkpoint)")
     parser.add_argument("--task", choices=TASKS, default="zeroshot",
-                        help="zeroshot: eval.json from data.eval; retrieval: retrieval.json from data.retrieval")
+                        help="zeroshot: eval.json from data.eval; retrieval: retrieval.json from data.retrieval; "
+                             "linear_probe: linear_probe.json from data.eval's train and evaluated splits")
     parser.add_argument("--sharded", action="store_true",
-                        help="zero-shot on many cards: every rank evaluates a shard, counts are summed")
+                        help="zeroshot or linear_probe on many cards: every rank encodes a shard, results are "
+                             "summed")
     return parser
 
 
@@ -37,8 +41,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     worker.install()
     configure_logging()
-    if args.sharded and args.task != "zeroshot":
-        raise UserError("--sharded applies to --task zeroshot only")
+    if args.sharded and args.task not in SHARDED_TASKS:
+        raise UserError(f"--sharded applies to --task {' and '.join(SHARDED_TASKS)} only")
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint!r} does not exist")
     cfg = load_config(args.config, args.overrides)

@@ -195,7 +195,7 @@ def evaluate_source(model, source, image_size: int, batch_size: int, sharded: bo
 
         rank, world = distributed.get_rank(), distributed.get_world_size()
     started = time.time()
-    classifier = _all_reduced(build_classifier(model, source.classnames, source.templates, shard=(rank, world)),
+    classifier = all_reduced(build_classifier(model, source.classnames, source.templates, shard=(rank, world)),
                               world)
     text_seconds = time.time() - started
     if getattr(source, "multilabel", False):
@@ -207,8 +207,8 @@ def evaluate_source(model, source, image_size: int, batch_size: int, sharded: bo
     counts = count_predictions(model, classifier, batches, batch_size,
                                compiled=worth_compiling(len(indices), batch_size))
     if world > 1:
-        counts = Counts.from_vector(_all_reduced(counts.to_vector(), world), len(source.classnames))
-        n_skipped = int(_all_reduced(np.array([len(skipped)], np.int64), world)[0])
+        counts = Counts.from_vector(all_reduced(counts.to_vector(), world), len(source.classnames))
+        n_skipped = int(all_reduced(np.array([len(skipped)], np.int64), world)[0])
     else:
         n_skipped = len(skipped)
     image_seconds = time.time() - started - text_seconds
@@ -251,7 +251,7 @@ def evaluate_multilabel(model, source, classifier: np.ndarray, transform, batch_
         features = encode_in_batches(encode, pixels, batch_size, pad=compiled)
         scores[rows] = logits_for(features, classifier)
         targets[rows] = np.stack([target for _, target in items])
-    scores, targets = _all_reduced(scores, world), _all_reduced(targets, world)
+    scores, targets = all_reduced(scores, world), all_reduced(targets, world)
     per_class = average_precision(scores, targets)
     image_seconds = time.time() - started
     return {"mean_average_precision": 100.0 * float(per_class.mean()),
@@ -261,7 +261,8 @@ def evaluate_multilabel(model, source, classifier: np.ndarray, transform, batch_
             "images_per_second": round(len(source) / image_seconds, 3) if image_seconds > 0 else None}
 
 
-def _all_reduced(array: np.ndarray, world: int) -> np.ndarray:
+def all_reduced(array: np.ndarray, world: int) -> np.ndarray:
+    """The sum of `array` over the world's ranks (the array itself on one rank)."""
     if world == 1:
         return array
     from clip.parallel import distributed
