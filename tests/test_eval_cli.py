@@ -95,16 +95,29 @@ def run_cluster(args, world_size, cwd):
 
 
 @pytest.mark.processes
-@pytest.mark.parametrize("sharded", [True, False], ids=["sharded", "rank0"])
-def test_two_worker_cluster_gives_single_card_numbers(setup, tmp_path, sharded):
+@pytest.mark.parametrize("sharded, task", [(True, "zeroshot"), (False, "zeroshot"), (True, "linear_probe")],
+                         ids=["sharded", "rank0", "sharded-linear-probe"])
+def test_two_worker_cluster_gives_single_card_numbers(setup, tmp_path, sharded, task):
     out = tmp_path / "run"
     config = yaml.safe_load(setup["config"].read_text())
     config["model"].pop("checkpoint")
     config["output_dir"] = str(out)
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
-    args = ["--config", str(tmp_path / "eval.yaml"), "--checkpoint", str(setup["ckpt"])]
+    args = ["--config", str(tmp_path / "eval.yaml"), "--checkpoint", str(setup["ckpt"]), "--task", task]
     codes, logs = run_cluster(args + (["--sharded"] if sharded else []), 2, tmp_path)
     assert codes["worker_0"] == 0 and codes["worker_1"] == 0, logs
+    if task == "linear_probe":
+        # Each rank encoded every other image of both splits; the single card's run, in this process:
+        from clip.eval.cli import main
+
+        assert main(args + ["--set", f"output_dir={tmp_path / 'one'}"]) == 0
+        two, one = (json.loads((d / "linear_probe.json").read_text()) for d in (out, tmp_path / "one"))
+        keys = ("lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "C", "sweep", "n_train", "n")
+        assert {k: two[k] for k in keys} == {k: one[k] for k in keys} and two["n"] == 32
+        assert two["world_size"] == 2 and two["sharded"] is True
+        assert json.loads((out / "clip_benchmark_linear_probe.json").read_text())["metrics"]["lp_acc1"] == \
+            one["lp_acc1"] / 100
+        return
     result = json.loads((out / "eval.json").read_text())
     assert_designed(result, setup["expected"])
     assert result["world_size"] == 2 and result["sharded"] is sharded
