@@ -214,3 +214,50 @@ def test_linear_probe_on_an_image_folder(tiny, tmp_path):
     assert record["task"] == "linear_probe" and record["dataset"] == "pets"
     assert record["metrics"] == pytest.approx({"lp_acc1": expected["acc1"], "lp_acc5": expected["acc5"],
                                                "lp_mean_per_class_recall": expected["mean_per_class_recall"]})
+
+
+def test_benchmark_command_table_cache_and_resume(tiny, tmp_path, capsys):
+    """Two sets sharing their classes: one cached classifier, two rows; a second run evaluates nothing."""
+    import csv
+    import os
+
+    from clip.benchmark import main
+
+    classnames = ["red thing", "green thing"]
+    images = random_images(4, seed=7)
+    samples = [{"png": encoded(images[i], "png"), "cls": f"{i % 2}".encode()} for i in range(4)]
+    sets = [write_clip_benchmark(tmp_path / name, samples[k:], classnames=classnames, nshards=1)
+            for k, name in ((0, "wds_a"), (1, "wds_b"))]
+    out = tmp_path / "bench"
+    argv = ["--checkpoint", tiny["ckpt"], "--dataset", *[f"clip_benchmark:{s}" for s in sets], "--output", str(out),
+            "--set", "model.name=clip_tiny"]
+    assert main(argv) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["dataset"], r["task"], r["pretrained"]) for r in rows] == \
+        [("wds/a", "zeroshot_classification", "tiny"), ("wds/b", "zeroshot_classification", "tiny")]
+    for row, name in zip(rows, ("wds_a", "wds_b")):
+        record = json.loads((out / "tiny" / f"wds_{name[4:]}" / "clip_benchmark_zeroshot_classification.json")
+                            .read_text())
+        assert float(row["acc1"]) == record["metrics"]["acc1"]
+    assert "| clip_tiny / tiny |" in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(os.listdir(out / "cache")) == 1  # one (checkpoint, class names, templates)
+    written = (out / "tiny" / "wds_a" / "eval.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "2 evaluations, 2 already written" in capsys.readouterr().err
+    assert (out / "tiny" / "wds_a" / "eval.json").stat().st_mtime_ns == written
+
+
+def test_cached_classifier_gives_the_same_result(tiny, tmp_path):
+    from clip.data import DatasetConfig, build_eval_source
+    from clip.eval.zeroshot import ClassifierCache, evaluate_source
+
+    samples = [{"png": encoded(im, "png"), "cls": f"{i % 3}".encode()} for i, im in enumerate(random_images(6))]
+    root = write_clip_benchmark(tmp_path / "set", samples, classnames=["a", "b", "c"], nshards=1)
+    source = build_eval_source(DatasetConfig(type="clip_benchmark", path=str(root), split="test"))
+    cache = ClassifierCache(str(tmp_path / "cache"), ("weights", 1))
+    fresh = evaluate_source(tiny["model"], source, 64, 8, cache=cache)
+    cached = evaluate_source(tiny["model"], source, 64, 8, cache=cache)
+    assert cached["per_class"] == fresh["per_class"] and cached["top1"] == fresh["top1"]
+    assert cached["classifier_seconds"] < fresh["classifier_seconds"]

@@ -244,7 +244,7 @@ def load_source(task: str, data):
     return build_train_source(data) if task == "retrieval" else build_eval_source(data)
 
 
-def run(cfg, task: str, checkpoint: Optional[str], sharded: bool) -> Optional[dict]:
+def run(cfg, task: str, checkpoint: Optional[str], sharded: bool, cache_dir: Optional[str] = None) -> Optional[dict]:
     """Evaluate and return the result on the rank that writes it (None on the others).
 
     Every rank reads the dataset first (no MindSpore needed), so that data mistakes fail fast everywhere."""
@@ -262,16 +262,17 @@ def run(cfg, task: str, checkpoint: Optional[str], sharded: bool) -> Optional[di
         # the others in a dynamic cluster.
         log.info("rank %d of %d: rank 0 evaluates (pass --sharded to share the work)", info.rank, info.world_size)
         return None
-    result = evaluate(cfg, task, data, source, checkpoint, sharded)
+    result = evaluate(cfg, task, data, source, checkpoint, sharded, cache_dir)
     if result is None or info.rank != 0:
         return None
     result.update(world_size=info.world_size, sharded=sharded)
     return result
 
 
-def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: bool) -> Optional[dict]:
+def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: bool,
+             cache_dir: Optional[str] = None) -> Optional[dict]:
     """Build the model from the config (and checkpoint) and evaluate it on the source (None on the ranks of a
-    sharded linear probe other than 0, which fits alone)."""
+    sharded linear probe other than 0, which fits alone). cache_dir keeps zero-shot classifiers (one process)."""
     from clip.model import create_model
 
     started = time.time()
@@ -282,9 +283,14 @@ def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: b
     model.set_train(False)
     image_size, batch_size = model.config.image_size, cfg.train.eval_batch_size
     if task == "zeroshot":
-        from clip.eval.zeroshot import evaluate_source
+        from clip.eval.zeroshot import ClassifierCache, evaluate_source
 
-        result = evaluate_source(model, source, image_size, batch_size, sharded)
+        cache = None
+        if cache_dir and checkpoint and not sharded:
+            stat = os.stat(checkpoint)
+            cache = ClassifierCache(cache_dir, (os.path.abspath(checkpoint), stat.st_size, stat.st_mtime_ns,
+                                                model.config, cfg.model.dtype))
+        result = evaluate_source(model, source, image_size, batch_size, sharded, cache)
     elif task == "linear_probe":
         from clip.eval.linear_probe import evaluate_probe
 
@@ -304,7 +310,7 @@ def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: b
 
 
 def evaluate_and_write(cfg, task: str, checkpoint: Optional[str], sharded: bool = False,
-                       weights_label: Optional[str] = None) -> Optional[dict]:
+                       weights_label: Optional[str] = None, cache_dir: Optional[str] = None) -> Optional[dict]:
     """Evaluate, then (on the rank that has the result) write <output_dir>/eval.json or retrieval.json and print
     the one-line summary: the only place evaluation results are written."""
     from clip.eval.results import benchmark_file
@@ -316,7 +322,7 @@ def evaluate_and_write(cfg, task: str, checkpoint: Optional[str], sharded: bool 
     benchmark_path = os.path.join(cfg.output_dir, benchmark_file(task))
     check_output_file(path, "output_dir")
     check_output_file(benchmark_path, "output_dir")
-    result = run(cfg, task, checkpoint, sharded)
+    result = run(cfg, task, checkpoint, sharded, cache_dir)
     if result is None:
         return None
     if weights_label is not None:

@@ -182,11 +182,47 @@ def zero_shot_eval(model, eval_cfg, image_size: int, batch_size: int, sharded: b
     return evaluate_source(model, build_eval_source(eval_cfg), image_size, batch_size, sharded)
 
 
-def evaluate_source(model, source, image_size: int, batch_size: int, sharded: bool = False) -> dict:
+class ClassifierCache:
+    """Zero-shot classifiers on disk, one `.npy` per (weights, class names, templates): a benchmark over many
+    sets that share a class list (ImageNet and its variants) encodes the prompts once per checkpoint, and a
+    resumed benchmark not at all. `weights` must identify the model (file, size, mtime, name, dtype)."""
+
+    def __init__(self, directory: str, weights: Sequence):
+        self.directory, self.weights = directory, tuple(weights)
+
+    def path(self, classnames: Sequence[str], templates: Sequence[str]) -> str:
+        import hashlib
+        import json
+        import os
+
+        text = json.dumps([list(map(str, self.weights)), list(classnames), list(templates)])
+        return os.path.join(self.directory, hashlib.sha256(text.encode()).hexdigest()[:32] + ".npy")
+
+    def get(self, classnames: Sequence[str], templates: Sequence[str]) -> Optional[np.ndarray]:
+        import os
+
+        path = self.path(classnames, templates)
+        return np.load(path, allow_pickle=False) if os.path.isfile(path) else None
+
+    def put(self, classnames: Sequence[str], templates: Sequence[str], classifier: np.ndarray) -> None:
+        import io
+        import os
+
+        from launcher.safe_write import write_bytes
+
+        buf = io.BytesIO()
+        np.save(buf, classifier)
+        os.makedirs(self.directory, exist_ok=True)
+        write_bytes(self.path(classnames, templates), buf.getvalue())
+
+
+def evaluate_source(model, source, image_size: int, batch_size: int, sharded: bool = False,
+                    cache: Optional[ClassifierCache] = None) -> dict:
     """top1/top5/per-class accuracy, the worst classes and counts for a ClassificationSource.
 
     With sharded=True every rank must call this: each encodes its share of the classes and images, and the
-    classifier and counts are summed over ranks, which gives the single-process numbers exactly."""
+    classifier and counts are summed over ranks, which gives the single-process numbers exactly. A cache
+    (single process) supplies or keeps the classifier."""
     from clip.model.transforms import image_transform
 
     rank, world = 0, 1
@@ -195,8 +231,12 @@ def evaluate_source(model, source, image_size: int, batch_size: int, sharded: bo
 
         rank, world = distributed.get_rank(), distributed.get_world_size()
     started = time.time()
-    classifier = all_reduced(build_classifier(model, source.classnames, source.templates, shard=(rank, world)),
-                              world)
+    classifier = cache.get(source.classnames, source.templates) if cache is not None else None
+    if classifier is None:
+        classifier = all_reduced(build_classifier(model, source.classnames, source.templates, shard=(rank, world)),
+                                 world)
+        if cache is not None:
+            cache.put(source.classnames, source.templates, classifier)
     text_seconds = time.time() - started
     if getattr(source, "multilabel", False):
         return evaluate_multilabel(model, source, classifier, image_transform(image_size), batch_size, (rank, world),
