@@ -25,12 +25,16 @@ setup: $(RUNTIME)
 demo: $(RUNTIME)
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/run_distribute.sh 2 configs/demo_shapes.yaml
 
+# Both tiers run on two pytest-xdist workers, one test module per worker at a time (a module's runs share its
+# fixtures); much of a test is one-threaded start-up, compilation and waiting on other processes.
+XDIST := -n 2 --dist loadfile
+
 test: $(TESTDEPS)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=25 tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q $(XDIST) --durations=25 tests
 
 # The edit-test loop: the tests that start no process and are not heavy (tests/conftest.py), under 3 min on 2 cores.
 test-fast: $(TESTDEPS)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=10 -m "not processes and not slow" tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q $(XDIST) --durations=10 -m "not processes and not slow" tests
 
 bench: $(TESTDEPS)
 	for b in bench/bench_*.py; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python $$b || exit 1; done

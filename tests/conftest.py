@@ -45,17 +45,28 @@ MINDSPORE = os.path.join(os.path.dirname(os.path.dirname(pytest.__file__)), "min
 MARKER = "processes"
 
 
+SESSION_DIRS = ("CLIP_COMPILE_CACHE_DIR", "CLIP_KERNEL_DIR")
+
+
 def pytest_configure(config):
     """One compile cache and one CPU kernel build for the session's runs (keyed by graph and by source, so
-    runs share them exactly as a user's runs do), never the user's own ~/.cache/mindclip."""
-    os.environ["CLIP_COMPILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="clip-compile-cache-")
-    os.environ["CLIP_KERNEL_DIR"] = tempfile.mkdtemp(prefix="clip-kernels-")
+    runs share them exactly as a user's runs do), never the user's own ~/.cache/mindclip. Under pytest-xdist
+    (`make test` runs two workers) the controller makes them and its workers inherit them, so each graph
+    compiles once per suite, not once per worker; the cache's and the build's own locks make sharing safe."""
+    if not _is_xdist_worker(config):
+        os.environ["CLIP_COMPILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="clip-compile-cache-")
+        os.environ["CLIP_KERNEL_DIR"] = tempfile.mkdtemp(prefix="clip-kernels-")
     _install_guard()
 
 
 def pytest_unconfigure(config):
-    for name in ("CLIP_COMPILE_CACHE_DIR", "CLIP_KERNEL_DIR"):
-        shutil.rmtree(os.environ.pop(name, ""), ignore_errors=True)
+    if not _is_xdist_worker(config):
+        for name in SESSION_DIRS:
+            shutil.rmtree(os.environ.pop(name, ""), ignore_errors=True)
+
+
+def _is_xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 # ---------------------------------------------------------------- the process guard
