@@ -51,19 +51,41 @@ def decays(name: str, ndim: int) -> bool:
     return ndim >= 2 and "logit_scale" not in name
 
 
+def lr_scales(names, config, lr: float, lr_image=None, lr_text=None, layer_decay: float = 1.0) -> list[float]:
+    """Each parameter's learning rate as a multiple of the schedule's (train.lr's): its tower's peak rate over
+    train.lr, times layer_decay ** (L + 1 - layer id) with BEiT's layer ids (clip.model.groups.layer_id: the
+    embeddings decay most, the head not at all). Parameters of neither tower (logit_scale) keep 1."""
+    from clip.model import groups
+
+    peak = {groups.IMAGE: lr if lr_image is None else lr_image, groups.TEXT: lr if lr_text is None else lr_text}
+    scales = []
+    for name in names:
+        tower = groups.tower_of(name)
+        if tower is None:
+            scales.append(1.0)
+            continue
+        layers = groups.tower_layers(config, tower)
+        scales.append(peak[tower] / lr * layer_decay ** (layers + 1 - groups.layer_id(name, layers)))
+    return scales
+
+
 # ---------------------------------------------------------------- cells (MindSpore)
 
 class AdamW(nn.Cell):
     """torch.optim.AdamW on MindSpore's Adam primitive plus an in-place decay (see the module docstring).
 
-    `learning_rate` is a Parameter the train step assigns before calling; `global_step` counts applied
-    steps (a skipped fp16 step does not count, as torch's GradScaler skips optimizer.step()).
+    `learning_rate` is a Parameter the train step assigns before calling; parameter i steps at
+    `learning_rate * lr_scales[i]` (per-tower rates, layer decay; the decoupled decay scales with it, as a torch
+    parameter group's own lr does); `global_step` counts applied steps (a skipped fp16 step does not count,
+    as torch's GradScaler skips optimizer.step()).
     State names match nn.AdamWeightDecay's (`adam_m.*`, `adam_v.*`, `global_step`), so checkpoints read alike.
     """
 
-    def __init__(self, params, decay_flags, weight_decay: float, beta1: float, beta2: float, eps: float):
+    def __init__(self, params, decay_flags, weight_decay: float, beta1: float, beta2: float, eps: float,
+                 lr_scales=None):
         super().__init__(auto_prefix=False)
         self.parameters = ParameterTuple(params)
+        self.lr_scales = tuple(Tensor(s, ms.float32) for s in (lr_scales or [1.0] * len(params)))
         self.moments1 = self.parameters.clone(prefix="adam_m", init="zeros")
         self.moments2 = self.parameters.clone(prefix="adam_v", init="zeros")
         self.learning_rate = Parameter(Tensor(0.0, ms.float32), name="learning_rate", requires_grad=False)
@@ -88,14 +110,15 @@ class AdamW(nn.Cell):
         beta1_power = ops.pow(self.beta1, t)
         beta2_power = ops.pow(self.beta2, t)
         eps = self.eps * ops.sqrt(self.one - beta2_power)
-        decay_lr = lr * self.weight_decay
         if factor is None:
             return self.hyper_map(ops.partial(_adamw, self.adam, self.descend, beta1_power, beta2_power, lr,
-                                              self.beta1, self.beta2, eps, decay_lr),
-                                  self.parameters, self.moments1, self.moments2, gradients, self.decay_flags)
+                                              self.beta1, self.beta2, eps, self.weight_decay),
+                                  self.parameters, self.moments1, self.moments2, gradients, self.decay_flags,
+                                  self.lr_scales)
         return self.hyper_map(ops.partial(_adamw_scaled, self.adam, self.descend, beta1_power, beta2_power, lr,
-                                          self.beta1, self.beta2, eps, decay_lr, factor),
-                              self.parameters, self.moments1, self.moments2, gradients, self.decay_flags)
+                                          self.beta1, self.beta2, eps, self.weight_decay, factor),
+                              self.parameters, self.moments1, self.moments2, gradients, self.decay_flags,
+                              self.lr_scales)
 
 
 _adamw = ops.MultitypeFuncGraph("adamw")
@@ -103,30 +126,36 @@ _adamw_scaled = ops.MultitypeFuncGraph("adamw_scaled")
 
 
 @_adamw_scaled.register("Function", "Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                        "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Bool")
-def _adamw_update_scaled(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, decay_lr, factor, param, m,
-                         v, gradient, decay):
+                        "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Tensor")
+def _adamw_update_scaled(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, weight_decay, factor, param,
+                         m, v, gradient, decay, lr_scale):
     # the product is made as its update runs, so no second set of gradients exists at once
-    return _adamw_step(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, decay_lr, param, m, v,
-                       gradient * factor.astype(gradient.dtype), decay)
+    return _adamw_step(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, weight_decay, param, m, v,
+                       gradient * factor.astype(gradient.dtype), decay, lr_scale)
 
 
 @_adamw.register("Function", "Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                 "Tensor", "Tensor", "Tensor", "Tensor", "Bool")
-def _adamw_step(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, decay_lr, param, m, v, gradient,
-                decay):
+                 "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Tensor")
+def _adamw_step(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, weight_decay, param, m, v, gradient,
+                decay, lr_scale):
+    lr = lr * lr_scale  # exact for the scale 1 of a run without per-parameter rates
     if decay:
+        decay_lr = lr * weight_decay
         param = ops.depend(param, descend(param, decay_lr, param))  # p <- p - lr*wd*p, before the Adam step
     adam(param, m, v, beta1_power, beta2_power, lr, beta1, beta2, eps, gradient.astype(param.dtype))
     return True
 
 
-def build_optimizer(model, name: str, weight_decay: float, beta1: float, beta2: float, eps: float):
-    """The configured optimiser over the model's trainable parameters, decay on matrices only."""
+def build_optimizer(model, name: str, weight_decay: float, beta1: float, beta2: float, eps: float,
+                    lr_scales=None):
+    """The configured optimiser over the model's trainable parameters (locked ones are not: no state, no
+    decay), decay on matrices only; `lr_scales` (AdamW only) per trainable parameter, see lr_scales()."""
     params = model.trainable_params()
     flags = [decays(p.name, len(p.shape)) for p in params]
     if name == "adamw":
-        return AdamW(params, flags, weight_decay, beta1, beta2, eps)
+        return AdamW(params, flags, weight_decay, beta1, beta2, eps, lr_scales)
+    if lr_scales is not None and any(s != 1.0 for s in lr_scales):
+        raise ValueError("per-parameter learning rates need the adamw optimiser")
     if name != "adamweightdecay":
         raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
     decay = [p for p, flag in zip(params, flags) if flag]
