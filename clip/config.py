@@ -21,7 +21,7 @@ from clip.data import EVAL_TYPES, TRAIN_TYPES, DatasetConfig
 from clip.loss.modes import LOSS_MODES, LOSS_TYPES, SIGLIP_MODES
 from clip.model.architectures import DTYPES as MODEL_DTYPES
 from clip.schema import SEED_MAX, check, machine_memory, setting, shown
-from launcher.errors import ArgumentParser, UserError, exit_on_user_error
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error, path, text
 
 TRAIN_MODES = ("graph", "pynative")
 OPTIMIZERS = ("adamw", "adamweightdecay")
@@ -469,18 +469,23 @@ def write_resolved(cfg: RunConfig, path: str) -> None:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML run config (defaults are used for missing keys)")
+    parser.add_argument("--config", type=path("file"), help="YAML run config (defaults are used for missing keys)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.lr=1e-4 (repeatable)")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m clip.config",
+                            description="Validate a run config and print it or one key of it.")
+    add_config_arguments(parser)
+    parser.add_argument("--get", metavar="KEY", type=text(nonempty=True),
+                        help="print only this key's value (e.g. output_dir)")
+    return parser
+
+
 @exit_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = ArgumentParser(prog="python -m clip.config",
-                                     description="Validate a run config and print it or one key of it.")
-    add_config_arguments(parser)
-    parser.add_argument("--get", metavar="KEY", help="print only this key's value (e.g. output_dir)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.get:
         value = get_key(cfg, args.get)

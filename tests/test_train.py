@@ -10,7 +10,7 @@ import pytest
 from clip.train import checkpoint, runlog
 from launcher.errors import UserError
 
-from training_runs import REPO, clean_env, run_training, train_command
+from training_runs import REPO, clean_env, run_training, tensorboard_scalars, train_command
 
 # ---------------------------------------------------------------- pure parts
 
@@ -136,7 +136,8 @@ def single_run(tmp_path_factory):
 @pytest.mark.processes
 def test_single_card_run_writes_every_output(single_run):
     out, stdout = single_run
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "metrics.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "metrics.png",
+                                                      "tensorboard"]
     from clip.config import load_config
     cfg = load_config(str(out / "config.yaml"))
     assert cfg.train.mode == "pynative" and cfg.output_dir == str(out) and cfg.data.eval.num_samples == 48
@@ -154,6 +155,47 @@ def test_single_card_run_writes_every_output(single_run):
     assert "step 4/4 loss" in stdout and "eval step 2/4: zero-shot top-1" in stdout
     final = [line for line in stdout.splitlines() if line.startswith("final zero-shot top-1")]
     assert len(final) == 1 and f"{evals[-1]['eval_top1']:.2f}%" in final[0] and "24 classes" in final[0]
+
+
+@pytest.mark.processes
+def test_tensorboard_events_hold_every_metric_of_the_run(single_run):
+    """The event files read back (framing, checksums, protos) give metrics.jsonl's numbers at its steps."""
+    out, _ = single_run
+    scalars = tensorboard_scalars(out / "tensorboard")
+    rows = runlog.read(str(out / "metrics.jsonl"))
+    expected = {runlog.tensorboard_tag(k): {} for r in rows for k in r if k not in ("step", "eval_n", "eval_classes")}
+    for r in rows:
+        for key, value in r.items():
+            if runlog.tensorboard_tag(key) in expected:
+                expected[runlog.tensorboard_tag(key)][r["step"]] = value
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/logit_scale", "train/samples_per_s",
+            "eval/top1", "eval/top5"} <= set(expected)
+    assert set(scalars) == set(expected)
+    for tag, by_step in expected.items():
+        assert scalars[tag] == pytest.approx(by_step, rel=1e-6), tag  # float32 in the event file
+    assert sorted(scalars["eval/top1"]) == [2, 4] and sorted(scalars["train/loss"]) == [1, 2, 3, 4]
+
+
+def test_tensorboard_groups_and_switch(tmp_path):
+    """Learning-rate groups appear only when rates differ; the fp16 loss scale and a logit bias are scalars too;
+    train.tensorboard: false is a valid key."""
+    from clip.config import load_config
+
+    same = {"visual.conv1.weight": 1.0, "token_embedding.weight": 1.0, "logit_scale": 1.0}
+    assert runlog.lr_groups(same) == {}
+    decayed = {"visual.conv1.weight": 0.25, "visual.transformer.resblocks.0.mlp.c_fc.weight": 0.5,
+               "visual.proj": 1.0, "transformer.resblocks.1.attn.in_proj_weight": 0.1, "logit_scale": 1.0}
+    assert runlog.lr_groups(decayed) == {"image.embed": 0.25, "image.block0": 0.5, "image.head": 1.0,
+                                         "text.block1": 0.1, "other": 1.0}
+    board = runlog.TensorBoard(str(tmp_path), None, {"image.embed": 0.5})
+    board.write({"step": 3, "loss": 2.0, "lr": 1e-3, "loss_scale": 1024.0, "skipped_steps": 1}, {"logit_bias": -10.0})
+    board.write({"step": 3, "eval_top1": 40.0, "eval_n": 10, "ema_eval_top1": 41.0})
+    board.close()
+    assert tensorboard_scalars(tmp_path / "tensorboard") == {
+        "train/loss": {3: 2.0}, "train/lr": {3: pytest.approx(1e-3)}, "train/loss_scale": {3: 1024.0},
+        "train/skipped_steps": {3: 1.0}, "train/logit_bias": {3: -10.0}, "train/lr/image.embed": {3: pytest.approx(5e-4)},
+        "eval/top1": {3: 40.0}, "eval/ema_top1": {3: 41.0}}
+    assert load_config(None, ["train.tensorboard=false"]).train.tensorboard is False
 
 
 @pytest.mark.processes

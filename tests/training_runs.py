@@ -173,3 +173,28 @@ def converted_gelu_checkpoint(folder: Path) -> Path:
 def from_checkpoint(overrides, ckpt: Path) -> list:
     """`overrides` training from `ckpt` (its architecture, no model name) instead of clip_tiny."""
     return [o for o in overrides if not o.startswith("model.name=")] + [f"model.checkpoint={ckpt}"]
+
+
+def tensorboard_scalars(directory: Path) -> dict:
+    """tag -> {step: value} from every TensorBoard event file in `directory`, read back as TensorBoard does:
+    TFRecord framing (length, masked CRC32C of it, the Event, its masked CRC32C) with tensorboardX's protos;
+    a later file's value for a step replaces an earlier one's."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.record_writer import masked_crc32c
+
+    scalars: dict = {}
+    for path in sorted(Path(directory).glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            header = data[at:at + 8]
+            (length,), (header_crc,) = struct.unpack("<Q", header), struct.unpack("<I", data[at + 8:at + 12])
+            body = data[at + 12:at + 12 + length]
+            (body_crc,) = struct.unpack("<I", data[at + 12 + length:at + 16 + length])
+            assert header_crc == masked_crc32c(header) and body_crc == masked_crc32c(body), f"{path}: bad CRC at {at}"
+            at += 16 + length
+            event = Event.FromString(body)
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars

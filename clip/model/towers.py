@@ -27,14 +27,26 @@ class VisionTransformer(nn.Cell):
         self.proj = normal(scale, (width, config.embed_dim), "proj")
         self.no_mask = Tensor(0.0, ms.float32)
 
-    def construct(self, pixels):
+    def construct(self, pixels, keep=None):
         x = self.conv1(pixels)
         n, width = x.shape[0], x.shape[2]
         cls = ops.broadcast_to(self.class_embedding.reshape(1, 1, width), (n, 1, width))
         x = ops.concat((cls, x), axis=1) + self.positional_embedding
+        if keep is not None:
+            x = drop_patches(x, keep)
         x = self.transformer(self.ln_pre(x), self.no_mask)
         x = self.ln_post(x[:, 0, :])
         return ops.matmul(x.astype(self.dtype), self.proj.astype(self.dtype)).astype(ms.float32)
+
+
+def drop_patches(x, keep):
+    """Patch dropout as open_clip places it (after the position embedding, before ln_pre): the class token
+    and, per image, the patch tokens listed in `keep` ([N, K] int32, clip.model.patch_dropout)."""
+    n, tokens, width = x.shape
+    kept = keep.shape[1]
+    rows = (ops.arange(n, dtype=ms.int32) * tokens).reshape(n, 1) + keep + 1
+    patches = ops.gather(x.reshape(n * tokens, width), rows.reshape(-1), 0).reshape(n, kept, width)
+    return ops.concat((x[:, :1, :], patches), axis=1)
 
 
 class PatchConv(nn.Cell):
@@ -98,8 +110,8 @@ class CLIPModel(nn.Cell):
 
         raise UserError(f"{name_or_path!r} is neither a checkpoint file nor a preset name; {suggest(name_or_path)}")
 
-    def encode_image(self, pixels):
-        return self.visual(pixels)
+    def encode_image(self, pixels, keep=None):
+        return self.visual(pixels, keep)
 
     def encode_text(self, tokens):
         n, length = tokens.shape
@@ -111,14 +123,15 @@ class CLIPModel(nn.Cell):
         pooled = ops.gather(x.reshape(n * length, -1), ops.arange(n, dtype=ms.int32) * length + eot, 0)
         return ops.matmul(pooled.astype(self.dtype), self.text_projection.astype(self.dtype)).astype(ms.float32)
 
-    def image_features(self, pixels):
-        return l2_normalize(self.encode_image(pixels))
+    def image_features(self, pixels, keep=None):
+        return l2_normalize(self.encode_image(pixels, keep))
 
     def text_features(self, tokens):
         return l2_normalize(self.encode_text(tokens))
 
-    def construct(self, pixels, tokens):
-        return self.image_features(pixels), self.text_features(tokens), ops.exp(self.logit_scale)
+    def construct(self, pixels, tokens, keep=None):
+        """`keep`: the patch tokens each image keeps in training (patch dropout); None keeps all."""
+        return self.image_features(pixels, keep), self.text_features(tokens), ops.exp(self.logit_scale)
 
 
 class TokenEmbedding(nn.Cell):

@@ -96,21 +96,24 @@ class AccumulatingTrainStep:
         sums = ms.ParameterTuple([self.sum[i] for i in order])
         image = [i for i, w in enumerate(weights) if w.name.startswith("visual.")]
         text = [i for i in range(len(weights)) if i not in set(image)]
-        self.image_grad = _ImageGrad(net.model, _subset(weights, image), _subset(sums, image))
+        # a locked image tower (model.lock_image) has no trainable weight, so no backward to run
+        self.image_grad = _ImageGrad(net.model, _subset(weights, image), _subset(sums, image)) if image else None
         self.text_grad = _TextGrad(net.model, _subset(weights, text), _subset(sums, text))
         self.net_grad = _NetGrad(net, weights, scaler, accum_steps, sums)
         self.update = _Update(optimizer, reducer, grad_clip_norm, scaler, net.model.logit_scale, self.sum)
 
-    def __call__(self, images, tokens, lr):
+    def __call__(self, images, tokens, lr, keep=None):
         b = images.shape[0] // self.k
         parts = [(images[i * b:(i + 1) * b], tokens[i * b:(i + 1) * b]) for i in range(self.k)]
+        # patch dropout's kept patches travel with their images (clip.model.patch_dropout)
+        kept = [() if keep is None else (keep[i * b:(i + 1) * b],) for i in range(self.k)]
         self.zero()
         if self.plain:
             loss = 0.0
-            for x, t in parts:
-                loss = loss + self.net_grad(x, t)
+            for (x, t), k in zip(parts, kept):
+                loss = loss + self.net_grad(x, t, *k)
             return loss / self.k, self.update(lr)
-        features = [self.encode(x, t) for x, t in parts]
+        features = [self.encode(x, t, *k) for (x, t), k in zip(parts, kept)]
         image_all = ops.concat([f[0] for f in features], 0)
         text_all = ops.concat([f[1] for f in features], 0)
         loss, d_image, d_text, d_scale = self.loss_grad(image_all, text_all, features[0][2])
@@ -118,7 +121,8 @@ class AccumulatingTrainStep:
         for i, (x, t) in enumerate(parts):
             # one tower at a time: only that tower's activations are alive (bench/bench_memory.py); the
             # temperature's gradient flows once, with the first micro-batch
-            self.image_grad(x, d_image[i * b:(i + 1) * b])
+            if self.image_grad is not None:
+                self.image_grad(x, d_image[i * b:(i + 1) * b], *kept[i])
             self.text_grad(t, d_text[i * b:(i + 1) * b], d_scale if i == 0 else no_scale)
         return loss, self.update(lr)
 
@@ -155,8 +159,8 @@ class _Encode(nn.Cell):
         super().__init__(auto_prefix=False)
         self.model = model
 
-    def construct(self, images, tokens):
-        image, text, scale = self.model(images, tokens)
+    def construct(self, images, tokens, *keep):
+        image, text, scale = self.model(images, tokens, *keep)
         return ops.stop_gradient(image), ops.stop_gradient(text), ops.stop_gradient(scale)
 
 
@@ -214,11 +218,11 @@ class _TowerGrad(nn.Cell):
 
 
 class _ImageGrad(_TowerGrad):
-    def features(self, images):
-        return self.model.image_features(images)
+    def features(self, images, *keep):
+        return self.model.image_features(images, *keep)
 
-    def construct(self, images, d_image):
-        return self.add(self.grad(self.features, self.weights)(images, d_image))
+    def construct(self, images, d_image, *keep):
+        return self.add(self.grad(self.features, self.weights)(images, *keep, d_image))
 
 
 class _TextGrad(_TowerGrad):
@@ -245,10 +249,10 @@ class _NetGrad(nn.Cell):
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
 
-    def construct(self, images, tokens):
+    def construct(self, images, tokens, *keep):
         sens = self.scaler.scale if self.dynamic else ops.ones((), ms.float32)
-        loss = self.net(images, tokens)
-        grads = self.grad(self.net, self.weights)(images, tokens, sens / self.k)
+        loss = self.net(images, tokens, *keep)
+        grads = self.grad(self.net, self.weights)(images, tokens, *keep, sens / self.k)
         return ops.depend(loss, self.hyper_map(ops.assign_add, self.grad_sum, grads))
 
 

@@ -25,9 +25,12 @@ from clip.data.pipeline import train_batches
 from clip.loss import sigmoid
 from clip.loss.contrastive import ContrastiveLoss
 from clip.model import create_model, model_name
+from clip.model import patch_dropout
 from clip.parallel import distributed
 from clip.train import checkpoint, compile_cache, precision, preflight, runlog
-from clip.train.optim import build_optimizer, lr_schedule
+from clip.model.groups import lock_towers
+from clip.train.ema import EMA
+from clip.train.optim import build_optimizer, lr_schedule, lr_scales
 from clip.train.precision import LossScaler
 from clip.train.recompute import recompute_blocks
 from clip.train.step import build_train_step
@@ -102,7 +105,12 @@ def train(cfg: RunConfig) -> dict:
         checkpoint.check_architecture(meta, model.config, resume_from)
     recompute_blocks(model, cfg.model.recompute)
     distributed.check_identical_params(model)
-    optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
+    m = cfg.model  # locked parameters stay out of the optimiser, and so out of the gradients and all-reduce
+    locked = lock_towers(model, m.lock_image, m.lock_image_unlocked_groups, m.lock_text, m.lock_text_unlocked_layers)
+    scales = lr_scales([p.name for p in model.trainable_params()], model.config, t.lr, t.lr_image, t.lr_text,
+                       t.layer_decay)
+    optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps, scales)
+    ema = EMA(optimizer.parameters, t.ema_decay) if t.ema_decay else None
     lrs = lr_schedule(t.lr_schedule, t.lr, t.min_lr, t.warmup_steps, steps).astype(np.float32)
     scaler = LossScaler(t.loss_scale_init) if t.precision == "fp16" else None
     loss_fn = sigmoid.SigmoidLoss(model.logit_bias, cfg.loss.mode) if siglip else ContrastiveLoss(cfg.loss.mode)
@@ -111,19 +119,29 @@ def train(cfg: RunConfig) -> dict:
     # The train step's graphs are the first the process compiles and the only ones cached (clip.train.compile_cache);
     # keyed here, after the loss and the reducer set up the step's collectives, whose transport is in the key.
     cache = compile_cache.enable_for_train_step(to_dict(cfg), world, rank) if t.mode == "graph" else None
-    stored_params = checkpoint.unique_parameters([model, optimizer] + ([scaler] if scaler else []))
+    stored_params = checkpoint.unique_parameters([model, optimizer] + ([scaler] if scaler else [])
+                                                 + ([ema] if ema else []))
     if resume_from:
         fresh_scaler = meta["precision"] != t.precision  # allowed by train.resume_reset_scaler
-        checkpoint.restore([p for p in stored_params if not (fresh_scaler and p.name in precision.SCALER_STATE)],
-                           stored, resume_from)
+        fresh_ema = ema is not None and not any(name.startswith("ema.") for name in stored)  # EMA turned on now
+        checkpoint.restore([p for p in stored_params if not (fresh_scaler and p.name in precision.SCALER_STATE)
+                            and not (fresh_ema and p.name.startswith("ema."))], stored, resume_from)
+        if fresh_ema:
+            ema.restart()
     if main_rank:
         write_resolved(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         log = runlog.MetricsLog(cfg.output_dir, start if resume_from else None)
+        board = runlog.TensorBoard(cfg.output_dir, start if resume_from else None, runlog.lr_groups(
+            dict(zip([p.name for p in model.trainable_params()], scales)))) if t.tensorboard else None
     progress = runlog.Progress(steps, start, enabled=main_rank)
+    patches, p_drop = model.config.grid_size ** 2, cfg.model.patch_dropout
     progress.message(f"training {cfg.model.name or model_name(model.config)} on {world} rank(s) x batch {t.batch_size}"
                      + (f" x {t.accum_steps} micro-batches" if t.accum_steps > 1 else "")
                      + f" (global {global_batch}), {per_epoch} steps/epoch, steps {start}->{stop} of {steps}, "
-                     f"loss {cfg.loss.type} {cfg.loss.mode}, {t.mode} mode" + (f", resumed from {resume_from}" if resume_from else ""))
+                     f"loss {cfg.loss.type} {cfg.loss.mode}, {t.mode} mode" + (f", resumed from {resume_from}" if resume_from else "")
+                     + (f", patch dropout {p_drop:g}: {patch_dropout.keep_count(patches, p_drop)} of {patches} "
+                        f"patches per image" if p_drop else "")
+                     + (f", {len(locked)} locked parameters" if locked else "") + (", EMA" if ema else ""))
 
     def save(step: int) -> None:
         if main_rank:
@@ -140,7 +158,13 @@ def train(cfg: RunConfig) -> dict:
             result = zero_shot_eval(model, cfg.data.eval, model.config.image_size, t.eval_batch_size)
             record = {"step": step, "eval_top1": result["top1"], "eval_top5": result["top5"],
                       "eval_n": result["n"], "eval_classes": result["classes"]}
+            if ema is not None:  # the averaged weights too, swapped in and back
+                with ema.swapped():
+                    result["ema"] = zero_shot_eval(model, cfg.data.eval, model.config.image_size, t.eval_batch_size)
+                record.update({"ema_eval_top1": result["ema"]["top1"], "ema_eval_top5": result["ema"]["top5"]})
             log.write(record)
+            if board:
+                board.write(record)
             progress.message(runlog.format_line(record, steps))
         # The other ranks wait here while rank 0 evaluates. They keep beating meanwhile so that --hang-timeout
         # does not take them for hung; rank 0 beats every evaluated batch, so a hang there is still caught, on
@@ -160,7 +184,10 @@ def train(cfg: RunConfig) -> dict:
                                 rank=rank, world_size=world, epoch=epoch, seed=t.seed, start_step=in_epoch,
                                 num_workers=t.num_workers)
         for images, tokens in batches:
-            loss, grad_norm = step_cell(ms.Tensor(images), ms.Tensor(tokens), ms.Tensor(lrs[step]))
+            # patch dropout: this rank's rows of the step's draw, a function of (seed, step, global position)
+            keep = () if not p_drop else (ms.Tensor(patch_dropout.keep_indices(
+                t.seed, step, patch_dropout.rank_positions(rank, per_rank), patches, p_drop)),)
+            loss, grad_norm = step_cell(ms.Tensor(images), ms.Tensor(tokens), ms.Tensor(lrs[step]), *keep)
             if cache:
                 compile_cache.stop_caching(cache)
                 cache = None
@@ -179,12 +206,17 @@ def train(cfg: RunConfig) -> dict:
             elif not math.isfinite(global_loss):
                 raise UserError(f"loss is {global_loss} at step {step} (train.precision {t.precision}); lower "
                                 f"train.lr or check the data")
+            if ema is not None and not (scaler is not None and int(scaler.in_a_row.asnumpy())):
+                ema()  # after each applied optimiser step; a skipped fp16 step changed no weight
             if main_rank and (step % t.log_every == 0 or step == stop):
                 now = time.perf_counter()
                 record = record_line(step, global_loss, float(lrs[step - 1]), float(model.logit_scale.asnumpy()),
                                      float(grad_norm.asnumpy()), since * global_batch / (now - tick),
                                      scaler_state)
                 log.write(record)
+                if board:  # the sigmoid loss's bias beside the scale
+                    board.write(record, {} if getattr(model, "logit_bias", None) is None else
+                                {"logit_bias": float(model.logit_bias.asnumpy())})
                 progress.step(record)
                 tick, since = now, 0
             if t.save_every and step % t.save_every == 0 and step < stop:
@@ -212,22 +244,31 @@ def train(cfg: RunConfig) -> dict:
     progress.close()
     if main_rank:
         log.close()
+        if board:
+            board.close()
         runlog.plot(runlog.read(log.path), os.path.join(cfg.output_dir, runlog.PLOT))
         if result:
             print(f"final zero-shot top-1 {result['top1']:.2f}% top-5 {result['top5']:.2f}% "
                   f"on {result['n']} images, {result['classes']} classes (rank 0, step {step})", flush=True)
+            if "ema" in result:
+                print(f"final zero-shot top-1 {result['ema']['top1']:.2f}% top-5 {result['ema']['top5']:.2f}% "
+                      f"with the EMA weights", flush=True)
         elif step < steps:
             print(f"stopped at step {step} of {steps} (train.stop_after); resume with train.resume: auto",
                   flush=True)
     return result
 
 
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m clip.train", description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    return parser
+
+
 @exit_on_user_error
 @worker.record
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = ArgumentParser(prog="python -m clip.train", description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     worker.install(stop_on_sigterm=True)
     train(cfg)

@@ -1,4 +1,5 @@
-"""What a run reports: metrics.jsonl (one JSON object per line), progress on the console, a PNG of the curves.
+"""What a run reports: metrics.jsonl (one JSON object per line), progress on the console, a PNG of the curves,
+TensorBoard event files.
 
 Records are plain dicts: training lines carry step, loss (global), lr, logit_scale, grad_norm, samples_per_s
 (and in fp16 loss_scale, skipped_steps);
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from typing import Optional
 
@@ -68,11 +70,74 @@ class MetricsLog:
         self._file.close()
 
 
+# TensorBoard tags: a record's keys other than these, by section
+_NOT_SCALARS = ("step", "eval_n", "eval_classes")
+TENSORBOARD = "tensorboard"
+
+
+def tensorboard_tag(key: str) -> str:
+    """`eval/top1`, `eval/ema_top1` for evaluation keys, `train/loss` and friends for the rest."""
+    if key.startswith("eval_") or "_eval_" in key:
+        return "eval/" + key.replace("eval_", "", 1)
+    return "train/" + key
+
+
+def lr_groups(scales: dict) -> dict:
+    """Parameter name -> learning-rate multiple, as the groups TensorBoard shows: per tower part (`image.embed`,
+    `image.block3`, `image.head`, `text.*`, `other`), each at its first parameter's multiple; a part whose
+    parameters step at several multiples gets one group per multiple. Empty when every parameter steps at
+    train.lr: the schedule's `train/lr` says it all then."""
+    if len(set(scales.values())) <= 1:
+        return {}
+    groups: dict = {}
+    for name, scale in scales.items():
+        tower = "image" if name.startswith("visual.") else "other" if name.startswith("logit_") else "text"
+        block = re.search(r"resblocks\.(\d+)\.", name)
+        head = name.rsplit(".", 1)[0].endswith(("ln_post", "ln_final")) or name in ("visual.proj", "text_projection")
+        part = tower if tower == "other" else f"{tower}.{f'block{block.group(1)}' if block else 'head' if head else 'embed'}"
+        taken = {v: k for k, v in groups.items() if k == part or k.startswith(part + "@")}
+        if scale not in taken:
+            groups[part if not taken else f"{part}@{len(taken)}"] = scale
+    return groups
+
+
+class TensorBoard:
+    """TensorBoard event files under output_dir/tensorboard (tensorboardX), from the same records as
+    metrics.jsonl: every number in them, the learning rate of each group, and what `extra` adds (the logit
+    bias). A resumed run purges the events after its checkpoint's step, as MetricsLog drops those lines."""
+
+    def __init__(self, output_dir: str, resume_step: Optional[int], groups: Optional[dict] = None):
+        from tensorboardX import SummaryWriter
+
+        self.directory = os.path.join(output_dir, TENSORBOARD)
+        self.groups = groups or {}
+        self.writer = SummaryWriter(self.directory, purge_step=None if resume_step is None else resume_step + 1,
+                                    flush_secs=10)
+
+    def write(self, record: dict, extra: Optional[dict] = None) -> None:
+        step = record["step"]
+        try:
+            for key, value in {**record, **(extra or {})}.items():
+                if key not in _NOT_SCALARS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(tensorboard_tag(key), value, step)
+            if "lr" in record:
+                for group, scale in self.groups.items():
+                    self.writer.add_scalar(f"train/lr/{group}", record["lr"] * scale, step)
+        except OSError as exc:
+            raise UserError(f"cannot write {self.directory}: {reason(exc)}") from None
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def format_line(record: dict, total_steps: int) -> str:
     """One human-readable line for a training or evaluation record."""
     if "eval_top1" in record:
+        ema = (f"; EMA weights top-1 {record['ema_eval_top1']:.2f}% top-5 {record['ema_eval_top5']:.2f}%"
+               if "ema_eval_top1" in record else "")
         return (f"eval step {record['step']}/{total_steps}: zero-shot top-1 {record['eval_top1']:.2f}% "
-                f"top-5 {record['eval_top5']:.2f}% ({record['eval_n']} images, {record['eval_classes']} classes)")
+                f"top-5 {record['eval_top5']:.2f}% ({record['eval_n']} images, {record['eval_classes']} classes)"
+                f"{ema}")
     extra = "".join(f" {key} {record[key]:.3g}" for key in ("grad_norm", "loss_scale", "skipped_steps")
                     if key in record)
     return (f"step {record['step']}/{total_steps} loss {record['loss']:.4f} lr {record['lr']:.3g} "
@@ -129,6 +194,10 @@ def plot(records: list[dict], path: str) -> None:
         acc = ax.twinx()
         acc.plot([r["step"] for r in evals], [r["eval_top1"] for r in evals], "o-", color="tab:orange",
                  label="zero-shot top-1")
+        ema = [r for r in evals if "ema_eval_top1" in r]
+        if ema:
+            acc.plot([r["step"] for r in ema], [r["ema_eval_top1"] for r in ema], "s--", color="tab:green",
+                     label="zero-shot top-1, EMA weights")
         acc.set_ylabel("zero-shot top-1 (%)", color="tab:orange")
         acc.set_ylim(0, 100)
     ax.set_title("training")

@@ -20,15 +20,16 @@ class NetWithLoss(nn.Cell):
         self.model = model
         self.loss_fn = loss_fn
 
-    def construct(self, images, tokens):
-        image_features, text_features, scale = self.model(images, tokens)
+    def construct(self, images, tokens, *keep):
+        image_features, text_features, scale = self.model(images, tokens, *keep)
         return self.loss_fn(image_features, text_features, scale)
 
 
 class TrainStep(nn.Cell):
     """One compiled step: forward + loss, gradients (of the loss times the fp16 loss scale), mean all-reduce,
     then clip.train.optim.GradientUpdate (unscale, global norm, clipping, optimiser unless skipped), and the clamp
-    of logit_scale. Returns (this rank's loss, global gradient norm)."""
+    of logit_scale. Returns (this rank's loss, global gradient norm). `keep`: patch dropout's kept patches, if
+    any (clip.model.patch_dropout)."""
 
     def __init__(self, model, loss_fn, optimizer, reducer, grad_clip_norm: float = 0.0,
                  scaler: Optional[LossScaler] = None):
@@ -42,10 +43,10 @@ class TrainStep(nn.Cell):
         self.scaler = scaler
         self.dynamic = scaler is not None
 
-    def construct(self, images, tokens, lr):
-        loss = self.net(images, tokens)
+    def construct(self, images, tokens, lr, *keep):
+        loss = self.net(images, tokens, *keep)
         sens = self.scaler.scale.astype(loss.dtype) if self.dynamic else ops.ones_like(loss)
-        grads = self.reducer(self.grad(self.net, self.weights)(images, tokens, sens), tokens)
+        grads = self.reducer(self.grad(self.net, self.weights)(images, tokens, *keep, sens), tokens)
         norm = self.update(grads, lr)
         return ops.depend(loss, clamp_logit_scale(self.logit_scale)), norm
 
