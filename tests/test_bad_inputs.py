@@ -33,7 +33,8 @@ from crafted_weights import crafted_state, torch_save
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {"config": "clip.config", "train": "clip.train", "eval": "clip.eval", "predict": "clip.predict",
-            "convert": "clip.convert", "clip": "clip.__main__", "launcher": "launcher.cli"}
+            "convert": "clip.convert", "clip": "clip.__main__", "launcher": "launcher.cli", "wiseft": "clip.wiseft",
+            "benchmark": "clip.benchmark"}
 
 
 # ---------------------------------------------------------------- shared inputs (built once)
@@ -250,6 +251,10 @@ CONFIG_CASES = [
     C("config-dtype", "config", ["--set", "model.dtype=float64"], "model.dtype"),
     C("config-model", "config", ["--set", "model.name=ViT-B/32"], "model.name"),
     C("config-loss-mode", "config", ["--set", "loss.mode=global"], "loss.mode"),
+    C("config-patch-dropout-one", "config", ["--set", "model.patch_dropout=1"], "model.patch_dropout: 1.0 must be in [0, 1)",
+      category="huge/tiny number"),
+    C("config-patch-dropout-text", "config", ["--set", "model.patch_dropout=half"], "model.patch_dropout"),
+    C("config-tensorboard-text", "config", ["--set", "train.tensorboard=yes please"], "train.tensorboard"),
     C("config-loss-type", "config", ["--set", "loss.type=sigmoid"], "loss.type"),
     C("config-siglip-full", "config", ["--set", "loss.type=siglip", "--set", "loss.mode=full"], "loss.mode"),
     C("config-train-mode", "config", ["--set", "train.mode=eager"], "train.mode"),
@@ -663,6 +668,24 @@ CLIP_CASES = [
                                           "--checkpoint", "{asset:ckpt}"], "cannot be read", category="wrong file"),
 ]
 
+BENCH = ["--checkpoint", "{asset:ckpt}", "--output", "{ws}/out"]
+BENCHMARK_CASES = [
+    C("benchmark-checkpoint-missing", "benchmark", ["--checkpoint", "{ws}/w.ckpt", "--dataset", "cifar100:{asset:cifar}",
+                                                    "--output", "{ws}/out"],
+      "--checkpoint '{ws}/w.ckpt' does not exist", category="missing file"),
+    C("benchmark-dataset-type", "benchmark", BENCH + ["--dataset", "cifar10:{asset:cifar}"],
+      "type 'cifar10' is not an evaluation dataset"),
+    C("benchmark-dataset-missing", "benchmark", BENCH + ["--dataset", "imagenet:{ws}/imagenet"],
+      "'{ws}/imagenet' does not exist", category="missing file"),
+    C("benchmark-no-dataset", "benchmark", BENCH, "no dataset", category="command line"),
+    C("benchmark-datasets-file-line", "benchmark", BENCH + ["--datasets-file", "{ws}/sets.txt"],
+      "{ws}/sets.txt:2: 'imagenet': expected TYPE:PATH",
+      {"sets.txt": "# sets\nimagenet\n"}),
+    C("benchmark-output-is-file", "benchmark", ["--checkpoint", "{asset:ckpt}", "--dataset", "cifar100:{asset:cifar}",
+                                                "--output", "{ws}/out"],
+      "is a file", {"out": "x\n"}, category="path is a directory/file"),
+]
+
 LAUNCHER_CASES = [
     C("launcher-validate-missing", "launcher", ["validate", "{ws}/t.json"], "not found", category="missing file"),
     C("launcher-validate-empty", "launcher", ["validate", "{asset:empty}"], "", category="empty/binary file"),
@@ -673,7 +696,33 @@ LAUNCHER_CASES = [
       category="wrong file"),
 ]
 
-CASES = CONFIG_CASES + TRAIN_CASES + EVAL_CASES + PREDICT_CASES + CONVERT_CASES + CLIP_CASES + LAUNCHER_CASES
+MIX = ["--alpha", "0.5", "{ws}/out.ckpt"]
+WISEFT_CASES = [
+    C("wiseft-no-args", "wiseft", [], "required", category="command line"),
+    C("wiseft-both-modes", "wiseft", ["{asset:ckpt}", "{asset:ckpt}", "--alpha", "0.5", "--alphas", "0,1"],
+      "not allowed with", category="command line"),
+    C("wiseft-zeroshot-missing", "wiseft", ["{ws}/nope.ckpt", "{asset:ckpt}"] + MIX, "ZEROSHOT", category="missing file"),
+    C("wiseft-finetuned-foreign", "wiseft", ["{asset:ckpt}", "{asset:foreign_ckpt}"] + MIX,
+      "FINETUNED '{asset:foreign_ckpt}'", category="wrong file"),
+    C("wiseft-finetuned-png", "wiseft", ["{asset:ckpt}", "{asset:png}"] + MIX, "not a readable MindSpore checkpoint",
+      category="wrong file"),
+    C("wiseft-nonsquare", "wiseft", ["{asset:ckpt}", "{asset:nonsquare_pos}"] + MIX, "square number",
+      category="shapes"),
+    C("wiseft-alpha-range", "wiseft", ["{asset:ckpt}", "{asset:ckpt}", "--alpha", "1.5", "{ws}/out.ckpt"],
+      "--alpha 1.5: expected a number from 0"),
+    C("wiseft-alpha-nan", "wiseft", ["{asset:ckpt}", "{asset:ckpt}", "--alpha", "nan", "{ws}/out.ckpt"],
+      "--alpha nan", category="huge/tiny number"),
+    C("wiseft-alpha-no-out", "wiseft", ["{asset:ckpt}", "{asset:ckpt}", "--alpha", "0.5"], "give OUT.ckpt"),
+    C("wiseft-out-directory", "wiseft", ["{asset:ckpt}", "{asset:ckpt}", "--alpha", "0.5", "{ws}"], "is a directory",
+      category="path is a directory/file"),
+    C("wiseft-alphas-text", "wiseft", ["{asset:ckpt}", "{asset:ckpt}", "--alphas", "0,half", "--eval", "{ws}/c.yaml"],
+      "'half' is not a number", {"c.yaml": GOOD_CONFIG}),
+    C("wiseft-alphas-no-eval", "wiseft", ["{asset:ckpt}", "{asset:ckpt}", "--alphas", "0,1"], "give --eval CONFIG"),
+    C("wiseft-eval-config-missing", "wiseft", ["{asset:ckpt}", "{asset:ckpt}", "--alphas", "0,1", "--eval",
+                                               "{ws}/nope.yaml"], "does not exist", category="missing file"),
+]
+CASES = (CONFIG_CASES + TRAIN_CASES + EVAL_CASES + PREDICT_CASES + CONVERT_CASES + CLIP_CASES + LAUNCHER_CASES
+         + WISEFT_CASES + BENCHMARK_CASES)
 
 
 # ---------------------------------------------------------------- running a case
