@@ -26,7 +26,7 @@ from clip.api.app import (
 )
 from clip.config import add_config_arguments, load_config
 from launcher import worker
-from launcher.errors import ArgumentParser, UserError, exit_on_user_error
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error, integer, path, text
 
 RUN_MODES = ("train", "eval", "predict")
 
@@ -35,15 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m clip", description=__doc__.split("\n\n")[0])
     add_config_arguments(parser)
     parser.add_argument("--run_mode", required=True, choices=RUN_MODES)
-    parser.add_argument("--train_dataset_dir", metavar="DIR",
+    parser.add_argument("--train_dataset_dir", metavar="DIR", type=path("path"),
                         help="data.train: a Flickr8k directory (or a CSV/TSV file of image paths and captions)")
-    parser.add_argument("--eval_dataset_dir", metavar="DIR",
+    parser.add_argument("--eval_dataset_dir", metavar="DIR", type=path("dir"),
                         help="data.eval: a CIFAR-100 python-format directory or an image folder (one folder per class)")
-    parser.add_argument("--predict_data", nargs="+", metavar="PATH", help="predict: image files or directories")
-    parser.add_argument("--checkpoint", metavar="CKPT", help="weights (train: start from them)")
-    parser.add_argument("--candidate_labels", metavar="LABELS",
+    parser.add_argument("--predict_data", nargs="+", metavar="PATH", type=path("path"),
+                        help="predict: image files or directories")
+    parser.add_argument("--checkpoint", metavar="CKPT", type=path("file"), help="weights (train: start from them)")
+    parser.add_argument("--candidate_labels", metavar="LABELS", type=text(nonempty=True),
                         help='predict: comma-separated labels "cat,dog,car" (default: class names of data.eval)')
-    parser.add_argument("--top_k", type=int, default=3, help="predict: labels shown per image (default 3)")
+    parser.add_argument("--top_k", type=integer(ge=1), default=3, help="predict: labels shown per image (default 3)")
     return parser
 
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from launcher import hccn, ranktable
-from launcher.errors import ArgumentParser, UserError, exit_on_user_error
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error, integer, path, text
 
 
 def _order(text: str | None) -> list[str] | None:
@@ -83,23 +83,27 @@ def cmd_validate(args) -> int:
 
 def add_ranktable_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-num", "--devices", "--device_num", dest="device_num", metavar="SPEC",
+                        type=text(nonempty=True),
                         help='chips of this server: "[0,8)", "[0,4)", "0,1,2,3" or "4-7" (default: all visible)')
     parser.add_argument("--visible-devices", "--visible_devices", dest="visible_devices", metavar="LIST",
+                        type=text(nonempty=True),
                         help="chips that may be used, e.g. 0,1,2,3 (default: $ASCEND_RT_VISIBLE_DEVICES, else all)")
-    parser.add_argument("--server-ip", "--server_ip", dest="server_ip", metavar="IP",
+    parser.add_argument("--server-ip", "--server_ip", dest="server_ip", metavar="IP", type=text(nonempty=True),
                         help="this server's IP (default: first non-loopback IPv4)")
-    parser.add_argument("--hccn-conf", metavar="PATH",
+    parser.add_argument("--hccn-conf", metavar="PATH", type=path("maybe_file"),
                         help=f"read device IPs from this file (default: hccn_tool when on PATH, "
                              f"else {hccn.DEFAULT_HCCN_CONF})")
-    parser.add_argument("--server-cards", type=int, choices=ranktable.SERVER_CARDS, default=8,
+    parser.add_argument("--server-cards", type=integer(ge=1), choices=ranktable.SERVER_CARDS, default=8,
                         help="cards per server: 8 (two 4-chip groups) or 16")
-    parser.add_argument("--output", "-o", metavar="PATH",
+    parser.add_argument("--output", "-o", metavar="PATH", type=path("output_file"),
                         help="output file (default: OUT_DIR/hccl_<n>p_<ids>_<ip>.json)")
-    parser.add_argument("--out-dir", default="hccl_configs", help="directory for the default file name")
+    parser.add_argument("--out-dir", default="hccl_configs", type=path("output_dir"),
+                        help="directory for the default file name")
     parser.add_argument("--mpi", action="store_true",
                         help='run once per server under mpirun; all servers write the same merged table; '
                              '"{rank}" in option values becomes the MPI rank')
-    parser.add_argument("--order", metavar="IPS", help="with --mpi: server IPs in rank order (default: by IP)")
+    parser.add_argument("--order", metavar="IPS", type=text(nonempty=True),
+                        help="with --mpi: server IPs in rank order (default: by IP)")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -113,14 +117,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_ranktable)
 
     p = sub.add_parser("merge", help="merge server rank tables into one cluster table")
-    p.add_argument("tables", nargs="+", metavar="FILE")
-    p.add_argument("--order", metavar="IPS", help="server IPs in rank order (default: by server IP, numerically)")
-    p.add_argument("--output", "-o", metavar="PATH", help="output file (default: OUT_DIR/hccl_<n>p_<ids>_<ip>.json)")
-    p.add_argument("--out-dir", default="hccl_configs", help="directory for the default file name")
+    p.add_argument("tables", nargs="+", metavar="FILE", type=path("maybe_file"))
+    p.add_argument("--order", metavar="IPS", type=text(nonempty=True),
+                   help="server IPs in rank order (default: by server IP, numerically)")
+    p.add_argument("--output", "-o", metavar="PATH", type=path("output_file"),
+                   help="output file (default: OUT_DIR/hccl_<n>p_<ids>_<ip>.json)")
+    p.add_argument("--out-dir", default="hccl_configs", type=path("output_dir"),
+                   help="directory for the default file name")
     p.set_defaults(handler=cmd_merge)
 
     p = sub.add_parser("validate", help="check rank tables and print every problem")
-    p.add_argument("tables", nargs="+", metavar="FILE")
+    p.add_argument("tables", nargs="+", metavar="FILE", type=path("maybe_file"))
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("run", help="start and supervise workers (run --help for options)")

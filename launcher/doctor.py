@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import hccn, ranktable
-from launcher.errors import UserError
+from launcher.errors import PORT, UserError, integer, number, path, text
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
@@ -194,13 +194,15 @@ def main(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--nproc", type=int, default=1, help="workers per node to check cores and memory for")
-    parser.add_argument("--hccn-conf", default=None,
+    parser.add_argument("--nproc", type=integer(ge=1), default=1, help="workers per node to check cores and memory for")
+    parser.add_argument("--hccn-conf", default=None, type=path("maybe_file"),
                         help=f"hccn.conf to check (default {hccn.DEFAULT_HCCN_CONF} when present)")
-    parser.add_argument("--rank-table", default=None,
+    parser.add_argument("--rank-table", default=None, type=path("maybe_file"),
                         help="rank table file to validate (and compare with hccn.conf for this server)")
-    parser.add_argument("--server-ip", default=None,
+    parser.add_argument("--server-ip", default=None, type=text(nonempty=True),
                         help="this server's IP in the rank table (default: any of this host's addresses)")
-    parser.add_argument("--port", type=int, action="append", help="TCP port that must be free (repeatable)")
-    parser.add_argument("--python", default=sys.executable, help="interpreter the workers will use")
-    parser.add_argument("--min-mem-gb", type=float, default=1.0, help="free memory needed per worker (GiB)")
+    parser.add_argument("--port", type=PORT, action="append", help="TCP port that must be free (repeatable)")
+    parser.add_argument("--python", default=sys.executable, type=text(nonempty=True),
+                        help="interpreter the workers will use")
+    parser.add_argument("--min-mem-gb", type=number(ge=0, le=10**6), default=1.0,
+                        help="free memory needed per worker (GiB)")

@@ -126,7 +126,7 @@ def path_problem(path: str, kind: str):
         return f"{shown(path)} does not exist" if kind in ("file", "dir", "path") else None
     if stat.S_ISDIR(st.st_mode):
         if kind in ("file", "maybe_file"):
-            return f"{shown(path)} is a directory, expected a file"
+            return f"{shown(path)} is not a file: it is a directory"
         return None if os.access(path, os.R_OK | os.X_OK) else f"{shown(path)} is not readable (permission denied)"
     if not stat.S_ISREG(st.st_mode):
         return f"{shown(path)} is not a regular file (a FIFO, socket or device would block or never end)"
@@ -169,7 +169,7 @@ class ArgKind:
         import re
 
         if not re.fullmatch(r"[+-]?[0-9]{1,30}", text):  # int() also takes other scripts' digits, spaces, a newline
-            raise argparse.ArgumentTypeError(f"{shown(text)} is not an integer (ASCII digits)")
+            raise argparse.ArgumentTypeError(f"invalid int value: {shown(text)} (expected ASCII digits)")
         return int(text)
 
     def _number(self, text: str) -> float:
@@ -177,10 +177,10 @@ class ArgKind:
         import re
 
         if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", text):
-            raise argparse.ArgumentTypeError(f"{shown(text)} is not a number")
+            raise argparse.ArgumentTypeError(f"invalid float value: {shown(text)} (expected a decimal number)")
         value = float(text)
         if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{shown(text)} is not a finite number")
+            raise argparse.ArgumentTypeError(f"invalid float value: {shown(text)} (expected a finite number)")
         return value
 
     def _bounds(self, value) -> None:

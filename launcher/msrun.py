@@ -7,7 +7,7 @@ import os
 import sys
 from typing import List, Tuple
 
-from launcher.errors import ArgumentParser, UserError
+from launcher.errors import PORT, ArgumentParser, UserError, integer, text
 
 
 def _bool(text: str) -> bool:
@@ -19,25 +19,28 @@ def _bool(text: str) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """msrun's options, names and defaults as in MindSpore 2.10's `msrun --help`."""
-    parser.add_argument("--worker_num", type=int, default=8, help="workers in the whole job (default 8)")
-    parser.add_argument("--local_worker_num", type=int, default=8, help="workers on this node (default 8)")
-    parser.add_argument("--master_addr", default="127.0.0.1", help="scheduler address")
-    parser.add_argument("--master_port", type=int, default=8118, help="scheduler port (default 8118)")
-    parser.add_argument("--node_rank", type=int, default=-1, help="this node's rank (-1: single node)")
-    parser.add_argument("--log_dir", default="", help="worker logs (default: the current directory)")
+    parser.add_argument("--worker_num", type=integer(ge=1), default=8, help="workers in the whole job (default 8)")
+    parser.add_argument("--local_worker_num", type=integer(ge=1), default=8, help="workers on this node (default 8)")
+    parser.add_argument("--master_addr", default="127.0.0.1", type=text(nonempty=True), help="scheduler address")
+    parser.add_argument("--master_port", type=PORT, default=8118, help="scheduler port (default 8118)")
+    parser.add_argument("--node_rank", type=integer(ge=-1), default=-1, help="this node's rank (-1: single node)")
+    parser.add_argument("--log_dir", default="", type=text(), help="worker logs (default: the current directory)")
     parser.add_argument("--join", type=_bool, default=False, help="accepted; this launcher always waits")
-    parser.add_argument("--cluster_time_out", type=int, default=600,
+    parser.add_argument("--cluster_time_out", type=integer(ge=0), default=600,
                         help="cluster-building time-out in seconds (MS_TOPO_TIMEOUT of every process)")
     parser.add_argument("--bind_core", type=_bool, default=False, help="pin workers to even blocks of cores")
     parser.add_argument("--bind_numa", type=_bool, default=False, help="accepted, no effect here")
-    parser.add_argument("--sim_level", type=int, default=-1, help="accepted, no effect here (no dry-run simulation)")
-    parser.add_argument("--sim_rank_id", type=int, default=-1, help="accepted, no effect here")
-    parser.add_argument("--rank_table_file", default="",
+    parser.add_argument("--sim_level", type=integer(ge=-1), default=-1,
+                        help="accepted, no effect here (no dry-run simulation)")
+    parser.add_argument("--sim_rank_id", type=integer(ge=-1), default=-1, help="accepted, no effect here")
+    parser.add_argument("--rank_table_file", default="", type=text(),
                         help="msrun uses it for side features only, not for start-up: no effect here")
-    parser.add_argument("--worker_log_name", default="", help="accepted; logs are always worker_<rank>.log")
-    parser.add_argument("--tail_worker_log", default="-1",
+    parser.add_argument("--worker_log_name", default="", type=text(),
+                        help="accepted; logs are always worker_<rank>.log")
+    parser.add_argument("--tail_worker_log", default="-1", type=text(nonempty=True),
                         help="workers whose log goes to the console (-1: all, else e.g. 0 or 0,1)")
-    parser.add_argument("task_script", help="the script every worker runs (a .py file runs under this Python)")
+    parser.add_argument("task_script", type=text(nonempty=True),
+                        help="the script every worker runs (a .py file runs under this Python)")
     parser.add_argument("task_script_args", nargs=argparse.REMAINDER, help="its arguments")
 
 

@@ -18,54 +18,57 @@ import psutil
 from launcher import cluster, plan, ranktable, supervisor
 from launcher.backends import dynamic
 from launcher.backends import ranktable as ranktable_backend
-from launcher.errors import UserError, exit_on_user_error
+from launcher.errors import PORT, SECONDS, UserError, exit_on_user_error, integer, number, path, text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", "--nproc", "--nproc-per-node", "--nproc_per_node", type=int, default=None,
+    parser.add_argument("-n", "--nproc", "--nproc-per-node", "--nproc_per_node", type=integer(ge=1), default=None,
                         help="workers on this node (default: the rank table's devices for ascend, 1 for cluster)")
     parser.add_argument("--backend", choices=plan.BACKENDS, default="auto",
                         help="ascend (rank table), cluster (MindSpore dynamic cluster, CPU/GPU) or auto "
                              "(ascend when /dev/davinci* exists)")
-    parser.add_argument("--log-dir", default="launcher_logs",
+    parser.add_argument("--log-dir", default="launcher_logs", type=path("output_dir"),
                         help="worker logs <log-dir>/worker_<rank>.log and working dirs <log-dir>/rank_<rank>")
     parser.add_argument("--no-chdir", dest="chdir", action="store_false",
                         help="run workers in the launcher's directory instead of <log-dir>/rank_<rank>")
     parser.add_argument("--bind-cores", action="store_true", help="split this node's cores evenly and pin workers")
-    parser.add_argument("--tee", nargs="?", const="0", default=None, metavar="RANKS",
+    parser.add_argument("--tee", nargs="?", const="0", default=None, metavar="RANKS", type=text(nonempty=True),
                         help="copy these ranks' output to the console, prefixed '[rank N]' (default 0; 'all')")
-    parser.add_argument("--max-restarts", type=int, default=0,
+    parser.add_argument("--max-restarts", type=integer(ge=0), default=0,
                         help="restart the whole group after a failure up to K times (logs in attempt_<k>/)")
-    parser.add_argument("--grace-period", type=float, default=5.0,
+    parser.add_argument("--grace-period", type=number(ge=0, le=10**9), default=5.0,
                         help="seconds between SIGTERM and SIGKILL when stopping workers")
-    parser.add_argument("--preempt-grace", type=float, default=120.0, metavar="S",
+    parser.add_argument("--preempt-grace", type=number(ge=0, le=10**9), default=120.0, metavar="S",
                         help="after SIGTERM/SIGUSR1 to the launcher, seconds the workers get to save and exit "
                              "before SIGKILL (default 120)")
-    parser.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
-    parser.add_argument("--hang-timeout", type=float, default=None, metavar="S",
+    parser.add_argument("--timeout", type=SECONDS, default=None, help="stop the job after this many seconds")
+    parser.add_argument("--hang-timeout", type=SECONDS, default=None, metavar="S",
                         help="a worker whose heartbeat file (LAUNCHER_HEARTBEAT_FILE) is older than S seconds is "
                              "hung: its stack is collected, the job stopped (exit 124); workers that never "
                              "touch the file are not watched (default: off)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print every process's command, directory, environment and cores; start nothing")
     nodes = parser.add_argument_group("multi-node (defaults from Slurm or mpirun when present)")
-    nodes.add_argument("--nnodes", type=int, default=None)
-    nodes.add_argument("--node-rank", "--node_rank", type=int, default=None)
-    nodes.add_argument("--master-addr", "--master_addr", default=None,
+    nodes.add_argument("--nnodes", type=integer(ge=1), default=None)
+    nodes.add_argument("--node-rank", "--node_rank", type=integer(ge=0), default=None)
+    nodes.add_argument("--master-addr", "--master_addr", default=None, type=text(nonempty=True),
                        help="scheduler host (cluster backend; default 127.0.0.1)")
-    nodes.add_argument("--master-port", "--master_port", type=int, default=None,
+    nodes.add_argument("--master-port", "--master_port", type=PORT, default=None,
                        help="scheduler port (cluster backend; default: a free port on one node)")
     nodes.add_argument("--standalone", action="store_true",
                        help="torchrun's single-node spelling: accepted, it is the default here (local "
                             "scheduler on a free port)")
     ascend = parser.add_argument_group("ascend backend")
-    ascend.add_argument("--rank-table", default=None, help="existing (merged) rank table; generated when absent")
-    ascend.add_argument("--device-ids", "--device-num", dest="device_ids", default=None,
+    ascend.add_argument("--rank-table", default=None, type=path("file"),
+                        help="existing (merged) rank table; generated when absent")
+    ascend.add_argument("--device-ids", "--device-num", dest="device_ids", default=None, type=text(nonempty=True),
                         help="chips for a generated table: '[0,8)', '0,1,2,3' or '4-7'")
-    ascend.add_argument("--visible-devices", default=None, help="visible chips (default ASCEND_RT_VISIBLE_DEVICES)")
-    ascend.add_argument("--hccn-conf", default=ranktable.hccn.DEFAULT_HCCN_CONF,
+    ascend.add_argument("--visible-devices", default=None, type=text(nonempty=True),
+                        help="visible chips (default ASCEND_RT_VISIBLE_DEVICES)")
+    ascend.add_argument("--hccn-conf", default=ranktable.hccn.DEFAULT_HCCN_CONF, type=path("maybe_file"),
                         help="device IPs file when hccn_tool is absent")
-    ascend.add_argument("--server-ip", default=None, help="this server's IP (default: first non-loopback)")
+    ascend.add_argument("--server-ip", default=None, type=text(nonempty=True),
+                        help="this server's IP (default: first non-loopback)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
 
 

@@ -20,7 +20,7 @@ from typing import Optional
 from clip.data import build_train_source
 from clip.data.base import CaptionSource, DatasetConfig, UnreadableImage, decode_image
 from clip.data.mindrecord import FORMAT, MANIFEST, SCHEMA, VERSION, read_manifest, shard_file
-from launcher.errors import ArgumentParser, UserError, exit_on_user_error
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error, integer, path, text
 from launcher.safe_write import write_json
 
 FORMATS = ("mindrecord",)
@@ -192,20 +192,27 @@ def pack(cfg: DatasetConfig, out: str, shards: int) -> dict:
     return manifest
 
 
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m clip.data.pack", description=__doc__.splitlines()[0])
+    parser.add_argument("src", metavar="SRC", type=text(nonempty=True),
+                        help="training source: shard directory or brace pattern, .csv/.tsv, "
+                        "Flickr8k, CIFAR-100 or image-folder directory")
+    parser.add_argument("out", metavar="OUT", type=path("output_dir"), help="output directory")
+    parser.add_argument("--format", choices=FORMATS, default="mindrecord")
+    parser.add_argument("--shards", type=integer(ge=1, le=1000, why="MindRecord writes at most 1000 files"), default=1,
+                        help="number of MindRecord files (default 1)")
+    parser.add_argument("--type", choices=PACKABLE, help="source type (default: guessed from SRC)")
+    parser.add_argument("--split", default="train", type=text(), help="split of Flickr8k, CIFAR-100 or an image folder")
+    parser.add_argument("--csv-image-key", default="filepath", type=text(nonempty=True))
+    parser.add_argument("--csv-caption-key", default="title", type=text(nonempty=True))
+    parser.add_argument("--index-dir", type=path("output_dir"),
+                        help="webdataset: where shard indexes go (default beside the shards)")
+    return parser
+
+
 @exit_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = ArgumentParser(prog="python -m clip.data.pack", description=__doc__.splitlines()[0])
-    parser.add_argument("src", metavar="SRC", help="training source: shard directory or brace pattern, .csv/.tsv, "
-                        "Flickr8k, CIFAR-100 or image-folder directory")
-    parser.add_argument("out", metavar="OUT", help="output directory")
-    parser.add_argument("--format", choices=FORMATS, default="mindrecord")
-    parser.add_argument("--shards", type=int, default=1, help="number of MindRecord files (default 1)")
-    parser.add_argument("--type", choices=PACKABLE, help="source type (default: guessed from SRC)")
-    parser.add_argument("--split", default="train", help="split of Flickr8k, CIFAR-100 or an image folder")
-    parser.add_argument("--csv-image-key", default="filepath")
-    parser.add_argument("--csv-caption-key", default="title")
-    parser.add_argument("--index-dir", help="webdataset: where shard indexes go (default beside the shards)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     cfg = DatasetConfig(type=args.type or detect_type(args.src), path=args.src, split=args.split,
                         csv_image_key=args.csv_image_key, csv_caption_key=args.csv_caption_key,
                         index_dir=args.index_dir)

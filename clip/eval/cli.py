@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Optional
 
-from clip.api.app import SHARDED_TASKS, TASKS, configure_logging, evaluate_and_write
+from clip.api.app import TASKS, configure_logging, evaluate_and_write
 from clip.config import add_config_arguments, load_config
 from launcher import worker
 from launcher.errors import ArgumentParser, UserError, exit_on_user_error, path
@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="zeroshot: eval.json from data.eval; retrieval: retrieval.json from data.retrieval; "
                              "linear_probe: linear_probe.json from data.eval's train and evaluated splits")
     parser.add_argument("--sharded", action="store_true",
-                        help="zeroshot or linear_probe on many cards: every rank encodes a shard, results are "
-                             "summed")
+                        help="on many cards every rank encodes a share of the images (and texts), the shares "
+                             "are summed: the single card's numbers")
     return parser
 
 
@@ -41,8 +41,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     worker.install()
     configure_logging()
-    if args.sharded and args.task not in SHARDED_TASKS:
-        raise UserError(f"--sharded applies to --task {' and '.join(SHARDED_TASKS)} only")
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint!r} does not exist")
     cfg = load_config(args.config, args.overrides)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from clip.model.architectures import DTYPES
 from launcher import worker
-from launcher.errors import ArgumentParser, UserError, exit_on_user_error
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error, integer, path, text
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 TASK = "zero_shot_image_classification"
@@ -195,13 +195,18 @@ def pipeline(task: str = TASK, model=None, candidate_labels: Optional[Sequence[s
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m clip.predict",
                                      description="Zero-shot label probabilities for images.")
-    parser.add_argument("--checkpoint", required=True, help="MindSpore checkpoint (OpenAI parameter names)")
-    parser.add_argument("--model", help="model name or open_clip JSON config (default: the architecture the "
+    parser.add_argument("--checkpoint", required=True, type=path("file"),
+                        help="MindSpore checkpoint (OpenAI parameter names)")
+    parser.add_argument("--model", type=text(nonempty=True),
+                        help="model name or open_clip JSON config (default: the architecture the "
                                         "checkpoint carries)")
-    parser.add_argument("--image", nargs="+", required=True, metavar="PATH", help="image files or directories")
-    parser.add_argument("--labels", required=True, help='candidate labels, comma-separated: "cat,dog,bird"')
-    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"prompt template (default {DEFAULT_TEMPLATE!r})")
-    parser.add_argument("--top-k", type=int, default=None, help="show only the K most likely labels")
+    parser.add_argument("--image", nargs="+", required=True, metavar="PATH", type=path("path"),
+                        help="image files or directories")
+    parser.add_argument("--labels", required=True, type=text(nonempty=True),
+                        help='candidate labels, comma-separated: "cat,dog,bird"')
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, type=text(nonempty=True),
+                        help=f"prompt template (default {DEFAULT_TEMPLATE!r})")
+    parser.add_argument("--top-k", type=integer(ge=1), default=None, help="show only the K most likely labels")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser

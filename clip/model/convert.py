@@ -27,7 +27,7 @@ import numpy as np
 from clip.model import torch_archive
 from clip.model.architectures import (PRESETS, CLIPConfig, candidates_for, expected_shapes, from_hugging_face,
                                       from_open_clip, get_config, infer_config, name_of, read_json)
-from launcher.errors import UserError, exit_on_user_error
+from launcher.errors import UserError, exit_on_user_error, path, text
 
 OUTPUT_DTYPES = ("float32", "float16")
 # Tensors that checkpoints carry but that are not parameters (sizes, masks, index buffers).
@@ -361,15 +361,21 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see clip-convert --help)")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="clip-convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", type=path("maybe_file"), help="OpenAI .pt, PyTorch state dict, or Hugging Face .safetensors")
+    parser.add_argument("dst", type=path("output_file"), help="MindSpore checkpoint to write (.ckpt)")
+    parser.add_argument("--model", type=text(nonempty=True),
+                        help="model name (clip.list_models(), docs/models.md) or open_clip JSON config; "
+                                        "needed for plain state dicts, which do not say their activation")
+    parser.add_argument("--dtype", default="float32", type=text(nonempty=True),
+                        help=f"stored parameter dtype: {' or '.join(OUTPUT_DTYPES)}")
+    return parser
+
+
 @exit_on_user_error
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = _ArgumentParser(prog="clip-convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", help="OpenAI .pt, PyTorch state dict, or Hugging Face .safetensors")
-    parser.add_argument("dst", help="MindSpore checkpoint to write (.ckpt)")
-    parser.add_argument("--model", help="model name (clip.list_models(), docs/models.md) or open_clip JSON config; "
-                                        "needed for plain state dicts, which do not say their activation")
-    parser.add_argument("--dtype", default="float32", help=f"stored parameter dtype: {' or '.join(OUTPUT_DTYPES)}")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     result = convert(args.src, args.dst, args.model, args.dtype)
     print(summary(result, args.dst, args.dtype))
     return 0

@@ -5,14 +5,18 @@ import sys
 
 from launcher import backends
 from launcher.backends import single
-from launcher.errors import ArgumentParser
+from launcher.errors import ArgumentParser, integer
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m launcher.backends", description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=[single.NAME])
+    parser.add_argument("--device-id", type=integer(ge=0), default=None)
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(prog="python -m launcher.backends", description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=[single.NAME])
-    parser.add_argument("--device-id", type=int, default=None)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     env = single.worker_env(args.device_id)
     print("unset " + " ".join(v for v in backends.all_variables()))
     for key, value in env.items():
