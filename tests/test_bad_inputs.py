@@ -431,7 +431,6 @@ EVAL_CASES = [
       "data.eval is not set", {"c.yaml": cifar_config()}),
     C("eval-retrieval-unset", "eval", ["--task", "retrieval", "--set", "output_dir={ws}/out"],
       "data.retrieval is not set"),
-    C("eval-sharded-retrieval", "eval", ["--task", "retrieval", "--sharded"], "--sharded applies"),
     C("eval-templates-extra-field", "eval", ["--config", "{ws}/c.yaml", "--checkpoint", "{asset:ckpt}",
                                              "--set", "data.eval.templates=['a {} {x}']",
                                              "--set", "output_dir={ws}/out"],

@@ -261,3 +261,22 @@ def test_cached_classifier_gives_the_same_result(tiny, tmp_path):
     cached = evaluate_source(tiny["model"], source, 64, 8, cache=cache)
     assert cached["per_class"] == fresh["per_class"] and cached["top1"] == fresh["top1"]
     assert cached["classifier_seconds"] < fresh["classifier_seconds"]
+
+
+def test_sharded_retrieval_shares_sum_to_the_single_card(tiny, tmp_path):
+    """Each rank's share of the image and caption rows (zero elsewhere) sums to the single process's."""
+    from clip.data import DatasetConfig, build_train_source
+    from clip.eval.retrieval import flatten_captions, image_share, text_share
+
+    images = random_images(5, seed=8)
+    samples = [{"jpg": encoded(images[i], "jpg"), "txt": f"image {i}\nphoto {i}".encode()} for i in range(5)]
+    root = write_clip_benchmark(tmp_path / "ret", samples, kind="retrieval", nshards=2)
+    source = build_train_source(DatasetConfig(type="clip_benchmark", path=str(root), split="test"))
+    texts, _ = flatten_captions([source.captions(i) for i in range(len(source))])
+    whole, readable = image_share(tiny["model"], source, 64, 2)
+    parts = [image_share(tiny["model"], source, 64, 2, (r, 2)) for r in range(2)]
+    assert readable.tolist() == [1] * 5 and (parts[0][1] + parts[1][1]).tolist() == [1] * 5
+    assert np.allclose(parts[0][0] + parts[1][0], whole, atol=1e-6)
+    assert not (parts[0][0][1::2].any() or parts[1][0][0::2].any())  # every row comes from one rank
+    text_parts = [text_share(tiny["model"], texts, 4, (r, 2)) for r in range(2)]
+    assert np.allclose(text_parts[0] + text_parts[1], text_share(tiny["model"], texts, 4), atol=1e-6)

@@ -23,7 +23,6 @@ MULTI_CARD_HINT = ("the Trainer runs one card in this process and never starts a
                    "bash scripts/run_distribute.sh N CONFIG")
 TASKS = ("zeroshot", "retrieval", "linear_probe")
 RESULT_FILES = {"zeroshot": "eval.json", "retrieval": "retrieval.json", "linear_probe": "linear_probe.json"}
-SHARDED_TASKS = ("zeroshot", "linear_probe")
 
 
 def configure_logging() -> None:
@@ -300,7 +299,7 @@ def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: b
     else:
         from clip.eval.retrieval import evaluate_captions
 
-        result = evaluate_captions(model, source, image_size, batch_size, data.recall_k)
+        result = evaluate_captions(model, source, image_size, batch_size, data.recall_k, sharded)
     from clip.model import model_name
 
     result.update(task=task, model=cfg.model.name or model_name(model.config), checkpoint=checkpoint, dtype=cfg.model.dtype,

@@ -50,40 +50,76 @@ def flatten_captions(captions_per_image: Sequence[Sequence[str]]) -> tuple[list[
     return texts, np.asarray(owner, np.int64)
 
 
-def encode_source(model, source, image_size: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalised image features [I, E], caption features [T, E] and the caption->image index [T]."""
+def image_share(model, source, image_size: int, batch_size: int,
+                shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised image features [I, E], readable [I] 0/1) for the images i = rank (mod world), zero in the
+    other rows: the sum of every rank's share is the whole. Unreadable images are skipped (logged)."""
     from clip.data.base import UnreadableImage
-    from clip.eval.encode import encode_in_batches, encode_texts, encoder, l2_normalize, worth_compiling
+    from clip.eval.encode import encode_in_batches, encoder, l2_normalize, worth_compiling
     from clip.model.transforms import image_transform
 
+    rank, world = shard
     transform = image_transform(image_size)
-    compiled = worth_compiling(len(source), batch_size)
+    mine = list(range(rank, len(source), world))
+    compiled = worth_compiling(len(mine), batch_size)
     encode = encoder(model, "image", compiled)
-    pending, captions, image_features = [], [], []
-    for i in range(len(source)):
+    features = np.zeros((len(source), model.config.embed_dim), np.float32)
+    readable = np.zeros(len(source), np.int64)
+    rows, pending = [], []
+    for n, i in enumerate(mine):
         try:
-            image = source.image(i)
+            pending.append(transform(source.image(i)))
+            rows.append(i)
         except UnreadableImage as exc:
             log.warning("skipping unreadable image %s", exc)
-            continue
-        pending.append(transform(image))
-        captions.append(source.captions(i))
-        if len(pending) == batch_size:
-            image_features.append(encode_in_batches(encode, np.stack(pending), batch_size, pad=compiled))
-            pending = []
-    if pending:
-        image_features.append(encode_in_batches(encode, np.stack(pending), batch_size, pad=compiled))
-    if not image_features:
+        if rows and (len(rows) == batch_size or n == len(mine) - 1):
+            features[rows] = l2_normalize(encode_in_batches(encode, np.stack(pending), batch_size, pad=compiled))
+            readable[rows] = 1
+            rows, pending = [], []
+    return features, readable
+
+
+def text_share(model, texts: Sequence[str], batch_size: int, shard: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Normalised text features [T, E] of the texts t = rank (mod world), zero in the other rows."""
+    from clip.eval.encode import encode_texts, l2_normalize
+
+    rank, world = shard
+    features = np.zeros((len(texts), model.config.embed_dim), np.float32)
+    mine = list(range(rank, len(texts), world))
+    if mine:
+        features[mine] = l2_normalize(encode_texts(model, [texts[t] for t in mine], batch_size))
+    return features
+
+
+def encode_source(model, source, image_size: int, batch_size: int,
+                  shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised image features [I, E], caption features [T, E] and the caption->image index [T] of the
+    readable images. With shard=(rank, world) every rank must call this: each encodes its share of the
+    images and captions, and the shares are summed over ranks (every row comes from one rank, the others add
+    zeros), which gives the single-process matrices."""
+    from clip.eval.zeroshot import all_reduced
+
+    world = shard[1]
+    features, readable = image_share(model, source, image_size, batch_size, shard)
+    features, readable = all_reduced(features, world), all_reduced(readable, world)
+    kept = np.flatnonzero(readable)
+    if not len(kept):
         raise UserError("retrieval: the dataset has no readable images")
-    texts, owner = flatten_captions(captions)
-    image_features = np.concatenate(image_features)
-    text_features = encode_texts(model, texts, batch_size)
-    return l2_normalize(image_features), l2_normalize(text_features), owner
+    texts, owner = flatten_captions([source.captions(int(i)) for i in kept])
+    text_features = all_reduced(text_share(model, texts, batch_size, shard), world)
+    return features[kept], text_features, owner
 
 
-def evaluate_captions(model, source, image_size: int, batch_size: int, ks: Sequence[int] = KS) -> dict:
-    """Recall@K both ways on a CaptionSource, plus the number of images and captions and the Ks."""
-    images, texts, owner = encode_source(model, source, image_size, batch_size)
+def evaluate_captions(model, source, image_size: int, batch_size: int, ks: Sequence[int] = KS,
+                      sharded: bool = False) -> dict:
+    """Recall@K both ways on a CaptionSource, plus the number of images and captions and the Ks; with
+    sharded=True every rank must call this (each encodes a share)."""
+    shard = (0, 1)
+    if sharded:
+        from clip.parallel import distributed
+
+        shard = (distributed.get_rank(), distributed.get_world_size())
+    images, texts, owner = encode_source(model, source, image_size, batch_size, shard)
     result = recall_at_k(images @ texts.T, owner, ks)
     result.update({"images": int(images.shape[0]), "captions": int(texts.shape[0]), "recall_k": list(ks)})
     return result
