@@ -102,6 +102,10 @@ def test_imagenet_variants_share_the_class_list(tmp_path):
     write_class_folders(tmp_path / "r", subset, {subset[0]: image, subset[199]: image})
     r = load(DatasetConfig(type="imagenet", path=str(tmp_path / "r"), split="val"))
     assert r.classnames == [classes[i] for i in range(0, 1000, 5)] and r.labels == [0, 199]
+    from launcher.errors import UserError
+
+    with pytest.raises(UserError, match="/r/train' does not exist"):  # a probe never trains on the val folder
+        load(DatasetConfig(type="imagenet", path=str(tmp_path / "r"), split="train"))
 
 
 def test_shipped_imagenet_prompts_are_open_clips():

@@ -35,10 +35,16 @@ def shipped() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     return tuple(data["wnids"]), tuple(data["classes"]), tuple(data["templates"])
 
 
-def resolve_root(path: str, split: str) -> str:
-    """`<path>/<split>` when that folder exists (the folder holding val/), else path itself."""
+def resolve_root(path: str, split: str, key: str) -> str:
+    """`<path>/<split>` when that folder exists (the folder holding val/), else path itself: the evaluated
+    folder may be named directly, but a train split (a linear probe's) must be a train/ folder beside it."""
     inner = os.path.join(path, split)
-    return inner if split and os.path.isdir(inner) else path
+    if split and os.path.isdir(inner):
+        return inner
+    if split == "train":
+        raise UserError(f"{key}.path: {inner!r} does not exist (split train: ImageNet's train/ folder, one folder "
+                        f"per wnid, beside val/)")
+    return path
 
 
 def class_indices(root: str, folders: list[str], key: str) -> list[int]:
@@ -66,7 +72,7 @@ def class_indices(root: str, folders: list[str], key: str) -> list[int]:
 def load(cfg: DatasetConfig, key: str = "data.eval") -> ImageFolder:
     root = require_dir(cfg.path, f"{key}.path")
     verify_sha256(root, cfg.sha256)
-    root = resolve_root(root, cfg.split)
+    root = resolve_root(root, cfg.split, key)
     folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     if not folders:
         raise UserError(f"{key}.path: {root!r} has no class folders (expected ImageNet's val/ with one folder "
