@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from launcher import worker
-from launcher.errors import ArgumentParser, UserError, exit_on_user_error, read_user_file
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error, path, read_user_file, text
 
 TASKS = ("zeroshot", "retrieval", "linear_probe")
 # The metric a table shows for each CLIP_benchmark task (multilabel sets: mean average precision).
@@ -201,14 +201,17 @@ def write_tables(output: str) -> list[dict]:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m clip.benchmark",
                             description="Evaluate checkpoints x datasets x tasks; one CSV, markdown table and chart.")
-    parser.add_argument("--checkpoint", nargs="+", required=True, help="checkpoints (each carries its architecture)")
-    parser.add_argument("--dataset", nargs="+", default=[], metavar="TYPE:PATH[:SPLIT]",
+    parser.add_argument("--checkpoint", nargs="+", required=True, type=path("maybe_file"),
+                        help="checkpoints (each carries its architecture)")
+    parser.add_argument("--dataset", nargs="+", default=[], metavar="TYPE:PATH[:SPLIT]", type=text(nonempty=True),
                         help="e.g. imagenet:/data/imagenet clip_benchmark:/data/wds_cars cifar100:/data/cifar")
-    parser.add_argument("--datasets-file", help="a file with one TYPE:PATH[:SPLIT] per line")
+    parser.add_argument("--datasets-file", type=path("file"), help="a file with one TYPE:PATH[:SPLIT] per line")
     parser.add_argument("--task", nargs="+", choices=TASKS, default=["zeroshot"],
                         help="zeroshot (default), linear_probe; CLIP_benchmark retrieval sets run retrieval")
-    parser.add_argument("--output", required=True, help="directory for every result and the tables")
-    parser.add_argument("--config", help="YAML run config for everything else (batch size, dtype, templates)")
+    parser.add_argument("--output", required=True, type=path("output_dir"),
+                        help="directory for every result and the tables")
+    parser.add_argument("--config", type=path("file"),
+                        help="YAML run config for everything else (batch size, dtype, templates)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.eval_batch_size=128 (repeatable)")
     return parser

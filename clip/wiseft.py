@@ -13,7 +13,7 @@ import sys
 from typing import Optional
 
 from launcher import worker
-from launcher.errors import ArgumentParser, UserError, exit_on_user_error
+from launcher.errors import ArgumentParser, UserError, exit_on_user_error, number, path, text
 
 OUTPUTS = ("wiseft.csv", "wiseft.md", "wiseft.png")
 TASKS = ("zeroshot", "retrieval")
@@ -122,13 +122,17 @@ def build_parser() -> ArgumentParser:
 
     parser = ArgumentParser(prog="python -m clip.wiseft",
                             description="WiSE-FT: mix zero-shot and fine-tuned weights, or evaluate several mixtures.")
-    parser.add_argument("zero_shot", metavar="ZEROSHOT.ckpt", help="the weights fine-tuning started from")
-    parser.add_argument("fine_tuned", metavar="FINETUNED.ckpt", help="fine-tuned weights or a training checkpoint")
-    parser.add_argument("out", metavar="OUT.ckpt", nargs="?", help="the mixture (with --alpha)")
+    parser.add_argument("zero_shot", metavar="ZEROSHOT.ckpt", type=path("maybe_file"),
+                        help="the weights fine-tuning started from")
+    parser.add_argument("fine_tuned", metavar="FINETUNED.ckpt", type=path("maybe_file"),
+                        help="fine-tuned weights or a training checkpoint")
+    parser.add_argument("out", metavar="OUT.ckpt", nargs="?", type=path("output_file"),
+                        help="the mixture (with --alpha)")
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--alpha", type=float, help="weight of the fine-tuned checkpoint, 0..1")
-    mode.add_argument("--alphas", help="comma-separated alphas to evaluate (with --eval), e.g. 0,0.25,0.5,0.75,1")
-    parser.add_argument("--eval", dest="eval_config", metavar="CONFIG",
+    mode.add_argument("--alpha", type=number(ge=0, le=1), help="weight of the fine-tuned checkpoint, 0..1")
+    mode.add_argument("--alphas", type=text(nonempty=True),
+                      help="comma-separated alphas to evaluate (with --eval), e.g. 0,0.25,0.5,0.75,1")
+    parser.add_argument("--eval", dest="eval_config", metavar="CONFIG", type=path("file"),
                         help="run config whose data.eval (or data.retrieval) evaluates each mixture, and whose "
                              "output_dir receives wiseft.csv, wiseft.md, wiseft.png")
     parser.add_argument("--task", choices=TASKS, default="zeroshot", help="with --eval: what to measure")

@@ -140,10 +140,12 @@ def path_problem(path: str, kind: str):
 class ArgKind:
     """A command-line argument's kind, given to argparse as `type=`: it checks the text before the command does
     anything (a mistake is the parser's one `error:` line), and it is what tests/test_generated_inputs.py reads to
-    generate wrong values for every argument. `kind` is "integer", "number", "text" or one of PATH_KINDS."""
+    generate wrong values for every argument. `kind` is "integer", "number", "boolean", "text" or one of
+    PATH_KINDS."""
 
-    def __init__(self, kind: str, ge=None, gt=None, le=None, nonempty=False, why=""):
+    def __init__(self, kind: str, ge=None, gt=None, le=None, nonempty=False, why="", words=()):
         self.kind, self.ge, self.gt, self.le, self.nonempty, self.why = kind, ge, gt, le, nonempty, why
+        self.words = dict(words)  # boolean: the accepted spellings and their values
         self.__name__ = kind  # argparse names the type in its messages
 
     def __repr__(self):
@@ -151,6 +153,10 @@ class ArgKind:
         return f"ArgKind({self.kind!r}, {bounds})"
 
     def __call__(self, text: str):
+        if self.kind == "boolean":
+            if text not in self.words:
+                raise argparse.ArgumentTypeError(f"invalid choice: {shown(text)} (choose from {', '.join(self.words)})")
+            return self.words[text]
         if self.kind == "integer":
             value = self._integer(text)
         elif self.kind == "number":
@@ -202,6 +208,10 @@ def integer(ge=None, le=None, why="") -> ArgKind:
 
 def number(ge=None, gt=None, le=None, why="") -> ArgKind:
     return ArgKind("number", ge=ge, gt=gt, le=le, why=why)
+
+
+def boolean(true: str = "true", false: str = "false") -> ArgKind:
+    return ArgKind("boolean", words={true: True, false: False})
 
 
 def text(nonempty=False) -> ArgKind:

@@ -2,19 +2,14 @@
 launcher. Every msrun option is accepted with msrun's meaning; one that has no effect here says so in one
 line. The translation is pure (`translate`), the run is `launcher run`'s."""
 import argparse
-import ast
 import os
 import sys
 from typing import List, Tuple
 
-from launcher.errors import PORT, ArgumentParser, UserError, integer, text
+from launcher.errors import PORT, ArgumentParser, UserError, boolean, integer, text
 
 
-def _bool(text: str) -> bool:
-    value = ast.literal_eval(text) if text in ("True", "False") else None
-    if value is None:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from True, False)")
-    return value
+_bool = boolean("True", "False")  # msrun's spelling
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

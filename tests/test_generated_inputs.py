@@ -142,7 +142,8 @@ def _numbers_outside(spec: Spec, integer: bool, ws: Path):
     else:
         if high is not None:
             out.append(st.floats(min_value=high, max_value=1e300, exclude_min=spec.le is not None))
-        out.append(st.floats(min_value=FLOAT32_MAX * 1.001, max_value=1e308).flatmap(lambda x: st.sampled_from([x, -x])))
+        beyond = st.floats(min_value=FLOAT32_MAX * 1.001, max_value=1e308)
+        out.append(beyond.flatmap(lambda x: st.sampled_from([x, -x])))
         out.append(st.integers(min_value=2**1100, max_value=2**1200))
     out.append(st.sampled_from([float("nan"), float("inf"), float("-inf")]))
     return out
@@ -235,5 +236,166 @@ def test_every_config_key_refuses_generated_mistakes(key, tp, spec, ws, tmp_path
             run("clip.config", ["--config", str(path)], ws)
         else:
             run("clip.config", ["--set", as_override(key, value)], ws)
+
+    check()
+
+
+# ---------------------------------------------------------------- every command-line argument of every entry point
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCHER_COMMANDS = ("ranktable", "merge", "validate", "run", "msrun", "doctor")
+UNTYPED = {"--set"}  # KEY=VALUE of a config key: its values are the config keys' generated mistakes above
+
+
+def entry_modules() -> set:
+    """The module defining each entry point's main: pyproject's scripts, every __main__.py and every module run
+    as `python -m` (an `if __name__ == "__main__"` block), each followed to where its main is defined."""
+    import ast
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"].values()
+    found = {target.partition(":")[0] for target in scripts}
+    for package in ("clip", "launcher"):
+        for file in (REPO / package).rglob("*.py"):
+            source = file.read_text()
+            if file.name == "__main__.py" or '__name__ == "__main__"' in source:
+                found.add(".".join(file.relative_to(REPO).with_suffix("").parts))
+    resolved = set()
+    for module in found:
+        file = REPO / (module.replace(".", "/") + ".py")
+        tree = ast.parse(file.read_text())
+        origin = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                  and any(a.name == "main" for a in n.names)]
+        resolved.add(origin[0] if origin and not any(isinstance(n, ast.FunctionDef) and n.name == "main"
+                                                     for n in tree.body) else module)
+    return resolved
+
+
+def parsers():
+    """(entry point label, module with main, argv prefix, parser) for every parser a user reaches."""
+    out = []
+    for module in sorted(entry_modules()):
+        mod = importlib.import_module(module)
+        if module == "launcher.cli":
+            for command in LAUNCHER_COMMANDS:
+                top = mod.build_parser(command)
+                sub = next(a for a in top._actions if a.choices and command in a.choices).choices[command]
+                out.append((f"launcher {command}", module, [command], sub))
+        else:
+            out.append((module, module, [], mod.build_parser()))
+    return out
+
+
+def arguments(typed_only: bool):
+    """(label, module, argv prefix, the positionals before it, action) of every argument that takes a value
+    (`typed_only`: that declares a kind or choices, what generation can read)."""
+    import argparse
+
+    from launcher.errors import ArgKind
+
+    out = []
+    for label, module, prefix, parser in parsers():
+        before = []
+        for action in parser._actions:
+            if action.nargs == 0 or action.nargs == argparse.REMAINDER or isinstance(action, argparse._HelpAction):
+                continue
+            if not typed_only or isinstance(action.type, ArgKind) or action.choices is not None:
+                out.append((label, module, prefix, list(before), action))
+            if not action.option_strings:
+                before.append(action)
+    return out
+
+
+ARGUMENTS = arguments(typed_only=True)
+
+
+def _name(action) -> str:
+    longs = [o for o in action.option_strings if o.startswith("--")]
+    return (longs or action.option_strings or [action.dest])[0]
+
+
+def test_every_argument_declares_its_kind():
+    """A new argument is covered by declaring it: a kind (launcher.errors) or choices, or generation misses it."""
+    from launcher.errors import ArgKind
+
+    everything = arguments(typed_only=False)
+    assert len({label for label, *_ in everything}) >= 14
+    bare = [f"{label} {_name(a)}" for label, _, _, _, a in everything
+            if not isinstance(a.type, ArgKind) and a.choices is None and _name(a) not in UNTYPED]
+    assert not bare, f"arguments without a kind (type=launcher.errors.integer/number/text/path(...)): {bare}"
+
+
+PATHS_WRONG = {  # per kind: entries of the workspace it must refuse
+    "file": ["a_dir", "a_fifo", "missing", "a_file/x"],
+    "dir": ["a_file", "a_fifo", "missing"],
+    "path": ["a_fifo", "missing", "a_file/x"],
+    "maybe_file": ["a_dir", "a_fifo"],
+    "input": ["a_fifo"],
+    "output_file": ["a_dir", "a_fifo", "missing/x.out", "a_file/x.out"],
+    "output_dir": ["a_file", "a_fifo", "a_file/sub"],
+}
+NOT_INTEGERS = ["", "3.5", "1e3", "0x10", " 3", "3\n", "\u0663", "\uff13", "nan", "+", "9" * 40]
+NOT_NUMBERS = ["", "abc", "nan", "inf", "-inf", "1e999", "0x1p3", "1,5", "\u0663", "1 "]
+
+
+def wrong_argument_values(action, ws: Path):
+    from launcher.errors import INT32_MAX, ArgKind
+
+    kind = action.type if isinstance(action.type, ArgKind) else None
+    out = []
+    if action.choices is not None:
+        names = {str(c) for c in action.choices}
+        out.append(st.text(min_size=1, max_size=8).filter(lambda s: s not in names and not s.startswith("-")))
+    if kind is None:
+        return st.one_of(out)
+    if kind.kind == "boolean":
+        out.append(st.text(max_size=6).filter(lambda s: s not in kind.words))
+    elif kind.kind in ("integer", "number"):
+        out.append(st.sampled_from(NOT_INTEGERS if kind.kind == "integer" else NOT_NUMBERS))
+        low = kind.ge if kind.ge is not None else kind.gt
+        integers = kind.kind == "integer"
+        if low is not None:
+            below = (st.integers(min_value=-10**12, max_value=low - 1) if integers else
+                     st.floats(min_value=-1e12, max_value=low, exclude_max=kind.ge is not None))
+            out.append(below.map(repr))
+        high = kind.le if kind.le is not None else (INT32_MAX if integers else None)
+        if high is not None:
+            above = (st.integers(min_value=high + 1, max_value=10**25) if integers else
+                     st.floats(min_value=high, max_value=1e300, exclude_min=True))
+            out.append(above.map(repr))
+    else:
+        out.append(_bad_text())
+        if kind.nonempty or kind.kind != "text":
+            out.append(st.sampled_from(["", " "] if kind.nonempty else [""]))
+        if kind.kind in PATHS_WRONG:
+            out.append(st.sampled_from([str(ws / p) for p in PATHS_WRONG[kind.kind]]))
+    return st.one_of(out)
+
+
+def _placeholder(action, ws: Path) -> str:
+    """A value an earlier positional accepts, so that parsing reaches the argument under test."""
+    from launcher.errors import ArgKind
+
+    if action.choices is not None:
+        return str(next(iter(action.choices)))
+    kind = action.type.kind if isinstance(action.type, ArgKind) else "text"
+    return {"dir": str(ws / "a_dir"), "path": str(ws / "a_file"), "file": str(ws / "a_file"),
+            "maybe_file": str(ws / "a_file"), "input": str(ws / "a_file"), "output_dir": str(ws / "new_dir"),
+            "output_file": str(ws / "new.out"), "integer": "1", "number": "1"}.get(kind, "x")
+
+
+@pytest.mark.parametrize("label,module,prefix,before,action", ARGUMENTS,
+                         ids=[f"{label}:{_name(a)}" for label, _, _, _, a in ARGUMENTS])
+def test_every_argument_refuses_generated_mistakes(label, module, prefix, before, action, ws):
+    head = prefix + [_placeholder(b, ws) for b in before]
+
+    @SETTINGS
+    @given(value=wrong_argument_values(action, ws))
+    def check(value):
+        if action.option_strings:
+            argv = head + ([f"{_name(action)}={value}"] if _name(action).startswith("--") else [_name(action), value])
+        else:
+            argv = head + [value]
+        run(module, argv, ws)
 
     check()
