@@ -288,6 +288,22 @@ CONFIG_CASES = [
     C("config-sha-list", "config", ["--set", "data.eval.sha256=[1, 2]"], "data.eval.sha256"),
     C("config-bad-flag", "config", ["--bogus"], "unrecognized arguments", category="command line"),
     C("config-flag-no-value", "config", ["--config"], "expected one argument", category="command line"),
+    # what the schema and the libraries underneath refuse (tests/test_generated_inputs.py generates many more)
+    C("config-duplicate-section", "config", ["--config", "{ws}/c.yaml"], "line 2: duplicate key 'train'",
+      {"c.yaml": "train: {lr: 0.1}\ntrain: {seed: 2}\n"}, category="wrong file"),
+    C("config-int-digits", "config", ["--config", "{ws}/c.yaml"], "more digits than Python reads",
+      {"c.yaml": "train: {seed: " + "9" * 5000 + "}\n"}, category="huge/tiny number"),
+    C("config-fifo", "config", ["--config", "{ws}/fifo"], "not a regular file",
+      {"fifo": lambda ws, assets: os.mkfifo(ws / "fifo")}, category="path is a directory/file"),
+    C("config-seed-mindspore", "config", ["--set", "train.seed=4294967296"], "the seeds MindSpore accepts",
+      category="huge/tiny number"),
+    C("config-lr-float32", "config", ["--set", "train.lr=1e39"], "overflows float32", category="huge/tiny number"),
+    C("config-eps-float32-zero", "config", ["--set", "train.eps=1e-50"], "0.0 as a float32",
+      category="huge/tiny number"),
+    C("config-batch-memory", "config", ["--set", "train.batch_size=2000000000"], "more than this machine's",
+      category="huge/tiny number"),
+    C("config-workers-cores", "config", ["--set", "train.num_workers=100000"], "cores"),
+    C("config-path-nul", "config", ["--set", "data.train.path=a\x00b"], "data.train.path: 'a\\x00b' contains a NUL"),
 ]
 
 TRAIN_CASES = [
@@ -360,6 +376,9 @@ TRAIN_CASES = [
     C("train-batch-too-big", "train", ["--config", "{ws}/c.yaml", "--set", "train.batch_size=20000",
                                        "--set", "output_dir={ws}/out"],
       "fewer than one global batch", {"c.yaml": GOOD_CONFIG}, category="huge/tiny number"),
+    C("train-output-fifo", "train", ["--config", "{ws}/c.yaml", "--set", "output_dir={ws}/fifo"],
+      "not a regular file", {"c.yaml": GOOD_CONFIG, "fifo": lambda ws, assets: os.mkfifo(ws / "fifo")},
+      category="path is a directory/file"),
 ]
 
 
@@ -601,6 +620,8 @@ PREDICT_CASES = [
       "clip_vit_h_14"),
     C("predict-model-mismatch", "predict", PREDICT + ["--image", "{asset:png}", "--model", "clip_vit_b_32"],
       "has shape", category="file from another version"),
+    C("predict-topk-arabic-digit", "predict", PREDICT + ["--image", "{asset:png}", "--top-k", "\u0663"],
+      "invalid int value", category="command line"),
 ]
 
 CONVERT_CASES = [
@@ -711,6 +732,12 @@ LAUNCHER_CASES = [
       category="wrong file"),
     C("launcher-merge-list", "launcher", ["merge", "{ws}/t.json", "-o", "{ws}/out.json"], "", {"t.json": "[1, 2]"},
       category="wrong file"),
+    C("launcher-run-port", "launcher", ["run", "--master-port", "70000", "--", "python", "-c", "0"],
+      "at most 65535"),
+    C("launcher-ranktable-output-dir", "launcher", ["ranktable", "--output", "{ws}"], "is a directory",
+      category="path is a directory/file"),
+    C("launcher-doctor-nproc-newline", "launcher", ["doctor", "--nproc", "2\n"], "invalid int value",
+      category="command line"),
 ]
 
 MIX = ["--alpha", "0.5", "{ws}/out.ckpt"]
