@@ -23,9 +23,11 @@ VERSION = "1.0"
 SERVER_CARDS = (8, 16)
 GROUP_SIZE = 4  # 8-card servers: chips 0-3 and 4-7 form two HCCS groups
 
-_INT = re.compile(r"^\d+$")
-_HALF_OPEN = re.compile(r"^\[\s*(\d+)\s*,\s*(\d+)\s*([)\]])$")
-_SPAN = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+# ASCII digits to the very end: \d takes other scripts' digits and $ a trailing newline, and int() takes both
+_INT = re.compile(r"[0-9]{1,9}\Z")
+_HALF_OPEN = re.compile(r"\[\s*([0-9]{1,9})\s*,\s*([0-9]{1,9})\s*([)\]])\Z")
+_SPAN = re.compile(r"([0-9]{1,9})\s*-\s*([0-9]{1,9})\Z")
+MAX_CHIPS = 1024  # far beyond any server's chips; a list of 10^11 ids would exhaust memory first
 
 
 def parse_devices(spec: str, what: str = "--device-num") -> list[int]:
@@ -39,6 +41,8 @@ def parse_devices(spec: str, what: str = "--device-num") -> list[int]:
         hi = hi if bracket.group(3) == ")" else hi + 1
         if hi <= lo:
             raise UserError(f"{what} {spec!r}: empty range (expected [first,end) with first < end)")
+        if hi - lo > MAX_CHIPS:
+            raise UserError(f"{what} {spec!r}: {hi - lo} chips, more than any server has (at most {MAX_CHIPS})")
         return list(range(lo, hi))
     if text.startswith("["):
         raise UserError(f"{what} {spec!r}: malformed range (expected [first,end) like [0,8))")
@@ -50,6 +54,8 @@ def parse_devices(spec: str, what: str = "--device-num") -> list[int]:
             lo, hi = int(span.group(1)), int(span.group(2))
             if hi < lo:
                 raise UserError(f"{what} {spec!r}: reversed span {item!r} (expected first-last with first <= last)")
+            if hi - lo + 1 + len(chips) > MAX_CHIPS:
+                raise UserError(f"{what} {spec!r}: more chips than any server has (at most {MAX_CHIPS})")
             chips.extend(range(lo, hi + 1))
         elif _INT.match(item):
             chips.append(int(item))

@@ -34,6 +34,8 @@ def test_parse_devices(spec, chips):
     ("", "empty device list"), ("[0,8", "malformed range"), ("[4,2)", "empty range"), ("[3,3)", "empty range"),
     ("a", "bad item 'a'"), ("0,,1", "bad item ''"), ("1,1", "device 1 listed twice"), ("7-4", "reversed span"),
     ("0-3,2", "device 2 listed twice"), ("-1", "bad item '-1'"),
+    ("\u0663", "bad item"), ("0,\uff11", "bad item"), ("[0,1000000000000)", "malformed range"),
+    ("[0,100000)", "than any server has"), ("0-99999", "than any server has"),
 ])
 def test_parse_devices_rejects(spec, fragment):
     with pytest.raises(UserError, match="--device-num") as info:
@@ -191,6 +193,17 @@ def broken(edit) -> list[str]:
     table = copy.deepcopy(valid_two_servers())
     edit(table)
     return ranktable.validate(table)
+
+
+def test_ids_are_ascii_digits_to_the_end():
+    """int() reads '\u0663' (Arabic-Indic three) and '0\\n'; a rank table's ids are ASCII digits only."""
+    def edit(device_id, rank_id):
+        def change(t):
+            t["server_list"][0]["device"][0].update(device_id=device_id, rank_id=rank_id)
+        return change
+
+    assert broken(edit("\u0663", "0")) and broken(edit("0", "0\n")) and broken(edit(" 0", "0"))
+    assert broken(edit("0", "0")) == []
 
 
 def test_validate_accepts_valid_and_reports_each_problem():
