@@ -145,3 +145,14 @@ def link_atomic(source: str, path: str) -> str:
         if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
     return path
+
+
+def leftover_temporaries(directory: str) -> list:
+    """The temporary files writes in `directory` left when their process was killed between creating and
+    renaming them (SIGKILL, power loss): every temporary name above is hidden and contains '.tmp'. Only for a
+    directory whose writers are known to be gone."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(os.path.join(directory, n) for n in names if n.startswith(".") and ".tmp" in n)

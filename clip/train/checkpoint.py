@@ -11,6 +11,7 @@ The learning rate is not stored: it is recomputed from the config.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Iterable, Optional
@@ -82,6 +83,21 @@ def save(params: list, output_dir: str, meta: dict, keep_last: int, architecture
     for name in to_prune(os.listdir(directory), keep_last):
         os.remove(os.path.join(directory, name))
     return final
+
+
+def remove_leftovers(output_dir: str) -> list[str]:
+    """Remove the temporary files a killed attempt of this run left in output_dir and its checkpoints (a
+    SIGKILL mid-save leaves a partial checkpoint under a hidden temporary name, which no later save would
+    replace, since the next one has another step's name); returns them. Rank 0 calls it before writing
+    anything: the launcher starts an attempt only once every process of the previous one is gone, and a
+    run's output_dir has no other writer."""
+    from launcher.safe_write import leftover_temporaries
+
+    removed = leftover_temporaries(output_dir) + leftover_temporaries(checkpoint_dir(output_dir))
+    for path in removed:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    return removed
 
 
 def load(path: str) -> tuple[dict, dict]:

@@ -129,6 +129,7 @@ def train(cfg: RunConfig) -> dict:
         if fresh_ema:
             ema.restart()
     if main_rank:
+        checkpoint.remove_leftovers(cfg.output_dir)  # a killed attempt's half-written files
         write_resolved(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         log = runlog.MetricsLog(cfg.output_dir, start if resume_from else None)
         board = runlog.TensorBoard(cfg.output_dir, start if resume_from else None, runlog.lr_groups(

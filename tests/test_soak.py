@@ -1,0 +1,100 @@
+"""The kill-anything soak (tests/soak_runs.py): a 2-rank job with --max-restarts, interrupted FAULTS times in
+a row at seeded random moments by SIGKILL of a random rank, SIGTERM to the launcher and a full disk during a
+checkpoint, each time restarted, ends exactly where the same job ends uninterrupted, and leaves no temporary
+file, held lock, /dev/shm name or process behind.
+
+The seed is new every run (more schedules over time) and printed with the schedule and the launchers' last
+lines whenever an assertion fails; `CLIP_SOAK_SEED=<seed>` replays that schedule.
+"""
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import soak_runs
+from training_runs import REPO, clean_env, losses, stored_arrays, train_command
+
+pytestmark = pytest.mark.processes
+
+# Every kind three times: what fits the suite's time budget (docs/launcher.md, "The kill-anything soak").
+FAULTS = 9
+
+
+@pytest.fixture(scope="module")
+def soak(tmp_path_factory):
+    base = tmp_path_factory.mktemp("soak")
+    seed = int(os.environ.get("CLIP_SOAK_SEED") or random.randrange(1 << 31))
+    faults = soak_runs.schedule(seed, FAULTS)
+    steps = soak_runs.total_steps(faults)
+    # The uninterrupted job runs beside the soak: both spend much of their start-up waiting for their clusters.
+    straight = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(soak_runs.WORLD), "--log-dir",
+         str(base / "straight" / "logs"), "--no-chdir", "--"] + train_command(
+            soak_runs.OVERRIDES + [f"train.max_steps={steps}", f"output_dir={base / 'straight'}"]),
+        cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shm_before = soak_runs.shm_names()
+    disk = soak_runs.SmallDisk(base / "disk")
+    run = soak_runs.Soak(seed, faults, base / "disk" / "run", base / "logs", disk)
+    try:
+        try:
+            run.run()
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{run.describe()}") from None
+        assert straight.wait(timeout=soak_runs.WAIT) == 0, "the uninterrupted job failed"
+        yield {"run": run, "straight": base / "straight", "base": base, "shm_before": shm_before,
+               "arrays": stored_arrays(run.out / "checkpoints" / "last.ckpt"), "losses": losses(run.out),
+               "checkpoints": sorted(os.listdir(run.out / "checkpoints")),
+               "leftovers": soak_runs.leftovers([run.out, run.logs]), "shm_after": soak_runs.shm_names()}
+    finally:
+        if straight.poll() is None:
+            straight.kill()
+            straight.wait()
+        disk.unmount()
+
+
+def test_every_fault_struck_and_the_job_recovered_from_each(soak):
+    run = soak["run"]
+    why = run.describe()
+    assert run.exit_code == 0, why
+    assert len(run.events) == FAULTS and all(e.struck is not None for e in run.events), why
+    assert {e.fault.kind for e in run.events} == set(soak_runs.KINDS), why
+    assert all(e.recovered is not None for e in run.events), why  # a later attempt trained again after each
+    full = [e for e in run.events if e.fault.kind == "disk_full"]
+    assert all(e.note == "(disk full reported)" for e in full), why
+    sigterms = sum(e.fault.kind == "sigterm" for e in run.events)
+    assert len(run.launches) == sigterms + 1, why  # every SIGTERM ended its launcher; a fresh one resumed
+
+
+def test_interrupted_job_ends_bit_identical_to_the_uninterrupted_one(soak):
+    """Every stored array, optimiser state and run position included, to the bit."""
+    straight = stored_arrays(soak["straight"] / "checkpoints" / "last.ckpt")
+    ended = soak["arrays"]
+    why = soak["run"].describe()
+    assert ended.keys() == straight.keys() and len(ended) > 20, why
+    differ = [k for k in ended if not np.array_equal(ended[k], straight[k])]
+    assert not differ, f"{len(differ)} arrays differ, first {differ[:3]}\n{why}"
+    assert soak["checkpoints"] == ["last.ckpt", f"step_{soak['run'].steps:08d}.ckpt"], why
+
+
+def test_metrics_read_like_one_run(soak):
+    """Each step once, with the uninterrupted run's loss. Not to the bit: a step that a resumed process
+    computes reports its loss up to 2 float32 ulps off (the parameters are bit-identical; docs/launcher.md)."""
+    straight, ended = losses(soak["straight"]), soak["losses"]
+    assert sorted(ended) == list(range(1, soak["run"].steps + 1)) == sorted(straight)
+    worst = max(abs(ended[s] - straight[s]) / abs(straight[s]) for s in straight)
+    assert worst <= 1e-6, f"loss off by {worst:.3g} relative\n{soak['run'].describe()}"
+
+
+def test_nothing_left_behind(soak):
+    """No temporary file in the output directory or the logs, no lock still held and no temporary in the
+    compile cache, no new /dev/shm name, no process of the job."""
+    why = soak["run"].describe()
+    cache = Path(os.environ["CLIP_COMPILE_CACHE_DIR"])
+    assert soak["leftovers"] == [], why
+    assert soak_runs.leftovers([cache]) == [] and soak_runs.held_locks(cache) == [], why
+    assert soak["shm_after"] - soak["shm_before"] == set(), why
+    assert soak_runs.processes_using(soak["base"]) == [], why
