@@ -18,8 +18,6 @@ import pytest
 import soak_runs
 from training_runs import REPO, clean_env, losses, stored_arrays, train_command
 
-pytestmark = pytest.mark.processes
-
 # Every kind three times: what fits the suite's time budget (docs/launcher.md, "The kill-anything soak").
 FAULTS = 9
 
@@ -56,6 +54,7 @@ def soak(tmp_path_factory):
         disk.unmount()
 
 
+@pytest.mark.processes
 def test_every_fault_struck_and_the_job_recovered_from_each(soak):
     run = soak["run"]
     why = run.describe()
@@ -69,6 +68,7 @@ def test_every_fault_struck_and_the_job_recovered_from_each(soak):
     assert len(run.launches) == sigterms + 1, why  # every SIGTERM ended its launcher; a fresh one resumed
 
 
+@pytest.mark.processes
 def test_interrupted_job_ends_bit_identical_to_the_uninterrupted_one(soak):
     """Every stored array, optimiser state and run position included, to the bit."""
     straight = stored_arrays(soak["straight"] / "checkpoints" / "last.ckpt")
@@ -80,6 +80,7 @@ def test_interrupted_job_ends_bit_identical_to_the_uninterrupted_one(soak):
     assert soak["checkpoints"] == ["last.ckpt", f"step_{soak['run'].steps:08d}.ckpt"], why
 
 
+@pytest.mark.processes
 def test_metrics_read_like_one_run(soak):
     """Each step once, with the uninterrupted run's loss. Not to the bit: a step that a resumed process
     computes reports its loss up to 2 float32 ulps off (the parameters are bit-identical; docs/launcher.md)."""
@@ -89,6 +90,7 @@ def test_metrics_read_like_one_run(soak):
     assert worst <= 1e-6, f"loss off by {worst:.3g} relative\n{soak['run'].describe()}"
 
 
+@pytest.mark.processes
 def test_nothing_left_behind(soak):
     """No temporary file in the output directory or the logs, no lock still held and no temporary in the
     compile cache, no new /dev/shm name, no process of the job."""
@@ -98,3 +100,20 @@ def test_nothing_left_behind(soak):
     assert soak_runs.leftovers([cache]) == [] and soak_runs.held_locks(cache) == [], why
     assert soak["shm_after"] - soak["shm_before"] == set(), why
     assert soak_runs.processes_using(soak["base"]) == [], why
+
+
+def test_a_killed_saves_temporaries_are_removed_and_nothing_else(tmp_path):
+    """What a SIGKILL mid-save leaves (safe_write's and link_atomic's hidden temporaries, and the '.tmp' MindSpore
+    derives from one) goes; the run's own files stay."""
+    from clip.train import checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    kept = [tmp_path / "config.yaml", tmp_path / "metrics.jsonl", ckpts / "last.ckpt", ckpts / "step_00000004.ckpt"]
+    left = [tmp_path / ".metrics.jsonl.k2j_x8.tmp.jsonl", ckpts / ".step_00000005.ckpt.9_d845is.tmp.ckpt",
+            ckpts / ".step_00000005.ckpt.9_d845is.tmp.ckpt.tmp", ckpts / ".last.ckpt.4242.tmp.ckpt"]
+    for path in kept + left:
+        path.write_bytes(b"x")
+    assert checkpoint.remove_leftovers(str(tmp_path)) == sorted(map(str, left[:1])) + sorted(map(str, left[1:]))
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
+    assert checkpoint.remove_leftovers(str(tmp_path)) == []
