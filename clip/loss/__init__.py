@@ -7,6 +7,8 @@ _EXPORTS = {
     "full_loss": "clip.loss.contrastive",
     "local_loss": "clip.loss.contrastive",
     "LOSS_MODES": "clip.loss.modes",
+    "LOSS_TYPES": "clip.loss.modes",
+    "SigmoidLoss": "clip.loss.sigmoid",
 }
 
 __all__ = list(_EXPORTS)
