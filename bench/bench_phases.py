@@ -1,7 +1,7 @@
 """Where one train step's time goes: forward, backward, gradient all-reduce, optimiser, host, for ours and open_clip.
 
     python bench/bench_phases.py [--presets clip_tiny clip_vit_b_32] [--batch 16] [--ranks 1 2]
-                                 [--out bench/results/phases.json]
+                                 [--locks none image] [--out bench/results/phases.json]
 
 Each phase of clip.train's step is compiled as its own graph (GRAPH_MODE) and timed alone on the same fixed
 inputs: forward (model + loss), forward+backward (gradients; backward = the difference), the mean all-reduce
@@ -11,7 +11,9 @@ and the host work of a step (numpy -> Tensor of the batch, and reading the loss 
 is timed too: the phases add up to more than it (separate graphs cannot share buffers) but show the
 proportions. 2 ranks run through the launcher with one core each (--bind-cores). open_clip (plain
 torch.optim.AdamW) is broken down the same way in the same run. Medians of --repeats; load averages are
-recorded.
+recorded. `--locks image` (LiT, `model.lock_image`) and `image_text` (both towers but their projections) also
+run every configuration with those towers locked, ours and open_clip's (`lock_image_tower`, `lock_text_tower`),
+and record how many gradient values each step computes and all-reduces.
 """
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ from bench_train import fake_batch, run  # noqa: E402
 from launcher.safe_write import write_json
 
 REPEATS = {"clip_tiny": 10, "clip_vit_b_32": 2}
+# --locks: LiT (the image tower locked) and both towers locked but their projections
+LOCKS = {"none": {}, "image": {"lock_image": True, "image_unlocked": 0},
+         "image_text": {"lock_image": True, "image_unlocked": 1, "lock_text": True, "text_unlocked": 1}}
 
 
 def timed(fn, repeats: int, before=None) -> float:
@@ -53,6 +58,7 @@ def mindspore_worker(args) -> None:
     from clip.config import load_config
     from clip.loss.contrastive import ContrastiveLoss, clamp_logit_scale
     from clip.model import create_model
+    from clip.model.groups import lock_towers
     from clip.parallel import distributed
     from clip.train import NetWithLoss, TrainStep
     from clip.train.optim import GradientUpdate, build_optimizer
@@ -62,6 +68,7 @@ def mindspore_worker(args) -> None:
     cfg = load_config(None, [f"model.name={args.preset}", f"train.batch_size={args.batch}", "train.lr=1e-4"])
     ms.set_seed(0)
     model = create_model(args.preset)
+    lock_towers(model, **LOCKS[args.lock])
     t = cfg.train
     optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
     lr = ms.Tensor(np.float32(t.lr))
@@ -128,8 +135,10 @@ def mindspore_worker(args) -> None:
     phases["backward"] = phases["forward_backward"] - phases["forward"]
     table = distributed.all_reduce_sum(np.array([phases[k] for k in sorted(phases)], np.float64)) / info.world_size
     if info.rank == 0:
-        out = {"ranks": info.world_size, "batch_per_rank": args.batch, "repeats": args.repeats,
-               "buckets": buckets, "seconds": {k: round(float(v), 4) for k, v in zip(sorted(phases), table)}}
+        out = {"ranks": info.world_size, "batch_per_rank": args.batch, "repeats": args.repeats, "lock": args.lock,
+               "buckets": buckets, "gradient_values": int(sum(p.size for p in weights)),
+               "parameters": int(sum(p.size for p in model.get_parameters())),
+               "seconds": {k: round(float(v), 4) for k, v in zip(sorted(phases), table)}}
         Path(args.result).write_text(json.dumps(out))
 
 
@@ -141,7 +150,12 @@ def openclip_worker(args) -> None:
 
     torch.manual_seed(0)
     model = openclip_anchor.create(args.preset).train()
-    opt = openclip_anchor.optimizer(model, fused=False)
+    lock = LOCKS[args.lock]
+    if lock.get("lock_image"):
+        model.lock_image_tower(unlocked_groups=lock["image_unlocked"])
+    if lock.get("lock_text"):
+        model.lock_text_tower(unlocked_layers=lock["text_unlocked"])
+    opt = openclip_anchor.optimizer(model, fused=False)  # a frozen parameter never has a gradient: no state
     loss_fn = openclip_anchor.import_open_clip().ClipLoss()
     images, tokens = fake_batch(get_config(args.preset), args.batch, seed=0)
     images, tokens = torch.from_numpy(images), torch.from_numpy(tokens).long()
@@ -170,20 +184,23 @@ def openclip_worker(args) -> None:
         out[str(threads)] = {"forward": round(fwd, 4), "backward": round(bwd, 4), "optimizer": round(optim, 4),
                              "step": round(whole, 4)}
     best = min(out, key=lambda k: out[k]["step"])
-    Path(args.result).write_text(json.dumps({"threads": int(best), "seconds": out[best], "by_threads": out}))
+    Path(args.result).write_text(json.dumps({"threads": int(best), "lock": args.lock, "seconds": out[best],
+                                             "gradient_values": sum(p.numel() for p in model.parameters()
+                                                                    if p.requires_grad),
+                                             "by_threads": out}))
 
 
-def measure(kind: str, preset: str, batch: int, ranks: int, repeats: int, workdir: Path) -> dict:
-    result = workdir / f"{kind}_{preset}_{ranks}.json"
+def measure(kind: str, preset: str, batch: int, ranks: int, repeats: int, workdir: Path, lock: str = "none") -> dict:
+    result = workdir / f"{kind}_{preset}_{ranks}_{lock}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), f"--{kind}-worker", "--preset", preset,
-           "--batch", str(batch), "--repeats", str(repeats), "--result", str(result)]
+           "--batch", str(batch), "--repeats", str(repeats), "--result", str(result), "--lock", lock]
     if ranks > 1:
         cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(ranks), "--bind-cores",
                "--log-dir", str(workdir / f"logs_{preset}_{ranks}"), "--no-chdir", "--"] + cmd
     run(cmd, timeout=3600)
     out = json.loads(result.read_text())
     out["load_avg"] = [round(x, 2) for x in os.getloadavg()]
-    print(f"{preset:14s} {kind:9s} ranks={ranks}: " +
+    print(f"{preset:14s} {kind:9s} ranks={ranks} lock={lock}: " +
           ", ".join(f"{k} {v:.4f}" for k, v in out["seconds"].items()) + f" (load {out['load_avg'][0]})", flush=True)
     return out
 
@@ -194,7 +211,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--ranks", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--locks", nargs="+", choices=list(LOCKS), default=["none"])
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "phases.json"))
+    parser.add_argument("--lock", choices=list(LOCKS), default="none", help=argparse.SUPPRESS)
     parser.add_argument("--mindspore-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--openclip-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
@@ -211,9 +230,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             repeats = args.repeats or REPEATS.get(preset, 5)
-            entry = {"open_clip": measure("openclip", preset, args.batch, 1, repeats, Path(tmp))}
-            for ranks in args.ranks:
-                entry[f"mindspore_{ranks}_rank"] = measure("mindspore", preset, args.batch, ranks, repeats, Path(tmp))
+            entry = {}
+            for lock in args.locks:
+                suffix = "" if lock == "none" else f"_lock_{lock}"
+                entry[f"open_clip{suffix}"] = measure("openclip", preset, args.batch, 1, repeats, Path(tmp), lock)
+                for ranks in args.ranks:
+                    entry[f"mindspore_{ranks}_rank{suffix}"] = measure("mindspore", preset, args.batch, ranks, repeats,
+                                                                       Path(tmp), lock)
             results["presets"][preset] = entry
     results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
