@@ -60,8 +60,8 @@ def digest(root: Path) -> dict:
     return out
 
 
-def run(module: str, argv: list, ws: Path) -> None:
-    """main(argv) in `ws`: exit code 2, one `error:` line, no traceback, nothing written."""
+def run(module: str, argv: list, ws: Path) -> str:
+    """main(argv) in `ws`: exit code 2, one `error:` line (returned), no traceback, nothing written."""
     main = importlib.import_module(module).main
     before = digest(ws)
     err, out = io.StringIO(), io.StringIO()
@@ -82,6 +82,7 @@ def run(module: str, argv: list, ws: Path) -> None:
     assert lines[0].isprintable(), lines[0]
     assert out.getvalue() == "", out.getvalue()
     assert digest(ws) == before, argv
+    return lines[0]
 
 
 # ---------------------------------------------------------------- wrong values for one config field
@@ -397,5 +398,68 @@ def test_every_argument_refuses_generated_mistakes(label, module, prefix, before
         else:
             argv = head + [value]
         run(module, argv, ws)
+
+    check()
+
+
+# ---------------------------------------------------------------- fields of a pack manifest (data.train: mindrecord)
+
+def _manifest() -> dict:
+    from clip.data.mindrecord import FORMAT, VERSION, shard_file
+
+    return {"format": FORMAT, "version": VERSION, "plan": {"type": "csv"}, "samples": 4,
+            "shards": [{"file": shard_file(0), "first": 0, "samples": 2, "bytes": 10, "sha256": "0" * 64},
+                       {"file": shard_file(1), "first": 2, "samples": 2, "bytes": 10, "sha256": "1" * 64}],
+            "unreadable": [[1, "b.jpg"]]}
+
+
+MANIFEST_FIELDS = {  # where in the manifest -> values `pack` never writes there
+    ("samples",): st.one_of(st.integers(max_value=-1), st.just(2**70), st.text(max_size=3), st.just(None)),
+    ("shards",): st.one_of(st.just([]), st.integers(), st.dictionaries(st.just("a"), st.integers(), max_size=1)),
+    ("shards", 0): st.one_of(st.integers(), st.text(max_size=3), st.lists(st.integers(), max_size=2)),
+    ("shards", 1, "file"): st.one_of(st.sampled_from(["../../etc/passwd", "/etc/passwd", "part-00000.mindrecord",
+                                                      "part-1.mindrecord", "a\x00b"]), st.integers()),
+    ("shards", 0, "first"): st.one_of(st.integers(min_value=1), st.integers(max_value=-1), st.just(True)),
+    ("shards", 1, "samples"): st.one_of(st.integers(max_value=-1), st.floats(), st.text(max_size=3)),
+    ("shards", 0, "bytes"): st.one_of(st.integers(max_value=-1), st.floats(), st.just(None)),
+    ("shards", 1, "sha256"): st.one_of(st.text(max_size=70), st.integers(), st.just("A" * 64)),
+    ("unreadable",): st.one_of(st.integers(), st.text(max_size=3), st.dictionaries(st.just("1"), st.just("x"))),
+    ("unreadable", 0): st.one_of(st.just([4, "x"]), st.just([-1, "x"]), st.just([0]), st.just([0, 1]),
+                                 st.integers(), st.just(["0", "x"])),
+}
+
+
+def _place(manifest: dict, where: tuple, value) -> dict:
+    node = manifest
+    for part in where[:-1]:
+        node = node[part]
+    node[where[-1]] = value
+    return manifest
+
+
+@pytest.mark.parametrize("where", list(MANIFEST_FIELDS), ids=[".".join(map(str, w)) for w in MANIFEST_FIELDS])
+def test_every_manifest_field_refuses_generated_mistakes(where, ws, tmp_path_factory):
+    """`python -m clip.train` with data.train a packed directory whose manifest field `where` is wrong: the one
+    line names the manifest and that field (checked before any shard is opened or anything written)."""
+    import json
+
+    from clip.data.mindrecord import MANIFEST
+
+    root = tmp_path_factory.mktemp("pack")
+    pack = root / "pack"
+    pack.mkdir()
+    config = root / "run.yaml"
+    config.write_text(f"data: {{train: {{type: mindrecord, path: '{pack}'}}, eval: null}}\n"
+                      f"output_dir: '{ws / 'out'}'\ntrain: {{num_workers: 1}}\n")
+
+    label = where[0] if where[0] == "unreadable" or len(where) == 1 else (
+        f"{where[0]}[{where[1]}]" + "".join(f".{p}" for p in where[2:]))
+
+    @SETTINGS
+    @given(value=MANIFEST_FIELDS[where])
+    def check(value):
+        (pack / MANIFEST).write_text(json.dumps(_place(_manifest(), where, value)))
+        line = run("clip.train.loop", ["--config", str(config)], ws)
+        assert f"{MANIFEST}: not a clip-mindrecord" in line and f"({label}" in line, line
 
     check()

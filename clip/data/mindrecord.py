@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -32,6 +33,50 @@ def shard_file(k: int) -> str:
     return f"part-{k:05d}.mindrecord"
 
 
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"key {next(k for k in keys if keys.count(k) > 1)!r} given twice")
+    return dict(pairs)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**62
+
+
+def manifest_problem(manifest: dict) -> Optional[str]:
+    """The first field of a manifest that is not what `pack` writes, or None: shard names are exactly
+    part-NNNNN.mindrecord (a name cannot lead out of the pack), counts are integers that add up, digests are
+    SHA-256, unreadable samples lie inside the pack and are named by text."""
+    samples, shards, unreadable = manifest.get("samples"), manifest.get("shards"), manifest.get("unreadable")
+    if not _count(samples):
+        return f"samples: {samples!r} is not a count"
+    if not isinstance(shards, list) or not shards:
+        return f"shards: {type(shards).__name__}, expected a non-empty list"
+    first = 0
+    for k, shard in enumerate(shards):
+        if not isinstance(shard, dict):
+            return f"shards[{k}]: {type(shard).__name__}, expected an object"
+        if shard.get("file") != shard_file(k):
+            return f"shards[{k}].file: {shard.get('file')!r}, expected {shard_file(k)!r}"
+        for key in ("first", "samples", "bytes"):
+            if not _count(shard.get(key)):
+                return f"shards[{k}].{key}: {shard.get(key)!r} is not a count"
+        if shard["first"] != first:
+            return f"shards[{k}].first: {shard['first']}, expected {first} (where shard {k - 1} ends)"
+        first += shard["samples"]
+        digest = shard.get("sha256")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            return f"shards[{k}].sha256: {digest!r} is not a SHA-256 hex digest"
+    if not isinstance(unreadable, list):
+        return f"unreadable: {type(unreadable).__name__}, expected a list"
+    for entry in unreadable:
+        if not (isinstance(entry, list) and len(entry) == 2 and _count(entry[0]) and entry[0] < samples
+                and isinstance(entry[1], str)):
+            return f"unreadable: {entry!r} is not [index below {samples}, name]"
+    return None
+
+
 def read_manifest(root: str) -> dict:
     path = os.path.join(root, MANIFEST)
     if not os.path.isfile(path):
@@ -39,12 +84,17 @@ def read_manifest(root: str) -> dict:
                         f"python -m clip.data.pack SRC {root} --format mindrecord)")
     try:
         with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+            manifest = json.load(f, object_pairs_hook=_unique_keys)
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a {type(manifest).__name__}, not an object")
         if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
             raise ValueError(f"format {manifest.get('format')!r} version {manifest.get('version')!r}")
-        shards, samples = manifest["shards"], int(manifest["samples"])
-        bad = {int(i): str(name) for i, name in manifest["unreadable"]}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        problem = manifest_problem(manifest)
+        if problem:
+            raise ValueError(problem)
+        shards, samples = manifest["shards"], manifest["samples"]
+        bad = {i: name for i, name in manifest["unreadable"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise UserError(f"{path}: not a {FORMAT} v{VERSION} manifest ({exc})") from None
     for shard in shards:
         for name in (shard["file"], shard["file"] + ".db"):
