@@ -56,6 +56,22 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+RANDOM_CHARS = 8  # what tempfile adds between prefix and suffix
+
+
+def temporary_affixes(directory: str, name: str, ext: str) -> tuple[str, str]:
+    """Prefix and suffix of `name`'s temporary file, cut so that the whole name fits the file system's limit
+    (NAME_MAX bytes): a valid 255-byte output name must not fail because its temporary name is longer."""
+    try:
+        limit = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    suffix = f".tmp{ext}" if len(os.fsencode(ext)) <= 16 else ".tmp"
+    room = limit - RANDOM_CHARS - len(os.fsencode(suffix)) - 2
+    stem = os.fsencode(name)[:max(room, 0)]
+    return f".{os.fsdecode(stem.decode('utf-8', 'ignore').encode('utf-8'))}.", suffix
+
+
 def write_with(path: str, writer: Callable[[str], None], mode: Optional[int] = 0o644) -> str:
     """Atomically create `path` by calling writer(temporary path) (for libraries that write to a path
     themselves). The temporary name keeps the extension, so format detection and '.ckpt' suffixes work."""
@@ -65,7 +81,8 @@ def write_with(path: str, writer: Callable[[str], None], mode: Optional[int] = 0
     tmp = None
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(full)}.", suffix=f".tmp{ext}")
+        prefix, suffix = temporary_affixes(directory, os.path.basename(full), ext)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
         os.close(fd)
         writer(tmp)
         if mode is not None:

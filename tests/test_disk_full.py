@@ -157,3 +157,12 @@ def test_user_error_names_the_reason_for_every_errno():
     assert reason(PermissionError(13, "Permission denied")) == "permission denied"
     assert reason(IsADirectoryError(21, "Is a directory")) == "is a directory"
     assert reason(RuntimeError("first line\nsecond")) == "first line"
+
+
+@pytest.mark.parametrize("name", ["a" * 255, "\u00e9" * 127, "w" * 250 + ".ckpt", "x." + "y" * 252])
+def test_an_output_name_of_the_longest_valid_length_is_written(tmp_path, name):
+    """The temporary name adds characters; it is cut so that a valid 255-byte output name still works."""
+    from launcher.safe_write import write_text
+
+    write_text(str(tmp_path / name), "kept\n")
+    assert os.listdir(tmp_path) == [name] and (tmp_path / name).read_text() == "kept\n"
