@@ -12,13 +12,13 @@ import psutil
 import pytest
 
 from launcher import worker
+from siglip_reference import converted_siglip_checkpoint
 from launcher.backends import dynamic
 
 from training_runs import (
     REPO,
     TINY,
     clean_env,
-    converted_gelu_checkpoint,
     finish_training,
     from_checkpoint,
     losses,
@@ -99,11 +99,12 @@ def test_resume_from_a_file_that_is_not_a_training_checkpoint_is_a_user_error(re
 
 @pytest.fixture(scope="module")
 def gelu_resumed(tmp_path_factory):
-    """From a converted open_clip GELU checkpoint (no model name): 6 steps straight, and stopped after 4 then
-    resumed, one process each (the first half side by side with the straight run)."""
+    """From a converted open_clip GELU checkpoint with a logit bias (no model name), trained with SigLIP's loss:
+    6 steps straight, and stopped after 4 then resumed, one process each (the first half side by side with the
+    straight run)."""
     base = tmp_path_factory.mktemp("resume_gelu")
-    overrides = from_checkpoint([o for o in TINY if not o.startswith("train.max_steps")] + STEPS,
-                                converted_gelu_checkpoint(base / "gelu"))
+    overrides = from_checkpoint([o for o in TINY if not o.startswith("train.max_steps")] + STEPS + ["loss.type=siglip"],
+                                converted_siglip_checkpoint(base / "gelu"))
     first = run_trainings({base / "straight": overrides, base / "split": overrides + ["train.stop_after=4"]})
     second = run_training(base / "split", 1, overrides + ["train.resume=auto"])
     return {"base": base, "first": first[base / "split"].stdout, "second": second.stdout, "overrides": overrides}
@@ -119,8 +120,9 @@ def test_run_from_a_converted_gelu_checkpoint_resumes_bit_identically(gelu_resum
     diff, key = max_param_diff(split, straight)
     assert diff == 0.0, f"{key} differs by {diff:.3g} after resuming"
     assert losses(base / "split") == losses(base / "straight")
-    gelu_start = model_params(gelu_resumed["base"] / "gelu" / "tiny_gelu.ckpt")
+    gelu_start = model_params(gelu_resumed["base"] / "gelu" / "tiny_siglip.ckpt")
     assert max_param_diff(gelu_start, straight)[0] > 0  # it trained
+    assert "logit_bias" in split and split["logit_bias"] != gelu_start["logit_bias"]  # SigLIP's bias, resumed too
 
 
 def test_resuming_with_another_architecture_is_refused_in_one_line(gelu_resumed):
@@ -129,7 +131,7 @@ def test_resuming_with_another_architecture_is_refused_in_one_line(gelu_resumed)
     out = gelu_resumed["base"] / "split"
     ckpt = out / "checkpoints" / "last.ckpt"
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
-    overrides = [o for o in gelu_resumed["overrides"] if not o.startswith("model.checkpoint=")]
+    overrides = [o for o in gelu_resumed["overrides"] if not o.startswith(("model.checkpoint=", "loss.type="))]
     cmd = train_command(overrides + ["model.name=clip_tiny", f"train.resume={ckpt}", f"output_dir={out}"])
     proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
