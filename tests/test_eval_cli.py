@@ -168,3 +168,16 @@ def test_shipped_cifar100_configs(repo_root, suffix, preset, weights):
     assert cfg.data.eval.templates is None  # the shipped 18 templates
     with pytest.raises(UserError, match=f"model.checkpoint: file 'checkpoints/{weights}.ckpt' does not exist"):
         load_config(path)
+
+
+def test_an_evaluation_over_no_image_is_an_error_and_writes_nothing(tmp_path, monkeypatch):
+    """Every image unreadable (or a rank's shard empty): 0 images is no accuracy, and no eval.json is written."""
+    from clip.api import app
+    from clip.config import load_config
+    from launcher.errors import UserError
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'out'}"])
+    monkeypatch.setattr(app, "run", lambda *a, **k: {"n": 0, "skipped": 3, "top1": 0.0})
+    with pytest.raises(UserError, match=r"no image was evaluated \(3 unreadable\)"):
+        app.evaluate_and_write(cfg, "zeroshot", None)
+    assert not (tmp_path / "out").exists()

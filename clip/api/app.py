@@ -324,6 +324,9 @@ def evaluate_and_write(cfg, task: str, checkpoint: Optional[str], sharded: bool 
     result = run(cfg, task, checkpoint, sharded, cache_dir)
     if result is None:
         return None
+    if result.get("n") == 0:  # an accuracy over nothing is not a result
+        raise UserError(f"{task}: no image was evaluated ({result.get('skipped', 0)} unreadable); "
+                        f"{path} not written")
     if weights_label is not None:
         result["checkpoint"] = weights_label
     if "worst" in result:
