@@ -463,3 +463,17 @@ def test_every_manifest_field_refuses_generated_mistakes(where, ws, tmp_path_fac
         assert f"{MANIFEST}: not a clip-mindrecord" in line and f"({label}" in line, line
 
     check()
+
+
+def test_a_refused_run_leaves_no_shard_index(tmp_path):
+    """WebDataset shards are indexed while data.train is checked; when a later check refuses the run (here
+    data.eval), no index is written beside the shards."""
+    from data_files import write_img2dataset_dir
+
+    write_img2dataset_dir(tmp_path / "shards", num_samples=6, per_shard=3, corrupt=-1, uncaptioned=-1)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {{train: {{type: webdataset, path: '{tmp_path / 'shards'}'}}, "
+                      f"eval: {{type: cifar100, path: '{tmp_path / 'no_cifar'}'}}}}\n"
+                      f"output_dir: '{tmp_path / 'out'}'\ntrain: {{batch_size: 2, num_workers: 1}}\n")
+    line = run("clip.train.loop", ["--config", str(config)], tmp_path)
+    assert "data.eval.path" in line and not list((tmp_path / "shards").glob("*.index"))

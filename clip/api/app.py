@@ -327,6 +327,9 @@ def evaluate_and_write(cfg, task: str, checkpoint: Optional[str], sharded: bool 
     if result.get("n") == 0:  # an accuracy over nothing is not a result
         raise UserError(f"{task}: no image was evaluated ({result.get('skipped', 0)} unreadable); "
                         f"{path} not written")
+    from clip.data.webdataset import write_pending_indexes
+
+    write_pending_indexes()  # shard indexes built while evaluating
     if weights_label is not None:
         result["checkpoint"] = weights_label
     if "worst" in result:

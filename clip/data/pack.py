@@ -18,6 +18,7 @@ import sys
 from typing import Optional
 
 from clip.data import build_train_source
+from clip.data.webdataset import write_pending_indexes
 from clip.data.base import CaptionSource, DatasetConfig, UnreadableImage, decode_image
 from clip.data.mindrecord import FORMAT, MANIFEST, SCHEMA, VERSION, read_manifest, shard_file
 from launcher.errors import ArgumentParser, UserError, exit_on_user_error, integer, path, text
@@ -163,6 +164,7 @@ def pack(cfg: DatasetConfig, out: str, shards: int) -> dict:
                             f"choose another directory or delete it")
         print(f"{out}: already packed ({n} samples in {shards} shards, sizes checked)", flush=True)
         return manifest
+    write_pending_indexes()  # the source's shard indexes, built while checking
     os.makedirs(out, exist_ok=True)
 
     from tqdm import tqdm

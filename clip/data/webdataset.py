@@ -130,18 +130,32 @@ def _stamp(shard: str) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+_PENDING: dict[str, dict] = {}  # index path -> index built by this process, not yet written
+
+
 def build_index(shard: str, target: str) -> dict:
+    """Scan the shard; the index is written by write_pending_indexes(), once every input has been checked, so
+    that a command refused later (data.eval, an earlier run in output_dir) leaves no file behind."""
     members, truncated = scan_tar(shard)
     index = {"version": INDEX_VERSION, "shard": os.path.basename(shard), **_stamp(shard),
              "truncated": truncated, "members": members}
-    write_json(target, index, indent=None)  # atomic: ranks building the same index at once each replace it whole
+    _PENDING[target] = index
     return index
+
+
+def write_pending_indexes() -> None:
+    """Write the indexes built so far (the caller's last check has passed)."""
+    while _PENDING:
+        target, index = _PENDING.popitem()
+        write_json(target, index, indent=None)  # atomic: ranks building the same index at once each replace it whole
 
 
 def load_index(shard: str, index_dir: Optional[str]) -> dict:
     """The shard's index, built on first use; an index whose size/mtime stamp differs from the shard is a
     UserError (the shard changed: delete the index to rebuild it)."""
     target = index_path(shard, index_dir)
+    if target in _PENDING and _PENDING[target]["size"] == os.path.getsize(shard):
+        return _PENDING[target]
     if not os.path.exists(target):
         if index_dir is None and not os.access(os.path.dirname(os.path.abspath(shard)), os.W_OK):
             raise UserError(f"{shard}: cannot write its index beside it (read-only directory); "

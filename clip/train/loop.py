@@ -22,6 +22,7 @@ from clip.config import RunConfig, add_config_arguments, load_config, to_dict, w
 from clip.data import build_train_source
 from clip.data.pipeline import steps_per_epoch as epoch_steps
 from clip.data.pipeline import train_batches
+from clip.data.webdataset import write_pending_indexes
 from clip.loss import sigmoid
 from clip.loss.contrastive import ContrastiveLoss
 from clip.model import create_model, model_name
@@ -128,6 +129,7 @@ def train(cfg: RunConfig) -> dict:
                             and not (fresh_ema and p.name.startswith("ema."))], stored, resume_from)
         if fresh_ema:
             ema.restart()
+    write_pending_indexes()  # the shard indexes built while checking: every check above has passed
     if main_rank:
         checkpoint.remove_leftovers(cfg.output_dir)  # a killed attempt's half-written files
         write_resolved(cfg, os.path.join(cfg.output_dir, "config.yaml"))
