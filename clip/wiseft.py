@@ -168,8 +168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = sweep(args.zero_shot, args.fine_tuned, alphas, cfg, args.task)
     from launcher.safe_write import write_text
 
-    title = (f"WiSE-FT: {os.path.basename(args.zero_shot)} (alpha 0) to {os.path.basename(args.fine_tuned)} "
-             f"(alpha 1), {args.task}")
+    title = f"WiSE-FT: {args.zero_shot} (alpha 0) to {args.fine_tuned} (alpha 1), {args.task}"
     write_text(paths[0], table_csv(rows))
     write_text(paths[1], table_md(rows, title))
     plot(rows, paths[2], title)

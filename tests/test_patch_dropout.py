@@ -1,5 +1,7 @@
 """Patch dropout (model.patch_dropout): open_clip's token count and placement, a draw that depends on the
 global sample position only (N cards == 1 card, resume exact), and no dropout in evaluation."""
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -68,12 +70,15 @@ def test_n_cards_equal_one_card_and_resume_is_bit_identical(tmp_path):
     that AdamW's first steps amplify (up to 1.4e-5, on one text_projection entry)."""
     overrides = [o for o in TINY if not o.startswith("train.max_steps")] + [
         "train.max_steps=4", "train.batch_size=8", "train.save_every=2", "model.patch_dropout=0.5"]
-    one = start_training(tmp_path / "one", overrides)  # side by side with the cluster
-    two = run_training(tmp_path / "two", 2, [o.replace("batch_size=8", "batch_size=4") for o in overrides])
-    finish_training(tmp_path / "one", one)
-    half = str(tmp_path / "one" / "checkpoints" / "step_00000002.ckpt")
-    resumed = run_training(tmp_path / "resumed", 1, [o for o in overrides if o != "train.resume=none"]
-                           + [f"train.resume={half}"])
+    one = start_training(tmp_path / "one", overrides)
+    with ThreadPoolExecutor(1) as pool:  # the cluster runs beside both one-card runs
+        cluster = pool.submit(run_training, tmp_path / "two", 2,
+                              [o.replace("batch_size=8", "batch_size=4") for o in overrides])
+        finish_training(tmp_path / "one", one)
+        half = str(tmp_path / "one" / "checkpoints" / "step_00000002.ckpt")
+        resumed = finish_training(tmp_path / "resumed", start_training(
+            tmp_path / "resumed", [o for o in overrides if o != "train.resume=none"] + [f"train.resume={half}"]))
+        two = cluster.result()
     straight = model_params(tmp_path / "one" / "checkpoints" / "last.ckpt")
     one_card, two_cards = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert max_param_diff(model_params(tmp_path / "resumed" / "checkpoints" / "last.ckpt"), straight)[0] == 0.0
