@@ -303,14 +303,15 @@ class Soak:
                        or launch.proc.poll() is not None, launch)
             self.disk.free()
             event.reported = launch.attempt_starts[-1][0]
-            failed = [line for _, line in launch.lines if "disk full" in line]
+            failed = [line for _, line in launch.lines[start_index:] if "disk full" in line]
             event.note = "(disk full reported)" if failed else "(failed otherwise)"
             return launch if launch.proc.poll() is None else self._relaunch(launch, event)
         launch.proc.send_signal(signal.SIGTERM)
         code = launch.finish(WAIT)
         event.note = f"(launcher exit {code})"
-        assert code in (worker.PREEMPTED_EXIT_CODE, 128 + signal.SIGTERM), \
-            f"SIGTERM to the launcher: exit code {code}, expected 75 (pre-empted) or 143 (during start-up)"
+        # 143: a worker got it before installing its handler; -15: the launcher itself had not installed its own
+        assert code in (worker.PREEMPTED_EXIT_CODE, 128 + signal.SIGTERM, -signal.SIGTERM), \
+            f"SIGTERM to the launcher: exit code {code}, expected 75 (pre-empted) or 143 / -15 (during start-up)"
         return self.launch()
 
     def _relaunch(self, launch: Launch, event: Event) -> Launch:
