@@ -47,7 +47,8 @@ class ModelConfig:
     lock_text: bool = False               # freeze the text tower
     # with lock_text: the last N of open_clip's text layer groups stay trainable
     lock_text_unlocked_layers: int = setting(0, ge=0)
-    patch_dropout: float = 0.0            # training drops this share of each image's patch tokens (FLIP); 0 = off
+    # training drops this share of each image's patch tokens (FLIP); 0 = off
+    patch_dropout: float = setting(0.0, ge=0, lt=1, hint="(the share of patch tokens dropped in training)")
 
 
 @dataclass
@@ -381,8 +382,6 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
         need(0 <= recompute <= most, "model.recompute",
              f"{recompute} blocks: {cfg.model.name} has {preset.vision_layers} vision and {preset.text_layers} text "
              f"blocks; expected true, false or 0..{most} (blocks per tower)")
-    need(0 <= cfg.model.patch_dropout < 1, "model.patch_dropout",
-         f"{cfg.model.patch_dropout} must be in [0, 1) (the share of patch tokens dropped in training)")
     need(cfg.loss.type != "siglip" or cfg.loss.mode in SIGLIP_MODES, "loss.mode",
          f"{cfg.loss.mode!r} is not one of {', '.join(SIGLIP_MODES)} (the modes of loss.type siglip)")
     need(t.resume in ("auto", "none") or os.path.isfile(t.resume), "train.resume",

@@ -118,10 +118,14 @@ def _number_problem(value: Union[int, float], spec: Spec, optional: bool) -> Opt
               and (spec.gt is None or value > spec.gt and stored > spec.gt))
     high = spec.le if spec.le is not None else (INT32_MAX if isinstance(value, int) and spec.lt is None else None)
     high_ok = (high is None or value <= high) and (spec.lt is None or value < spec.lt)
+    two = (spec.ge is not None or spec.gt is not None) and (spec.le is not None or spec.lt is not None)
+    why = f" ({spec.le_why})" if spec.le_why else ""
+    interval = (f"{shown(value)} must be in {'[' if spec.ge is not None else '('}"
+                f"{_num(spec.ge if spec.ge is not None else spec.gt)}, {_num(high if spec.lt is None else spec.lt)}"
+                f"{']' if spec.lt is None else ')'}{why}{or_null}{hint}") if two else ""
     if not low_ok:
-        if (spec.le is not None or spec.lt is not None) and spec.ge is not None:
-            close = "]" if spec.le is not None else ")"
-            return f"{shown(value)} must be in [{_num(spec.ge)}, {_num(spec.le if close == ']' else spec.lt)}{close}"
+        if two and spec.ge is not None:
+            return interval
         if spec.gt is not None:
             what = "positive" if spec.gt == 0 else f"greater than {_num(spec.gt)}"
             as_f32 = f" ({value!r} is {stored!r} as a float32)" if stored != value else ""
@@ -130,12 +134,12 @@ def _number_problem(value: Union[int, float], spec: Spec, optional: bool) -> Opt
             return f"{shown(value)} must not be negative{or_null}{hint}"
         return f"{shown(value)} must be at least {_num(spec.ge)}{or_null}{hint}"
     if not high_ok:
-        if spec.ge is not None and spec.lt is not None:
-            return f"{shown(value)} must be in [{_num(spec.ge)}, {_num(spec.lt)})"
+        if two:
+            return interval
         if spec.lt is not None:
-            return f"{shown(value)} must be less than {_num(spec.lt)}"
+            return f"{shown(value)} must be less than {_num(spec.lt)}{hint}"
         why = spec.le_why or ("the largest int32, what MindSpore's shapes and steps hold" if spec.le is None else "")
-        return f"{shown(value)} must be at most {_num(high)}" + (f" ({why})" if why else "")
+        return f"{shown(value)} must be at most {_num(high)}" + (f" ({why})" if why else "") + hint
     if spec.cores:
         cores = os.cpu_count() or 1
         if value > cores:
