@@ -169,3 +169,29 @@ def test_cli_user_errors(setup, tmp_path, args, message):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith(message.format(root=tmp_path)), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+
+
+def test_a_model_with_a_logit_bias_scores_each_label_by_its_own_sigmoid(setup):
+    """SigLIP: the probabilities its loss trains, sigmoid(exp(logit_scale) * cosine + logit_bias) per label,
+    independent of the other labels (they need not sum to 1)."""
+    import mindspore as ms
+
+    import clip
+    from clip.model import create_model
+    from clip.model.tokenizer import tokenize
+
+    ms.set_seed(4)
+    model = create_model("clip_tiny", init_logit_bias=-2.0, init_logit_scale=np.log(10.0))
+    model.set_train(False)
+    assert float(model.logit_bias.asnumpy()) == -2.0 and float(model.logit_scale.asnumpy()) == pytest.approx(np.log(10))
+    feats = model.encode_text(ms.Tensor(tokenize([TEMPLATE.format(lb) for lb in LABELS],
+                                                 model.config.context_length))).asnumpy().astype(np.float64)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    scores = np.stack([designed(i) for i in range(3)])
+    targets = determine(model, preprocess(setup["images"], model.config.image_size), feats, scores)
+    cosines = scores / np.linalg.norm(targets, axis=1, keepdims=True)
+    expected = 1 / (1 + np.exp(-(10.0 * cosines - 2.0)))
+    pipe = clip.pipeline("zero_shot_image_classification", model=model, candidate_labels=LABELS)
+    for i in range(3):
+        check(pipe(Image.fromarray(setup["images"][i])), i, expected)
+    assert abs(sum(p["score"] for p in pipe(Image.fromarray(setup["images"][0]))) - 1.0) > 0.1

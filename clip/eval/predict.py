@@ -1,7 +1,8 @@
 """Zero-shot prediction over candidate labels: `python -m clip.predict` and `clip.pipeline(...)`.
 
-Each label becomes a prompt through a template; an image's scores are the softmax over labels of
-exp(logit_scale) * cosine similarity, i.e. the probabilities the model was trained to produce.
+Each label becomes a prompt through a template; an image's scores are the probabilities the model was trained
+to produce: the softmax over labels of exp(logit_scale) * cosine similarity for a CLIP model, and for a model
+with a logit bias (SigLIP) each label's own sigmoid of exp(logit_scale) * cosine similarity + logit_bias.
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow for either sign."""
+    return np.exp(-np.logaddexp(0.0, -logits))
 
 
 def ranked(probs: np.ndarray, labels: Sequence[str], top_k: Optional[int]) -> list[dict]:
@@ -158,7 +164,11 @@ class ZeroShotImageClassificationPipeline:
         pixels = np.stack([self.transform(im) for im in images]).astype(np.float32)
         features = l2_normalize(encode_images(self.model, pixels, self.batch_size))
         scale = float(np.exp(self.model.logit_scale.asnumpy()))
-        return softmax(scale * features.astype(np.float64) @ self.label_features(labels, template).T)
+        logits = scale * features.astype(np.float64) @ self.label_features(labels, template).T
+        bias = getattr(self.model, "logit_bias", None)
+        if bias is not None:  # SigLIP: independent per-label probabilities, as its loss trained them
+            return sigmoid(logits + float(bias.asnumpy()))
+        return softmax(logits)
 
     def __call__(self, images, candidate_labels: Optional[Sequence[str]] = None,
                  template: Optional[str] = None, top_k: Optional[int] = None):
