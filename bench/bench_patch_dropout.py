@@ -1,6 +1,6 @@
 """Patch dropout's train-step speed-up (FLIP), ours and open_clip's side by side in one run.
 
-    python bench/bench_patch_dropout.py [--preset clip_vit_b_16] [--batch 8] [--steps 3] [--probs 0 0.5 0.75]
+    python bench/bench_patch_dropout.py [--preset clip_vit_b_16] [--layers N] [--batch 8] [--steps 3] [--probs 0 0.5 0.75]
 
 Ours: clip.train's compiled step (`build_train_step`, GRAPH_MODE, one rank) fed the kept-patch indices the
 loop draws (clip.model.patch_dropout, drawn inside the timed region as the loop does). The anchor: open_clip
@@ -9,7 +9,9 @@ probability, ClipLoss and torch.optim.AdamW, timed with every core and with one 
 so only one model's memory is held at a time; within a process the probabilities take turns. The first
 step (graph compilation) is reported apart and not timed. Inputs are fixed random tensors. Load averages
 are recorded (the machine is shared): read the speed-ups (each framework against itself at 0.0), which
-both frameworks measure under the same conditions, rather than absolute rates.
+both frameworks measure under the same conditions, rather than absolute rates. `--layers N` keeps the
+preset's shapes but N residual blocks per tower (both towers cut alike, so the image tower's share of the
+step, which patch dropout shrinks, stays about the full model's), for a machine too busy for the full model.
 """
 from __future__ import annotations
 
@@ -30,6 +32,15 @@ from bench_train import fake_batch, peak_rss_gb, run  # noqa: E402  (the train b
 from launcher.safe_write import write_json  # noqa: E402
 
 RESULT = REPO / "bench" / "results" / "patch_dropout_vit_b_16.json"
+
+
+def architecture(args):
+    import dataclasses
+
+    from clip.model.architectures import get_config
+
+    config = get_config(args.preset)
+    return dataclasses.replace(config, vision_layers=args.layers, text_layers=args.layers) if args.layers else config
 
 
 def timed(step, steps: int) -> tuple[float, float]:
@@ -61,7 +72,7 @@ def ours_worker(args) -> dict:
     info = distributed.init_from_env()
     t = load_config(None, [f"model.name={args.preset}", f"train.batch_size={args.batch}", "train.lr=1e-4"]).train
     ms.set_seed(0)
-    model = create_model(args.preset)
+    model = create_model(architecture(args))
     optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
     step_cell = build_train_step(t, model, ContrastiveLoss("local"), optimizer,
                                  distributed.grad_reducer(optimizer.parameters, info))
@@ -87,12 +98,11 @@ def open_clip_worker(args) -> dict:
     import torch
 
     import openclip_anchor
-    from clip.model.architectures import get_config
-
-    images, tokens = fake_batch(get_config(args.preset), args.batch, seed=0)
+    config = architecture(args)
+    images, tokens = fake_batch(config, args.batch, seed=0)
     images, tokens = torch.from_numpy(images), torch.from_numpy(tokens).long()
     torch.manual_seed(0)
-    model = openclip_anchor.create(args.preset).train()
+    model = openclip_anchor.create(args.preset, config if args.layers else None).train()
     step_fn = openclip_anchor.train_step(model, openclip_anchor.optimizer(model, fused=False))
     patch_dropout = openclip_anchor.import_open_clip().transformer.PatchDropout
     all_threads = torch.get_num_threads()
@@ -122,6 +132,7 @@ def speedups(side: dict, probs) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="clip_vit_b_16")
+    parser.add_argument("--layers", type=int, help="residual blocks per tower (default: the preset's)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--probs", type=float, nargs="+", default=[0.0, 0.5, 0.75])
@@ -140,12 +151,13 @@ def main() -> None:
         for side in ("ours", "open_clip"):
             result = Path(tmp) / f"{side}.json"
             run([sys.executable, __file__, "--worker", side, "--result", str(result), "--preset", args.preset,
-                 "--batch", str(args.batch), "--steps", str(args.steps), "--probs", *map(str, args.probs)],
+                 "--batch", str(args.batch), "--steps", str(args.steps), "--probs", *map(str, args.probs)]
+                + (["--layers", str(args.layers)] if args.layers else []),
                 timeout=3600)
             sides[side] = json.loads(result.read_text())
             print(side, json.dumps(sides[side]), flush=True)
     loads["after"] = os.getloadavg()
-    out = {"preset": args.preset, "batch": args.batch, "timed_steps": args.steps, "probs": args.probs,
+    out = {"preset": args.preset, "blocks_per_tower": args.layers or "all", "batch": args.batch, "timed_steps": args.steps, "probs": args.probs,
            "ours": sides["ours"], "open_clip": sides["open_clip"],
            "speedup_ours": speedups(sides["ours"], args.probs),
            "speedup_open_clip": speedups(sides["open_clip"], args.probs),

@@ -23,14 +23,15 @@ OPEN_CLIP_NAMES = {"clip_vit_b_32": "ViT-B-32-quickgelu", "clip_vit_b_16": "ViT-
                    "clip_vit_l_14": "ViT-L-14-quickgelu"}
 
 
-def create(preset: str):
-    """open_clip's CLIP with our preset's architecture (QuickGELU), random init, float32, train mode."""
+def create(preset: str, config=None):
+    """open_clip's CLIP with our preset's architecture (QuickGELU), random init, float32, train mode; `config`
+    (a CLIPConfig) builds those shapes instead (a preset cut to fewer blocks)."""
     open_clip = import_open_clip()
-    if preset in OPEN_CLIP_NAMES:
+    if preset in OPEN_CLIP_NAMES and config is None:
         model = open_clip.create_model(OPEN_CLIP_NAMES[preset], pretrained=None)
     else:
         from clip.model.architectures import get_config
-        c = get_config(preset)
+        c = config or get_config(preset)
         vision = open_clip.CLIPVisionCfg(layers=c.vision_layers, width=c.vision_width,
                                          head_width=c.vision_width // c.vision_heads,
                                          patch_size=c.patch_size, image_size=c.image_size)
