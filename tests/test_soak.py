@@ -18,6 +18,25 @@ import pytest
 import soak_runs
 from training_runs import REPO, clean_env, losses, stored_arrays, train_command
 
+
+# First in the module: the soak fixture's teardown (it unmounts its disk) then runs after a marked test.
+def test_a_killed_saves_temporaries_are_removed_and_nothing_else(tmp_path):
+    """What a SIGKILL mid-save leaves (safe_write's and link_atomic's hidden temporaries, and the '.tmp' MindSpore
+    derives from one) goes; the run's own files stay."""
+    from clip.train import checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    kept = [tmp_path / "config.yaml", tmp_path / "metrics.jsonl", ckpts / "last.ckpt", ckpts / "step_00000004.ckpt"]
+    left = [tmp_path / ".metrics.jsonl.k2j_x8.tmp.jsonl", ckpts / ".step_00000005.ckpt.9_d845is.tmp.ckpt",
+            ckpts / ".step_00000005.ckpt.9_d845is.tmp.ckpt.tmp", ckpts / ".last.ckpt.4242.tmp.ckpt"]
+    for path in kept + left:
+        path.write_bytes(b"x")
+    assert checkpoint.remove_leftovers(str(tmp_path)) == sorted(map(str, left[:1])) + sorted(map(str, left[1:]))
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
+    assert checkpoint.remove_leftovers(str(tmp_path)) == []
+
+
 # Every kind three times: what fits the suite's time budget (docs/launcher.md, "The kill-anything soak").
 FAULTS = 9
 
@@ -101,19 +120,3 @@ def test_nothing_left_behind(soak):
     assert soak["shm_after"] - soak["shm_before"] == set(), why
     assert soak_runs.processes_using(soak["base"]) == [], why
 
-
-def test_a_killed_saves_temporaries_are_removed_and_nothing_else(tmp_path):
-    """What a SIGKILL mid-save leaves (safe_write's and link_atomic's hidden temporaries, and the '.tmp' MindSpore
-    derives from one) goes; the run's own files stay."""
-    from clip.train import checkpoint
-
-    ckpts = tmp_path / "checkpoints"
-    ckpts.mkdir()
-    kept = [tmp_path / "config.yaml", tmp_path / "metrics.jsonl", ckpts / "last.ckpt", ckpts / "step_00000004.ckpt"]
-    left = [tmp_path / ".metrics.jsonl.k2j_x8.tmp.jsonl", ckpts / ".step_00000005.ckpt.9_d845is.tmp.ckpt",
-            ckpts / ".step_00000005.ckpt.9_d845is.tmp.ckpt.tmp", ckpts / ".last.ckpt.4242.tmp.ckpt"]
-    for path in kept + left:
-        path.write_bytes(b"x")
-    assert checkpoint.remove_leftovers(str(tmp_path)) == sorted(map(str, left[:1])) + sorted(map(str, left[1:]))
-    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
-    assert checkpoint.remove_leftovers(str(tmp_path)) == []
