@@ -121,3 +121,25 @@ def test_local_only_is_a_different_objective_and_bad_mode_is_one_line():
 
 def test_initial_values_are_open_clips():
     assert INIT_LOGIT_SCALE == pytest.approx(math.log(10)) and INIT_LOGIT_BIAS == -10.0
+
+
+def test_the_loss_asks_the_model_for_a_bias_and_a_checkpoint_keeps_its_own_values(tmp_path):
+    """A model without a bias gets one when SigLIP's loss asks (also from a CLIP checkpoint that has none), while
+    what a checkpoint holds wins: its logit_scale, and its bias once it has one."""
+    from clip.model import create_model
+
+    plain = create_model("clip_tiny")
+    assert not hasattr(plain, "logit_bias")
+    ms.save_checkpoint(plain, str(tmp_path / "clip.ckpt"))
+    fresh = create_model("clip_tiny", init_logit_bias=INIT_LOGIT_BIAS, init_logit_scale=INIT_LOGIT_SCALE)
+    assert float(fresh.logit_bias.asnumpy()) == -10.0
+    assert float(fresh.logit_scale.asnumpy()) == pytest.approx(math.log(10))
+    assert fresh.config.init_logit_bias == -10.0 and fresh.config.architecture()["init_logit_bias"] == -10.0
+    from_clip = create_model("clip_tiny", checkpoint=str(tmp_path / "clip.ckpt"), init_logit_bias=INIT_LOGIT_BIAS,
+                             init_logit_scale=INIT_LOGIT_SCALE)
+    assert float(from_clip.logit_bias.asnumpy()) == -10.0
+    assert float(from_clip.logit_scale.asnumpy()) == pytest.approx(math.log(1 / 0.07))
+    from_clip.logit_bias.set_data(Tensor(-7.5, ms.float32))
+    ms.save_checkpoint(from_clip, str(tmp_path / "siglip.ckpt"))
+    again = create_model("clip_tiny", checkpoint=str(tmp_path / "siglip.ckpt"), init_logit_bias=INIT_LOGIT_BIAS)
+    assert float(again.logit_bias.asnumpy()) == -7.5
