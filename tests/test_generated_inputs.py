@@ -188,6 +188,9 @@ def wrong_values(tp, spec: Spec, ws: Path):
         if typing.get_origin(a) is list:
             out.append(st.integers())
             out.append(st.lists(_bad_text(), min_size=1, max_size=2))
+            item = typing.get_args(a)[0]
+            if item in (int, float):  # items beyond the field's bounds
+                out.append(st.lists(st.one_of(_numbers_outside(spec, item is int, ws)), min_size=1, max_size=2))
             if spec.nonempty:
                 out.append(st.just([]))
             if spec.form is not None:
