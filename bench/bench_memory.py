@@ -3,6 +3,7 @@
     flock /tmp/heavy.lock python bench/bench_memory.py [--batches 16 32 64] [--accum 4] [--steps 3] [--grad-clip-norm X]
                                                        [--limit-gib 16] [--no-verify] [--quick]
                                                        [--train-mode graph|pynative] [--out FILE]
+                                                       [--locks image image_text [--model NAME]]
 
 Every configuration runs in a fresh process (so peaks do not mix) that builds the step exactly as
 clip.train does (create_model, recompute_blocks, build_optimizer, ContrastiveLoss, build_train_step:
@@ -26,6 +27,9 @@ CPU backend the compiled step's RSS also holds its IR and memory CPU kernels kee
 `--big` measures ViT-H-14 and ViT-bigG-14 at 1-2 blocks per tower and batches 4 and 8, fits each tower's per-block
 and per-sample cost and extrapolates linearly to the full depth (`big`, bench/results/memory_big.json; the
 per-card table in docs/training.md).
+`--locks image image_text` measures, instead, the plain step at each batch with towers locked beside the
+unlocked one (LiT: `model.lock_image`; both towers locked but their projections), each in its fresh process;
+`state` then counts the locked weights too (held, but without moments) (bench/results/memory_lock.json).
 `--quick` is a small smoke run of the same ViT-B/32 step (batches 4 8, K = 2, 1 timed step, no
 verification) written to bench/results/memory_quick.json.
 """
@@ -55,6 +59,9 @@ from launcher.safe_write import write_json  # noqa: E402
 
 PRESET = "clip_vit_b_32"
 GIB = 2 ** 30
+# --locks: LiT (the image tower locked) and both towers locked but their projections (bench_phases.py has the same)
+LOCKS = {"none": {}, "image": {"lock_image": True, "image_unlocked": 0},
+         "image_text": {"lock_image": True, "image_unlocked": 1, "lock_text": True, "text_unlocked": 1}}
 # Left free beside a verification run: the machine is shared, and running out of memory kills the job.
 HEADROOM_GIB = 1.0
 
@@ -112,6 +119,7 @@ def worker(args) -> None:
     from clip.loss.contrastive import ContrastiveLoss
     from clip.model import create_model
     from clip.model.architectures import get_config
+    from clip.model.groups import lock_towers
     from clip.parallel import distributed
     from clip.train import build_train_step
     from clip.train.precision import MODEL_DTYPE
@@ -130,6 +138,7 @@ def worker(args) -> None:
         architecture = replace(architecture, vision_layers=args.layers[0], text_layers=args.layers[1])
     model = create_model(architecture, dtype=MODEL_DTYPE[args.precision])
     marked = recompute_blocks(model, cfg.model.recompute)
+    lock_towers(model, **LOCKS[args.lock])
     optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
     step = build_train_step(t, model, ContrastiveLoss(cfg.loss.mode), optimizer,
                             distributed.grad_reducer(optimizer.parameters, info))
@@ -137,6 +146,7 @@ def worker(args) -> None:
     lr = ms.Tensor(np.float32(t.lr))
     # what the step keeps between steps: weights, AdamW moments and, when accumulating, the gradient sum
     held = {p.name: p for p in optimizer.get_parameters()}
+    held.update((p.name, p) for p in model.get_parameters())  # locked weights are held too
     held.update((p.name, p) for p in getattr(step, "sum", ()))
     state = sum(p.nbytes for p in held.values()) / GIB
     after_build = rss_gib()
@@ -153,7 +163,8 @@ def worker(args) -> None:
     Path(args.result).write_text(json.dumps({
         "model": args.model, "layers_per_tower": model.config.vision_layers, "precision": args.precision,
         "parameters": sum(p.size for p in model.get_parameters()), "batch": args.batch, "accum_steps": args.accum, "global_batch": args.batch * args.accum,
-        "recompute": args.recompute, "recomputed_blocks": marked, "steps": args.steps, "state_gib": round(state, 3),
+        "recompute": args.recompute, "recomputed_blocks": marked, "lock": args.lock,
+        "trainable_parameters": sum(p.size for p in optimizer.parameters), "steps": args.steps, "state_gib": round(state, 3),
         "rss_after_build_gib": round(after_build, 3), "peak_rss_after_first_step_gib": round(after_first, 3),
         "peak_rss_gib": round(peak, 3), "step_increment_gib": round(peak - after_build, 3),
         "first_step_s": round(first, 2), "step_s": round(statistics.median(times), 3) if times else None,
@@ -164,15 +175,16 @@ def worker(args) -> None:
 
 def measure(batch: int, steps: int, workdir: Path, recompute: bool = False, accum: int = 1,
             train_mode: str = "graph", grad_clip_norm: float = 0.0, model: str = PRESET, layers: tuple = (),
-            precision: str = "fp32") -> dict:
+            precision: str = "fp32", lock: str = "none") -> dict:
     """One configuration in a fresh process; its result plus the load average."""
-    name = f"{'recompute' if recompute else 'plain'}_{batch}" + (f"_x{accum}" if accum > 1 else "")
+    name = f"{'recompute' if recompute else 'plain'}_{batch}" + (f"_x{accum}" if accum > 1 else "") + (
+        f"_lock_{lock}" if lock != "none" else "")
     if layers:
         name = f"{model}_{precision}_v{layers[0]}_t{layers[1]}_{name}"
     result = workdir / f"{name}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--batch", str(batch), "--accum", str(accum),
            "--steps", str(steps), "--train-mode", train_mode, "--result", str(result),
-           "--grad-clip-norm", str(grad_clip_norm), "--model", model, "--precision", precision] + \
+           "--grad-clip-norm", str(grad_clip_norm), "--model", model, "--precision", precision, "--lock", lock] + \
         (["--layers", *[str(n) for n in layers]] if layers else []) + (["--recompute"] if recompute else [])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_"))}
     env.update(GLOG_v="3", MS_DEV_RUNTIME_CONF="memory_statistics:True")
@@ -350,6 +362,30 @@ def big(args) -> int:
     return 0
 
 
+def locked(args) -> int:
+    """The plain step at each batch unlocked and with each of `args.locks`, and the savings against unlocked."""
+    results = {"machine": machine(), "preset": args.model, "precision": "fp32", "mode": args.train_mode, "processes": 1,
+               "steps": args.steps, "unit": "GiB (2**30 bytes); state = weights (locked ones included) + moments",
+               "locks": {k: LOCKS[k] for k in ["none"] + args.locks}, "runs": {}, "saved": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in sorted(set(args.batches)):
+            base = results["runs"][f"plain_{batch}"] = measure(batch, args.steps, Path(tmp), train_mode=args.train_mode,
+                                                               model=args.model)
+            for lock in args.locks:
+                run = results["runs"][f"plain_{batch}_lock_{lock}"] = measure(batch, args.steps, Path(tmp),
+                                                                              train_mode=args.train_mode, lock=lock,
+                                                                              model=args.model)
+                results["saved"][f"plain_{batch}_lock_{lock}"] = {
+                    key: round(base[key] - run[key], 3) for key in ("state_gib", "peak_rss_gib", "pool_peak_gib",
+                                                                    "card_total_gib") if base.get(key) is not None
+                    and run.get(key) is not None} | {"step_time_ratio": round(run["step_s"] / base["step_s"], 3)}
+    results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    write_json(args.out, results, indent=2)
+    print(json.dumps(results["saved"], indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def machine() -> dict:
     return {"cpus": psutil.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
             "memory_gib": round(psutil.virtual_memory().total / GIB, 1)}
@@ -370,8 +406,11 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--big", action="store_true",
                         help="ViT-H-14 and ViT-bigG-14 at 1 and 2 blocks per tower (BIG_POINTS), written to "
                              "bench/results/memory_big.json")
+    parser.add_argument("--locks", nargs="+", choices=[k for k in LOCKS if k != "none"], default=None,
+                        help="measure the plain step with these towers locked beside the unlocked one")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--model", default=PRESET, help=argparse.SUPPRESS)
+    parser.add_argument("--lock", choices=list(LOCKS), default="none", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=PRESET, help="with --locks: the model measured (default ViT-B/32)")
     parser.add_argument("--layers", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -381,7 +420,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     if args.quick:
         args.batches, args.accum, args.steps, args.no_verify = [4, 8], 2, 1, True
     name = "memory" + ("_pynative" if args.train_mode == "pynative" else "") + ("_quick" if args.quick else "") + \
-        ("_big" if args.big else "")
+        ("_big" if args.big else "") + ("_lock" if args.locks else "")
     args.out = args.out or str(REPO / "bench" / "results" / f"{name}.json")
     return args
 
@@ -393,6 +432,8 @@ def main() -> int:
         return 0
     if args.big:
         return big(args)
+    if args.locks:
+        return locked(args)
     batches = sorted(set(args.batches))
     results = {"machine": machine(), "preset": PRESET, "precision": "fp32", "mode": args.train_mode, "processes": 1,
                "steps": args.steps, "grad_clip_norm": args.grad_clip_norm, "unit": "GiB (2**30 bytes); peak_rss = ru_maxrss of the worker process; pool_peak = peak in use of "

@@ -19,6 +19,7 @@ from training_runs import (
     function_part,
     losses,
     run_training,
+    run_trainings,
     start_training,
     stored_arrays,
 )
@@ -53,16 +54,17 @@ def runs(tmp_path_factory):
     run_training(base / "pretrain", 1, PRETRAIN + [f"model.name={model}"])
     start = base / "pretrain" / "checkpoints" / "last.ckpt"
     overrides = FINETUNE + folder_overrides(folder) + [f"model.checkpoint={start}"]
-    single = {"straight": start_training(base / "straight", overrides + ["train.batch_size=16"]),
-              "split": start_training(base / "split", overrides + ["train.batch_size=16", f"train.stop_after={STOP}"])}
+    # two single processes side by side, then the resumed half beside the cluster: two cores kept busy
+    done = run_trainings({base / "straight": overrides + ["train.batch_size=16"],
+                          base / "split": overrides + ["train.batch_size=16", f"train.stop_after={STOP}"]})
+    done = {path.name: proc for path, proc in done.items()}
+    second = start_training(base / "split", overrides + ["train.batch_size=16", "train.resume=auto"])
     try:
         run_training(base / "w2", 2, overrides + ["train.batch_size=8"])
-        done = {name: finish_training(base / name, proc) for name, proc in single.items()}
+        resumed = finish_training(base / "split", second)
     finally:
-        for proc in single.values():
-            if proc.poll() is None:
-                proc.kill()
-    resumed = run_training(base / "split", 1, overrides + ["train.batch_size=16", "train.resume=auto"])
+        if second.poll() is None:
+            second.kill()
     return {"base": base, "start": stored_arrays(start), "folder": folder, "first": done["split"].stdout,
             "second": resumed.stdout, "straight_out": done["straight"].stdout,
             **{name: stored_arrays(base / name / "checkpoints" / "last.ckpt") for name in ("straight", "split", "w2")}}
