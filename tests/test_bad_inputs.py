@@ -303,6 +303,7 @@ CONFIG_CASES = [
     C("config-batch-memory", "config", ["--set", "train.batch_size=2000000000"], "more than this machine's",
       category="huge/tiny number"),
     C("config-workers-cores", "config", ["--set", "train.num_workers=100000"], "cores"),
+    C("config-output-invalid-utf8", "config", ["--set", "output_dir=runs/\udcff\udcfe"], "is not valid UTF-8"),
     C("config-path-nul", "config", ["--set", "data.train.path=a\x00b"], "data.train.path: 'a\\x00b' contains a NUL"),
 ]
 
@@ -842,7 +843,7 @@ def test_catalogue_covers_every_command_and_category():
 
 # ---------------------------------------------------------------- a few as real processes
 
-SUBPROCESS_CASES = ["config-bad-flag", "predict-image-truncated", "convert-stride0-terabytes", "eval-json-is-directory"]
+SUBPROCESS_CASES = ["config-bad-flag", "config-output-invalid-utf8", "predict-image-truncated", "convert-stride0-terabytes", "eval-json-is-directory"]
 
 
 @pytest.mark.processes
