@@ -8,7 +8,8 @@ One run per configuration, shared by all checks; 24 samples / global batch 8 = 3
 no model name) against its own one-card run, so the guarantee covers that architecture without another cluster.
 Three SigLIP runs (`loss.type=siglip`, from a converted open_clip checkpoint with a logit bias) on 1 card, 2 cards
 and 1 card x 4 micro-batches end where open_clip's SigLipLoss + torch AdamW end on the same batches, within the
-noise floor that open_clip in float32 vs float64 measures (tests/siglip_reference.py).
+noise floor that open_clip in float32 vs float64 measures (tests/siglip_reference.py); a fourth, in fp16, stays
+within float16's distance of it.
 Four runs repeat native ones under the stock device profile (CLIP_PROFILE=stock: what Ascend and GPU run) on 1
 and 2 ranks, with and without accumulation; they must end within a few times the noise floor that the native
 runs' different splits of the same global batch measure.
