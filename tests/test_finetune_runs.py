@@ -1,7 +1,7 @@
 """Fine-tuning runs: a small model trained on the built-in shapes, then fine-tuned LiT-style on another captioned
 set (the shapes' colours named in French, tests/finetune_data.py) with every fine-tuning option on at once:
-the image tower locked but its projection (model.lock_image_unlocked_groups 1), the text tower locked but its
-embeddings' successors (model.lock_text_unlocked_layers 3), layer-wise lr decay, per-tower rates and an EMA.
+the image tower locked but its projection (model.lock_image_unlocked_groups 1), the text tower locked in its
+embeddings only (model.lock_text_unlocked_layers 3), layer-wise lr decay, per-tower rates and an EMA.
 
 One fine-tuning run straight through, the same stopped and resumed (one process each, so bit-identical), and
 the same on a 2-worker cluster at the same global batch (within float noise). The straight run must reach a
