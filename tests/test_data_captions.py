@@ -74,5 +74,5 @@ def test_missing_table_is_a_user_error(tmp_path):
 
 def test_unknown_dataset_type_lists_the_choices():
     with pytest.raises(UserError, match="'coco' is not a caption dataset \\(expected one of shapes, flickr8k, csv, "
-                                        "cifar100, imagefolder, webdataset, mindrecord\\)"):
+                                        "cifar100, imagefolder, webdataset, mindrecord, clip_benchmark\\)"):
         build_train_source(DatasetConfig(type="coco"))
