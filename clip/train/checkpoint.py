@@ -4,7 +4,8 @@ A checkpoint holds the model parameters under their OpenAI names (so `create_mod
 `clip.eval` and `clip.predict` load it directly), the optimiser state (`adam_m.*`, `adam_v.*`,
 `global_step`), the position of the run (`step`, `epoch`, `step_in_epoch`, `global_batch`, `seed`), the
 training `precision` and, in fp16, the loss scaler's state (`loss_scale`, `loss_scale_good_steps`,
-`skipped_steps`, `skipped_in_a_row`).
+`skipped_steps`, `skipped_in_a_row`), and with `train.ema_decay` the moving averages of the trainable weights
+(`ema.*`, clip.train.ema).
 The model's architecture is stored too (JSON, clip.model.weights; files written before it have none), so a
 checkpoint alone builds its model and a resume with another model is refused.
 The learning rate is not stored: it is recomputed from the config.

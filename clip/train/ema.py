@@ -17,10 +17,6 @@ from mindspore import ParameterTuple, Tensor, nn, ops
 PREFIX = "ema"
 
 
-def stored_name(name: str) -> str:
-    return f"{PREFIX}.{name}"
-
-
 class EMA(nn.Cell):
     """Calling it applies one update; `swapped()` puts the averages into the model for the duration."""
 
