@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import psutil
+from training_runs import REPO, TINY, clean_env, train_command
 
 from launcher import worker
 from launcher.backends import dynamic
 from launcher.plan import attempt_log_dir
-
-from training_runs import REPO, TINY, clean_env, train_command
 
 KINDS = ("kill", "sigterm", "disk_full")
 WORLD = 2
@@ -110,9 +109,9 @@ class Event:
 class Launch:
     """One launcher invocation; its console (stdout and stderr together) read line by line with times."""
 
-    def __init__(self, cmd: list, log_dir: Path, max_restarts: int):
+    def __init__(self, cmd: list, log_dir: Path, max_restarts: int, env: dict):
         self.log_dir, self.max_restarts = log_dir, max_restarts
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, errors="replace")
         self.lines: List[tuple] = []
         self.attempt_starts = [(time.monotonic(), 0)]  # (time, index into lines) of each attempt
@@ -215,6 +214,11 @@ class Soak:
     def steps(self) -> int:
         return total_steps(self.faults)
 
+    @property
+    def cache(self) -> Path:
+        """The job's own compile cache, beside its logs (the uninterrupted job uses it too)."""
+        return self.logs.parent / "compile-cache"
+
     def launch(self) -> Launch:
         log_dir = self.logs / f"launch_{len(self.launches)}"
         restarts = len(self.faults) + 2
@@ -222,7 +226,7 @@ class Soak:
                "--max-restarts", str(restarts), "--grace-period", str(GRACE), "--preempt-grace", str(PREEMPT_GRACE),
                "--log-dir", str(log_dir), "--no-chdir", "--tee", "0", "--"] + train_command(
             OVERRIDES + [f"train.max_steps={self.steps}", f"output_dir={self.out}"])
-        self.launches.append(Launch(cmd, log_dir, restarts))
+        self.launches.append(Launch(cmd, log_dir, restarts, soak_env(self.cache)))
         return self.launches[-1]
 
     def saving(self) -> bool:
@@ -352,8 +356,26 @@ def held_locks(folder: Path) -> List[str]:
     return held
 
 
+def soak_env(cache: Path) -> dict:
+    """The job's environment with a compile cache of its own: the suite runs other modules beside this one
+    (pytest-xdist), whose runs may hold the shared cache's locks at any moment."""
+    return {**clean_env(), "CLIP_COMPILE_CACHE_DIR": str(cache)}
+
+
 def shm_names() -> set:
     return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def orphaned(names: set) -> set:
+    """The /dev/shm names among `names` that no live process has open or mapped: what a killed job leaves
+    behind, unlike the live segments of whatever else runs on the machine meanwhile."""
+    held = set()
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            held.update(os.path.basename(m.path) for m in proc.memory_maps(grouped=True)
+                        if m.path.startswith("/dev/shm/"))
+            held.update(os.path.basename(f.path) for f in proc.open_files() if f.path.startswith("/dev/shm/"))
+    return {name for name in names if os.path.exists(f"/dev/shm/{name}") and name not in held}
 
 
 def processes_using(path: Path) -> List[str]:

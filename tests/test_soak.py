@@ -3,20 +3,20 @@ a row at seeded random moments by SIGKILL of a random rank, SIGTERM to the launc
 checkpoint, each time restarted, ends exactly where the same job ends uninterrupted, and leaves no temporary
 file, held lock, /dev/shm name or process behind.
 
-The seed is new every run (more schedules over time) and printed with the schedule and the launchers' last
-lines whenever an assertion fails; `CLIP_SOAK_SEED=<seed>` replays that schedule.
+The seed is fixed, so that CI strikes the same schedule every time and a failure reproduces; it is printed
+with the schedule and the launchers' last lines whenever an assertion fails. `CLIP_SOAK_SEED=<seed>` runs
+another schedule (any seed must pass). The job has a compile cache of its own and counts only /dev/shm names
+that no live process holds, so modules that run beside it (pytest-xdist) cannot make it fail.
 """
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 import soak_runs
-from training_runs import REPO, clean_env, losses, stored_arrays, train_command
+from training_runs import REPO, losses, stored_arrays, train_command
 
 
 # First in the module: the soak fixture's teardown (it unmounts its disk) then runs after a marked test.
@@ -39,12 +39,13 @@ def test_a_killed_saves_temporaries_are_removed_and_nothing_else(tmp_path):
 
 # Every kind three times: what fits the suite's time budget (docs/launcher.md, "The kill-anything soak").
 FAULTS = 9
+SEED = 48
 
 
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory):
     base = tmp_path_factory.mktemp("soak")
-    seed = int(os.environ.get("CLIP_SOAK_SEED") or random.randrange(1 << 31))
+    seed = int(os.environ.get("CLIP_SOAK_SEED") or SEED)
     faults = soak_runs.schedule(seed, FAULTS)
     steps = soak_runs.total_steps(faults)
     # The uninterrupted job runs beside the soak: both spend much of their start-up waiting for their clusters.
@@ -52,7 +53,7 @@ def soak(tmp_path_factory):
         [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(soak_runs.WORLD), "--log-dir",
          str(base / "straight" / "logs"), "--no-chdir", "--"] + train_command(
             soak_runs.OVERRIDES + [f"train.max_steps={steps}", f"output_dir={base / 'straight'}"]),
-        cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=REPO, env=soak_runs.soak_env(base / "compile-cache"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shm_before = soak_runs.shm_names()
     disk = soak_runs.SmallDisk(base / "disk")
     run = soak_runs.Soak(seed, faults, base / "disk" / "run", base / "logs", disk)
@@ -114,9 +115,9 @@ def test_nothing_left_behind(soak):
     """No temporary file in the output directory or the logs, no lock still held and no temporary in the
     compile cache, no new /dev/shm name, no process of the job."""
     why = soak["run"].describe()
-    cache = Path(os.environ["CLIP_COMPILE_CACHE_DIR"])
+    cache = soak["run"].cache
     assert soak["leftovers"] == [], why
     assert soak_runs.leftovers([cache]) == [] and soak_runs.held_locks(cache) == [], why
-    assert soak["shm_after"] - soak["shm_before"] == set(), why
+    assert soak_runs.orphaned(soak["shm_after"] - soak["shm_before"]) == set(), why
     assert soak_runs.processes_using(soak["base"]) == [], why
 
