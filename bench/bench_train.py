@@ -24,6 +24,16 @@ profile (CPU's default), the same step of the code at commit `--before` (checked
 `git worktree`, its own bench worker run from there), the stock profile (`CLIP_PROFILE=stock`, what Ascend
 and GPU run), and open_clip with plain and fused AdamW. The MindSpore runs alternate for `--rounds`
 rounds and the best of each counts; results go to bench/results/profiles_<preset>.json with the CPU model.
+
+    python bench/bench_train.py --paired [--before 3cdb81d] [--pairs 16] --presets clip_vit_b_32 --batch 8
+
+is the load-insensitive form of the native-vs-before comparison: separate runs see different loads on a
+shared machine, so their ratio carries the load's drift. Here the native profile and the code at `--before`
+each compile the step once in a live process (`--step-server`, the before tree's clip package on its
+PYTHONPATH), then step in turn, one step each, in ABBA order, so the two steps of a pair see nearly the same
+load. Reported: the median and quartiles of the per-pair ratios (before's step time over native's, so > 1
+means native is faster), in wall time and in each process's CPU time, and how many pairs native won;
+results go to bench/results/paired_<preset>.json.
 """
 from __future__ import annotations
 
@@ -39,8 +49,6 @@ from pathlib import Path
 from typing import Optional
 
 import psutil
-
-from launcher.safe_write import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = {"clip_tiny": 30, "clip_vit_b_32": 3}
@@ -271,6 +279,135 @@ def compare(preset: str, batch: int, steps: int, workdir: Path) -> dict:
     }
 
 
+def build_step(preset: str, batch: int):
+    """The bench's 1-rank step and its inputs from the clip package on sys.path: this tree's, or, for
+    `--paired`, the flat layout of the code before the device profiles (commit 3cdb81d)."""
+    import mindspore as ms
+    import numpy as np
+
+    from clip.config import load_config
+    from clip.loss import ContrastiveLoss
+    from clip.model import create_model
+    from clip.train import TrainStep
+    try:
+        from clip.parallel import distributed
+        from clip.train.optim import build_optimizer
+    except ImportError:
+        from clip import distributed
+        from clip.optim import build_optimizer
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    info = distributed.init_from_env()
+    cfg = load_config(None, [f"model.name={preset}", f"train.batch_size={batch}", "train.lr=1e-4"])
+    ms.set_seed(0)
+    model = create_model(preset)
+    t = cfg.train
+    optimizer = build_optimizer(model, t.optimizer, t.weight_decay, t.beta1, t.beta2, t.eps)
+    step = TrainStep(model, ContrastiveLoss("local"), optimizer, distributed.grad_reducer(optimizer.parameters, info))
+    images, tokens = fake_batch(model.config, batch, seed=0)
+    return step, (ms.Tensor(images), ms.Tensor(tokens), ms.Tensor(np.float32(t.lr)))
+
+
+REPLY = "step-server "  # prefix of the server's replies on stdout (MindSpore may print there too)
+
+
+def step_server(args) -> None:
+    """Compile the step, then run one step per `step` line on stdin; each reply is one JSON line with the
+    step's wall time and this process's CPU time (all threads) over it."""
+    step, inputs = build_step(args.preset, args.batch)
+    start = time.perf_counter()
+    step(*inputs)[0].asnumpy()
+    print(REPLY + json.dumps({"compile_s": round(time.perf_counter() - start, 2)}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        wall, cpu = time.perf_counter(), time.process_time()
+        step(*inputs)[0].asnumpy()
+        print(REPLY + json.dumps({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}),
+              flush=True)
+
+
+class StepServer:
+    """A live `--step-server` process running the code of `code` (this tree or a worktree)."""
+
+    def __init__(self, preset: str, batch: int, code: Path, extra_env: dict):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK_", "DEVICE_", "CLIP_PROFILE"))}
+        env.update({"GLOG_v": "3", **extra_env})
+        if code != REPO:
+            env["PYTHONPATH"] = str(code)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "bench_train.py"), "--step-server", "--preset", preset,
+             "--batch", str(batch)], cwd=code, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True)
+
+    def reply(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+        raise RuntimeError(f"step server exited with {self.proc.wait()}")
+
+    def step(self) -> dict:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return self.reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # interrupted in the middle of a long step
+                self.proc.kill()
+                self.proc.wait()
+
+
+def quartiles(values: list) -> dict:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return {"median": round(statistics.median(values), 3), "q1": round(q[0], 3), "q3": round(q[2], 3),
+            "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def compare_paired(preset: str, batch: int, pairs: int, workdir: Path, before: str) -> dict:
+    """Native profile vs the code at `before`, stepping in turn (ABBA) in two live processes."""
+    tree = workdir / "before"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), before], cwd=REPO, check=True,
+                   capture_output=True, text=True)
+    servers = {}
+    try:
+        servers = {"native": StepServer(preset, batch, REPO, {"CLIP_PROFILE": "native"}),
+                   "before": StepServer(preset, batch, tree, {})}
+        compile_s = {name: server.reply()["compile_s"] for name, server in servers.items()}
+        for server in servers.values():  # one untimed step each: first-run allocations
+            server.step()
+        steps: dict = {"native": [], "before": []}
+        loads = []
+        for i in range(pairs):
+            for name in (("native", "before") if i % 2 == 0 else ("before", "native")):
+                steps[name].append(servers[name].step())
+            loads.append(round(os.getloadavg()[0], 2))
+            print(f"pair {i}: native {steps['native'][-1]['wall_s']:.3f} s, before {steps['before'][-1]['wall_s']:.3f} s "
+                  f"(load {loads[-1]})", flush=True)
+    finally:
+        for server in servers.values():
+            server.close()
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+    out = {"before_commit": before, "batch": batch, "pairs": pairs, "compile_s": compile_s, "load_avg_1min": loads,
+           "step_s": {name: [round(s["wall_s"], 4) for s in runs] for name, runs in steps.items()},
+           "cpu_s": {name: [round(s["cpu_s"], 4) for s in runs] for name, runs in steps.items()}}
+    for kind in ("wall_s", "cpu_s"):
+        ratios = [b[kind] / n[kind] for n, b in zip(steps["native"], steps["before"])]
+        out[f"ratio_native_vs_before_{kind[:-2]}"] = quartiles(ratios)
+        out[f"native_faster_pairs_{kind[:-2]}"] = sum(r > 1 for r in ratios)
+        for name, runs in steps.items():
+            out[f"median_{kind}_{name}"] = round(statistics.median(s[kind] for s in runs), 4)
+    out["samples_per_s_median"] = {name: round(batch / out[f"median_wall_s_{name}"], 2) for name in steps}
+    wall = out["ratio_native_vs_before_wall"]
+    print(f"{preset}: native/before (speed, per pair) median {wall['median']} [q1 {wall['q1']}, q3 {wall['q3']}], "
+          f"native faster in {out['native_faster_pairs_wall']}/{pairs}; CPU time median "
+          f"{out['ratio_native_vs_before_cpu']['median']}", flush=True)
+    return out
+
+
 def cpu_model() -> str:
     """The CPU's name from /proc/cpuinfo (ratios differ a lot between hosts), else what platform knows."""
     import platform
@@ -329,6 +466,9 @@ def main() -> int:
     parser.add_argument("--profiles", action="store_true", help="native vs stock profile vs the code at --before")
     parser.add_argument("--before", default="3cdb81d", help="the commit the native profile is compared with")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--paired", action="store_true", help="native vs the code at --before, stepping in turn")
+    parser.add_argument("--pairs", type=int, default=16, help="step pairs of --paired")
+    parser.add_argument("--step-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mindspore-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--openclip-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--openclip-ddp-worker", action="store_true", help=argparse.SUPPRESS)
@@ -338,6 +478,9 @@ def main() -> int:
     if args.mindspore_worker:
         mindspore_worker(args)
         return 0
+    if args.step_server:
+        step_server(args)
+        return 0
     if args.openclip_worker:
         openclip_worker(args)
         return 0
@@ -345,7 +488,7 @@ def main() -> int:
         openclip_ddp_worker(args)
         return 0
 
-    if args.profiles:
+    if args.profiles or args.paired:
         return profiles_main(args)
     results = {"machine": {"cpus": psutil.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
                            "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1)},
@@ -356,6 +499,7 @@ def main() -> int:
     results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out) if args.out else default_out(args.presets)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from launcher.safe_write import write_json
     write_json(str(out), results, indent=2)
     print(f"wrote {out}")
     return 0
@@ -368,12 +512,17 @@ def profiles_main(args) -> int:
                "command": " ".join(["python", "bench/bench_train.py"] + sys.argv[1:]), "presets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
-            results["presets"][preset] = compare_profiles(preset, args.batch, args.steps or STEPS.get(preset, 5),
-                                                          Path(tmp), args.before, args.rounds)
+            if args.paired:
+                results["presets"][preset] = compare_paired(preset, args.batch, args.pairs, Path(tmp), args.before)
+            else:
+                results["presets"][preset] = compare_profiles(preset, args.batch, args.steps or STEPS.get(preset, 5),
+                                                              Path(tmp), args.before, args.rounds)
     results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    name = RESULT_FILES.get(args.presets[0], "train.json").replace("train", "profiles") \
-        if len(args.presets) == 1 else "profiles.json"
+    kind = "paired" if args.paired else "profiles"
+    name = RESULT_FILES.get(args.presets[0], "train.json").replace("train", kind) \
+        if len(args.presets) == 1 else f"{kind}.json"
     out = Path(args.out) if args.out else RESULTS / name
+    from launcher.safe_write import write_json
     write_json(str(out), results, indent=2)
     print(f"wrote {out}")
     return 0

@@ -86,6 +86,9 @@ class AdamW(nn.Cell):
         super().__init__(auto_prefix=False)
         self.parameters = ParameterTuple(params)
         self.lr_scales = tuple(Tensor(s, ms.float32) for s in (lr_scales or [1.0] * len(params)))
+        # Without per-parameter rates every Adam reads the schedule's rate itself: a product per parameter
+        # would add two scalar kernels per parameter to every step (docs/benchmarks.md, device profiles).
+        self.scaled = any(float(s) != 1.0 for s in (lr_scales or []))
         self.moments1 = self.parameters.clone(prefix="adam_m", init="zeros")
         self.moments2 = self.parameters.clone(prefix="adam_v", init="zeros")
         self.learning_rate = Parameter(Tensor(0.0, ms.float32), name="learning_rate", requires_grad=False)
@@ -107,18 +110,26 @@ class AdamW(nn.Cell):
         ops.assign(self.global_step, step)
         t = step.astype(ms.float32)[0]
         lr = self.learning_rate
+        rates = self.hyper_map(ops.partial(_times, lr), self.lr_scales) if self.scaled else \
+            (lr,) * len(self.lr_scales)
         beta1_power = ops.pow(self.beta1, t)
         beta2_power = ops.pow(self.beta2, t)
         eps = self.eps * ops.sqrt(self.one - beta2_power)
         if factor is None:
-            return self.hyper_map(ops.partial(_adamw, self.adam, self.descend, beta1_power, beta2_power, lr,
+            return self.hyper_map(ops.partial(_adamw, self.adam, self.descend, beta1_power, beta2_power,
                                               self.beta1, self.beta2, eps, self.weight_decay),
-                                  self.parameters, self.moments1, self.moments2, gradients, self.decay_flags,
-                                  self.lr_scales)
-        return self.hyper_map(ops.partial(_adamw_scaled, self.adam, self.descend, beta1_power, beta2_power, lr,
+                                  self.parameters, self.moments1, self.moments2, gradients, self.decay_flags, rates)
+        return self.hyper_map(ops.partial(_adamw_scaled, self.adam, self.descend, beta1_power, beta2_power,
                                           self.beta1, self.beta2, eps, self.weight_decay, factor),
-                              self.parameters, self.moments1, self.moments2, gradients, self.decay_flags,
-                              self.lr_scales)
+                              self.parameters, self.moments1, self.moments2, gradients, self.decay_flags, rates)
+
+
+_times = ops.MultitypeFuncGraph("times")
+
+
+@_times.register("Tensor", "Tensor")
+def _lr_times(lr, scale):
+    return lr * scale
 
 
 _adamw = ops.MultitypeFuncGraph("adamw")
@@ -126,19 +137,19 @@ _adamw_scaled = ops.MultitypeFuncGraph("adamw_scaled")
 
 
 @_adamw_scaled.register("Function", "Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                        "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Tensor")
-def _adamw_update_scaled(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, weight_decay, factor, param,
-                         m, v, gradient, decay, lr_scale):
+                        "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Tensor")
+def _adamw_update_scaled(adam, descend, beta1_power, beta2_power, beta1, beta2, eps, weight_decay, factor, param,
+                         m, v, gradient, decay, lr):
     # the product is made as its update runs, so no second set of gradients exists at once
-    return _adamw_step(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, weight_decay, param, m, v,
-                       gradient * factor.astype(gradient.dtype), decay, lr_scale)
+    return _adamw_step(adam, descend, beta1_power, beta2_power, beta1, beta2, eps, weight_decay, param, m, v,
+                       gradient * factor.astype(gradient.dtype), decay, lr)
 
 
 @_adamw.register("Function", "Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                 "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Tensor")
-def _adamw_step(adam, descend, beta1_power, beta2_power, lr, beta1, beta2, eps, weight_decay, param, m, v, gradient,
-                decay, lr_scale):
-    lr = lr * lr_scale  # exact for the scale 1 of a run without per-parameter rates
+                 "Tensor", "Tensor", "Tensor", "Bool", "Tensor")
+def _adamw_step(adam, descend, beta1_power, beta2_power, beta1, beta2, eps, weight_decay, param, m, v, gradient,
+                decay, lr):
+    """One parameter's step at its own rate `lr`."""
     if decay:
         decay_lr = lr * weight_decay
         param = ops.depend(param, descend(param, decay_lr, param))  # p <- p - lr*wd*p, before the Adam step
