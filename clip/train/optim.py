@@ -110,26 +110,32 @@ class AdamW(nn.Cell):
         ops.assign(self.global_step, step)
         t = step.astype(ms.float32)[0]
         lr = self.learning_rate
-        rates = self.hyper_map(ops.partial(_times, lr), self.lr_scales) if self.scaled else \
-            (lr,) * len(self.lr_scales)
+        if self.scaled:
+            rates = self.hyper_map(ops.partial(_times, lr), self.lr_scales)
+            decay_rates = self.hyper_map(ops.partial(_times, self.weight_decay), rates)
+        else:
+            rates = (lr,) * len(self.lr_scales)
+            decay_rates = (lr * self.weight_decay,) * len(self.lr_scales)
         beta1_power = ops.pow(self.beta1, t)
         beta2_power = ops.pow(self.beta2, t)
         eps = self.eps * ops.sqrt(self.one - beta2_power)
         if factor is None:
             return self.hyper_map(ops.partial(_adamw, self.adam, self.descend, beta1_power, beta2_power,
-                                              self.beta1, self.beta2, eps, self.weight_decay),
-                                  self.parameters, self.moments1, self.moments2, gradients, self.decay_flags, rates)
+                                              self.beta1, self.beta2, eps),
+                                  self.parameters, self.moments1, self.moments2, gradients, self.decay_flags, rates,
+                                  decay_rates)
         return self.hyper_map(ops.partial(_adamw_scaled, self.adam, self.descend, beta1_power, beta2_power,
-                                          self.beta1, self.beta2, eps, self.weight_decay, factor),
-                              self.parameters, self.moments1, self.moments2, gradients, self.decay_flags, rates)
+                                          self.beta1, self.beta2, eps, factor),
+                              self.parameters, self.moments1, self.moments2, gradients, self.decay_flags, rates,
+                              decay_rates)
 
 
 _times = ops.MultitypeFuncGraph("times")
 
 
 @_times.register("Tensor", "Tensor")
-def _lr_times(lr, scale):
-    return lr * scale
+def _times_tensor(a, b):
+    return a * b
 
 
 _adamw = ops.MultitypeFuncGraph("adamw")
@@ -137,21 +143,20 @@ _adamw_scaled = ops.MultitypeFuncGraph("adamw_scaled")
 
 
 @_adamw_scaled.register("Function", "Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                        "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Tensor")
-def _adamw_update_scaled(adam, descend, beta1_power, beta2_power, beta1, beta2, eps, weight_decay, factor, param,
-                         m, v, gradient, decay, lr):
+                        "Tensor", "Tensor", "Tensor", "Bool", "Tensor", "Tensor")
+def _adamw_update_scaled(adam, descend, beta1_power, beta2_power, beta1, beta2, eps, factor, param, m, v, gradient,
+                         decay, lr, decay_lr):
     # the product is made as its update runs, so no second set of gradients exists at once
-    return _adamw_step(adam, descend, beta1_power, beta2_power, beta1, beta2, eps, weight_decay, param, m, v,
-                       gradient * factor.astype(gradient.dtype), decay, lr)
+    return _adamw_step(adam, descend, beta1_power, beta2_power, beta1, beta2, eps, param, m, v,
+                       gradient * factor.astype(gradient.dtype), decay, lr, decay_lr)
 
 
 @_adamw.register("Function", "Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                 "Tensor", "Tensor", "Tensor", "Bool", "Tensor")
-def _adamw_step(adam, descend, beta1_power, beta2_power, beta1, beta2, eps, weight_decay, param, m, v, gradient,
-                decay, lr):
-    """One parameter's step at its own rate `lr`."""
+                 "Tensor", "Tensor", "Bool", "Tensor", "Tensor")
+def _adamw_step(adam, descend, beta1_power, beta2_power, beta1, beta2, eps, param, m, v, gradient, decay, lr,
+                decay_lr):
+    """One parameter's step at its own rate `lr` (`decay_lr` = lr * weight_decay)."""
     if decay:
-        decay_lr = lr * weight_decay
         param = ops.depend(param, descend(param, decay_lr, param))  # p <- p - lr*wd*p, before the Adam step
     adam(param, m, v, beta1_power, beta2_power, lr, beta1, beta2, eps, gradient.astype(param.dtype))
     return True
