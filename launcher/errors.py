@@ -50,7 +50,11 @@ class ArgumentParser(argparse.ArgumentParser):
     """
 
     def error(self, message):
-        print(f"error: {one_line(self.prog)}: {one_line(message)}", file=sys.stderr)
+        line = f"{one_line(self.prog)}: {one_line(message)}"
+        from launcher import worker  # a usage mistake on a rank is that rank's recorded failure, like any other
+
+        worker.write_error_file(UserError(line))
+        print(f"error: {line}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT_CODE)
 
 
@@ -85,7 +89,8 @@ def path_problem(path: str, kind: str):
       file, dir, path      must exist: a readable regular file, a directory, either;
       maybe_file, input    may be missing (the reader names what it expected); if present, a readable regular
                            file (maybe_file) or either (input);
-      output_file          not a directory, in a directory that exists and can be written;
+      output_file          not a directory; its directory exists or is creatable (the writers create it), as
+                           for output_dir;
       output_dir           a directory, or creatable: no file on the way, the nearest existing one writable.
     Never a FIFO, socket or device: opening one blocks or never ends."""
     problem = text_problem(path)
@@ -113,7 +118,7 @@ def path_problem(path: str, kind: str):
             return f"{shown(path)} is a file, expected a directory"
         parent = os.path.dirname(os.path.abspath(path))
         existing = parent
-        while kind == "output_dir" and not os.path.lexists(existing):
+        while not os.path.lexists(existing):
             existing = os.path.dirname(existing)
         if not os.path.lexists(existing):
             return f"{shown(path)}: the directory {shown(existing)} does not exist"

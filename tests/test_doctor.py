@@ -117,4 +117,4 @@ def test_doctor_reports_each_failure(files, clean_env):
 @pytest.mark.processes
 def test_doctor_bad_arguments(files, clean_env):
     proc = run_doctor(files, clean_env, "--nproc", "0")
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: --nproc 0: expected a positive number of workers"
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: python -m launcher doctor: argument --nproc: 0 must be at least 1"

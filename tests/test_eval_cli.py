@@ -73,7 +73,8 @@ def test_eval_script_writes_designed_accuracy_and_worst_classes(setup, repo_root
 @pytest.mark.processes
 @pytest.mark.parametrize("args, message", [
     (["--set", "data.eval.path=/nonexistent/cifar"], "error: data.eval.path: dataset directory '/nonexistent/cifar' does not exist"),
-    (["--checkpoint", "/nonexistent/w.ckpt"], "error: --checkpoint '/nonexistent/w.ckpt' does not exist"),
+    (["--checkpoint", "/nonexistent/w.ckpt"],
+     "error: python -m clip.eval: argument --checkpoint: '/nonexistent/w.ckpt' does not exist"),
     (["--set", "data.eval.splitt=test"], "error: --set data.eval.splitt=test: unknown key 'data.eval.splitt'"),
     (["--set", "data.eval.split=dev"],
      "error: data.eval.split: 'dev' is not a CIFAR-100 split (expected test or train; val means test)"),

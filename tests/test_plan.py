@@ -185,12 +185,12 @@ def test_dry_run_ascend_with_merged_table_picks_this_servers_devices(env, tmp_pa
 
 @pytest.mark.processes
 @pytest.mark.parametrize("args, message", [
-    (["-n", "0", "--", "sh"], "--nproc 0: expected at least 1"),
+    (["-n", "0", "--", "sh"], "argument -n/--nproc/--nproc-per-node/--nproc_per_node: 0 must be at least 1"),
     (["-n", "2"], "no command to run"),
     (["--tee", "5", "-n", "2", "--", "sh"], "--tee '5': rank 5 is not in 0..1"),
     (["--nnodes", "2", "--", "sh"], "--nnodes 2: pass --master-port"),
     (["--nnodes", "2", "--master-port", "29400", "--", "sh"], "--nnodes 2: pass --master-addr"),
-    (["--max-restarts", "-1", "--", "sh"], "--max-restarts -1"),
+    (["--max-restarts", "-1", "--", "sh"], "argument --max-restarts: -1 must not be negative"),
     (["--", "no_such_program_xyz", "train.py"], "command 'no_such_program_xyz': not found"),
     (["--backend", "ascend", "--rank-table", "missing.json", "--", "sh"], "missing.json"),
 ])

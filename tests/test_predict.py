@@ -153,12 +153,12 @@ def test_cli_json_over_a_directory_and_script_table(setup, tmp_path, repo_root):
 
 @pytest.mark.processes
 @pytest.mark.parametrize("args, message", [
-    (["--image", "{root}/nope.png"], "error: image '{root}/nope.png' does not exist"),
+    (["--image", "{root}/nope.png"], "error: python -m clip.predict: argument --image: '{root}/nope.png' does not exist"),
     (["--image", "{root}/junk.png"], "error: image '{root}/junk.png' cannot be read"),
     (["--labels", "cat,,dog"], "error: --labels: ['cat', '', 'dog'] must be a non-empty list"),
     (["--labels", "cat,dog,cat"], "error: --labels: label 'cat' is given twice"),
     (["--template", "a photo"], "error: --template 'a photo': expected a text with exactly one '{{}}'"),
-    (["--top-k", "0"], "error: --top-k 0: expected a positive integer"),
+    (["--top-k", "0"], "error: python -m clip.predict: argument --top-k: 0 must be at least 1"),
 ], ids=["missing", "unreadable", "empty-label", "duplicate", "template", "top-k"])
 def test_cli_user_errors(setup, tmp_path, args, message):
     (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")

@@ -142,12 +142,15 @@ def test_missing_converted_weights_error_names_the_file_and_the_command(workspac
 @pytest.mark.parametrize("args, message", [
     (["--run_mode", "fit"], "error: python -m clip: argument --run_mode: invalid choice: 'fit'"),
     (["--run_mode", "predict"], "error: --run_mode predict needs --predict_data PATH"),
-    (["--run_mode", "eval", "--predict_data", "x.png"], "error: --predict_data applies to --run_mode predict only"),
-    (["--run_mode", "train", "--config", "missing.yaml"], "error: config file 'missing.yaml' does not exist"),
-    (["--run_mode", "train", "--train_dataset_dir", "/no/flickr"], "error: --train_dataset_dir '/no/flickr' does not"),
+    # README.md: a file that exists (the runs start in the repository), so the check after the path's runs
+    (["--run_mode", "eval", "--predict_data", "README.md"], "error: --predict_data applies to --run_mode predict only"),
+    (["--run_mode", "train", "--config", "missing.yaml"],
+     "error: python -m clip: argument --config: 'missing.yaml' does not exist"),
+    (["--run_mode", "train", "--train_dataset_dir", "/no/flickr"],
+     "error: python -m clip: argument --train_dataset_dir: '/no/flickr' does not exist"),
     (["--run_mode", "predict", "--predict_data", "/no/cat.png", "--candidate_labels", "cat,dog"],
-     "error: image '/no/cat.png' does not exist"),
-    (["--run_mode", "predict", "--predict_data", "a.png", "--candidate_labels", "cat,,dog"],
+     "error: python -m clip: argument --predict_data: '/no/cat.png' does not exist"),
+    (["--run_mode", "predict", "--predict_data", "README.md", "--candidate_labels", "cat,,dog"],
      "error: --candidate_labels: ['cat', '', 'dog'] must be a non-empty list"),
 ])
 def test_user_mistakes_are_one_line_with_exit_code_2(args, message, tmp_path):
