@@ -69,6 +69,21 @@ def _is_xdist_worker(config) -> bool:
     return hasattr(config, "workerinput")
 
 
+# The modules that take longest, longest first (measured with --durations): the two workers take modules in
+# collection order, so starting with these leaves the many short ones to fill in at the end instead of one
+# long module running alone after everything else finished.
+LONGEST_FIRST = ("test_equivalence", "test_soak", "test_demo", "test_resume", "test_finetune_runs",
+                 "test_compile_cache", "test_accumulate", "test_data_formats", "test_precision", "test_eval_cli",
+                 "test_patch_dropout", "test_run_cluster", "test_distributed", "test_diagnosis", "test_eval_benchmark")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Longest modules first; the order inside each module stays as written (its fixtures rely on it)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    position = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.module.__name__, len(rank)), position[id(item)]))
+
+
 # ---------------------------------------------------------------- the process guard
 
 _guarded = None  # the unmarked test item whose phase is running, else None
