@@ -112,7 +112,7 @@ class Digits(str):
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    """SafeDumper plus the Digits representer below, kept off yaml.SafeDumper itself."""
 
 
 _Dumper.add_representer(Digits, lambda dumper, d: dumper.represent_scalar("tag:yaml.org,2002:int", str.__str__(d)))
