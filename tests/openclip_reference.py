@@ -14,8 +14,12 @@ TRANSFORM_NAMES = ("Compose", "Normalize", "Resize", "CenterCrop", "RandomResize
 
 class InterpolationMode(enum.Enum):
     NEAREST = "nearest"
+    NEAREST_EXACT = "nearest-exact"
     BILINEAR = "bilinear"
     BICUBIC = "bicubic"
+    BOX = "box"
+    HAMMING = "hamming"
+    LANCZOS = "lanczos"
 
 
 def _unavailable(name: str):
@@ -35,6 +39,14 @@ def _functional_getattr(name: str):
     return unavailable
 
 
+def _module_getattr(module: str):
+    def getattr_(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _unavailable(f"{module}.{name}")
+    return getattr_
+
+
 def install_torchvision_stand_in() -> bool:
     """Register the stand-in modules unless a real torchvision is importable; True when installed."""
     if "torchvision" in sys.modules:
@@ -48,13 +60,17 @@ def install_torchvision_stand_in() -> bool:
             del sys.modules[key]
     modules = {name: types.ModuleType(name) for name in
                ("torchvision", "torchvision.ops", "torchvision.ops.misc", "torchvision.transforms",
-                "torchvision.transforms.functional")}
+                "torchvision.transforms.functional", "torchvision.datasets")}
     modules["torchvision.ops.misc"].FrozenBatchNorm2d = _unavailable("ops.misc.FrozenBatchNorm2d")
     transforms = modules["torchvision.transforms"]
     transforms.InterpolationMode = InterpolationMode
     for name in TRANSFORM_NAMES:
         setattr(transforms, name, _unavailable(f"transforms.{name}"))
     modules["torchvision.transforms.functional"].__getattr__ = _functional_getattr
+    modules["torchvision.transforms.functional"].InterpolationMode = InterpolationMode
+    # timm (SigLIP's image tower) imports dataset classes at import time; building a model never uses them
+    modules["torchvision.datasets"].__getattr__ = _module_getattr("datasets")
+    modules["torchvision"].datasets = modules["torchvision.datasets"]
     modules["torchvision"].ops = modules["torchvision.ops"]
     modules["torchvision"].transforms = transforms
     modules["torchvision.ops"].misc = modules["torchvision.ops.misc"]
