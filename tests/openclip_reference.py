@@ -4,6 +4,7 @@ files users convert. open_clip imports torchvision only for names it does not us
 wheels do not load beside the CPU torch on this machine, so a minimal stand-in is registered when it is missing
 (bench/openclip_anchor.py uses this one too)."""
 import enum
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -76,6 +77,10 @@ def install_torchvision_stand_in() -> bool:
     modules["torchvision.ops"].misc = modules["torchvision.ops.misc"]
     transforms.functional = modules["torchvision.transforms.functional"]
     modules["torchvision"].__version__ = "0.0+stand-in"
+    # transformers (imported by open_clip when installed) asks importlib.util.find_spec("torchvision"), which
+    # raises on a module without a spec
+    for name, module in modules.items():
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
     sys.modules.update(modules)
     return True
 
