@@ -272,7 +272,8 @@ def test_unknown_name_suggests_the_closest(name, message):
     ({"frobnicate": 1}, "unknown key 'frobnicate'"),
     ({"vision_cfg": {"no_ln_pre": True}}, "vision_cfg.no_ln_pre = true is not supported here \\(only false"),
     ({"vision_cfg": {"attentional_pool": True}}, "vision_cfg.attentional_pool = true is not supported"),
-    ({"text_cfg": {"hf_tokenizer_name": "bert-base-uncased"}}, "text_cfg.hf_tokenizer_name = \"bert-base-uncased\""),
+    ({"text_cfg": {"tokenizer_kwargs": {"strip_sep_token": True}}},
+     "text_cfg.tokenizer_kwargs = {\"strip_sep_token\": true} is not supported here"),
     ({"vision_cfg": {"act_kwargs": {"approximate": "tanh"}}}, "the towers' activations differ"),
     ({"vision_cfg": {"head_width": 100}}, "vision_cfg.width 768 is not a multiple of head_width 100"),
 ])

@@ -38,6 +38,10 @@ class CLIPConfig:
     text_mlp_ratio: float = 4.0
     norm_eps: float = 1e-5
     init_logit_bias: Optional[float] = None  # SigLIP's learnable logit bias (its initial value); None = no bias
+    # open_clip's text_cfg.hf_tokenizer_name (e.g. "timm/ViT-B-16-SigLIP"); None = OpenAI's BPE
+    hf_tokenizer_name: Optional[str] = None
+    # open_clip's text_cfg.tokenizer_kwargs.clean (e.g. "canonicalize"); None = the tokenizer's default
+    tokenizer_clean: Optional[str] = None
 
     def __post_init__(self):
         for f in fields(self):
@@ -50,6 +54,10 @@ class CLIPConfig:
         if self.init_logit_bias is not None and (isinstance(self.init_logit_bias, bool) or not isinstance(
                 self.init_logit_bias, (int, float)) or not math.isfinite(self.init_logit_bias)):
             raise UserError(f"model init_logit_bias is {self.init_logit_bias!r}, expected a number or null")
+        for key in ("hf_tokenizer_name", "tokenizer_clean"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise UserError(f"model {key} is {value!r}, expected a non-empty string or null")
         if self.dtype not in DTYPES:
             raise UserError(f"model dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.activation not in ACTIVATIONS:
@@ -168,7 +176,7 @@ _VISION = {**_COMMON, "head_width": None, "patch_size": None, "image_size": None
            "pos_embed_type": "learnable", "pool_type": "tok", "timm_model_name": None,
            "timm_model_pretrained": _ANY, "timm_pool": _ANY, "timm_proj": _ANY, "timm_proj_bias": _ANY,
            "timm_drop": _ANY, "timm_drop_path": _ANY}
-_TEXT = {**_COMMON, "heads": None, "context_length": None, "vocab_size": None, "hf_tokenizer_name": None,
+_TEXT = {**_COMMON, "heads": None, "context_length": None, "vocab_size": None, "hf_tokenizer_name": _ANY,
          "tokenizer_mode": None, "tokenizer_kwargs": None, "embed_cls": False, "pad_id": 0, "eos_id": _ANY,
          "no_causal_mask": False, "pool_type": "argmax", "proj_bias": False, "proj_type": "linear",
          "hf_model_name": None, "hf_model_pretrained": _ANY, "hf_proj_type": _ANY, "hf_pooler_type": _ANY}
@@ -190,8 +198,7 @@ def _check_keys(section: dict, allowed: dict, where: str, source: str) -> None:
             raise UserError(f"{source}: {where}{key} = {json.dumps(value)} is not supported here "
                             f"(only {json.dumps(accepted if not isinstance(accepted, tuple) else accepted[0])}: "
                             f"this model implements open_clip's plain ViT and text transformer)")
-    for key in ("ls_init_value", "hf_tokenizer_name", "tokenizer_mode", "tokenizer_kwargs", "timm_model_name",
-                "hf_model_name"):
+    for key in ("ls_init_value", "tokenizer_mode", "timm_model_name", "hf_model_name"):
         if section.get(key) is not None:
             raise UserError(f"{source}: {where}{key} = {json.dumps(section[key])} is not supported here (only null: "
                             f"this model implements open_clip's plain ViT and text transformer)")
@@ -213,6 +220,16 @@ def _eps(section: dict, where: str, source: str) -> float:
     if not isinstance(kwargs, dict) or set(kwargs) - {"eps"}:
         raise UserError(f"{source}: {where}norm_kwargs = {json.dumps(kwargs)} is not supported here (only {{\"eps\": x}})")
     return kwargs.get("eps", 1e-5)
+
+
+def _tokenizer_clean(text: dict, source: str) -> Optional[str]:
+    kwargs = text.get("tokenizer_kwargs")
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, dict) or set(kwargs) - {"clean"}:
+        raise UserError(f"{source}: text_cfg.tokenizer_kwargs = {json.dumps(kwargs)} is not supported here "
+                        f'(only {{"clean": name}})')
+    return kwargs.get("clean")
 
 
 def _int(section: dict, key: str, where: str, source: str) -> int:
@@ -268,7 +285,8 @@ def from_open_clip(data, source: str) -> CLIPConfig:
             vocab_size=_int(text, "vocab_size", "text_cfg.", source), text_width=_int(text, "width", "text_cfg.", source),
             text_layers=_int(text, "layers", "text_cfg.", source), text_heads=_int(text, "heads", "text_cfg.", source),
             activation=activations.pop(), vision_mlp_ratio=vision["mlp_ratio"], text_mlp_ratio=text["mlp_ratio"],
-            norm_eps=epsilons.pop(), init_logit_bias=data.get("init_logit_bias"))
+            norm_eps=epsilons.pop(), init_logit_bias=data.get("init_logit_bias"),
+            hf_tokenizer_name=text.get("hf_tokenizer_name"), tokenizer_clean=_tokenizer_clean(text, source))
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
 
