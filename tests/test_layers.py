@@ -26,8 +26,8 @@ LAYERS = [
     # clip: pure foundations and the CPU-only implementations, the one switch between those and MindSpore's
     # stock pieces, then model, parallel, loss, evaluation, training, and the front doors
     ["clip", "clip.schema", "clip.config", "clip.model", "clip.model.architectures", "clip.model.tokenizer",
-     "clip.model.hf_tokenizer", "clip.model.transforms", "clip.model.torch_archive", "clip.model.weights", "clip.loss.modes", "clip.data",
-     "clip.data.*", "clip.native", "clip.native.*"],
+     "clip.model.hf_tokenizer", "clip.model.transforms", "clip.model.torch_archive", "clip.model.weights",
+     "clip.loss.modes", "clip.data", "clip.data.*", "clip.native", "clip.native.*"],
     ["clip.profiles"],
     ["clip.model.*"],
     ["clip.parallel", "clip.parallel.*"],
