@@ -101,14 +101,27 @@ def lr_groups(scales: dict) -> dict:
     return groups
 
 
+def _summary_writer_class():
+    """tensorboardX imports torch, when it is installed, only to recognise torch tensors; we log Python floats,
+    and that import costs each run seconds of start-up, so torch is hidden from it unless already loaded."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects without torch
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TensorBoard:
     """TensorBoard event files under output_dir/tensorboard (tensorboardX), from the same records as
     metrics.jsonl: every number in them, the learning rate of each group, and what `extra` adds (the logit
     bias). A resumed run purges the events after its checkpoint's step, as MetricsLog drops those lines."""
 
     def __init__(self, output_dir: str, resume_step: Optional[int], groups: Optional[dict] = None):
-        from tensorboardX import SummaryWriter
-
+        SummaryWriter = _summary_writer_class()
         self.directory = os.path.join(output_dir, TENSORBOARD)
         self.groups = groups or {}
         self.writer = SummaryWriter(self.directory, purge_step=None if resume_step is None else resume_step + 1,
@@ -179,14 +192,16 @@ class Progress:
 
 
 def plot(records: list[dict], path: str) -> None:
-    """Loss (left axis) and zero-shot top-1 (right axis) against step, as a PNG written atomically."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss (left axis) and zero-shot top-1 (right axis) against step, as a PNG written atomically. A bare Figure
+    on the Agg canvas: pyplot's import and figure manager would cost every run's end more than the drawing."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     train = [r for r in records if "loss" in r and math.isfinite(r["loss"])]
     evals = [r for r in records if "eval_top1" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="loss (global)")
     ax.set_xlabel("step")
     ax.set_ylabel("contrastive loss", color="tab:blue")
@@ -202,7 +217,4 @@ def plot(records: list[dict], path: str) -> None:
         acc.set_ylim(0, 100)
     ax.set_title("training")
     fig.tight_layout()
-    try:
-        write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
