@@ -35,6 +35,9 @@ class ModelConfig:
     name: Optional[str] = None            # model name (clip.list_models()) or open_clip JSON config path; null =
                                           # the architecture model.checkpoint carries, else clip_tiny
     checkpoint: Optional[str] = setting(None, path="maybe_file")  # MindSpore .ckpt with OpenAI parameter names to start from
+    # SigLIP's vocabulary: a tokenizer.json or SentencePiece .model, or a directory with one (docs/models.md
+    # "Tokenizers"); null for OpenAI's built-in BPE
+    tokenizer: Optional[str] = setting(None, path="input")
     # null = the model's; another size resizes the position embeddings
     image_size: Optional[int] = setting(None, ge=1, le=65536, le_why="pixels a side")
     # compute dtype for evaluation/prediction; training uses train.precision
@@ -360,6 +363,13 @@ def validate(cfg: RunConfig) -> list[tuple[str, str]]:
          + (f" ({architecture.patch_size})" if architecture else ""))
     need(cfg.model.checkpoint is None or os.path.isfile(cfg.model.checkpoint), "model.checkpoint",
          f"file {cfg.model.checkpoint!r} does not exist")
+    if architecture is not None:  # else the checkpoint's architecture decides, checked when the model is built
+        from clip.model.hf_tokenizer import for_model
+
+        try:
+            for_model(architecture, cfg.model.tokenizer, "model.tokenizer")
+        except UserError as exc:
+            problems.append(("model.tokenizer", str(exc).removeprefix("model.tokenizer: ")))
     need(0 <= t.min_lr <= t.lr, "train.min_lr", f"{t.min_lr} must be between 0 and train.lr ({t.lr})")
     grouped = [k for k, on in (("train.lr_image", t.lr_image is not None), ("train.lr_text", t.lr_text is not None),
                                ("train.layer_decay", t.layer_decay != 1)) if on]

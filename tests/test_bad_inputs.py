@@ -30,6 +30,7 @@ from PIL import Image
 from benchmark_files import imagenet_wnids, write_clip_benchmark
 from cifar_files import RAW_NAMES, draw_images, write_cifar
 from crafted_weights import crafted_state, torch_save
+import tokenizer_files
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {"config": "clip.config", "train": "clip.train", "eval": "clip.eval", "predict": "clip.predict",
@@ -160,6 +161,12 @@ def assets(tmp_path_factory):
         {"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}).encode(), b"\0" * 4)
     a["text"] = str(root / "notes.txt")
     Path(a["text"]).write_text("just some text\n")
+    a["t5_model"] = tokenizer_files.t5_sentencepiece(str(root / "spiece.model"))
+    for name, hub_name, vocab in (("siglip_json", tokenizer_files.T5_NAME, 256),
+                                  ("siglip_small_vocab_json", tokenizer_files.T5_NAME, 64),
+                                  ("siglip2_json", tokenizer_files.GEMMA_NAME, 512)):
+        a[name] = str(root / f"{name}.json")
+        Path(a[name]).write_text(json.dumps(tokenizer_files.tiny_open_clip_config(hub_name, vocab)))
     a["empty"] = str(root / "empty.bin")
     Path(a["empty"]).write_bytes(b"")
     a["binary"] = str(root / "random.bin")
@@ -280,6 +287,34 @@ CONFIG_CASES = [
     C("config-checkpoint-missing", "config", ["--set", "model.checkpoint={ws}/none.ckpt"], "model.checkpoint",
       category="missing file"),
     C("config-output-empty", "config", ["--set", "output_dir= "], "output_dir"),
+    # SigLIP's vocabulary files (docs/models.md "Tokenizers")
+    C("config-tokenizer-not-given", "config", ["--set", "model.name={asset:siglip_json}"],
+      "model.tokenizer: the model's text tower uses the T5 SentencePiece vocabulary of timm/ViT-B-16-SigLIP; "
+      "give its file with model.tokenizer (get tokenizer.json from https://huggingface.co/timm/ViT-B-16-SigLIP",
+      category="missing file"),
+    C("config-tokenizer-missing", "config", ["--set", "model.name={asset:siglip2_json}", "--set",
+                                             "model.tokenizer={ws}/tokenizer.model"],
+      "tokenizer file not found (get tokenizer.json from https://huggingface.co/timm/ViT-B-16-SigLIP2, or the "
+      "SentencePiece model http://storage.googleapis.com/big_vision/gemma_tokenizer.model)", category="missing file"),
+    C("config-tokenizer-text", "config", ["--set", "model.name={asset:siglip_json}", "--set",
+                                          "model.tokenizer={asset:text}"],
+      "neither a tokenizer.json nor a SentencePiece model", category="wrong file"),
+    C("config-tokenizer-other-json", "config", ["--set", "model.name={asset:siglip_json}", "--set",
+                                                "model.tokenizer={asset:siglip_json}"],
+      "a JSON file but not a Hugging Face tokenizer.json", category="wrong file"),
+    C("config-tokenizer-empty-dir", "config", ["--set", "model.name={asset:siglip_json}", "--set",
+                                               "model.tokenizer={ws}/vocab"],
+      "a directory holding none of tokenizer.json, spiece.model", {"vocab/README": "nothing here\n"},
+      category="path is a directory/file"),
+    C("config-tokenizer-vocab-too-large", "config", ["--set", "model.name={asset:siglip_small_vocab_json}", "--set",
+                                                     "model.tokenizer={asset:t5_model}"],
+      "200 tokens do not fit the model's vocab_size 64", category="huge/tiny number"),
+    C("config-tokenizer-other-family", "config", ["--set", "model.name={asset:siglip2_json}", "--set",
+                                                  "model.tokenizer={asset:t5_model}"],
+      "'<eos>' is missing, expected id 1 as in the Gemma vocabulary of timm/ViT-B-16-SigLIP2", category="wrong file"),
+    C("config-tokenizer-openai-model", "config", ["--set", "model.name=clip_tiny", "--set",
+                                                  "model.tokenizer={asset:t5_model}"],
+      "this model uses OpenAI's built-in BPE, give no tokenizer"),
     C("config-set-no-equals", "config", ["--set", "train.lr"], "expected key=value"),
     C("config-set-unknown", "config", ["--set", "train.lrr=1"], "did you mean"),
     C("config-set-nested", "config", ["--set", "train.lr=" + "[" * 100000], "train.lr", category="nesting"),

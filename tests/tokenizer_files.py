@@ -97,6 +97,14 @@ def hub_directory(source: str, directory: str, gemma: bool) -> str:
     return directory
 
 
+def tiny_open_clip_config(hf_tokenizer_name: str, vocab_size: int) -> dict:
+    """An open_clip model config of a few kilobytes naming a SentencePiece / Hugging Face vocabulary."""
+    return {"embed_dim": 32,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+            "text_cfg": {"context_length": 16, "vocab_size": vocab_size, "width": 32, "heads": 2, "layers": 1,
+                         "hf_tokenizer_name": hf_tokenizer_name, "tokenizer_kwargs": {"clean": "canonicalize"}}}
+
+
 def open_clip_tokenizer_module():
     """open_clip's tokenizer.py loaded from its file: its package __init__ would import the model code too."""
     import importlib.metadata

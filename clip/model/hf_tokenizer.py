@@ -17,6 +17,7 @@ What open_clip does, and this module repeats:
 from __future__ import annotations
 
 import html
+import json
 import os
 import string
 from dataclasses import dataclass
@@ -115,10 +116,18 @@ class _HuggingFaceVocabulary:
     """A tokenizer.json: its normaliser, pre-tokeniser, model and post-processor (which appends EOS) as written."""
 
     def __init__(self, path: str):
-        try:
-            from tokenizers import Tokenizer
+        from tokenizers import Tokenizer
 
-            self._tokenizer = Tokenizer.from_file(path)
+        try:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+            data = json.loads(text)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UserError(f"{shown(path)}: cannot read a tokenizer.json ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict) or "type" not in data["model"]:
+            raise UserError(f"{shown(path)}: a JSON file but not a Hugging Face tokenizer.json (no model.type)")
+        try:
+            self._tokenizer = Tokenizer.from_str(text)
         except Exception as exc:  # the tokenizers package raises bare Exception subclasses on a damaged file
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UserError(f"{shown(path)}: not a Hugging Face tokenizer.json ({first})") from None
@@ -147,9 +156,9 @@ class _SentencePieceVocabulary:
                 self._processor.LoadFromSerializedProto(file.read())
         except OSError as exc:
             raise UserError(f"{shown(path)}: cannot read the tokenizer ({exc.__class__.__name__})") from None
-        except Exception as exc:  # sentencepiece raises RuntimeError or its own parse errors on a damaged file
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"{shown(path)}: neither a tokenizer.json nor a SentencePiece model ({first})") from None
+        except Exception:  # sentencepiece raises RuntimeError naming its C++ source line on a damaged file
+            raise UserError(f"{shown(path)}: neither a tokenizer.json nor a SentencePiece model "
+                            f"(its bytes do not parse as one)") from None
         self.size = self._processor.GetPieceSize()
 
     def piece_id(self, piece: str) -> Optional[int]:
