@@ -75,12 +75,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         from clip.eval.predict import DEFAULT_TEMPLATE, check_labels, format_table
         from clip.model import load_model
+        from clip.model.hf_tokenizer import attach
 
         labels = (check_labels([part.strip() for part in args.candidate_labels.split(",")], "--candidate_labels")
                   if args.candidate_labels else default_labels(cfg))
         paths, _ = expand_inputs(list(args.predict_data))
         images = decode_all(paths)
         model = load_model(cfg.model.name, weights_for(cfg, args.checkpoint), cfg.model.dtype)
+        attach(model, cfg.model.tokenizer)
         results = predict_images(model, images, labels, args.top_k, DEFAULT_TEMPLATE)
         print(format_table(list(zip(paths, results))))
     return 0

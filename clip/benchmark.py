@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML run config for everything else (batch size, dtype, templates)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.eval_batch_size=128 (repeatable)")
+    parser.add_argument("--tokenizer", type=path("input"), metavar="PATH",
+                        help="a SigLIP model's vocabulary: tokenizer.json or SentencePiece .model, or a directory "
+                             "with one (= --set model.tokenizer=PATH; docs/models.md, Tokenizers)")
     return parser
 
 
@@ -240,7 +243,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise UserError(f"--output {args.output!r} is a file, expected a directory")
     for name in ("results.csv", "results.md", "results.png"):
         check_output_file(os.path.join(args.output, name), "--output")
-    base = load_config(args.config, args.overrides)
+    base = load_config(args.config, args.overrides + ([f"model.tokenizer={args.tokenizer}"] if args.tokenizer else []))
     jobs = plan(args.checkpoint, datasets, args.task, base, args.output)
     from tqdm import tqdm
 

@@ -273,12 +273,14 @@ def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: b
     """Build the model from the config (and checkpoint) and evaluate it on the source (None on the ranks of a
     sharded linear probe other than 0, which fits alone). cache_dir keeps zero-shot classifiers (one process)."""
     from clip.model import create_model
+    from clip.model.hf_tokenizer import attach
 
     started = time.time()
     checkpoint = weights_for(cfg, checkpoint, pretrained=False)
     if not checkpoint:
         log.warning("no checkpoint given (--checkpoint or model.checkpoint): evaluating random weights")
     model = create_model(cfg.model.name, checkpoint=checkpoint, dtype=cfg.model.dtype, image_size=cfg.model.image_size)
+    attach(model, cfg.model.tokenizer)
     model.set_train(False)
     image_size, batch_size = model.config.image_size, cfg.train.eval_batch_size
     if task == "zeroshot":

@@ -112,6 +112,7 @@ class Trainer:
         of such lists for a list or a directory. Labels default to data.eval's class names."""
         from clip.eval.predict import DEFAULT_TEMPLATE, check_labels, check_template
         from clip.model import load_model
+        from clip.model.hf_tokenizer import attach
 
         labels = check_labels(candidate_labels) if candidate_labels is not None else default_labels(self.config)
         template = check_template(template if template is not None else DEFAULT_TEMPLATE)
@@ -123,6 +124,7 @@ class Trainer:
             if self._loaded is None or self._loaded[0] != key:  # reload only when the weights file changed
                 self._loaded = (key, load_model(self.config.model.name, path, self.config.model.dtype,
                                                    self.config.model.image_size))
+                attach(self._loaded[1], self.config.model.tokenizer)
             model = self._loaded[1]
         else:
             model = self._model

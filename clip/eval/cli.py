@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(data.retrieval) of a checkpoint.")
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", type=path("file"), help="weights to evaluate (default: model.checkpoint)")
+    parser.add_argument("--tokenizer", type=path("input"), metavar="PATH",
+                        help="a SigLIP model's vocabulary: tokenizer.json or SentencePiece .model, or a directory "
+                             "with one (= --set model.tokenizer=PATH; docs/models.md, Tokenizers)")
     parser.add_argument("--task", choices=TASKS, default="zeroshot",
                         help="zeroshot: eval.json from data.eval; retrieval: retrieval.json from data.retrieval; "
                              "linear_probe: linear_probe.json from data.eval's train and evaluated splits")
@@ -43,7 +46,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     configure_logging()
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint!r} does not exist")
-    cfg = load_config(args.config, args.overrides)
+    tokenizer = [f"model.tokenizer={args.tokenizer}"] if args.tokenizer else []
+    cfg = load_config(args.config, args.overrides + tokenizer)
     evaluate_and_write(cfg, args.task, args.checkpoint, args.sharded)
     return 0
 

@@ -257,3 +257,16 @@ class OpenAIBPE:
         from clip.model.tokenizer import tokenize
 
         return tokenize(texts, self.context_length)
+
+
+def attach(model, path: Optional[str], what: str = "model.tokenizer") -> Callable[[Sequence[str]], np.ndarray]:
+    """Give a built model its tokenizer as `model.tokenize`, which evaluation and prediction call
+    (clip.eval.encode), so the file is named once where the model is made; returns it."""
+    model.tokenize = for_model(model.config, path, what)
+    return model.tokenize
+
+
+def tokenizer_of(model) -> Callable[[Sequence[str]], np.ndarray]:
+    """The tokenizer attach() gave `model`, else its architecture's that needs no file (OpenAI's BPE; a SigLIP
+    model is then refused naming model.tokenizer and where to get the file)."""
+    return getattr(model, "tokenize", None) or for_model(model.config, None)
