@@ -136,11 +136,20 @@ class _HuggingFaceVocabulary:
     def piece_id(self, piece: str) -> Optional[int]:
         return self._tokenizer.token_to_id(piece)
 
-    def encode(self, texts: List[str], context_length: int, family: Family) -> np.ndarray:
+    def prepare(self, context_length: int, family: Family) -> None:
+        from tokenizers import processors
+
+        # open_clip's SigLipTokenizer wrote the hub files with EOS appended and no BOS (Gemma's own default puts
+        # BOS first); set it here too, so a tokenizer.json saved another way gives the same rows
+        self._tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"$A {family.eos_piece}", special_tokens=[(family.eos_piece, family.eos_id)])
         self._tokenizer.enable_truncation(max_length=context_length)
         self._tokenizer.enable_padding(length=context_length, pad_id=family.pad_id, pad_token=family.pad_piece)
+        self._context_length = context_length
+
+    def encode(self, texts: List[str]) -> np.ndarray:
         return np.asarray([e.ids for e in self._tokenizer.encode_batch(texts)], dtype=np.int32).reshape(
-            len(texts), context_length)
+            len(texts), self._context_length)
 
 
 class _SentencePieceVocabulary:
@@ -165,10 +174,13 @@ class _SentencePieceVocabulary:
         found = self._processor.PieceToId(piece)
         return found if self._processor.IdToPiece(found) == piece else None
 
-    def encode(self, texts: List[str], context_length: int, family: Family) -> np.ndarray:
-        out = np.full((len(texts), context_length), family.pad_id, dtype=np.int32)
+    def prepare(self, context_length: int, family: Family) -> None:
+        self._context_length, self._family = context_length, family
+
+    def encode(self, texts: List[str]) -> np.ndarray:
+        out = np.full((len(texts), self._context_length), self._family.pad_id, dtype=np.int32)
         for row, ids in enumerate(self._processor.Encode(texts)):
-            ids = [*ids[:context_length - 1], family.eos_id]
+            ids = [*ids[:self._context_length - 1], self._family.eos_id]
             out[row, :len(ids)] = ids
         return out
 
@@ -197,6 +209,7 @@ class VocabularyTokenizer:
         if self._vocabulary.size > vocab_size:
             raise UserError(f"{shown(self.path)}: {self._vocabulary.size} tokens do not fit the model's vocab_size "
                             f"{vocab_size} (the model {hf_tokenizer_name} needs {hint})")
+        self._vocabulary.prepare(context_length, self.family)
 
     def __reduce__(self):
         path, options = self._arguments
@@ -209,7 +222,7 @@ class VocabularyTokenizer:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise UserError(f"tokenize: text #{i} is {type(text).__name__}, expected str")
-        return self._vocabulary.encode([self._clean(t) for t in texts], self.context_length, self.family)
+        return self._vocabulary.encode([self._clean(t) for t in texts])
 
 
 def _rebuild(path: str, options: dict) -> "VocabularyTokenizer":
