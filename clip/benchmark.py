@@ -243,7 +243,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise UserError(f"--output {args.output!r} is a file, expected a directory")
     for name in ("results.csv", "results.md", "results.png"):
         check_output_file(os.path.join(args.output, name), "--output")
-    base = load_config(args.config, args.overrides + ([f"model.tokenizer={args.tokenizer}"] if args.tokenizer else []))
+    tokenizer = [f"model.tokenizer={json.dumps(args.tokenizer)}"] if args.tokenizer else []  # quoted: any path
+    base = load_config(args.config, args.overrides + tokenizer)
     jobs = plan(args.checkpoint, datasets, args.task, base, args.output)
     from tqdm import tqdm
 

@@ -464,6 +464,9 @@ def imagenet_folders(root: Path, image: str, skip: int) -> None:
 
 
 EVAL_CASES = [
+    C("eval-tokenizer-missing", "eval", ["--set", "model.name={asset:siglip_json}", "--tokenizer", "{ws}/spiece.model"],
+      "model.tokenizer: '{ws}/spiece.model': tokenizer file not found (get tokenizer.json from "
+      "https://huggingface.co/timm/ViT-B-16-SigLIP", category="missing file"),
     C("eval-bad-flag", "eval", ["--task", "captioning"], "invalid choice", category="command line"),
     C("eval-checkpoint-missing", "eval", ["--checkpoint", "{ws}/w.ckpt"], "does not exist", category="missing file"),
     C("eval-checkpoint-directory", "eval", ["--config", "{ws}/c.yaml", "--checkpoint", "{ws}",

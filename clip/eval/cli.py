@@ -10,6 +10,7 @@ CLIP_benchmark's format to `clip_benchmark_<task>.json`, written atomically.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Optional
@@ -46,7 +47,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     configure_logging()
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint!r} does not exist")
-    tokenizer = [f"model.tokenizer={args.tokenizer}"] if args.tokenizer else []
+    tokenizer = [f"model.tokenizer={json.dumps(args.tokenizer)}"] if args.tokenizer else []  # quoted: any path
     cfg = load_config(args.config, args.overrides + tokenizer)
     evaluate_and_write(cfg, args.task, args.checkpoint, args.sharded)
     return 0
