@@ -86,8 +86,17 @@ def install_torchvision_stand_in() -> bool:
 
 
 def import_open_clip():
+    """open_clip without its Hugging Face text towers: they import transformers at import time (about 0.9 s of
+    CPU per process), which no model built here uses; HFTokenizer still imports it when one is made."""
     install_torchvision_stand_in()
-    import open_clip
+    hidden = "transformers" not in sys.modules
+    if hidden:
+        sys.modules["transformers"] = None  # open_clip.hf_model catches the ImportError this raises
+    try:
+        import open_clip
+    finally:
+        if hidden:
+            del sys.modules["transformers"]
     return open_clip
 
 
@@ -107,12 +116,27 @@ def create(name_or_cfg, seed: int = 0, **overrides):
         for key in ("vision_cfg", "text_cfg"):
             cfg[key].update(overrides.get(key, {}))
         cfg.update({k: v for k, v in overrides.items() if k not in ("vision_cfg", "text_cfg")})
-        model = open_clip.CLIP(**cfg)
+        model = (open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP)(**cfg)
     with torch.no_grad():  # open_clip initialises some tensors to constants; make every value matter
         for name, p in model.named_parameters():
-            if name.endswith("bias") or "ln" in name:
+            if name.endswith("bias") or "ln" in name or "norm" in name:
                 p.add_(0.02 * torch.randn_like(p))
     return model.float().eval()
+
+
+def register_timm_vit(name: str, **model_args) -> str:
+    """Register (once) a timm ViT entry point `name` built from `model_args` (those of timm's own entry points,
+    plus img_size), so an open_clip config can name a reduced SigLIP trunk as its timm_model_name."""
+    install_torchvision_stand_in()
+    import timm.models
+    from timm.models.vision_transformer import _create_vision_transformer
+
+    if not timm.models.is_model(name):
+        def entry(pretrained=False, **kwargs):
+            return _create_vision_transformer(name, pretrained=pretrained, **dict(model_args, **kwargs))
+        entry.__name__ = name
+        timm.models.register_model(entry)
+    return name
 
 
 def model_cfg(name: str) -> dict:
