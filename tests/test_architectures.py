@@ -57,6 +57,10 @@ CASES = {
     "quick_gelu": (lambda: tiny(quick_gelu=True), "quick_gelu"),
     "gelu_tanh": (lambda: tiny(vision_cfg={"act_kwargs": {"approximate": "tanh"}},
                                text_cfg={"act_kwargs": {"approximate": "tanh"}}), "gelu_tanh"),
+    # SigLIP's knobs on open_clip's own towers: no ln_pre; text both ways, pooled last, biased projection, tanh
+    "no ln_pre, text as SigLIP's": (lambda: tiny(vision_cfg={"no_ln_pre": True}, text_cfg={
+        "no_causal_mask": True, "pool_type": "last", "proj_bias": True, "act_kwargs": {"approximate": "tanh"}}),
+        "gelu"),
     "LayerNorm eps 1e-6": (lambda: tiny(vision_cfg={"norm_kwargs": {"eps": 1e-6}},
                                         text_cfg={"norm_kwargs": {"eps": 1e-6}}), "gelu"),
 }
@@ -270,11 +274,11 @@ def test_unknown_name_suggests_the_closest(name, message):
 @pytest.mark.parametrize("change, message", [
     ({"vision_cfg": {"widht": 768}}, "unknown key vision_cfg.'widht' \\(did you mean 'width'\\?\\)"),
     ({"frobnicate": 1}, "unknown key 'frobnicate'"),
-    ({"vision_cfg": {"no_ln_pre": True}}, "vision_cfg.no_ln_pre = true is not supported here \\(only false"),
+    ({"vision_cfg": {"pool_type": "avg"}}, "vision_cfg.pool_type = \"avg\" is not supported here \\(only \"tok\""),
     ({"vision_cfg": {"attentional_pool": True}}, "vision_cfg.attentional_pool = true is not supported"),
     ({"text_cfg": {"tokenizer_kwargs": {"strip_sep_token": True}}},
      "text_cfg.tokenizer_kwargs = {\"strip_sep_token\": true} is not supported here"),
-    ({"vision_cfg": {"act_kwargs": {"approximate": "tanh"}}}, "the towers' activations differ"),
+    ({"vision_cfg": {"norm_kwargs": {"eps": 1e-6}}}, "the towers' LayerNorm eps differ"),
     ({"vision_cfg": {"head_width": 100}}, "vision_cfg.width 768 is not a multiple of head_width 100"),
 ])
 def test_json_config_errors_name_the_key(tmp_path, change, message, capsys):

@@ -121,3 +121,37 @@ def test_bad_image_size_is_user_error(bad):
 def test_non_image_input_is_user_error():
     with pytest.raises(UserError, match="expected a PIL.Image.Image"):
         image_transform(32)(np.zeros((32, 32, 3), dtype=np.uint8))
+
+
+def siglip_reference(image: Image.Image, n: int) -> np.ndarray:
+    """open_clip's `resize_mode: squash` with SigLIP's mean = std = 0.5 (its INCEPTION_MEAN / _STD): torchvision
+    Resize((n, n), BICUBIC) on the PIL image in its own mode, then RGB, ToTensor and Normalize."""
+    if image.size != (n, n):
+        image = image.resize((n, n), resample=Image.BICUBIC)
+    pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8, copy=True)).permute(2, 0, 1)
+    return pixels.to(torch.float32).div(255).sub(0.5).div(0.5).numpy()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_siglip_squash_matches_open_clips_preprocess_config(mode):
+    """The whole image squashed to the square (aspect ratio not kept, nothing cropped), 0.5 mean and std:
+    the values of open_clip's SigLIP preprocess_cfg (pretrained.py's _slpcfg), which the transform follows."""
+    import openclip_reference as ref
+
+    ref.import_open_clip()
+    from open_clip.pretrained import _slpcfg
+
+    cfg = _slpcfg()
+    assert (tuple(cfg["mean"]), tuple(cfg["std"]), cfg["interpolation"], cfg["resize_mode"]) == (
+        (0.5,) * 3, (0.5,) * 3, "bicubic", "squash")
+    transform = image_transform(64, "siglip")
+    for k, size in enumerate([(64, 64), (300, 200), (31, 97), (1000, 31)]):
+        image = make_image(mode, size, seed=300 + k)
+        ours = transform(image)
+        assert ours.shape == (3, 64, 64)
+        np.testing.assert_allclose(ours, siglip_reference(image, 64), rtol=0, atol=1e-6, err_msg=f"{mode} {size}")
+    wide = make_image("RGB", (300, 200), seed=9)
+    assert np.abs(transform(wide) - image_transform(64)(wide)).max() > 0.1  # not OpenAI's crop and statistics
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(transform))(wide), transform(wide))
+    with pytest.raises(UserError, match="preprocess='squash', expected one of openai, siglip"):
+        image_transform(64, "squash")

@@ -132,8 +132,11 @@ def replacements(indices: np.ndarray, bad: set[int], n: int, max_tries: int) -> 
 class _Preprocess:
     """Record columns -> (pixels, tokens), the same decoding and transforms EpochSamples applies."""
 
-    def __init__(self, image_size: int, context_length: int, epoch: int, seed: int):
+    def __init__(self, image_size: int, context_length: int, epoch: int, seed: int, tokenizer=None,
+                 preprocess: str = "openai"):
         self.image_size, self.context_length, self.epoch, self.seed = image_size, context_length, epoch, seed
+        self.preprocess = preprocess  # CLIPConfig.preprocess
+        self.tokenizer = tokenizer  # None = OpenAI's BPE
         self._transform = None
 
     def __getstate__(self):
@@ -152,9 +155,10 @@ class _Preprocess:
         texts = json.loads(str(captions))
         caption = texts[caption_index(self.seed, index, self.epoch, len(texts))]
         if self._transform is None:
-            self._transform = clip.image_transform(self.image_size)
+            self._transform = clip.image_transform(self.image_size, self.preprocess)
         pixels = np.asarray(self._transform(img), dtype=np.float32)
-        tokens = clip.tokenize([caption], context_length=self.context_length)[0].astype(np.int32)
+        tokens = (self.tokenizer([caption]) if self.tokenizer is not None else
+                  clip.tokenize([caption], context_length=self.context_length))[0].astype(np.int32)
         return pixels, tokens
 
 
@@ -189,7 +193,7 @@ class MindRecordSource(CaptionSource):
         return decode_image(self._record(i)["image"].tobytes(), self.name(i))
 
     def ordered_dataset(self, indices: np.ndarray, *, image_size: int, context_length: int, epoch: int,
-                        seed: int, num_workers: int, max_tries: int):
+                        seed: int, num_workers: int, max_tries: int, tokenizer=None, preprocess: str = "openai"):
         """A dataset of rows (images, tokens, unreadable, bad_index) for `indices` in this order."""
         import mindspore.dataset as ds
 
@@ -197,7 +201,7 @@ class MindRecordSource(CaptionSource):
         bad = np.where(failed != 0, indices, -1).astype(np.int32)
         records = ds.MindDataset(self.files, columns_list=["image", "captions", "index"],
                                  sampler=ds.SubsetSampler(used.tolist()))
-        records = records.map(_Preprocess(image_size, context_length, epoch, seed),
+        records = records.map(_Preprocess(image_size, context_length, epoch, seed, tokenizer, preprocess),
                               input_columns=["image", "captions", "index"], output_columns=["images", "tokens"],
                               num_parallel_workers=max(1, num_workers), python_multiprocessing=num_workers > 1)
         flags = ds.NumpySlicesDataset({"unreadable": failed, "bad_index": bad}, shuffle=False)

@@ -8,7 +8,7 @@ at step t only needs (epoch, t). The incomplete last global batch of an epoch is
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -65,11 +65,13 @@ class EpochSamples:
     """
 
     def __init__(self, source: CaptionSource, layout: np.ndarray, *, image_size: int, context_length: int,
-                 epoch: int, seed: int):
+                 epoch: int, seed: int, tokenizer: Optional[Callable] = None, preprocess: str = "openai"):
         self.source = source
         self.layout = layout
         self.image_size = image_size
+        self.preprocess = preprocess
         self.context_length = context_length
+        self.tokenizer = tokenizer
         self.epoch = epoch
         self.seed = seed
         self._transform = None
@@ -106,9 +108,10 @@ class EpochSamples:
         captions = self.source.captions(used)
         caption = captions[caption_index(self.seed, used, self.epoch, len(captions))]
         if self._transform is None:
-            self._transform = clip.image_transform(self.image_size)
+            self._transform = clip.image_transform(self.image_size, self.preprocess)
         pixels = np.asarray(self._transform(img), dtype=np.float32)
-        tokens = clip.tokenize([caption], context_length=self.context_length)[0].astype(np.int32)
+        tokens = (self.tokenizer([caption]) if self.tokenizer is not None else
+                  clip.tokenize([caption], context_length=self.context_length))[0].astype(np.int32)
         return (pixels, tokens, np.array(failed, dtype=np.int32),
                 np.array(index if failed else -1, dtype=np.int32))
 
@@ -145,11 +148,13 @@ class TrainBatches:
 
 
 def train_batches(source: CaptionSource, *, image_size: int, context_length: int, batch_size: int, rank: int,
-                  world_size: int, epoch: int, seed: int, start_step: int = 0, num_workers: int = 1
-                  ) -> TrainBatches:
+                  world_size: int, epoch: int, seed: int, start_step: int = 0, num_workers: int = 1,
+                  tokenizer: Optional[Callable] = None, preprocess: str = "openai") -> TrainBatches:
     """This rank's share of epoch `epoch` from global step `start_step` on, loaded by mindspore.dataset.
 
-    num_workers > 1 decodes and preprocesses in that many worker processes.
+    num_workers > 1 decodes and preprocesses in that many worker processes; `preprocess` is the model's image
+    preprocessing (CLIPConfig.preprocess). `tokenizer` (texts -> int32
+    [n, context_length], picklable) is the model's when it is not OpenAI's BPE (clip.model.hf_tokenizer).
     """
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"bad sharding: batch_size={batch_size}, rank={rank}, world_size={world_size}")
@@ -169,10 +174,11 @@ def train_batches(source: CaptionSource, *, image_size: int, context_length: int
     ordered = getattr(source, "ordered_dataset", None)
     if ordered is not None:  # a format with its own reader (MindRecord): hand it this rank's indices in order
         dataset = ordered(layout[rank::world_size], image_size=image_size, context_length=context_length,
-                          epoch=epoch, seed=seed, num_workers=num_workers, max_tries=MAX_CONSECUTIVE_UNREADABLE)
+                          epoch=epoch, seed=seed, num_workers=num_workers, max_tries=MAX_CONSECUTIVE_UNREADABLE,
+                          tokenizer=tokenizer, preprocess=preprocess)
         return TrainBatches(dataset.batch(batch_size, drop_remainder=True), steps - start_step, source)
     samples = EpochSamples(source, layout, image_size=image_size, context_length=context_length,
-                           epoch=epoch, seed=seed)
+                           epoch=epoch, seed=seed, tokenizer=tokenizer, preprocess=preprocess)
     dataset = ds.GeneratorDataset(samples, COLUMNS, shuffle=False, num_shards=world_size, shard_id=rank,
                                   num_parallel_workers=max(1, num_workers),
                                   python_multiprocessing=num_workers > 1)

@@ -59,17 +59,20 @@ def encode_images(model, pixels: np.ndarray, batch_size: int, compiled: bool = F
 
 def encode_texts(model, texts: Sequence[str], batch_size: int = 256, compiled: Optional[bool] = None) -> np.ndarray:
     """Unnormalised text embeddings [N, E] for a list of strings (compiled by default when there are many)."""
-    from clip.model.tokenizer import tokenize
+    from clip.model.hf_tokenizer import tokenizer_of
 
     if compiled is None:
         compiled = worth_compiling(len(texts), batch_size)
-    tokens = trim_padding(tokenize(list(texts), model.config.context_length))
+    tokens = tokenizer_of(model)(list(texts))
+    if model.config.trims_padding:  # not SigLIP's towers: no causal mask, pooled at the last position
+        tokens = trim_padding(tokens)
     return encode_in_batches(encoder(model, "text", compiled), tokens, batch_size, pad=compiled)
 
 
 def trim_padding(tokens: np.ndarray) -> np.ndarray:
     """Drop the pad columns after the longest sequence's end token. With the causal mask and pooling at the
     end token, positions after it never reach the output, so the embeddings are unchanged while prompts
-    (~10 tokens of 77) cost a fraction of the compute."""
+    (~10 tokens of 77) cost a fraction of the compute; models without both (CLIPConfig.trims_padding) are
+    given whole rows."""
     used = np.nonzero(tokens.any(axis=0))[0]
     return np.ascontiguousarray(tokens[:, :used[-1] + 1]) if used.size else tokens

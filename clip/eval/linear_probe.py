@@ -34,7 +34,7 @@ def features_of(model, source, image_size: int, batch_size: int,
     from clip.model.transforms import image_transform
 
     rank, world = shard
-    transform = image_transform(image_size)
+    transform = image_transform(image_size, model.config.preprocess)
     n, dim = len(source), model.config.embed_dim
     features, labels, readable = np.zeros((n, dim), np.float32), np.zeros(n, np.int64), np.zeros(n, np.int64)
     mine = list(range(rank, n, world))

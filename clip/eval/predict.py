@@ -145,7 +145,7 @@ class ZeroShotImageClassificationPipeline:
         self.template = check_template(template)
         self.top_k = top_k
         self.batch_size = batch_size
-        self.transform = image_transform(model.config.image_size)
+        self.transform = image_transform(model.config.image_size, model.config.preprocess)
         self._text_cache: dict = {}
 
     def label_features(self, labels: Sequence[str], template: str) -> np.ndarray:
@@ -190,14 +190,18 @@ class ZeroShotImageClassificationPipeline:
 
 def pipeline(task: str = TASK, model=None, candidate_labels: Optional[Sequence[str]] = None,
              template: str = DEFAULT_TEMPLATE, checkpoint: Optional[str] = None, dtype: str = "float32",
-             top_k: Optional[int] = None) -> ZeroShotImageClassificationPipeline:
-    """`pipeline("zero_shot_image_classification", model=<CLIPModel | preset | .ckpt>, candidate_labels=[...])`."""
+             top_k: Optional[int] = None, tokenizer: Optional[str] = None) -> ZeroShotImageClassificationPipeline:
+    """`pipeline("zero_shot_image_classification", model=<CLIPModel | preset | .ckpt>, candidate_labels=[...])`;
+    `tokenizer` is a SigLIP model's vocabulary file (docs/models.md "Tokenizers")."""
     from clip.model import load_model
+    from clip.model.hf_tokenizer import attach
 
     if task != TASK:
         raise UserError(f"pipeline task {task!r} is not supported (expected {TASK!r})")
-    return ZeroShotImageClassificationPipeline(load_model(model, checkpoint, dtype), candidate_labels,
-                                               template, top_k)
+    loaded = load_model(model, checkpoint, dtype)
+    if tokenizer is not None or getattr(loaded, "tokenize", None) is None:
+        attach(loaded, tokenizer, "tokenizer")
+    return ZeroShotImageClassificationPipeline(loaded, candidate_labels, template, top_k)
 
 
 # ---------------------------------------------------------------- command line
@@ -216,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='candidate labels, comma-separated: "cat,dog,bird"')
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, type=text(nonempty=True),
                         help=f"prompt template (default {DEFAULT_TEMPLATE!r})")
+    parser.add_argument("--tokenizer", type=path("input"), metavar="PATH",
+                        help="a SigLIP model's vocabulary: tokenizer.json or SentencePiece .model, or a directory "
+                             "with one (docs/models.md, Tokenizers); OpenAI models need none")
     parser.add_argument("--top-k", type=integer(ge=1), default=None, help="show only the K most likely labels")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -232,12 +239,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top-k {args.top_k}: expected a positive integer")
     from clip.model import load_model
+    from clip.model.hf_tokenizer import attach
 
     paths = expand_image_paths(args.image)
     for path in paths:  # every file is decoded once before the model loads, so errors come first
         load_image(path)
     model = load_model(args.model, args.checkpoint, args.dtype) if args.model else \
         load_model(args.checkpoint, None, args.dtype)
+    attach(model, args.tokenizer, "--tokenizer")
     pipe = ZeroShotImageClassificationPipeline(model, labels, template, args.top_k)
     results = []
     for start in range(0, len(paths), pipe.batch_size):

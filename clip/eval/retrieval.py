@@ -59,7 +59,7 @@ def image_share(model, source, image_size: int, batch_size: int,
     from clip.model.transforms import image_transform
 
     rank, world = shard
-    transform = image_transform(image_size)
+    transform = image_transform(image_size, model.config.preprocess)
     mine = list(range(rank, len(source), world))
     compiled = worth_compiling(len(mine), batch_size)
     encode = encoder(model, "image", compiled)

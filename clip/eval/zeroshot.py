@@ -238,12 +238,13 @@ def evaluate_source(model, source, image_size: int, batch_size: int, sharded: bo
         if cache is not None:
             cache.put(source.classnames, source.templates, classifier)
     text_seconds = time.time() - started
+    transform = image_transform(image_size, model.config.preprocess)
     if getattr(source, "multilabel", False):
-        return evaluate_multilabel(model, source, classifier, image_transform(image_size), batch_size, (rank, world),
+        return evaluate_multilabel(model, source, classifier, transform, batch_size, (rank, world),
                                    text_seconds)
     skipped: list[str] = []
     indices = range(rank, len(source), world)
-    batches = iterate_batches(source, image_transform(image_size), batch_size, indices, skipped)
+    batches = iterate_batches(source, transform, batch_size, indices, skipped)
     counts = count_predictions(model, classifier, batches, batch_size,
                                compiled=worth_compiling(len(indices), batch_size))
     if world > 1:

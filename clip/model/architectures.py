@@ -13,6 +13,9 @@ from launcher.errors import UserError
 
 DTYPES = ("float32", "float16", "bfloat16")
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")  # OpenAI's x*sigmoid(1.702x), exact erf GELU, tanh GELU
+VISION_POOLS = ("class", "map")
+TEXT_POOLS = ("argmax", "last")
+PREPROCESSING = ("openai", "siglip")  # clip.model.transforms.PREPROCESSING spells them out
 DEFAULT_MODEL = "clip_tiny"  # what runs when neither a name nor a checkpoint says otherwise
 ARCHITECTURE_KEY = "architecture"  # the .ckpt entry holding the description as JSON (clip.model.weights)
 
@@ -42,6 +45,18 @@ class CLIPConfig:
     hf_tokenizer_name: Optional[str] = None
     # open_clip's text_cfg.tokenizer_kwargs.clean (e.g. "canonicalize"); None = the tokenizer's default
     tokenizer_clean: Optional[str] = None
+    # SigLIP's towers (open_clip's timm trunk and custom text) differ from OpenAI's in these; the defaults are OpenAI's
+    vision_pool: str = "class"  # "class": a class token, pooled; "map": no class token, timm's attention pool (MAP)
+    vision_ln_pre: bool = True  # LayerNorm before the blocks
+    vision_patch_bias: bool = False  # a bias on the patch convolution
+    vision_projection: bool = True  # False: the image embedding is the pooled token (embed_dim = vision_width)
+    text_causal_mask: bool = True  # False: every token attends to every token
+    text_pool: str = "argmax"  # "argmax": at the end token (the largest id); "last": at the last position
+    text_proj_bias: bool = False  # a bias after the text projection
+    text_activation: Optional[str] = None  # the text tower's activation when it differs from `activation`
+    # the image preprocessing the weights expect (clip.model.transforms): OpenAI's mean/std, shortest side +
+    # centre crop; or SigLIP's mean = std = 0.5, squashed to the square
+    preprocess: str = "openai"
 
     def __post_init__(self):
         for f in fields(self):
@@ -58,11 +73,27 @@ class CLIPConfig:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):
                 raise UserError(f"model {key} is {value!r}, expected a non-empty string or null")
+        for f in fields(self):
+            if f.type is bool and not isinstance(getattr(self, f.name), bool):
+                raise UserError(f"model {f.name} is {getattr(self, f.name)!r}, expected true or false")
+        for key, allowed in (("vision_pool", VISION_POOLS), ("text_pool", TEXT_POOLS), ("preprocess", PREPROCESSING)):
+            if getattr(self, key) not in allowed:
+                raise UserError(f"model {key} {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if self.text_activation is not None and self.text_activation not in ACTIVATIONS:
+            raise UserError(f"model text_activation {self.text_activation!r} is not one of {', '.join(ACTIVATIONS)} "
+                            f"or null")
+        if self.text_activation == self.activation:  # one spelling per architecture, so equal configs compare equal
+            object.__setattr__(self, "text_activation", None)
+        if not self.vision_projection and self.embed_dim != self.vision_width:
+            raise UserError(f"model embed_dim {self.embed_dim} differs from vision_width {self.vision_width}, "
+                            f"which vision_projection false requires (the pooled token is the embedding)")
         if self.dtype not in DTYPES:
             raise UserError(f"model dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.activation not in ACTIVATIONS:
             raise UserError(f"model activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        if self.image_size % self.patch_size:
+        # timm's patch convolution drops the rows and columns after the last whole patch (SO400M/14 at 384 px);
+        # a class-token model keeps OpenAI's rule of whole patches only
+        if self.image_size % self.patch_size and self.vision_pool == "class":
             raise UserError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"),
                                     (self.text_width, self.text_heads, "text")):
@@ -71,6 +102,20 @@ class CLIPConfig:
         for tower in ("vision", "text"):
             if self.mlp_width(tower) < 1:
                 raise UserError(f"model {tower}_mlp_ratio {getattr(self, tower + '_mlp_ratio')} gives an empty MLP")
+
+    @property
+    def class_token(self) -> bool:
+        """MAP pooling attends over the patches only: SigLIP's trunk has no class token."""
+        return self.vision_pool == "class"
+
+    @property
+    def trims_padding(self) -> bool:
+        """Whether dropping pad columns after the longest text leaves every embedding unchanged: only when no
+        token sees a later one (causal mask) and the pooled one is the end token, not the last position."""
+        return self.text_causal_mask and self.text_pool == "argmax"
+
+    def tower_activation(self, tower: str) -> str:
+        return self.text_activation or self.activation if tower == "text" else self.activation
 
     @property
     def grid_size(self) -> int:
@@ -121,7 +166,9 @@ class CLIPConfig:
 
     def describe(self) -> str:
         """One short line: activation and the shapes that tell models apart."""
-        return (f"{self.activation}, {self.image_size}px/{self.patch_size}, vision {self.vision_width}x"
+        act = self.activation + (f" (text {self.text_activation})" if self.text_activation else "")
+        pool = ", MAP pool" if self.vision_pool == "map" else ""
+        return (f"{act}, {self.image_size}px/{self.patch_size}{pool}, vision {self.vision_width}x"
                 f"{self.vision_layers} ({self.vision_heads} heads, MLP {self.mlp_width('vision')}), text "
                 f"{self.text_width}x{self.text_layers} ({self.text_heads} heads, MLP {self.mlp_width('text')}), "
                 f"embed {self.embed_dim}")
@@ -153,7 +200,7 @@ MINDFORMERS: Dict[str, CLIPConfig] = {
 
 _ANY = object()  # a knob that changes nothing here unless another (checked) knob is on
 # open_clip 3.3.0 model.py: key -> the only value this model implements (its open_clip default), or _ANY.
-_TOP = {"embed_dim": None, "quick_gelu": None, "vision_cfg": None, "text_cfg": None, "custom_text": False,
+_TOP = {"embed_dim": None, "quick_gelu": None, "vision_cfg": None, "text_cfg": None, "custom_text": (False, True),
         "init_logit_scale": _ANY, "init_logit_bias": _ANY, "nonscalar_logit_scale": False, "cast_dtype": None,
         "output_dict": _ANY}
 def mlp_ratio_for(hidden: int, width: int) -> float:
@@ -172,13 +219,14 @@ _COMMON = {"width": None, "layers": None, "mlp_ratio": None, "act_kwargs": None,
            "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
            "scale_attn": False, "scale_fc": False}
 _VISION = {**_COMMON, "head_width": None, "patch_size": None, "image_size": None, "patch_dropout": 0,
-           "attentional_pool": False, "attn_pooler_queries": _ANY, "attn_pooler_heads": _ANY, "no_ln_pre": False,
-           "pos_embed_type": "learnable", "pool_type": "tok", "timm_model_name": None,
+           "attentional_pool": False, "attn_pooler_queries": _ANY, "attn_pooler_heads": _ANY,
+           "no_ln_pre": (False, True), "pos_embed_type": "learnable", "pool_type": "tok", "timm_model_name": None,
            "timm_model_pretrained": _ANY, "timm_pool": _ANY, "timm_proj": _ANY, "timm_proj_bias": _ANY,
            "timm_drop": _ANY, "timm_drop_path": _ANY}
 _TEXT = {**_COMMON, "heads": None, "context_length": None, "vocab_size": None, "hf_tokenizer_name": _ANY,
          "tokenizer_mode": None, "tokenizer_kwargs": None, "embed_cls": False, "pad_id": 0, "eos_id": _ANY,
-         "no_causal_mask": False, "pool_type": "argmax", "proj_bias": False, "proj_type": "linear",
+         "no_causal_mask": (False, True), "pool_type": ("argmax", "last"), "proj_bias": (False, True),
+         "proj_type": "linear",
          "hf_model_name": None, "hf_model_pretrained": _ANY, "hf_proj_type": _ANY, "hf_pooler_type": _ANY}
 # open_clip's CLIPVisionCfg / CLIPTextCfg defaults for the keys a JSON may leave out.
 _VISION_DEFAULTS = {"layers": 12, "width": 768, "head_width": 64, "mlp_ratio": 4.0, "patch_size": 16, "image_size": 224}
@@ -194,14 +242,17 @@ def _check_keys(section: dict, allowed: dict, where: str, source: str) -> None:
         accepted = allowed[key]
         if accepted is None or accepted is _ANY or key in ("act_kwargs", "norm_kwargs"):
             continue
-        if value not in (accepted if isinstance(accepted, tuple) else (accepted,)):
+        choices = accepted if isinstance(accepted, tuple) else (accepted,)
+        # a flag is true or false, not 1 or 0 (which compare equal to them)
+        if not any(value == c and type(value) is type(c) for c in choices):
             raise UserError(f"{source}: {where}{key} = {json.dumps(value)} is not supported here "
-                            f"(only {json.dumps(accepted if not isinstance(accepted, tuple) else accepted[0])}: "
-                            f"this model implements open_clip's plain ViT and text transformer)")
-    for key in ("ls_init_value", "tokenizer_mode", "timm_model_name", "hf_model_name"):
+                            f"(only {' or '.join(json.dumps(c) for c in choices)}: this model implements "
+                            f"open_clip's plain ViT, SigLIP's timm ViT and the text transformer)")
+    for key in ("ls_init_value", "tokenizer_mode", "hf_model_name"):
         if section.get(key) is not None:
             raise UserError(f"{source}: {where}{key} = {json.dumps(section[key])} is not supported here (only null: "
-                            f"this model implements open_clip's plain ViT and text transformer)")
+                            f"this model implements open_clip's plain ViT, SigLIP's timm ViT and the text "
+                            f"transformer)")
 
 
 def _activation(section: dict, quick_gelu: bool, where: str, source: str) -> str:
@@ -258,7 +309,8 @@ def from_open_clip(data, source: str) -> CLIPConfig:
     quick_gelu = data.get("quick_gelu", False)
     if not isinstance(quick_gelu, bool):
         raise UserError(f"{source}: quick_gelu = {json.dumps(quick_gelu)}, expected true or false")
-    vision, text = {**_VISION_DEFAULTS, **vision}, {**_TEXT_DEFAULTS, **text}
+    trunk = _timm_trunk(vision, source) if vision.get("timm_model_name") is not None else None
+    vision, text = {**_VISION_DEFAULTS, **(trunk or vision)}, {**_TEXT_DEFAULTS, **text}
     if isinstance(vision["layers"], list):
         raise UserError(f"{source}: vision_cfg.layers = {json.dumps(vision['layers'])} is a ResNet tower; "
                         f"only ViT towers are supported")
@@ -266,12 +318,12 @@ def from_open_clip(data, source: str) -> CLIPConfig:
     if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
         size = size[0]
     vision["image_size"] = size
-    activations = {_activation(vision, quick_gelu, "vision_cfg.", source), _activation(text, quick_gelu, "text_cfg.", source)}
+    vision_act = trunk["activation"] if trunk else _activation(vision, quick_gelu, "vision_cfg.", source)
+    text_act = _activation(text, quick_gelu, "text_cfg.", source)
     epsilons = {_eps(vision, "vision_cfg.", source), _eps(text, "text_cfg.", source)}
-    for what, values in (("activations", activations), ("LayerNorm eps", epsilons)):
-        if len(values) > 1:
-            raise UserError(f"{source}: the towers' {what} differ ({', '.join(map(str, sorted(values)))}); "
-                            f"only one for both is supported")
+    if len(epsilons) > 1:
+        raise UserError(f"{source}: the towers' LayerNorm eps differ ({', '.join(map(str, sorted(epsilons)))}); "
+                        f"only one for both is supported")
     width = _int(vision, "width", "vision_cfg.", source)
     head_width = _int(vision, "head_width", "vision_cfg.", source)
     if width % head_width:
@@ -284,11 +336,86 @@ def from_open_clip(data, source: str) -> CLIPConfig:
             context_length=_int(text, "context_length", "text_cfg.", source),
             vocab_size=_int(text, "vocab_size", "text_cfg.", source), text_width=_int(text, "width", "text_cfg.", source),
             text_layers=_int(text, "layers", "text_cfg.", source), text_heads=_int(text, "heads", "text_cfg.", source),
-            activation=activations.pop(), vision_mlp_ratio=vision["mlp_ratio"], text_mlp_ratio=text["mlp_ratio"],
-            norm_eps=epsilons.pop(), init_logit_bias=data.get("init_logit_bias"),
-            hf_tokenizer_name=text.get("hf_tokenizer_name"), tokenizer_clean=_tokenizer_clean(text, source))
+            activation=vision_act, text_activation=text_act, vision_mlp_ratio=vision["mlp_ratio"],
+            text_mlp_ratio=text["mlp_ratio"], norm_eps=epsilons.pop(), init_logit_bias=data.get("init_logit_bias"),
+            hf_tokenizer_name=text.get("hf_tokenizer_name"), tokenizer_clean=_tokenizer_clean(text, source),
+            vision_pool="map" if trunk else "class", vision_ln_pre=not (trunk or vision.get("no_ln_pre", False)),
+            vision_patch_bias=bool(trunk), vision_projection=not trunk,
+            text_causal_mask=not text.get("no_causal_mask", False), text_pool=text.get("pool_type", "argmax"),
+            text_proj_bias=text.get("proj_bias", False), preprocess="siglip" if trunk else "openai")
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
+
+
+# open_clip's PreprocessCfg values of each family (OPENAI_DATASET_* and SigLIP's INCEPTION_*, bicubic both)
+_PREPROCESS_CFG = {"openai": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+                              "interpolation": "bicubic", "resize_mode": "shortest"},
+                   "siglip": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
+                              "resize_mode": "squash"}}
+
+
+def preprocess_of(cfg, image_size: int, source: str) -> str:
+    """The family an open_clip `preprocess_cfg` (of an open_clip_config.json) describes; keys it leaves out
+    take open_clip's defaults (OpenAI's). Any other mean, std, interpolation or resize mode is a one-line
+    error naming the key: preprocessing the weights were not trained with would pass silently otherwise."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"{source}: preprocess_cfg is {json.dumps(cfg)}, expected a JSON object")
+    for key in cfg:
+        if key not in ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color"):
+            raise UserError(f"{source}: unknown key preprocess_cfg.{key!r}")
+    if cfg.get("size", image_size) not in (image_size, [image_size, image_size]) or cfg.get("mode", "RGB") != "RGB":
+        key = "size" if "size" in cfg and cfg["size"] not in (image_size, [image_size, image_size]) else "mode"
+        raise UserError(f"{source}: preprocess_cfg.{key} = {json.dumps(cfg[key])} is not supported here (only "
+                        f"{json.dumps(image_size if key == 'size' else 'RGB')})")
+    given = {**_PREPROCESS_CFG["openai"], **{k: cfg[k] for k in cfg if k in _PREPROCESS_CFG["openai"]}}
+    # the resize mode names the family; then every other value must be that family's
+    family = {"shortest": "openai", "squash": "siglip"}.get(given["resize_mode"]) if isinstance(
+        given["resize_mode"], str) else None
+    if family is None:
+        raise UserError(f"{source}: preprocess_cfg.resize_mode = {json.dumps(given['resize_mode'])} is not supported "
+                        f'here (only "shortest", OpenAI\'s, or "squash", SigLIP\'s)')
+    for key, want in _PREPROCESS_CFG[family].items():
+        value = given[key]
+        same = value == want or (isinstance(want, list) and isinstance(value, list) and len(value) == len(want)
+                                 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                         and abs(x - y) < 1e-6 for x, y in zip(value, want)))
+        if not same:
+            raise UserError(f"{source}: preprocess_cfg.{key} = {json.dumps(value)} is not supported here with "
+                            f"resize_mode {json.dumps(given['resize_mode'])} (only {json.dumps(want)}, "
+                            f"{'OpenAI' if family == 'openai' else 'SigLIP'}'s preprocessing)")
+    return family
+
+
+# With a timm trunk, open_clip reads only these vision_cfg keys; the tower itself is timm's model definition.
+_TIMM_KEYS = ("image_size", "timm_model_name", "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias",
+              "timm_drop", "timm_drop_path", "patch_dropout", "output_tokens")
+
+
+def _timm_trunk(vision: dict, source: str) -> dict:
+    """The vision_cfg keys of the timm ViT a SigLIP config names, from timm's model definitions shipped in
+    clip/assets (timm is not needed at run time): SigLIP's class-token-free trunk with MAP pooling, used as is
+    (no extra projection), since open_clip passes it no image size, at timm's own."""
+    name = vision["timm_model_name"]
+    entry = _TIMM_MODELS.get(name)
+    if entry is None:
+        raise UserError(f"{source}: vision_cfg.timm_model_name = {json.dumps(name)} is not supported here (only "
+                        f"SigLIP's ViTs with attention pooling: {', '.join(_TIMM_MODELS)})")
+    for key in vision:
+        if key not in _TIMM_KEYS:
+            raise UserError(f"{source}: vision_cfg.{key} is not used with a timm trunk (timm_model_name says the "
+                            f"tower); remove it")
+    for key, want in (("timm_pool", "map"), ("timm_proj", "none")):
+        if vision.get(key) != want:
+            raise UserError(f"{source}: vision_cfg.{key} = {json.dumps(vision.get(key))} is not supported here "
+                            f"with a timm trunk (only {json.dumps(want)})")
+    args, size = entry["model_args"], entry["img_size"]
+    if vision.get("image_size", 224) not in (size, [size, size]):
+        raise UserError(f"{source}: vision_cfg.image_size = {json.dumps(vision.get('image_size', 224))}, but timm "
+                        f"builds {name} at {size} (open_clip passes timm no image size)")
+    return {"image_size": size, "patch_size": args["patch_size"], "width": args["embed_dim"],
+            "layers": args["depth"], "head_width": args["embed_dim"] // args["num_heads"],
+            "mlp_ratio": args.get("mlp_ratio", 4.0), "norm_kwargs": {"eps": 1e-6},
+            "activation": {"gelu": "gelu", "gelu_tanh": "gelu_tanh"}[args.get("act_layer", "gelu")]}
 
 
 def from_hugging_face(data, source: str) -> CLIPConfig:
@@ -329,9 +456,13 @@ def read_json(path: str) -> dict:
         raise UserError(f"model config {path} is not valid JSON ({str(exc).splitlines()[0]})") from None
 
 
+_ASSET = json.loads(resources.files("clip").joinpath("assets/open_clip_models.json").read_text())
+# timm ViT name -> {"model_args": its timm entry point's arguments, verbatim; "img_size": its default input size}
+_TIMM_MODELS: Dict[str, dict] = _ASSET["timm_models"]
+
+
 def _open_clip_registry() -> Dict[str, CLIPConfig]:
-    data = json.loads(resources.files("clip").joinpath("assets/open_clip_models.json").read_text())
-    return {name: from_open_clip(cfg, f"open_clip config {name}") for name, cfg in data["models"].items()}
+    return {name: from_open_clip(cfg, f"open_clip config {name}") for name, cfg in _ASSET["models"].items()}
 
 
 # Every name: MindFormers' first (so an OpenAI-shaped QuickGELU model is called by its MindFormers name).
@@ -440,19 +571,37 @@ def expected_shapes(config: CLIPConfig) -> Dict[str, Tuple[int, ...]]:
             })
 
     vw, tw, p = config.vision_width, config.text_width, config.patch_size
+    if config.class_token:
+        shapes["visual.class_embedding"] = (vw,)
+    shapes["visual.positional_embedding"] = (config.grid_size ** 2 + config.class_token, vw)
+    shapes["visual.conv1.weight"] = (vw, 3, p, p)
+    if config.vision_patch_bias:
+        shapes["visual.conv1.bias"] = (vw,)
+    if config.vision_ln_pre:
+        shapes.update({"visual.ln_pre.weight": (vw,), "visual.ln_pre.bias": (vw,)})
+    shapes.update({"visual.ln_post.weight": (vw,), "visual.ln_post.bias": (vw,)})
+    if config.vision_pool == "map":  # timm's AttentionPoolLatent: one latent query, q and fused kv, out proj, MLP
+        mlp = config.mlp_width("vision")
+        shapes.update({
+            "visual.attn_pool.latent": (1, 1, vw),
+            "visual.attn_pool.q.weight": (vw, vw), "visual.attn_pool.q.bias": (vw,),
+            "visual.attn_pool.kv.weight": (2 * vw, vw), "visual.attn_pool.kv.bias": (2 * vw,),
+            "visual.attn_pool.proj.weight": (vw, vw), "visual.attn_pool.proj.bias": (vw,),
+            "visual.attn_pool.norm.weight": (vw,), "visual.attn_pool.norm.bias": (vw,),
+            "visual.attn_pool.mlp.c_fc.weight": (mlp, vw), "visual.attn_pool.mlp.c_fc.bias": (mlp,),
+            "visual.attn_pool.mlp.c_proj.weight": (vw, mlp), "visual.attn_pool.mlp.c_proj.bias": (vw,),
+        })
+    if config.vision_projection:
+        shapes["visual.proj"] = (vw, config.embed_dim)
     shapes.update({
-        "visual.class_embedding": (vw,),
-        "visual.positional_embedding": (config.grid_size ** 2 + 1, vw),
-        "visual.conv1.weight": (vw, 3, p, p),
-        "visual.ln_pre.weight": (vw,), "visual.ln_pre.bias": (vw,),
-        "visual.ln_post.weight": (vw,), "visual.ln_post.bias": (vw,),
-        "visual.proj": (vw, config.embed_dim),
         "token_embedding.weight": (config.vocab_size, tw),
         "positional_embedding": (config.context_length, tw),
         "ln_final.weight": (tw,), "ln_final.bias": (tw,),
         "text_projection": (tw, config.embed_dim),
         "logit_scale": (),
     })
+    if config.text_proj_bias:
+        shapes["text_projection_bias"] = (config.embed_dim,)
     if config.init_logit_bias is not None:
         shapes["logit_bias"] = ()
     tower("visual.", vw, config.vision_layers, config.mlp_width("vision"))

@@ -19,14 +19,14 @@ import os
 import re
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from clip.model import torch_archive
 from clip.model.architectures import (PRESETS, CLIPConfig, candidates_for, expected_shapes, from_hugging_face,
-                                      from_open_clip, get_config, infer_config, name_of, read_json)
+                                      from_open_clip, get_config, infer_config, name_of, preprocess_of, read_json)
 from launcher.errors import UserError, exit_on_user_error, path, text
 
 OUTPUT_DTYPES = ("float32", "float16")
@@ -34,6 +34,8 @@ OUTPUT_DTYPES = ("float32", "float16")
 NON_PARAMETERS = ("input_resolution", "context_length", "vocab_size", "attn_mask", "position_ids")
 OPENAI_ANCHOR = "visual.conv1.weight"
 HF_ANCHOR = "vision_model.embeddings.patch_embedding.weight"
+TIMM_ANCHOR = "visual.trunk.patch_embed.proj.weight"  # open_clip's SigLIP: a timm trunk, the text tower under text.
+LAYOUT_NAMES = {"openai": "OpenAI/open_clip names", "hf": "Hugging Face names", "timm": "open_clip timm-trunk names"}
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,15 @@ def find_layout(names: List[str], source: str) -> Tuple[str, str]:
     """(layout, prefix): 'openai' or 'hf', and the wrapper prefix such as 'state_dict.' or 'module.'."""
     candidates = []
     for name in names:
-        for layout, anchor in (("openai", OPENAI_ANCHOR), ("hf", HF_ANCHOR)):
+        for layout, anchor in (("openai", OPENAI_ANCHOR), ("hf", HF_ANCHOR), ("timm", TIMM_ANCHOR)):
             if name == anchor or name.endswith("." + anchor):
                 candidates.append((len(name), layout, name[: len(name) - len(anchor)]))
     if not candidates:
         if any(n.endswith("visual.attnpool.c_proj.weight") for n in names):
             raise UserError(f"{source}: ResNet CLIP (RN50 and relatives) is not supported; only ViT models")
         shown = ", ".join(sorted(names)[:4]) or "none"
-        raise UserError(f"{source}: unknown layout: no CLIP ViT weights found (expected '{OPENAI_ANCHOR}' or "
-                        f"Hugging Face '{HF_ANCHOR}'; first tensors: {shown})")
+        raise UserError(f"{source}: unknown layout: no CLIP ViT weights found (expected '{OPENAI_ANCHOR}', "
+                        f"Hugging Face '{HF_ANCHOR}' or open_clip SigLIP '{TIMM_ANCHOR}'; first tensors: {shown})")
     _, layout, prefix = min(candidates)
     return layout, prefix
 
@@ -126,6 +128,49 @@ def hf_to_openai(tensors: Dict[str, np.ndarray], source: str) -> Dict[str, np.nd
     return out
 
 
+_TIMM_RENAMES = (
+    (r"^visual\.trunk\.pos_embed$", "visual.positional_embedding"),
+    (r"^visual\.trunk\.patch_embed\.proj\.", "visual.conv1."),
+    (r"^visual\.trunk\.blocks\.", "visual.transformer.resblocks."),
+    (r"^visual\.trunk\.norm\.", "visual.ln_post."),
+    (r"^visual\.trunk\.attn_pool\.", "visual.attn_pool."),
+    (r"^text\.", ""),
+    (r"\.norm1\.", ".ln_1."),
+    (r"\.norm2\.", ".ln_2."),
+    (r"\.attn\.qkv\.(weight|bias)$", r".attn.in_proj_\1"),
+    (r"\.attn\.proj\.", ".attn.out_proj."),
+    (r"\.mlp\.fc1\.", ".mlp.c_fc."),
+    (r"\.mlp\.fc2\.", ".mlp.c_proj."),
+)
+
+
+def timm_to_openai(tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """open_clip SigLIP names (timm trunk under visual.trunk., custom text under text.) -> our names: timm's
+    blocks take OpenAI's block names (the packed qkv is in_proj already), the position embedding loses its
+    batch axis, the attention pool keeps timm's names but for its MLP."""
+    out = {}
+    for name, value in tensors.items():
+        new = name
+        for pattern, replacement in _TIMM_RENAMES:
+            new = re.sub(pattern, replacement, new)
+        if new == "visual.positional_embedding" and value.ndim == 3 and value.shape[0] == 1:
+            value = value[0]
+        out[new] = value
+    return out
+
+
+def linear_text_projection(tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """open_clip's text projection as an nn.Linear (`proj_bias`, SigLIP): weight [embed, width] -> OpenAI's
+    matrix [width, embed], its bias -> text_projection_bias."""
+    if "text_projection.weight" not in tensors:
+        return tensors
+    out = {k: v for k, v in tensors.items() if k not in ("text_projection.weight", "text_projection.bias")}
+    out["text_projection"] = tensors["text_projection.weight"].T
+    if "text_projection.bias" in tensors:
+        out["text_projection_bias"] = tensors["text_projection.bias"]
+    return out
+
+
 def is_non_parameter(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in NON_PARAMETERS
 
@@ -172,14 +217,17 @@ def described_by_source(path: str, source_format: str, layout: str, tensors) -> 
         data = read_json(candidate)
         if filename == "open_clip_config.json":
             model_cfg = data.get("model_cfg") if isinstance(data, dict) else None
-            return candidate, from_open_clip(model_cfg, candidate)
+            config = from_open_clip(model_cfg, candidate)
+            if "preprocess_cfg" in data:  # the Hub's file says how the weights were trained to see images
+                config = replace(config, preprocess=preprocess_of(data["preprocess_cfg"], config.image_size, candidate))
+            return candidate, config
         if isinstance(data, dict) and "vision_config" in data and "text_config" in data:
             return candidate, from_hugging_face(data, candidate)
     return None
 
 
 OPENAI_PARAMETERS = ("visual.", "transformer.", "token_embedding.", "positional_embedding", "ln_final.",
-                     "text_projection", "logit_scale")
+                     "text_projection", "logit_scale", "logit_bias")
 
 
 def check_dtypes(tensors: Dict[str, np.ndarray], source: str) -> None:
@@ -211,6 +259,9 @@ def to_openai_parameters(tensors: Dict[str, np.ndarray], source: str, model: Opt
     tensors = strip_prefix(tensors, prefix)
     if layout == "hf":
         tensors = hf_to_openai(tensors, source)
+    elif layout == "timm":
+        tensors = timm_to_openai(tensors)
+    tensors = linear_text_projection(tensors)
     kept = {name: value for name, value in tensors.items() if not is_non_parameter(name)}
     check_dtypes(kept, source)
     described = None if model is not None else described_by_source(source, source_format, layout, kept)
@@ -220,7 +271,7 @@ def to_openai_parameters(tensors: Dict[str, np.ndarray], source: str, model: Opt
     params = {name: kept[name] for name in expected}
     ignored = tuple(sorted(name for name in kept if name not in expected))
     dtypes = sorted({str(value.dtype) for value in params.values()})
-    layout_name = {"openai": "OpenAI/open_clip names", "hf": "Hugging Face names"}[layout]
+    layout_name = LAYOUT_NAMES[layout]
     if prefix:
         layout_name += f" under '{prefix}'"
     return Conversion(source_format, layout_name, model, "/".join(dtypes), params, ignored, config, how)

@@ -83,12 +83,13 @@ def fit_positions(params: dict, config: CLIPConfig) -> dict:
     """The checkpoint's image position embeddings resized to the model's patch grid when only the grid differs."""
     key = "visual.positional_embedding"
     value = params.get(key)
-    want = config.grid_size ** 2 + 1
+    prefix = int(config.class_token)  # SigLIP's trunk has no class token row
+    want = config.grid_size ** 2 + prefix
     if value is None or len(value.shape) != 2 or value.shape[0] == want or value.shape[1] != config.vision_width:
         return params
     array = value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
     try:
-        resized = pos_embed.resize(array.astype(np.float32), config.grid_size)
+        resized = pos_embed.resize(array.astype(np.float32), config.grid_size, prefix)
     except ValueError:
         return params  # not a square grid: check_parameters names the shape
     return {**params, key: Tensor(resized)}

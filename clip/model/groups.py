@@ -17,11 +17,12 @@ from launcher.errors import UserError
 
 _BLOCK = re.compile(r"(?:^|\.)resblocks\.(\d+)\.")
 IMAGE, TEXT = "image", "text"
-# per tower: (embedding prefixes, final LayerNorm prefix, projection name)
+# per tower: (embedding prefixes, final LayerNorm prefix, projection names). SigLIP's attention pool follows
+# the final LayerNorm, as the projection does, so it goes with the projection; so does the text projection's bias.
 _PARTS = {
     IMAGE: (("visual.conv1.", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre."),
-            "visual.ln_post.", "visual.proj"),
-    TEXT: (("token_embedding.", "positional_embedding"), "ln_final.", "text_projection"),
+            "visual.ln_post.", ("visual.proj", "visual.attn_pool.")),
+    TEXT: (("token_embedding.", "positional_embedding"), "ln_final.", ("text_projection", "text_projection_bias")),
 }
 _TEXT_PREFIXES = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
 
@@ -45,7 +46,7 @@ def _part(name: str, tower: str) -> tuple[str, int]:
         return "embedding", 0
     if name.startswith(norm):
         return "norm", 0
-    if name == projection:
+    if any(name == p or (p.endswith(".") and name.startswith(p)) for p in projection):
         return "projection", 0
     raise ValueError(f"parameter {name!r} has no place in the {tower} tower")
 

@@ -1,10 +1,14 @@
-"""OpenAI CLIP's evaluation preprocessing, reproduced without torchvision.
+"""OpenAI CLIP's evaluation preprocessing, and SigLIP's, reproduced without torchvision.
 
 OpenAI's pipeline is torchvision `Resize(n, BICUBIC) -> CenterCrop(n) -> convert("RGB") -> ToTensor ->
 Normalize` on a PIL image. torchvision resizes PIL images with PIL itself, so the same PIL call plus
 torchvision's size and crop arithmetic gives identical pixels. The order is kept too: resizing happens
 in the image's own mode (palette and 1-bit images resize with nearest neighbour, RGBA with
 premultiplied alpha, grey in 8-bit grey) before the RGB conversion, as in OpenAI's pipeline.
+
+SigLIP's weights expect open_clip's `resize_mode: squash` instead: torchvision `Resize((n, n), BICUBIC)`, the
+whole image squashed to the square whatever its aspect ratio (no crop), then mean = std = 0.5. Which one a model
+gets is part of its architecture (`CLIPConfig.preprocess`), so training, evaluation and prediction agree.
 """
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ from launcher.errors import UserError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # open_clip's INCEPTION_MEAN / INCEPTION_STD
+# CLIPConfig.preprocess -> (mean, std, resize mode)
+PREPROCESSING = {"openai": (OPENAI_MEAN, OPENAI_STD, "shortest"), "siglip": (SIGLIP_MEAN, SIGLIP_STD, "squash")}
 
 
 def resized_size(width: int, height: int, size: int) -> Tuple[int, int]:
@@ -35,12 +42,12 @@ def center_crop_box(width: int, height: int, size: int) -> Tuple[int, int, int, 
     return left, top, left + size, top + size
 
 
-def normalize(rgb: np.ndarray) -> np.ndarray:
+def normalize(rgb: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD) -> np.ndarray:
     """uint8 [H,W,3] -> float32 [3,H,W]: /255 then (x - mean) / std, every step in float32
     as torchvision's ToTensor and Normalize compute it."""
     x = np.ascontiguousarray(rgb.transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
-    mean = np.asarray(OPENAI_MEAN, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(OPENAI_STD, dtype=np.float32).reshape(3, 1, 1)
+    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
     return (x - mean) / std
 
 
@@ -118,11 +125,18 @@ class ImageTransform:
     worker processes can use it."""
 
     image_size: int
+    preprocess: str = "openai"
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         if not isinstance(image, Image.Image):
             raise UserError(f"image_transform: got {type(image).__name__}, expected a PIL.Image.Image")
         size = self.image_size
+        mean, std, resize_mode = PREPROCESSING[self.preprocess]
+        if resize_mode == "squash":  # one resize to the square: memory by the output size at any aspect ratio
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.Resampling.BICUBIC)
+            return normalize(np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8),
+                             mean, std)
         new_size = resized_size(image.width, image.height, size)
         if new_size[0] * new_size[1] > ELONGATED * size * size:
             image = resize_crop(image, new_size, size)
@@ -135,8 +149,11 @@ class ImageTransform:
         return normalize(np.asarray(image, dtype=np.uint8))
 
 
-def image_transform(image_size: int) -> ImageTransform:
-    """OpenAI's preprocessing for a model with input resolution `image_size`."""
+def image_transform(image_size: int, preprocess: str = "openai") -> ImageTransform:
+    """The preprocessing of family `preprocess` (a model's `config.preprocess`: OpenAI's by default) for a
+    model with input resolution `image_size`."""
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise UserError(f"image_transform: image_size={image_size!r}, expected a positive integer")
-    return ImageTransform(int(image_size))
+    if preprocess not in PREPROCESSING:
+        raise UserError(f"image_transform: preprocess={preprocess!r}, expected one of {', '.join(PREPROCESSING)}")
+    return ImageTransform(int(image_size), preprocess)

@@ -26,7 +26,7 @@ from clip.data.webdataset import write_pending_indexes
 from clip.loss import sigmoid
 from clip.loss.contrastive import ContrastiveLoss
 from clip.model import create_model, model_name
-from clip.model import patch_dropout
+from clip.model import hf_tokenizer, patch_dropout
 from clip.parallel import distributed
 from clip.train import checkpoint, compile_cache, precision, preflight, runlog
 from clip.model.groups import lock_towers
@@ -104,6 +104,7 @@ def train(cfg: RunConfig) -> dict:
                             if siglip else {}))
     if resume_from:
         checkpoint.check_architecture(meta, model.config, resume_from)
+    tokenizer = hf_tokenizer.attach(model, cfg.model.tokenizer)  # a checkpoint's SigLIP needs its file too
     recompute_blocks(model, cfg.model.recompute)
     distributed.check_identical_params(model)
     m = cfg.model  # locked parameters stay out of the optimiser, and so out of the gradients and all-reduce
@@ -185,7 +186,7 @@ def train(cfg: RunConfig) -> dict:
         batches = train_batches(source, image_size=model.config.image_size,
                                 context_length=model.config.context_length, batch_size=per_rank,
                                 rank=rank, world_size=world, epoch=epoch, seed=t.seed, start_step=in_epoch,
-                                num_workers=t.num_workers)
+                                num_workers=t.num_workers, tokenizer=tokenizer, preprocess=model.config.preprocess)
         for images, tokens in batches:
             # patch dropout: this rank's rows of the step's draw, a function of (seed, step, global position)
             keep = () if not p_drop else (ms.Tensor(patch_dropout.keep_indices(

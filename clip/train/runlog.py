@@ -93,7 +93,8 @@ def lr_groups(scales: dict) -> dict:
     for name, scale in scales.items():
         tower = "image" if name.startswith("visual.") else "other" if name.startswith("logit_") else "text"
         block = re.search(r"resblocks\.(\d+)\.", name)
-        head = name.rsplit(".", 1)[0].endswith(("ln_post", "ln_final")) or name in ("visual.proj", "text_projection")
+        head = (name.rsplit(".", 1)[0].endswith(("ln_post", "ln_final")) or name.startswith("visual.attn_pool.")
+                or name in ("visual.proj", "text_projection", "text_projection_bias"))
         part = tower if tower == "other" else f"{tower}.{f'block{block.group(1)}' if block else 'head' if head else 'embed'}"
         taken = {v: k for k, v in groups.items() if k == part or k.startswith(part + "@")}
         if scale not in taken:
