@@ -14,10 +14,12 @@ $(RUNTIME): pyproject.toml
 	touch $@
 
 # open_clip: the tests' reference tokenizer and the benchmarks' anchor model (bench/openclip_anchor.py); installed
-# without deps because its torchvision has no working wheel here.
+# without deps because its torchvision has no working wheel here. timm: the image tower of open_clip's SigLIP
+# models, the reference of tests/test_siglip_models.py (also without deps, for the same torchvision).
 $(TESTDEPS): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps 'open_clip_torch==3.3.0'
+	$(BIN)/python -m pip install --quiet --no-deps 'timm==1.0.31'
 	touch $@
 
 setup: $(RUNTIME)

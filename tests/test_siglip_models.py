@@ -228,3 +228,19 @@ def test_a_damaged_siglip_state_dict_or_checkpoint_is_one_line(case, tmp_path, c
                   architecture=weights.architecture(stored, c["ckpt"]))
     with pytest.raises(UserError, match="has no parameter visual.attn_pool.q.bias$"):
         clip.create_model(checkpoint=str(tmp_path / "damaged.ckpt"))
+
+
+def test_patch_dropout_without_a_class_token_keeps_timms_token_order(case):
+    """Patch dropout on a trunk with no class token keeps just the listed patches (timm's PatchDropout with no
+    prefix tokens), after the position embedding, and MAP pools over them: the timm trunk run on the same
+    gathered tokens gives the same embedding."""
+    c = case("ViT-B-16-SigLIP")
+    model = clip.create_model(checkpoint=c["ckpt"])
+    keep = np.array([[0, 2, 3], [1, 2, 3]], np.int32)  # 3 of the 4 patches of a 32 px image on 16 px patches
+    trunk = c["model"].visual.trunk
+    with torch.no_grad():
+        x = trunk._pos_embed(trunk.patch_embed(torch.from_numpy(c["pixels"])))
+        x = torch.stack([x[i, torch.from_numpy(keep[i]).long()] for i in range(2)])
+        expected = trunk.attn_pool(trunk.norm(trunk.blocks(x))).numpy()
+    close(model.encode_image(ms.Tensor(c["pixels"]), ms.Tensor(keep)).asnumpy(), expected, "patch dropout")
+    assert np.abs(expected - c["image"]).max() > 1e-3  # dropping a patch changes the embedding
