@@ -604,6 +604,13 @@ def evil_cifar(ws: Path) -> None:
 PREDICT = ["--checkpoint", "{asset:ckpt}", "--labels", "cat,dog"]
 PREDICT_CASES = [
     C("predict-no-args", "predict", [], "required", category="command line"),
+    C("predict-siglip-checkpoint-missing-parameter", "predict", ["--checkpoint", "{ws}/siglip.ckpt", "--labels", "a,b",
+                                                                 "--image", "{asset:png}"],
+      "has no parameter visual.attn_pool.latent", {"siglip.ckpt": lambda ws, a: tiny_siglip_checkpoint(ws)},
+      category="shapes"),
+    C("predict-tokenizer-openai-model", "predict", PREDICT + ["--image", "{asset:png}", "--tokenizer", "{asset:t5_model}"],
+      "--tokenizer: '{asset:t5_model}' is for models with a SentencePiece / Hugging Face vocabulary (SigLIP); "
+      "this model uses OpenAI's built-in BPE"),
     C("predict-topk-text", "predict", PREDICT + ["--image", "{asset:png}", "--top-k", "many"], "invalid int value",
       category="command line"),
     C("predict-dtype", "predict", PREDICT + ["--image", "{asset:png}", "--dtype", "int8"], "invalid choice",
@@ -724,7 +731,60 @@ CONVERT_CASES = [
       category="missing file"),
     C("convert-dst-parent-file", "convert", ["{asset:torch_ok}", "{ws}/f/out.ckpt"], "", {"f": "file\n"},
       category="path is a directory/file"),
+    # open_clip SigLIP weights (a timm trunk) with the Hub's open_clip_config.json beside them
+    C("convert-siglip-unknown-trunk", "convert", ["{ws}/hub/w.bin", "{ws}/out.ckpt"],
+      'vision_cfg.timm_model_name = "vit_base_patch16_224" is not supported here',
+      {"hub": lambda ws, a: siglip_hub(ws, vision_cfg={"timm_model_name": "vit_base_patch16_224"})},
+      category="file from another version"),
+    C("convert-siglip-text-no-projection", "convert", ["{ws}/hub/w.bin", "{ws}/out.ckpt"],
+      'text_cfg.proj_type = "none" is not supported here', {"hub": lambda ws, a: siglip_hub(
+          ws, text_cfg={"proj_type": "none"})}, category="file from another version"),
+    C("convert-siglip-preprocess-longest", "convert", ["{ws}/hub/w.bin", "{ws}/out.ckpt"],
+      'preprocess_cfg.resize_mode = "longest" is not supported here',
+      {"hub": lambda ws, a: siglip_hub(ws, preprocess_cfg={"resize_mode": "longest"})}),
+    C("convert-siglip-missing-tensor", "convert", ["{ws}/hub/w.bin", "{ws}/out.ckpt", "--model", "ViT-B-16-SigLIP"],
+      "missing tensor visual.positional_embedding (and 312 more) required by ViT-B-16-SigLIP",
+      {"hub": lambda ws, a: siglip_hub(ws, config=False)}, category="shapes"),
+    C("convert-siglip-as-clip", "convert", ["{ws}/hub/w.bin", "{ws}/out.ckpt", "--model", "ViT-B-16"],
+      "missing tensor visual.class_embedding", {"hub": lambda ws, a: siglip_hub(ws, config=False)},
+      category="file from another version"),
 ]
+
+
+def tiny_siglip_checkpoint(ws: Path) -> None:
+    """siglip.ckpt: a converted SigLIP-architecture checkpoint (tiny towers) without its attention pool's latent."""
+    import dataclasses
+
+    import mindspore as ms
+
+    from clip.model import weights
+    from clip.model.architectures import PRESETS, expected_shapes
+
+    config = dataclasses.replace(PRESETS["ViT-B-16-SigLIP"], image_size=32, vision_width=64, vision_layers=1,
+                                 vision_heads=2, embed_dim=64, text_width=64, text_layers=1, text_heads=2,
+                                 vocab_size=49408, context_length=16, hf_tokenizer_name=None, tokenizer_clean=None)
+    weights.write(str(ws / "siglip.ckpt"), [{"name": name, "data": ms.Tensor(np.zeros(shape, np.float32))}
+                                            for name, shape in expected_shapes(config).items()
+                                            if name != "visual.attn_pool.latent"], architecture=config)
+
+
+def siglip_hub(ws: Path, config: bool = True, **changes) -> None:
+    """hub/w.bin: open_clip ViT-B-16-SigLIP's patch weight alone (its trunk's names say the layout); with
+    hub/open_clip_config.json as the Hub ships it, `changes` merged into its sections."""
+    import copy
+
+    folder = ws / "hub"
+    folder.mkdir()
+    torch_save(folder / "w.bin", {"visual.trunk.patch_embed.proj.weight": np.zeros((768, 3, 16, 16), np.float32)})
+    if config:
+        from clip.model.architectures import _ASSET
+
+        data = {"model_cfg": copy.deepcopy(_ASSET["models"]["ViT-B-16-SigLIP"]),
+                "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
+                                   "resize_mode": "squash"}}
+        for key, value in changes.items():
+            (data if key == "preprocess_cfg" else data["model_cfg"])[key].update(value)
+        (folder / "open_clip_config.json").write_text(json.dumps(data))
 
 CLIP_CASES = [
     C("clip-no-mode", "clip", [], "--run_mode", category="command line"),
