@@ -121,3 +121,65 @@ def test_where_to_get_names_the_hub_repository_and_the_big_vision_file():
     assert "mc4.250000" in where_to_get(tokenizer_files.MT5_NAME)
     assert "gemma_tokenizer.model" in where_to_get(tokenizer_files.GEMMA_NAME)
     assert "huggingface.co/timm/ViT-B-16-SigLIP2" in where_to_get(tokenizer_files.GEMMA_NAME)
+
+
+def test_training_batches_carry_the_models_tokens(vocabularies):
+    """The data pipeline tokenizes captions with the model's tokenizer (pickled into its workers)."""
+    from clip.data import DatasetConfig, build_train_source
+    from clip.data.pipeline import caption_index, train_batches
+
+    path, _, hf_name = vocabularies["gemma sentencepiece"]
+    tokenizer = VocabularyTokenizer(path, hf_tokenizer_name=hf_name, context_length=16, vocab_size=1000,
+                                    clean="canonicalize")
+    source = build_train_source(DatasetConfig(type="shapes", num_samples=8, seed=3))
+    batches = train_batches(source, image_size=32, context_length=16, batch_size=4, rank=0, world_size=1,
+                            epoch=0, seed=0, tokenizer=tokenizer)
+    _, tokens = next(iter(batches))
+    assert tokens.dtype == np.int32 and tokens.shape == (4, 16)
+    captions = {tuple(tokenizer([c])[0]) for i in range(len(source)) for c in [source.captions(i)[caption_index(
+        0, i, 0, len(source.captions(i)))]]}
+    assert {tuple(row) for row in tokens} <= captions and all(GEMMA.eos_id in row for row in tokens.tolist())
+
+
+def test_evaluation_encodes_texts_with_the_attached_tokenizer(vocabularies, tmp_path):
+    """encode_texts (zero-shot, retrieval, predict) takes the whole rows of the file attached to the model (a
+    SigLIP text tower, whose last position is pooled: Gemma's zero padding trimmed would change them)."""
+    import json
+
+    import mindspore as ms
+
+    from clip.eval.encode import encode_texts
+    from clip.model import create_model
+    from clip.model.hf_tokenizer import attach
+
+    path, _, hf_name = vocabularies["gemma sentencepiece"]
+    config = tmp_path / "tiny_siglip.json"
+    config.write_text(json.dumps(tokenizer_files.tiny_open_clip_config(hf_name, 512)))
+    model = create_model(str(config))
+    model.set_train(False)
+    with pytest.raises(UserError, match="^model.tokenizer: "):
+        encode_texts(model, ["a cat"])
+    tokenize = attach(model, path, "--tokenizer")
+    texts = ["a photo of a cat", "Dog!"]
+    rows = tokenize(texts)
+    assert rows.shape == (2, 16) and rows[1, -1] == GEMMA.pad_id
+    direct = model.encode_text(ms.Tensor(rows)).asnumpy()
+    assert np.allclose(encode_texts(model, texts, compiled=False), direct, atol=1e-6)
+
+
+def test_a_tokenizer_json_putting_bos_first_still_gives_open_clips_rows(vocabularies, pairs, tmp_path):
+    """Gemma's own post-processor starts with BOS; open_clip's SigLIP2 files append EOS only, and so do we."""
+    import json
+
+    path, hub, hf_name = vocabularies["gemma hub tokenizer.json"]
+    data = json.loads(open(path, encoding="utf-8").read())
+    data["post_processor"] = {"type": "TemplateProcessing",
+                              "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
+                                         {"Sequence": {"id": "A", "type_id": 0}}],
+                              "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                              "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2], "tokens": ["<bos>"]}}}
+    bos_first = tmp_path / "tokenizer.json"
+    bos_first.write_text(json.dumps(data), encoding="utf-8")
+    ours = VocabularyTokenizer(str(bos_first), hf_tokenizer_name=hf_name, context_length=16, vocab_size=1000,
+                               clean="canonicalize")
+    assert np.array_equal(ours(HAND), pairs["gemma hub tokenizer.json", 16][1](HAND).numpy())

@@ -98,11 +98,13 @@ def hub_directory(source: str, directory: str, gemma: bool) -> str:
 
 
 def tiny_open_clip_config(hf_tokenizer_name: str, vocab_size: int) -> dict:
-    """An open_clip model config of a few kilobytes naming a SentencePiece / Hugging Face vocabulary."""
+    """An open_clip model config naming a SentencePiece / Hugging Face vocabulary, with SigLIP's text tower (no
+    causal mask, pooled at the last position, so no padding may be trimmed) on a tiny CLIP image tower."""
     return {"embed_dim": 32,
             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
             "text_cfg": {"context_length": 16, "vocab_size": vocab_size, "width": 32, "heads": 2, "layers": 1,
-                         "hf_tokenizer_name": hf_tokenizer_name, "tokenizer_kwargs": {"clean": "canonicalize"}}}
+                         "hf_tokenizer_name": hf_tokenizer_name, "tokenizer_kwargs": {"clean": "canonicalize"},
+                         "no_causal_mask": True, "pool_type": "last", "proj_bias": True}}
 
 
 def open_clip_tokenizer_module():
