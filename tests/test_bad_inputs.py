@@ -745,6 +745,8 @@ CONVERT_CASES = [
     C("convert-siglip-missing-tensor", "convert", ["{ws}/hub/w.bin", "{ws}/out.ckpt", "--model", "ViT-B-16-SigLIP"],
       "missing tensor visual.positional_embedding (and 312 more) required by ViT-B-16-SigLIP",
       {"hub": lambda ws, a: siglip_hub(ws, config=False)}, category="shapes"),
+    C("convert-hf-siglip", "convert", ["{ws}/hub/w.bin", "{ws}/out.ckpt"], "model_type 'siglip' is not supported here",
+      {"hub": lambda ws, a: hf_siglip(ws)}, category="file from another version"),
     C("convert-siglip-as-clip", "convert", ["{ws}/hub/w.bin", "{ws}/out.ckpt", "--model", "ViT-B-16"],
       "missing tensor visual.class_embedding", {"hub": lambda ws, a: siglip_hub(ws, config=False)},
       category="file from another version"),
@@ -766,6 +768,14 @@ def tiny_siglip_checkpoint(ws: Path) -> None:
     weights.write(str(ws / "siglip.ckpt"), [{"name": name, "data": ms.Tensor(np.zeros(shape, np.float32))}
                                             for name, shape in expected_shapes(config).items()
                                             if name != "visual.attn_pool.latent"], architecture=config)
+
+
+def hf_siglip(ws: Path) -> None:
+    """hub/: Hugging Face's SiglipModel layout (CLIP's tensor names, its own config.json model_type)."""
+    (ws / "hub").mkdir()
+    torch_save(ws / "hub" / "w.bin", {"vision_model.embeddings.patch_embedding.weight": np.zeros((8, 3, 4, 4))})
+    (ws / "hub" / "config.json").write_text(json.dumps({"model_type": "siglip", "vision_config": {"hidden_size": 8},
+                                                        "text_config": {"hidden_size": 8}}))
 
 
 def siglip_hub(ws: Path, config: bool = True, **changes) -> None:

@@ -421,6 +421,10 @@ def _timm_trunk(vision: dict, source: str) -> dict:
 def from_hugging_face(data, source: str) -> CLIPConfig:
     """A Hugging Face `CLIPModel` config.json -> CLIPConfig (hidden_act says the activation)."""
     acts = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+    kind = data.get("model_type") if isinstance(data, dict) else None
+    if kind not in (None, "clip"):  # SiglipModel & co. share CLIPModel's keys but not its tensors
+        raise UserError(f"{source}: model_type {kind!r} is not supported here (only Hugging Face's CLIPModel, "
+                        f"\"clip\"); for SigLIP convert open_clip's files from the timm/ repositories (docs/models.md)")
     try:
         v, t = data["vision_config"], data["text_config"]
         if {v.get("hidden_act", "quick_gelu"), t.get("hidden_act", "quick_gelu")} - set(acts):
