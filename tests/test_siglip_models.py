@@ -244,3 +244,20 @@ def test_patch_dropout_without_a_class_token_keeps_timms_token_order(case):
         expected = trunk.attn_pool(trunk.norm(trunk.blocks(x))).numpy()
     close(model.encode_image(ms.Tensor(c["pixels"]), ms.Tensor(keep)).asnumpy(), expected, "patch dropout")
     assert np.abs(expected - c["image"]).max() > 1e-3  # dropping a patch changes the embedding
+
+
+def test_image_lock_groups_are_timms(case):
+    """open_clip locks a timm trunk by timm's own layer groups (TimmModel.lock: group_matcher): the stem, each
+    block, the last block with the final norm, then the attention pool; our groups of the converted names are
+    the same, so `model.lock_image_unlocked_groups` means what it means in open_clip."""
+    from timm.models._manipulate import group_parameters
+
+    from clip.model.convert import timm_to_openai
+    from clip.model.groups import lock_group
+
+    c = case("ViT-B-16-SigLIP")
+    trunk = c["model"].visual.trunk
+    timm_groups = {f"visual.trunk.{name}": group for group, names in group_parameters(
+        trunk, trunk.group_matcher()).items() for name in names}
+    ours = {name: lock_group(next(iter(timm_to_openai({name: np.zeros(1)}))), 2) for name in timm_groups}
+    assert ours == timm_groups and set(ours.values()) == {0, 1, 2, 3}
