@@ -94,7 +94,7 @@ def assets(tmp_path_factory):
     import mindspore as ms
     import torch
 
-    from clip.model import create_model
+    from clip.model import create_model, weights
 
     root = tmp_path_factory.mktemp("bad_input_assets")
     a = {"root": root}
@@ -167,6 +167,8 @@ def assets(tmp_path_factory):
                                   ("siglip2_json", tokenizer_files.GEMMA_NAME, 512)):
         a[name] = str(root / f"{name}.json")
         Path(a[name]).write_text(json.dumps(tokenizer_files.tiny_open_clip_config(hub_name, vocab)))
+    siglip = create_model(a["siglip_json"])  # a checkpoint whose architecture names T5's vocabulary
+    a["siglip_ckpt"] = weights.write(str(root / "siglip.ckpt"), siglip, architecture=siglip.config)
     a["empty"] = str(root / "empty.bin")
     Path(a["empty"]).write_bytes(b"")
     a["binary"] = str(root / "random.bin")
@@ -464,6 +466,10 @@ def imagenet_folders(root: Path, image: str, skip: int) -> None:
 
 
 EVAL_CASES = [
+    C("eval-siglip-checkpoint-without-tokenizer", "eval",
+      ["--checkpoint", "{asset:siglip_ckpt}", "--set", "output_dir={ws}/out"],
+      "model.tokenizer: the model's text tower uses the T5 SentencePiece vocabulary of timm/ViT-B-16-SigLIP; give "
+      "its file", category="missing file"),
     C("eval-tokenizer-missing", "eval", ["--set", "model.name={asset:siglip_json}", "--tokenizer", "{ws}/spiece.model"],
       "model.tokenizer: '{ws}/spiece.model': tokenizer file not found (get tokenizer.json from "
       "https://huggingface.co/timm/ViT-B-16-SigLIP", category="missing file"),
@@ -608,6 +614,10 @@ PREDICT_CASES = [
                                                                  "--image", "{asset:png}"],
       "has no parameter visual.attn_pool.latent", {"siglip.ckpt": lambda ws, a: tiny_siglip_checkpoint(ws)},
       category="shapes"),
+    C("predict-siglip-checkpoint-without-tokenizer", "predict",
+      ["--checkpoint", "{asset:siglip_ckpt}", "--labels", "cat,dog", "--image", "{asset:png}"],
+      "--tokenizer: the model's text tower uses the T5 SentencePiece vocabulary of timm/ViT-B-16-SigLIP; give its "
+      "file with --tokenizer (get tokenizer.json from https://huggingface.co/timm/ViT-B-16-SigLIP", category="missing file"),
     C("predict-tokenizer-openai-model", "predict", PREDICT + ["--image", "{asset:png}", "--tokenizer", "{asset:t5_model}"],
       "--tokenizer: '{asset:t5_model}' is for models with a SentencePiece / Hugging Face vocabulary (SigLIP); "
       "this model uses OpenAI's built-in BPE"),
