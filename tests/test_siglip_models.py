@@ -261,3 +261,16 @@ def test_image_lock_groups_are_timms(case):
         trunk, trunk.group_matcher()).items() for name in names}
     ours = {name: lock_group(next(iter(timm_to_openai({name: np.zeros(1)}))), 2) for name in timm_groups}
     assert ours == timm_groups and set(ours.values()) == {0, 1, 2, 3}
+
+
+def test_another_resolution_resizes_the_patch_table_as_timm_does(case):
+    """`image_size` other than the checkpoint's: the trunk's position table (no class row) is resampled as
+    timm's resample_abs_pos_embed does it (antialiased bicubic), and the model runs at the new size."""
+    from timm.layers import resample_abs_pos_embed
+
+    c = case("ViT-B-16-SigLIP")
+    model = clip.create_model(checkpoint=c["ckpt"], image_size=64)
+    table = c["model"].visual.trunk.pos_embed.detach()
+    expected = resample_abs_pos_embed(table, [4, 4], num_prefix_tokens=0)[0].numpy()
+    close(model.visual.positional_embedding.asnumpy(), expected, "resized table")
+    assert model.encode_image(ms.Tensor(np.zeros((1, 3, 64, 64), np.float32))).shape == (1, 128)
