@@ -746,9 +746,9 @@ CONVERT_CASES = [
       'vision_cfg.timm_model_name = "vit_base_patch16_224" is not supported here',
       {"hub": lambda ws, a: siglip_hub(ws, vision_cfg={"timm_model_name": "vit_base_patch16_224"})},
       category="file from another version"),
-    C("convert-siglip-text-no-projection", "convert", ["{ws}/hub/w.bin", "{ws}/out.ckpt"],
-      'text_cfg.proj_type = "none" is not supported here', {"hub": lambda ws, a: siglip_hub(
-          ws, text_cfg={"proj_type": "none"})}, category="file from another version"),
+    C("convert-siglip-text-mlp-projection", "convert", ["{ws}/hub/w.bin", "{ws}/out.ckpt"],
+      'text_cfg.proj_type = "mlp" is not supported here', {"hub": lambda ws, a: siglip_hub(
+          ws, text_cfg={"proj_type": "mlp"})}, category="file from another version"),
     C("convert-siglip-preprocess-longest", "convert", ["{ws}/hub/w.bin", "{ws}/out.ckpt"],
       'preprocess_cfg.resize_mode = "longest" is not supported here',
       {"hub": lambda ws, a: siglip_hub(ws, preprocess_cfg={"resize_mode": "longest"})}),

@@ -38,6 +38,9 @@ CASES = {
     # heads of 72, MLP ratio 3.7362, tanh GELU in both towers
     "ViT-SO400M-16-SigLIP2-256": ("ViT-SO400M-16-SigLIP2-256", dict(SO400M_16, depth=1),
                                   {"width": 144, "heads": 2, "layers": 1, "vocab_size": 1000, "context_length": 16}),
+    # no text projection (proj_type none): the pooled token is the text embedding; tanh trunk, exact-GELU text
+    "ViT-SO400M-16-SigLIP-i18n-256": ("ViT-SO400M-16-SigLIP-i18n-256", dict(SO400M_16, depth=1),
+                                      {"width": 144, "heads": 2, "layers": 1, "vocab_size": 1000}),
     # OpenAI's BPE fits this vocabulary: the one predict runs on
     "BPE text": ("ViT-B-16-SigLIP", {"patch_size": 16, "embed_dim": 64, "num_heads": 2, "depth": 1,
                                      "class_token": False, "global_pool": "map"},
@@ -109,6 +112,7 @@ def test_embeddings_equal_open_clip_from_the_checkpoint_alone(case, name):
     close(model.encode_text(ms.Tensor(c["tokens"])).asnumpy(), c["text"], f"{name} text")
     if name == "ViT-B-16-SigLIP2":
         assert (config.activation, config.text_activation) == ("gelu", "gelu_tanh")
+    assert (config.text_projection, config.text_proj_bias) == ((False, False) if "i18n" in name else (True, True))
     if name == "ViT-SO400M-16-SigLIP2-256":
         assert (config.vision_heads, config.mlp_width("vision"), config.activation) == (2, 538, "gelu_tanh")
 
@@ -178,7 +182,7 @@ def test_timm_trunk_table_is_timms_own(monkeypatch):
     ({"vision_cfg": {"width": 512}}, "vision_cfg.width is not used with a timm trunk"),
     ({"vision_cfg": {"image_size": 256}}, "vision_cfg.image_size = 256, but timm builds vit_base_patch16_siglip_224 "
                                           "at 224"),
-    ({"text_cfg": {"proj_type": "none"}}, 'text_cfg.proj_type = "none" is not supported here \\(only "linear"'),
+    ({"text_cfg": {"proj_type": "mlp"}}, 'text_cfg.proj_type = "mlp" is not supported here \\(only "linear" or "none"'),
     ({"text_cfg": {"pool_type": "eos"}}, 'text_cfg.pool_type = "eos" is not supported here \\(only "argmax" or '
                                          '"last"'),
     ({"text_cfg": {"no_causal_mask": 1}}, "text_cfg.no_causal_mask = 1 is not supported here \\(only false or true"),

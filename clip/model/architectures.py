@@ -53,6 +53,7 @@ class CLIPConfig:
     text_causal_mask: bool = True  # False: every token attends to every token
     text_pool: str = "argmax"  # "argmax": at the end token (the largest id); "last": at the last position
     text_proj_bias: bool = False  # a bias after the text projection
+    text_projection: bool = True  # False: the pooled token is the text embedding (embed_dim = text_width)
     text_activation: Optional[str] = None  # the text tower's activation when it differs from `activation`
     # the image preprocessing the weights expect (clip.model.transforms): OpenAI's mean/std, shortest side +
     # centre crop; or SigLIP's mean = std = 0.5, squashed to the square
@@ -84,9 +85,13 @@ class CLIPConfig:
                             f"or null")
         if self.text_activation == self.activation:  # one spelling per architecture, so equal configs compare equal
             object.__setattr__(self, "text_activation", None)
-        if not self.vision_projection and self.embed_dim != self.vision_width:
-            raise UserError(f"model embed_dim {self.embed_dim} differs from vision_width {self.vision_width}, "
-                            f"which vision_projection false requires (the pooled token is the embedding)")
+        for tower, projected in (("vision", self.vision_projection), ("text", self.text_projection)):
+            width = getattr(self, f"{tower}_width")
+            if not projected and self.embed_dim != width:
+                raise UserError(f"model embed_dim {self.embed_dim} differs from {tower}_width {width}, which "
+                                f"{tower}_projection false requires (the pooled token is the embedding)")
+        if self.text_proj_bias and not self.text_projection:
+            raise UserError("model text_proj_bias true needs text_projection true (a bias of no projection)")
         if self.dtype not in DTYPES:
             raise UserError(f"model dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.activation not in ACTIVATIONS:
@@ -226,7 +231,7 @@ _VISION = {**_COMMON, "head_width": None, "patch_size": None, "image_size": None
 _TEXT = {**_COMMON, "heads": None, "context_length": None, "vocab_size": None, "hf_tokenizer_name": _ANY,
          "tokenizer_mode": None, "tokenizer_kwargs": None, "embed_cls": False, "pad_id": 0, "eos_id": _ANY,
          "no_causal_mask": (False, True), "pool_type": ("argmax", "last"), "proj_bias": (False, True),
-         "proj_type": "linear",
+         "proj_type": ("linear", "none"),
          "hf_model_name": None, "hf_model_pretrained": _ANY, "hf_proj_type": _ANY, "hf_pooler_type": _ANY}
 # open_clip's CLIPVisionCfg / CLIPTextCfg defaults for the keys a JSON may leave out.
 _VISION_DEFAULTS = {"layers": 12, "width": 768, "head_width": 64, "mlp_ratio": 4.0, "patch_size": 16, "image_size": 224}
@@ -342,7 +347,8 @@ def from_open_clip(data, source: str) -> CLIPConfig:
             vision_pool="map" if trunk else "class", vision_ln_pre=not (trunk or vision.get("no_ln_pre", False)),
             vision_patch_bias=bool(trunk), vision_projection=not trunk,
             text_causal_mask=not text.get("no_causal_mask", False), text_pool=text.get("pool_type", "argmax"),
-            text_proj_bias=text.get("proj_bias", False), preprocess="siglip" if trunk else "openai")
+            text_proj_bias=text.get("proj_bias", False) and text.get("proj_type") != "none",
+            text_projection=text.get("proj_type") != "none", preprocess="siglip" if trunk else "openai")
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
 
@@ -601,9 +607,10 @@ def expected_shapes(config: CLIPConfig) -> Dict[str, Tuple[int, ...]]:
         "token_embedding.weight": (config.vocab_size, tw),
         "positional_embedding": (config.context_length, tw),
         "ln_final.weight": (tw,), "ln_final.bias": (tw,),
-        "text_projection": (tw, config.embed_dim),
-        "logit_scale": (),
     })
+    if config.text_projection:
+        shapes["text_projection"] = (tw, config.embed_dim)
+    shapes["logit_scale"] = ()
     if config.text_proj_bias:
         shapes["text_projection_bias"] = (config.embed_dim,)
     if config.init_logit_bias is not None:

@@ -160,8 +160,10 @@ class CLIPModel(nn.Cell):
         self.token_embedding = TokenEmbedding(config.vocab_size, config.text_width)
         self.positional_embedding = normal(0.01, (config.context_length, config.text_width), "positional_embedding")
         self.ln_final = LayerNorm(config.text_width, config.norm_eps)
-        self.text_projection = normal(config.text_width ** -0.5, (config.text_width, config.embed_dim),
-                                      "text_projection")
+        self.has_text_projection = config.text_projection
+        if self.has_text_projection:
+            self.text_projection = normal(config.text_width ** -0.5, (config.text_width, config.embed_dim),
+                                          "text_projection")
         self.has_text_proj_bias = config.text_proj_bias
         if self.has_text_proj_bias:  # open_clip's text projection as an nn.Linear with bias (SigLIP)
             self.text_projection_bias = Parameter(initializer("zeros", (config.embed_dim,), ms.float32),
@@ -206,6 +208,8 @@ class CLIPModel(nn.Cell):
         else:  # at the end token, which has the largest id in every sequence
             eot = ops.argmax(tokens.astype(ms.float32), dim=-1).astype(ms.int32)
             pooled = ops.gather(x.reshape(n * length, -1), ops.arange(n, dtype=ms.int32) * length + eot, 0)
+        if not self.has_text_projection:  # ViT-SO400M-16-SigLIP-i18n-256: the pooled token as it is
+            return pooled
         out = ops.matmul(pooled.astype(self.dtype), self.text_projection.astype(self.dtype))
         if self.has_text_proj_bias:
             out = out + self.text_projection_bias.astype(self.dtype)
