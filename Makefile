@@ -28,8 +28,9 @@ demo: $(RUNTIME)
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/run_distribute.sh 2 configs/demo_shapes.yaml
 
 # Both tiers run on two pytest-xdist workers, one test module per worker at a time (a module's runs share its
-# fixtures); much of a test is one-threaded start-up, compilation and waiting on other processes.
-XDIST := -n 2 --dist loadfile
+# fixtures); much of a test is one-threaded start-up, compilation and waiting on other processes. Modules go out
+# in the order tests/conftest.py sorts them (longest first), not xdist's default of most tests first.
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
 test: $(TESTDEPS)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q $(XDIST) --durations=25 tests

@@ -7,12 +7,14 @@ One run per configuration, shared by all checks; 24 samples / global batch 8 = 3
 `loss.mode=full`) trains instead from a converted open_clip checkpoint with exact GELU (training_runs.TINY_GELU,
 no model name) against its own one-card run, so the guarantee covers that architecture without another cluster.
 Three SigLIP runs (`loss.type=siglip`, from a converted open_clip checkpoint with a logit bias) on 1 card, 2 cards
-and 1 card x 4 micro-batches end where open_clip's SigLipLoss + torch AdamW end on the same batches, within the
+x 2 micro-batches and 4 cards end where open_clip's SigLipLoss + torch AdamW end on the same batches, within the
 noise floor that open_clip in float32 vs float64 measures (tests/siglip_reference.py); a fourth, in fp16, stays
 within float16's distance of it.
-Four runs repeat native ones under the stock device profile (CLIP_PROFILE=stock: what Ascend and GPU run) on 1
-and 2 ranks, with and without accumulation; they must end within a few times the noise floor that the native
-runs' different splits of the same global batch measure.
+Two runs repeat native ones under the stock device profile (CLIP_PROFILE=stock: what Ascend and GPU run): the
+plain step on 1 rank and accumulation on 2 ranks; they must end within a few times the noise floor that the
+native runs' different splits of the same global batch measure.
+Plain gradient accumulation is shown to be a different objective on one card (1 x 4 micro-batches): that needs
+no cluster.
 """
 import pytest
 
@@ -34,8 +36,8 @@ from training_runs import (
 
 pytestmark = pytest.mark.processes
 
-# stock-profile run -> its native twin (same overrides): 1 and 2 ranks, K = 1 and more
-STOCK = {"w1_stock": "w1", "w1_k4_stock": "w1_k4", "w2_stock": "w2", "w2_k2_stock": "w2_k2"}
+# stock-profile run -> its native twin (same overrides): the plain step on 1 rank, accumulation on 2
+STOCK = {"w1_stock": "w1", "w2_k2_stock": "w2_k2"}
 # the native runs of one training (global batch 8, local loss) that split the batch differently
 SPLITS = ("w1", "w2", "w4", "w2_k2", "w1_k4")
 FACTOR = 3  # how far above the measured noise floor the profiles may end
@@ -53,11 +55,11 @@ def runs(tmp_path_factory):
             # from a converted GELU checkpoint: (2, 2, 2) full loss against (1, 8, 1) of the same checkpoint
             "w1_gelu": (1, 8, "local", "graph", []),
             "w2_k2_full_gelu": (2, 2, "full", "graph", ["train.accum_steps=2"]),
-            "w2_k2_plain": (2, 2, "local", "graph", ["train.accum_steps=2", "train.accum_mode=plain"]),
+            "w1_k4_plain": (1, 2, "local", "graph", ["train.accum_steps=4", "train.accum_mode=plain"]),
             # SigLIP from a converted open_clip checkpoint with a logit bias: against open_clip's own training
             "w1_siglip": (1, 8, "local", "graph", ["loss.type=siglip"]),
-            "w2_siglip": (2, 4, "local", "graph", ["loss.type=siglip"]),
-            "w1_k4_siglip": (1, 2, "local", "graph", ["loss.type=siglip", "train.accum_steps=4"]),
+            "w2_k2_siglip": (2, 2, "local", "graph", ["loss.type=siglip", "train.accum_steps=2"]),
+            "w4_siglip": (4, 2, "local", "graph", ["loss.type=siglip"]),
             # ...and in fp16 (a first loss scale that does not overflow, so no step is skipped)
             "w1_fp16_siglip": (1, 8, "local", "graph", ["loss.type=siglip", "train.precision=fp16",
                                                         "train.loss_scale_init=1024"])}
@@ -161,7 +163,7 @@ def test_the_gelu_runs_trained_the_converted_checkpoints_model(runs):
 
 
 def test_plain_accumulation_is_a_different_objective(runs):
-    ref, got = runs["w1"], runs["w2_k2_plain"]
+    ref, got = runs["w1"], runs["w1_k4_plain"]
     worst_loss = max(abs(got["losses"][s] - ref["losses"][s]) for s in ref["losses"])
     diff, _ = max_param_diff(got["params"], ref["params"])
     assert worst_loss > 100 * TOL and diff > 100 * TOL, f"plain accumulation agrees ({worst_loss:.3g}, {diff:.3g})"
@@ -204,7 +206,7 @@ def open_clip_siglip(runs):
     return {dtype: siglip_reference.train(batches, t, dtype) for dtype in ("float32", "float64")}
 
 
-@pytest.mark.parametrize("name", ["w1_siglip", "w2_siglip", "w1_k4_siglip"])
+@pytest.mark.parametrize("name", ["w1_siglip", "w2_k2_siglip", "w4_siglip"])
 def test_siglip_on_any_world_size_trains_like_open_clip(runs, open_clip_siglip, name):
     """N cards (and K micro-batches) x open_clip's SigLipLoss + AdamW on one card: the same per-step loss and the
     same parameters, logit_scale and logit_bias included, within a few times open_clip's float32 noise."""

@@ -1,6 +1,6 @@
 """Device profiles (clip.profiles): which profile each device target and CLIP_PROFILE value select, and the
 stock pieces themselves. That the stock profile (what Ascend and GPU run) trains like the native one (CPU's)
-on 1 and 2 ranks, with and without accumulation, is checked on the equivalence runs (tests/test_equivalence.py),
+(the plain step on 1 rank, accumulation on 2) is checked on the equivalence runs (tests/test_equivalence.py),
 whose native runs also give the noise floor."""
 import mindspore as ms
 import numpy as np
