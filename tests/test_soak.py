@@ -37,8 +37,8 @@ def test_a_killed_saves_temporaries_are_removed_and_nothing_else(tmp_path):
     assert checkpoint.remove_leftovers(str(tmp_path)) == []
 
 
-# Every kind three times: what fits the suite's time budget (docs/launcher.md, "The kill-anything soak").
-FAULTS = 9
+# The 20 interruptions in a row, every kind 6 or 7 times (docs/launcher.md, "The kill-anything soak").
+FAULTS = 20
 SEED = 48
 
 
