@@ -4,6 +4,7 @@ The interruption is `train.stop_after` (what a wall-time-limited job does), in t
 resumed half runs on a 2-worker CPU cluster with the same global batch, which the data position supports.
 """
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -73,6 +74,20 @@ def test_interruption_saves_and_rotates_checkpoints(resumed):
     assert "steps 4->6 of 6" in resumed["second"] and "resumed from" in resumed["second"]
     names = sorted(p.name for p in (resumed["base"] / "split" / "checkpoints").iterdir())
     assert names == ["last.ckpt", "step_00000006.ckpt"]
+
+
+def test_rerunning_a_finished_job_only_evaluates_it(resumed, tmp_path):
+    """Resumed at its last step, the job compiles no train step, so the compile cache (which holds that step's
+    graph) must not be on when the evaluation compiles: it would hand the evaluation the train step's graph."""
+    out = tmp_path / "again"
+    shutil.copytree(resumed["base"] / "straight", out)
+    before = model_params(out / "checkpoints" / "last.ckpt")
+    cmd = train_command(resumed["overrides"] + ["train.resume=auto", f"output_dir={out}",
+                                                "data.eval={type: shapes, split: val, num_samples: 48}"])
+    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "steps 6->6 of 6" in proc.stdout and "final zero-shot top-1" in proc.stdout, proc.stdout[-2000:]
+    assert max_param_diff(model_params(out / "checkpoints" / "last.ckpt"), before)[0] == 0.0
 
 
 def test_resume_with_another_global_batch_is_refused(resumed):

@@ -241,6 +241,8 @@ def train(cfg: RunConfig) -> dict:
                              + (f" (rank 0: {', '.join(batches.unreadable_names[:5])})" if batches.unreadable else ""))
 
     # ---- the end
+    # a run resumed at its last step compiled no train step: the cache must not hand its graph to evaluation
+    compile_cache.stop_caching(cache)
     distributed.check_identical_params(model)  # every rank took (or skipped) the same steps
     save(step)
     if step == steps:
