@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from clip.config import RunConfig
+from clip.model.architectures import get_config
 from clip.native import kernels, shm_collectives
 from clip.train.compile_cache import (
     COMPLETE,
@@ -38,6 +39,7 @@ from training_runs import TINY, finish_training, max_param_diff, model_params, s
 
 REPO = Path(__file__).resolve().parent.parent
 VERSIONS = {"mindspore": "2.10.0", "python": "3.11", "sources": "abc", "device_target": "CPU"}
+ARCH = get_config("clip_tiny").to_dict()
 
 
 def config(**train) -> dict:
@@ -47,16 +49,16 @@ def config(**train) -> dict:
 
 
 def test_loop_only_fields_do_not_change_the_key():
-    base = cache_key(config(), 1, 0, VERSIONS)
-    assert cache_key(config(log_every=10, save_every=5, stop_after=3, resume="none", overwrite=True), 1, 0,
-                     VERSIONS) == base
+    base = cache_key(config(), ARCH, 1, 0, VERSIONS)
+    assert cache_key(config(log_every=10, save_every=5, stop_after=3, resume="none", overwrite=True, tensorboard=False,
+                            max_skipped_steps=3, resume_reset_scaler=True), ARCH, 1, 0, VERSIONS) == base
     # the learning-rate schedule reaches the step as a tensor input, not as a constant of the graph
     assert cache_key(config(lr=1e-3, max_steps=99, warmup_steps=7, min_lr=1e-6, lr_schedule="linear", epochs=3),
-                     1, 0, VERSIONS) == base
+                     ARCH, 1, 0, VERSIONS) == base
     other = config()
     other["output_dir"] = "elsewhere"
     other["data"]["train"]["num_samples"] = 7
-    assert cache_key(other, 1, 0, VERSIONS) == base
+    assert cache_key(other, ARCH, 1, 0, VERSIONS) == base
     assert "data" not in graph_fields(config()) and "output_dir" not in graph_fields(config())
     assert all(not f.startswith("train.") or f.split(".")[1] not in graph_fields(config())["train"]
                for f in LOOP_ONLY)
@@ -66,21 +68,33 @@ def test_loop_only_fields_do_not_change_the_key():
     lambda c: c["train"].update(beta2=0.9), lambda c: c["train"].update(batch_size=8),
     lambda c: c["train"].update(weight_decay=0.0), lambda c: c["train"].update(grad_clip_norm=1.0),
     lambda c: c["train"].update(accum_steps=2), lambda c: c["train"].update(precision="fp16"),
-    lambda c: c["model"].update(name="clip_vit_b_32"), lambda c: c["model"].update(dtype="float16"),
+    lambda c: c["model"].update(dtype="float16"),
     lambda c: c["model"].update(recompute=True), lambda c: c["loss"].update(mode="full"),
     lambda c: c["train"].update(seed=1)])
 def test_anything_the_graph_depends_on_changes_the_key(change):
     changed = config()
     change(changed)
-    assert cache_key(changed, 1, 0, VERSIONS) != cache_key(config(), 1, 0, VERSIONS)
+    assert cache_key(changed, ARCH, 1, 0, VERSIONS) != cache_key(config(), ARCH, 1, 0, VERSIONS)
+
+
+def test_the_architecture_is_keyed_not_where_it_came_from():
+    """A checkpoint or JSON file re-written with another architecture must not meet its old graph; the same
+    architecture reached by another name, path or tokenizer file shares it."""
+    base = cache_key(config(), ARCH, 1, 0, VERSIONS)
+    elsewhere = config()
+    elsewhere["model"].update(name=None, checkpoint="/runs/a/converted.ckpt", tokenizer="/t/tokenizer.json")
+    assert cache_key(elsewhere, ARCH, 1, 0, VERSIONS) == base
+    for other in (get_config("clip_vit_b_32").to_dict(), {**ARCH, "vision_layers": 3}, {**ARCH, "dtype": "float16"},
+                  {**ARCH, "init_logit_bias": -10.0}, {**ARCH, "activation": "gelu"}):
+        assert cache_key(config(), other, 1, 0, VERSIONS) != base
 
 
 def test_world_size_rank_device_and_versions_change_the_key():
-    base = cache_key(config(), 2, 0, VERSIONS)
-    assert cache_key(config(), 2, 1, VERSIONS) != base
-    assert cache_key(config(), 4, 0, VERSIONS) != base
-    assert cache_key(config(), 2, 0, {**VERSIONS, "sources": "abd"}) != base
-    assert cache_key(config(), 2, 0, {**VERSIONS, "device_target": "Ascend"}) != base
+    base = cache_key(config(), ARCH, 2, 0, VERSIONS)
+    assert cache_key(config(), ARCH, 2, 1, VERSIONS) != base
+    assert cache_key(config(), ARCH, 4, 0, VERSIONS) != base
+    assert cache_key(config(), ARCH, 2, 0, {**VERSIONS, "sources": "abd"}) != base
+    assert cache_key(config(), ARCH, 2, 0, {**VERSIONS, "device_target": "Ascend"}) != base
 
 
 def test_cache_root_follows_the_environment():
@@ -187,16 +201,16 @@ def test_the_key_keeps_exactly_the_variables_that_change_the_graph():
     assert list(graph_environment(env)) == ["CLIP_PROFILE", "CLIP_SHM_COLLECTIVES", "MS_ALLOC_CONF",
                                             "MS_DEV_JIT_SYNTAX_LEVEL", "MS_DEV_RUNTIME_CONF", "MS_ENABLE_LCCL",
                                             "MS_FORMAT_MODE"]
-    base = cache_key(config(), 2, 0, {**VERSIONS, "environment": {}})
+    base = cache_key(config(), ARCH, 2, 0, {**VERSIONS, "environment": {}})
     for name in graph_environment(env):
-        assert cache_key(config(), 2, 0, {**VERSIONS, "environment": {name: env[name]}}) != base, name
+        assert cache_key(config(), ARCH, 2, 0, {**VERSIONS, "environment": {name: env[name]}}) != base, name
 
 
 def test_the_profile_and_the_transport_change_the_key():
     native = {**VERSIONS, "profile": "native", "transport": "shm", "kernels": "/k/kernels.so"}
-    base = cache_key(config(), 2, 0, native)
-    assert cache_key(config(), 2, 0, {**native, "transport": "mindspore"}) != base
-    assert cache_key(config(), 2, 0, {**native, "profile": "stock", "kernels": "off"}) != base
+    base = cache_key(config(), ARCH, 2, 0, native)
+    assert cache_key(config(), ARCH, 2, 0, {**native, "transport": "mindspore"}) != base
+    assert cache_key(config(), ARCH, 2, 0, {**native, "profile": "stock", "kernels": "off"}) != base
 
 
 def test_mindspores_cache_is_used_only_when_the_main_module_is_a_file(tmp_path):

@@ -6,7 +6,9 @@ But its cache is keyed by the order in which a process compiles graphs, not by w
 measured here, a cell whose Python constant changed, a model with one more layer, an input of another
 shape, or two graphs compiled in the other order all silently reuse the stale graph and give wrong
 numbers. So this module
-- keys the directory by everything the train step's graph depends on: the resolved config (less the
+- keys the directory by everything the train step's graph depends on: the model's architecture as built
+  (not the name, checkpoint path or JSON file it came from: a file re-written with another architecture
+  gets another key, the same architecture from another path the same one), the resolved config (less the
   fields that only steer the loop or feed the graph as inputs: output paths, data, the learning-rate
   schedule, logging, saving, evaluation cadence), world size, rank, device target, MindSpore and Python
   versions, a hash of the clip and launcher sources (Python and C++), the device profile in use
@@ -50,7 +52,9 @@ COMPLETE = "complete"
 LOOP_ONLY = ("output_dir", "data", "train.resume", "train.overwrite", "train.stop_after", "train.log_every",
              "train.save_every", "train.keep_last", "train.eval_every", "train.eval_batch_size", "train.num_workers",
              "train.lr", "train.lr_schedule", "train.min_lr", "train.warmup_steps", "train.max_steps",
-             "train.epochs")
+             "train.epochs", "train.tensorboard", "train.max_skipped_steps", "train.resume_reset_scaler")
+# Where the model comes from: the architecture it resolves to is keyed instead (the tokenizer only makes inputs).
+MODEL_SOURCE = ("model.name", "model.checkpoint", "model.tokenizer", "model.image_size")
 _SOURCE_PACKAGES = ("clip", "launcher")
 # Environment variables that change the train step's graph, so that a run with another value never reads a
 # graph compiled without it: the device profile and its transport switch (their outcome is keyed too, see
@@ -67,9 +71,9 @@ GRAPH_ENV_PREFIXES = ("MS_DEV_", "MS_ENABLE_")
 
 
 def graph_fields(config: Mapping) -> dict:
-    """The resolved config without LOOP_ONLY fields (pure)."""
+    """The resolved config without LOOP_ONLY and MODEL_SOURCE fields (pure)."""
     kept = json.loads(json.dumps(config, default=str))
-    for dotted in LOOP_ONLY:
+    for dotted in LOOP_ONLY + MODEL_SOURCE:
         *parents, leaf = dotted.split(".")
         node = kept
         for part in parents:
@@ -85,14 +89,16 @@ def graph_environment(env: Mapping[str, str]) -> dict:
             if name in GRAPH_ENV or name.startswith(GRAPH_ENV_PREFIXES)}
 
 
-def key_inputs(config: Mapping, world_size: int, rank: int, versions: Mapping) -> dict:
-    """Everything the key is made of (pure); `versions` holds the versions, the profile and the environment."""
-    return {"config": graph_fields(config), "world_size": world_size, "rank": rank, "versions": dict(versions)}
+def key_inputs(config: Mapping, architecture: Mapping, world_size: int, rank: int, versions: Mapping) -> dict:
+    """Everything the key is made of (pure); `architecture` is the built model's description (CLIPConfig.to_dict),
+    `versions` holds the versions, the profile and the environment."""
+    return {"config": graph_fields(config), "architecture": json.loads(json.dumps(architecture, default=str)),
+            "world_size": world_size, "rank": rank, "versions": dict(versions)}
 
 
-def cache_key(config: Mapping, world_size: int, rank: int, versions: Mapping) -> str:
+def cache_key(config: Mapping, architecture: Mapping, world_size: int, rank: int, versions: Mapping) -> str:
     """Hex key of the train step's graph (pure): equal keys mean the same graph."""
-    blob = json.dumps(key_inputs(config, world_size, rank, versions), sort_keys=True)
+    blob = json.dumps(key_inputs(config, architecture, world_size, rank, versions), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -166,15 +172,16 @@ def claim(root: str, key: str) -> Optional[Claim]:
     return Claim(path, lock)
 
 
-def enable_for_train_step(config: Mapping, world_size: int, rank: int, env=os.environ) -> Optional[Claim]:
+def enable_for_train_step(config: Mapping, architecture: Mapping, world_size: int, rank: int,
+                          env=os.environ) -> Optional[Claim]:
     """Point MindSpore's cache at this graph's directory before the train step compiles, and after its
     collectives are set up (the transport is part of the key); None when the cache is off, owned by the user,
     being written by another process, or when the main module is not a file."""
     root = cache_root(env)
     if root is None or not main_is_a_file(sys.argv):
         return None
-    inputs = key_inputs(config, world_size, rank, versions(env))
-    key = cache_key(config, world_size, rank, inputs["versions"])
+    inputs = key_inputs(config, architecture, world_size, rank, versions(env))
+    key = cache_key(config, architecture, world_size, rank, inputs["versions"])
     held = claim(root, key)
     if held is not None:
         env[ENABLE], env[PATH] = "1", held.path

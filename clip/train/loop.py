@@ -120,7 +120,8 @@ def train(cfg: RunConfig) -> dict:
     step_cell = build_train_step(t, model, loss_fn, optimizer, reducer, scaler)
     # The train step's graphs are the first the process compiles and the only ones cached (clip.train.compile_cache);
     # keyed here, after the loss and the reducer set up the step's collectives, whose transport is in the key.
-    cache = compile_cache.enable_for_train_step(to_dict(cfg), world, rank) if t.mode == "graph" else None
+    cache = (compile_cache.enable_for_train_step(to_dict(cfg), model.config.to_dict(), world, rank)
+             if t.mode == "graph" else None)
     stored_params = checkpoint.unique_parameters([model, optimizer] + ([scaler] if scaler else [])
                                                  + ([ema] if ema else []))
     if resume_from:
