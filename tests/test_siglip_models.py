@@ -22,6 +22,7 @@ from clip.model import architectures, weights
 from clip.model.architectures import PRESETS, from_open_clip
 from clip.model.convert import main as convert_main
 from launcher.errors import UserError
+from training_runs import function_part
 
 # timm's trunk arguments at 128 wide (2 heads of 64, B/16's head width) and 144 wide (2 heads of 72, SO400M's)
 B16 = {"patch_size": 16, "embed_dim": 128, "num_heads": 2, "class_token": False, "global_pool": "map"}
@@ -278,3 +279,110 @@ def test_another_resolution_resizes_the_patch_table_as_timm_does(case):
     expected = resample_abs_pos_embed(table, [4, 4], num_prefix_tokens=0)[0].numpy()
     close(model.visual.positional_embedding.asnumpy(), expected, "resized table")
     assert model.encode_image(ms.Tensor(np.zeros((1, 3, 64, 64), np.float32))).shape == (1, 128)
+
+
+def _function_part(name, value):
+    """training_runs.function_part, plus the key half of the attention pool's kv bias: like the key third of
+    in_proj_bias it shifts every score of a query row, which softmax ignores, so only float noise reaches it."""
+    if name == "visual.attn_pool.kv.bias":
+        return value[value.shape[0] // 2:]
+    return function_part(name, value)
+
+
+def _torch_siglip_training(model, batches, lrs, t, decayed, dtype):
+    """open_clip's model + SigLipLoss + torch.optim.AdamW, logit_scale clamped to [0, ln 100] after each step
+    (as our step and open_clip's training do); returns (losses, final parameters under our names)."""
+    from clip.loss.contrastive import LOGIT_SCALE_MAX
+    from clip.model.convert import linear_text_projection, timm_to_openai
+
+    model = copy.deepcopy(model).to(dtype).train()
+    loss_fn = ref.import_open_clip().loss.SigLipLoss()
+    params = dict(model.named_parameters())
+    groups = [{"params": [p for n, p in params.items() if decayed[n]], "weight_decay": t.weight_decay},
+              {"params": [p for n, p in params.items() if not decayed[n]], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    losses = []
+    for lr, (images, tokens) in zip(lrs, batches):
+        for group in opt.param_groups:
+            group["lr"] = float(lr)
+        loss = loss_fn(*model(torch.from_numpy(images).to(dtype), torch.from_numpy(tokens.astype(np.int64))))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        losses.append(loss.item())
+    final = {n: p.detach().double().numpy() for n, p in model.named_parameters()}
+    return losses, linear_text_projection(timm_to_openai(final))
+
+
+@pytest.mark.slow
+def test_training_the_siglip_towers_matches_open_clip(case):
+    """4 graph-mode steps of our train step (clip.train.build_train_step with SigmoidLoss and our AdamW, as the
+    loop builds them) on the converted tiny ViT-B-16-SigLIP against open_clip's model + SigLipLoss +
+    torch.optim.AdamW on the same fixed batches, learning rates and hyper-parameters: the same per-step loss
+    (1e-5 relative) and the same parameters, trunk, attention pool, text tower, logit_scale and logit_bias
+    included, within 3 x open_clip's own float32-vs-float64 difference.
+
+    Weight decay in the torch reference follows OUR rule, clip.train.optim.decays on our name and shape: every
+    matrix but logit_scale, so timm's pos_embed, patch embedding and the attention pool's latent are decayed;
+    biases, norms and logit_bias are not. The torch groups are built from that rule, and open_clip's tensor of
+    each parameter is checked to have the same number of dimensions as ours (>= 2 or not) so the rule means the
+    same on both sides."""
+    from clip.config import load_config
+    from clip.loss.sigmoid import SigmoidLoss
+    from clip.model.convert import linear_text_projection, timm_to_openai
+    from clip.parallel.distributed import grad_reducer
+    from clip.train import build_train_step
+    from clip.train.optim import build_optimizer, decays, lr_schedule
+
+    c = case("ViT-B-16-SigLIP")
+    t = load_config(None, ["train.lr=1e-3", "train.warmup_steps=2", "train.min_lr=1e-4"]).train
+    steps, batch, context = 4, 4, c["cfg"]["text_cfg"]["context_length"]
+    lrs = lr_schedule(t.lr_schedule, t.lr, t.min_lr, t.warmup_steps, steps).astype(np.float32)
+    rng = np.random.default_rng(29)
+    batches = []
+    for _ in range(steps):
+        tokens = rng.integers(1, c["cfg"]["text_cfg"]["vocab_size"], (batch, context)).astype(np.int32)
+        tokens[:, context // 2:] = 0  # texts padded to the context, as the pipeline pads them: pooled at a pad
+        batches.append((rng.standard_normal((batch, 3, 32, 32)).astype(np.float32), tokens))
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        model = clip.create_model(checkpoint=c["ckpt"])
+        optimizer = build_optimizer(model, "adamw", t.weight_decay, t.beta1, t.beta2, t.eps)
+        step = build_train_step(t, model, SigmoidLoss(model.logit_bias), optimizer,
+                                grad_reducer(optimizer.parameters))
+        ours_losses = [float(step(ms.Tensor(images), ms.Tensor(tokens), ms.Tensor(lr))[0].asnumpy())
+                       for lr, (images, tokens) in zip(lrs, batches)]
+    finally:
+        ms.set_context(mode=previous)
+    ours = {p.name: p.asnumpy().astype(np.float64) for p in model.trainable_params()}
+
+    shapes = {n: p.shape for n, p in c["model"].named_parameters()}
+    renamed = linear_text_projection(timm_to_openai({n: np.array(n) for n in shapes}))  # each value its name
+    names = {str(source): name for name, source in renamed.items()}  # open_clip's name -> ours
+    assert sorted(names.values()) == sorted(ours)
+    decayed = {n: decays(names[n], ours[names[n]].ndim) for n in shapes}
+    assert all(decayed[n] == (len(shape) >= 2) for n, shape in shapes.items() if "logit" not in n)
+    assert decayed["visual.trunk.pos_embed"] and decayed["visual.trunk.attn_pool.latent"]
+    assert not decayed["logit_bias"] and not decayed["logit_scale"]
+
+    exact_losses, exact = _torch_siglip_training(c["model"], batches, lrs, t, decayed, torch.float64)
+    _, single = _torch_siglip_training(c["model"], batches, lrs, t, decayed, torch.float32)
+    worst = max(abs(a - b) / b for a, b in zip(ours_losses, exact_losses))
+    assert worst <= 1e-5, (ours_losses, exact_losses)
+
+    def max_diff(a, b):
+        return max((float(np.abs(_function_part(k, a[k].reshape(b[k].shape)) - _function_part(k, b[k])).max()), k)
+                   for k in b)
+
+    floor, _ = max_diff(single, exact)
+    assert floor > 0
+    diff, key = max_diff(ours, exact)
+    assert diff <= 3 * floor, f"{key} ends {diff:.3g} from open_clip's, over 3 x its float32 noise {floor:.3g}"
+    start = linear_text_projection(timm_to_openai({n: p.detach().double().numpy()
+                                                   for n, p in c["model"].named_parameters()}))
+    moved, _ = max_diff(start, exact)
+    assert moved > 30 * floor  # the steps moved the parameters far beyond the bound
