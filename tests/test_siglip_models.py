@@ -156,7 +156,7 @@ def test_timm_trunk_table_is_timms_own(monkeypatch):
     import timm.models.vision_transformer as vit
 
     class Captured(Exception):
-        pass
+        """Carries the keyword arguments timm's entry point would build its trunk with."""
 
     def capture(variant, pretrained=False, **kwargs):
         raise Captured(kwargs)
