@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
+from clip.model import hf_tokenizer
 from launcher import worker
 from launcher.errors import ArgumentParser, UserError, exit_on_user_error, path, read_user_file, text
 
@@ -214,9 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML run config for everything else (batch size, dtype, templates)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.eval_batch_size=128 (repeatable)")
-    parser.add_argument("--tokenizer", type=path("input"), metavar="PATH",
-                        help="a SigLIP model's vocabulary: tokenizer.json or SentencePiece .model, or a directory "
-                             "with one (= --set model.tokenizer=PATH; docs/models.md, Tokenizers)")
+    hf_tokenizer.add_argument(parser)
     return parser
 
 
@@ -243,7 +242,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise UserError(f"--output {args.output!r} is a file, expected a directory")
     for name in ("results.csv", "results.md", "results.png"):
         check_output_file(os.path.join(args.output, name), "--output")
-    tokenizer = [f"model.tokenizer={json.dumps(args.tokenizer)}"] if args.tokenizer else []  # quoted: any path
+    tokenizer = hf_tokenizer.override(args.tokenizer)
     base = load_config(args.config, args.overrides + tokenizer)
     jobs = plan(args.checkpoint, datasets, args.task, base, args.output)
     from tqdm import tqdm

@@ -17,6 +17,7 @@ from typing import Optional
 
 from clip.api.app import TASKS, configure_logging, evaluate_and_write
 from clip.config import add_config_arguments, load_config
+from clip.model import hf_tokenizer
 from launcher import worker
 from launcher.errors import ArgumentParser, UserError, exit_on_user_error, path
 
@@ -27,9 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(data.retrieval) of a checkpoint.")
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", type=path("file"), help="weights to evaluate (default: model.checkpoint)")
-    parser.add_argument("--tokenizer", type=path("input"), metavar="PATH",
-                        help="a SigLIP model's vocabulary: tokenizer.json or SentencePiece .model, or a directory "
-                             "with one (= --set model.tokenizer=PATH; docs/models.md, Tokenizers)")
+    hf_tokenizer.add_argument(parser)
     parser.add_argument("--task", choices=TASKS, default="zeroshot",
                         help="zeroshot: eval.json from data.eval; retrieval: retrieval.json from data.retrieval; "
                              "linear_probe: linear_probe.json from data.eval's train and evaluated splits")
@@ -47,7 +46,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     configure_logging()
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint!r} does not exist")
-    tokenizer = [f"model.tokenizer={json.dumps(args.tokenizer)}"] if args.tokenizer else []  # quoted: any path
+    tokenizer = hf_tokenizer.override(args.tokenizer)
     cfg = load_config(args.config, args.overrides + tokenizer)
     evaluate_and_write(cfg, args.task, args.checkpoint, args.sharded)
     return 0

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from clip.model import hf_tokenizer
 from clip.model.architectures import DTYPES
 from launcher import worker
 from launcher.errors import ArgumentParser, UserError, exit_on_user_error, integer, path, text
@@ -220,9 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='candidate labels, comma-separated: "cat,dog,bird"')
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, type=text(nonempty=True),
                         help=f"prompt template (default {DEFAULT_TEMPLATE!r})")
-    parser.add_argument("--tokenizer", type=path("input"), metavar="PATH",
-                        help="a SigLIP model's vocabulary: tokenizer.json or SentencePiece .model, or a directory "
-                             "with one (docs/models.md, Tokenizers); OpenAI models need none")
+    hf_tokenizer.add_argument(parser)
     parser.add_argument("--top-k", type=integer(ge=1), default=None, help="show only the K most likely labels")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from launcher.errors import UserError, shown
+from launcher.errors import UserError, path, shown
 
 # SentencePiece files as open_clip's SigLipTokenizer names them (the hub's tokenizer.json files were made from them)
 BIG_VISION_VOCABULARIES = {
@@ -283,3 +283,15 @@ def tokenizer_of(model) -> Callable[[Sequence[str]], np.ndarray]:
     """The tokenizer attach() gave `model`, else its architecture's that needs no file (OpenAI's BPE; a SigLIP
     model is then refused naming model.tokenizer and where to get the file)."""
     return getattr(model, "tokenize", None) or for_model(model.config, None)
+
+
+def add_argument(parser) -> None:
+    """The `--tokenizer` option of the evaluation, benchmark and predict commands, said once."""
+    parser.add_argument("--tokenizer", type=path("input"), metavar="PATH",
+                        help="a SigLIP model's vocabulary: tokenizer.json or SentencePiece .model, or a directory "
+                             "with one (= model.tokenizer; docs/models.md, Tokenizers); OpenAI models need none")
+
+
+def override(tokenizer: Optional[str]) -> List[str]:
+    """`--tokenizer PATH` as the config override it stands for, the path quoted so that any text survives YAML."""
+    return [f"model.tokenizer={json.dumps(tokenizer)}"] if tokenizer else []
