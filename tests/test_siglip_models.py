@@ -317,9 +317,11 @@ def _torch_siglip_training(model, batches, lrs, t, decayed, dtype):
 
 
 @pytest.mark.slow
-def test_training_the_siglip_towers_matches_open_clip(case):
+@pytest.mark.parametrize("profile", ["native", "stock"])
+def test_training_the_siglip_towers_matches_open_clip(case, profile, monkeypatch):
     """4 graph-mode steps of our train step (clip.train.build_train_step with SigmoidLoss and our AdamW, as the
-    loop builds them) on the converted tiny ViT-B-16-SigLIP against open_clip's model + SigLipLoss +
+    loop builds them, in CPU's native profile and in the stock one Ascend and GPU run) on the converted tiny
+    ViT-B-16-SigLIP against open_clip's model + SigLipLoss +
     torch.optim.AdamW on the same fixed batches, learning rates and hyper-parameters: the same per-step loss
     (1e-5 relative) and the same parameters, trunk, attention pool, text tower, logit_scale and logit_bias
     included, within 3 x open_clip's own float32-vs-float64 difference.
@@ -329,6 +331,7 @@ def test_training_the_siglip_towers_matches_open_clip(case):
     biases, norms and logit_bias are not. The torch groups are built from that rule, and open_clip's tensor of
     each parameter is checked to have the same number of dimensions as ours (>= 2 or not) so the rule means the
     same on both sides."""
+    from clip import profiles
     from clip.config import load_config
     from clip.loss.sigmoid import SigmoidLoss
     from clip.model.convert import linear_text_projection, timm_to_openai
@@ -347,9 +350,11 @@ def test_training_the_siglip_towers_matches_open_clip(case):
         tokens[:, context // 2:] = 0  # texts padded to the context, as the pipeline pads them: pooled at a pad
         batches.append((rng.standard_normal((batch, 3, 32, 32)).astype(np.float32), tokens))
 
+    monkeypatch.setenv("CLIP_PROFILE", profile)
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.GRAPH_MODE)
     try:
+        assert profiles.cache_fields()["profile"] == profile
         model = clip.create_model(checkpoint=c["ckpt"])
         optimizer = build_optimizer(model, "adamw", t.weight_decay, t.beta1, t.beta2, t.eps)
         step = build_train_step(t, model, SigmoidLoss(model.logit_bias), optimizer,
