@@ -16,7 +16,6 @@ What open_clip does, and this module repeats:
   `SigLipTokenizer` set them when it wrote the hub's tokenizer files."""
 from __future__ import annotations
 
-import html
 import json
 import os
 import string
@@ -25,6 +24,7 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from clip.model.tokenizer import basic_clean
 from launcher.errors import UserError, path, shown
 
 # SentencePiece files as open_clip's SigLipTokenizer names them (the hub's tokenizer.json files were made from them)
@@ -79,21 +79,15 @@ def canonicalize(text: str) -> str:
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-def _basic(text: str) -> str:
-    import ftfy
-
-    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-
-
 def clean_function(name: Optional[str]) -> Callable[[str], str]:
     """open_clip's `get_clean_fn`: every cleaner starts with ftfy and a double html unescape."""
     name = DEFAULT_CLEAN if name is None else name
     if name == "canonicalize":
-        return lambda text: canonicalize(_basic(text))
+        return lambda text: canonicalize(basic_clean(text))
     if name == "lower":
-        return lambda text: " ".join(_basic(text).split()).strip().lower()
+        return lambda text: " ".join(basic_clean(text).split()).strip().lower()
     if name == "whitespace":
-        return lambda text: " ".join(_basic(text).split()).strip()
+        return lambda text: " ".join(basic_clean(text).split()).strip()
     raise UserError(f"model tokenizer_clean {name!r} is not one of {', '.join(CLEANERS)}")
 
 

@@ -50,12 +50,14 @@ def byte_to_unicode() -> Dict[int, str]:
     return table
 
 
+def basic_clean(text: str) -> str:
+    """ftfy and html unescaped twice: where every open_clip cleaner starts (SigLIP's too, clip.model.hf_tokenizer)."""
+    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+
 def clean_text(text: str) -> str:
-    """The text normalisation OpenAI applies before BPE: ftfy, html unescape twice,
-    whitespace collapse, lower case."""
-    text = ftfy.fix_text(text)
-    text = html.unescape(html.unescape(text)).strip()
-    return _WHITESPACE.sub(" ", text).strip().lower()
+    """The text normalisation OpenAI applies before BPE: the basic clean, whitespace collapse, lower case."""
+    return _WHITESPACE.sub(" ", basic_clean(text)).strip().lower()
 
 
 def _load_merges() -> List[Tuple[str, str]]:
