@@ -6,7 +6,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-from mindspore import Parameter, Tensor, nn
+from mindspore import Parameter, Tensor, nn, ops
 
 from clip.loss.sigmoid import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, SigmoidBlocks, SigmoidLoss
 from clip.parallel.distributed import DistInfo
@@ -50,6 +50,17 @@ def close(got, want, rel=1e-5):
     return np.abs(np.asarray(got) - want).max() <= rel * max(1.0, np.abs(want).max())
 
 
+class LossOf(nn.Cell):
+    """The loss alone of a SigmoidBlocks (which returns its gradients beside it), as SigmoidLoss takes it."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = blocks
+
+    def construct(self, *inputs):
+        return self.blocks(*inputs)[0]
+
+
 @pytest.mark.parametrize("jit", [False, True], ids=["pynative", "graph"])
 def test_one_card_equals_open_clip_loss_and_gradients(jit):
     image, text = features(8)
@@ -79,7 +90,7 @@ def test_rank_shares_average_to_the_global_batch_loss_and_gradient(world):
     for r in range(world):
         blocks = SigmoidBlocks(world, r)
         args = (Tensor(image[r * b:(r + 1) * b]), Tensor(text), Tensor(SCALE, ms.float32), Tensor(BIAS, ms.float32))
-        value, (gi, gt, gs, gb) = ms.value_and_grad(blocks, grad_position=(0, 1, 2, 3))(*args)
+        value, (gi, gt, gs, gb) = ms.value_and_grad(LossOf(blocks), grad_position=(0, 1, 2, 3))(*args)
         assert abs(float(value.asnumpy()) - shares[r]) <= 1e-5 * shares[r]
         d_image.append(gi.asnumpy())
         d_text += gt.asnumpy()
@@ -91,20 +102,27 @@ def test_rank_shares_average_to_the_global_batch_loss_and_gradient(world):
         assert close(g, w)
 
 
-def test_written_backward_equals_autodiff_of_the_forward():
-    """The recomputing bprop equals MindSpore differentiating the block loop itself (three blocks, own block 1)."""
-    image, text = features(12, seed=5)
-    blocks = SigmoidBlocks(3, 1)
-    args = (Tensor(image[4:8]), Tensor(text), Tensor(SCALE, ms.float32), Tensor(BIAS, ms.float32))
+@pytest.mark.parametrize("jit", [False, True], ids=["pynative", "graph"])
+@pytest.mark.parametrize("world,own", [(1, 0), (3, 1)], ids=["one-block", "three-blocks"])
+def test_gradients_taken_in_the_forward_equal_autodiff_of_the_loss(world, own, jit):
+    """The gradients the forward returns beside the loss, scaled by the incoming gradient in bprop, equal MindSpore
+    differentiating the block loop's loss itself, for an incoming gradient other than 1 (a loss scale)."""
+    image, text = features(4 * world, seed=5)
+    blocks = SigmoidBlocks(world, own)
+    args = (Tensor(image[4 * own:4 * own + 4]), Tensor(text), Tensor(SCALE, ms.float32), Tensor(BIAS, ms.float32))
 
     class Plain(nn.Cell):
         def construct(self, *inputs):
-            return SigmoidBlocks.construct(blocks, *inputs)
+            return SigmoidBlocks.construct(blocks, *inputs)[0]
 
-    written = ms.grad(blocks, grad_position=(0, 1, 2, 3))(*args)
-    derived = ms.grad(Plain(), grad_position=(0, 1, 2, 3))(*args)
+    grad = ops.GradOperation(get_all=True, sens_param=True)
+    written, derived = grad(LossOf(blocks)), grad(Plain())
+    if jit:
+        written, derived = ms.jit(written), ms.jit(derived)
+    sens = Tensor(2.5, ms.float32)
+    written, derived = written(*args, sens), derived(*args, sens)
     for a, b in zip(written, derived):
-        assert close(a.asnumpy(), b.asnumpy())
+        assert np.abs(a.asnumpy()).max() > 1e-3 and close(a.asnumpy(), b.asnumpy())
 
 
 def test_local_only_is_a_different_objective_and_bad_mode_is_one_line():

@@ -3,9 +3,10 @@
 Every image of this rank meets every text of the global batch: `-log sigmoid(z * (s <img, txt> + b))`, z = +1 for
 the true pair and -1 otherwise, summed and divided by the local batch (open_clip's `SigLipLoss` normalisation;
 the mean over ranks is then the one-card loss of the global batch, docs/loss.md). The texts are all-gathered with
-gradients, as the CLIP loss gathers them, and the W blocks of b x b logits are then processed one at a time,
-forward and backward: the backward recomputes each block's logits from the features instead of keeping all W
-blocks alive, so the loss holds O(b x b) logits per rank whatever W is.
+gradients, as the CLIP loss gathers them, and the W blocks of b x b logits are then processed one at a time. The
+loss's gradient is linear in the incoming scalar, so each block's contribution to it is taken in the forward
+while the block's logits are alive, and the backward only scales it: no block is kept for, or recomputed in,
+the backward, so the loss holds O(b x b) logits per rank whatever W is.
 """
 from __future__ import annotations
 
@@ -24,20 +25,19 @@ INIT_LOGIT_BIAS = -10.0
 MODES = ("local", "local_only")
 
 
-def _softplus(y):
-    """log(1 + exp(y)) without overflow: -log sigmoid(-y)."""
-    return ops.maximum(y, 0.0) + ops.log1p(ops.exp(-ops.abs(y)))
-
-
 class SigmoidBlocks(nn.Cell):
     """The loss of this rank's b images against the W blocks of b texts in `text_all` (block `own` holds the
-    true pairs on its diagonal), one block at a time in both directions.
+    true pairs on its diagonal), one block at a time, and its gradients.
 
-    The backward is written out (`bprop`, stock operators only, so graph mode on every device runs it): with
-    Y = s I T_q^T + b and P = sigmoid(Y) / b, the block's gradients are s P T_q (images), s P^T I (texts),
-    sum(P * I T_q^T) (scale) and sum(P) (bias); the true pairs subtract their diagonal term. Each block's Y is
-    recomputed there and dropped before the next block, and every block waits for the previous one
-    (`ops.depend`), so no schedule can hold two blocks at once.
+    With Y = s I T_q^T + b and P = sigmoid(Y), block q adds P T_q to the image gradient, P^T (s I) is text block
+    q's gradient, and sum(P) goes to the bias; the scale's sum(P * I T_q^T) is sum((P T_q) * I), read off the
+    b x E image product instead of another pass over b x b. All of it is the gradient for an incoming 1 and is
+    returned beside the loss (the caller takes `[0]`); `bprop` multiplies it by the incoming gradient. So each
+    block costs 3 matmuls, as under autodiff, where a backward that recomputed the logits cost 4. The scale is
+    folded into the b x E images before the matmul and the element-wise work on a block is one bias add and one
+    `Softplus` and one `Sigmoid` kernel (single stock kernels; as accurate on CPU as the maximum/abs/exp/log1p
+    chain), each followed by a row sum (a full reduction over b x b is several times slower on CPU). Every
+    block waits for the previous one's products (`ops.depend`), so no schedule holds two blocks at once.
     """
 
     def __init__(self, blocks: int, own: int):
@@ -47,39 +47,38 @@ class SigmoidBlocks(nn.Cell):
         # transposes as matmul flags: `.T` does not compile inside a bprop within a larger graph (MindSpore 2.10)
         self.matmul_nt = ops.MatMul(transpose_b=True)
         self.matmul_tn = ops.MatMul(transpose_a=True)
+        self.softplus = ops.Softplus()
+        self.sigmoid = ops.Sigmoid()
 
     def construct(self, image, text_all, scale, bias):
         b = image.shape[0]
+        scaled = image * scale
         total = ops.zeros((), ms.float32)
-        for q in range(self.blocks):
-            block = ops.depend(text_all[q * b:(q + 1) * b], total)
-            total = total + _softplus(scale * self.matmul_nt(image, block) + bias).sum()
-        own = text_all[self.own * b:(self.own + 1) * b]
-        positive = scale * (image * own).sum() + b * bias  # sum of the true pairs' logits
-        return (total - positive) / b
-
-    def bprop(self, image, text_all, scale, bias, out, dout):
-        b = image.shape[0]
-        g = dout / b
-        d_image = ops.zeros_like(image)
-        d_scale = ops.zeros((), ms.float32)
-        d_bias = ops.zeros((), ms.float32)
+        p_sum = ops.zeros((), ms.float32)
+        # not ops.zeros_like: under grad, the tuple this cell returns then fails to compile (MindSpore 2.10)
+        p_text = ops.zeros(image.shape, ms.float32)
         d_text = ()
         for q in range(self.blocks):
-            block = ops.depend(text_all[q * b:(q + 1) * b], d_image)
-            sims = self.matmul_nt(image, block)
-            p = ops.sigmoid(scale * sims + bias) * g
-            d_image = d_image + scale * ops.matmul(p, block)
-            d_text = d_text + (scale * self.matmul_tn(p, image),)
-            d_scale = d_scale + (p * sims).sum()
-            d_bias = d_bias + p.sum()
+            block = ops.depend(text_all[q * b:(q + 1) * b], (total, p_sum, p_text) + d_text[-1:])
+            y = self.matmul_nt(scaled, block) + bias
+            total = total + self.softplus(y).sum(1).sum()
+            p = self.sigmoid(y)
+            p_sum = p_sum + p.sum(1).sum()
+            p_text = p_text + ops.matmul(p, block)
+            d_text = d_text + (self.matmul_tn(p, scaled),)
         own = text_all[self.own * b:(self.own + 1) * b]
-        d_image = d_image - (g * scale) * own
-        d_own = d_text[self.own] - (g * scale) * image
-        d_text = d_text[:self.own] + (d_own,) + d_text[self.own + 1:]
-        d_scale = d_scale - g * (image * own).sum()
-        d_bias = d_bias - g * b
-        return d_image, ops.concat(d_text, 0), d_scale, d_bias
+        positive = (scaled * own).sum() + b * bias  # sum of the true pairs' logits
+        # the true pairs' term -y_ii takes its share off each gradient; all of it divided by b
+        d_image = (p_text - own) * (scale / b)
+        d_own = d_text[self.own] - scaled
+        d_text = ops.concat(d_text[:self.own] + (d_own,) + d_text[self.own + 1:], 0) / b
+        d_scale = ((p_text - own) * image).sum() / b
+        d_bias = (p_sum - b) / b
+        return (total - positive) / b, d_image, d_text, d_scale, d_bias
+
+    def bprop(self, image, text_all, scale, bias, out, dout):
+        g = dout[0]
+        return out[1] * g, out[2] * g, out[3] * g, out[4] * g
 
 
 class SigmoidLoss(nn.Cell):
@@ -112,4 +111,4 @@ class SigmoidLoss(nn.Cell):
         bias = self.logit_bias.astype(ms.float32)
         if self.gathers:
             text = self.gather(text)
-        return self.blocks(image, text, scale, bias)
+        return self.blocks(image, text, scale, bias)[0]
