@@ -124,9 +124,10 @@ def run(impl: str, world: int, args) -> dict:
 
 
 def held_logits_mib(impl: str, batch: int, world: int) -> float:
-    """float32 b x b blocks alive at a rank's peak: ours recomputes every block in the backward, so only one
-    block's logits, sigmoid and similarity exist at a time (3 blocks) whatever W is; open_clip's autograd keeps,
-    for each of the W blocks, the similarity, the labels and the signed logits until the backward (3 W blocks)."""
+    """float32 b x b blocks alive at a rank's peak: ours takes each block's gradient in the forward and drops the
+    block before the next, so only one block's logits, softplus and sigmoid exist at a time (3 blocks) whatever W
+    is; open_clip's autograd keeps, for each of the W blocks, the similarity, the labels and the signed logits
+    until the backward (3 W blocks)."""
     blocks = 3 if impl == "ours" else 3 * world
     return blocks * batch * batch * 4 / 2 ** 20
 

@@ -58,20 +58,23 @@ class SigmoidBlocks(nn.Cell):
         # not ops.zeros_like: under grad, the tuple this cell returns then fails to compile (MindSpore 2.10)
         p_text = ops.zeros(image.shape, ms.float32)
         d_text = ()
+        # split rather than text_all[q * b:(q + 1) * b]: on CPU a slice is slower, and one covering the whole tensor
+        # (W = 1) costs about as much as a matmul
+        texts = ops.split(text_all, b, 0) if self.blocks > 1 else (text_all,)
         for q in range(self.blocks):
-            block = ops.depend(text_all[q * b:(q + 1) * b], (total, p_sum, p_text) + d_text[-1:])
+            block = ops.depend(texts[q], (total, p_sum, p_text) + d_text[-1:])
             y = self.matmul_nt(scaled, block) + bias
             total = total + self.softplus(y).sum(1).sum()
             p = self.sigmoid(y)
             p_sum = p_sum + p.sum(1).sum()
             p_text = p_text + ops.matmul(p, block)
             d_text = d_text + (self.matmul_tn(p, scaled),)
-        own = text_all[self.own * b:(self.own + 1) * b]
+        own = texts[self.own]
         positive = (scaled * own).sum() + b * bias  # sum of the true pairs' logits
         # the true pairs' term -y_ii takes its share off each gradient; all of it divided by b
         d_image = (p_text - own) * (scale / b)
         d_own = d_text[self.own] - scaled
-        d_text = ops.concat(d_text[:self.own] + (d_own,) + d_text[self.own + 1:], 0) / b
+        d_text = (ops.concat(d_text[:self.own] + (d_own,) + d_text[self.own + 1:], 0) if self.blocks > 1 else d_own) / b
         d_scale = ((p_text - own) * image).sum() / b
         d_bias = (p_sum - b) / b
         return (total - positive) / b, d_image, d_text, d_scale, d_bias
