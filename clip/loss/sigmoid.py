@@ -53,6 +53,7 @@ class SigmoidBlocks(nn.Cell):
     def construct(self, image, text_all, scale, bias):
         b = image.shape[0]
         scaled = image * scale
+        scaled_b = scaled / b  # the texts' gradients come out divided by b, with no pass over W x b x E
         total = ops.zeros((), ms.float32)
         p_sum = ops.zeros((), ms.float32)
         # not ops.zeros_like: under grad, the tuple this cell returns then fails to compile (MindSpore 2.10)
@@ -68,13 +69,13 @@ class SigmoidBlocks(nn.Cell):
             p = self.sigmoid(y)
             p_sum = p_sum + p.sum(1).sum()
             p_text = p_text + ops.matmul(p, block)
-            d_text = d_text + (self.matmul_tn(p, scaled),)
+            d_text = d_text + (self.matmul_tn(p, scaled_b),)
         own = texts[self.own]
         positive = (scaled * own).sum() + b * bias  # sum of the true pairs' logits
         # the true pairs' term -y_ii takes its share off each gradient; all of it divided by b
         d_image = (p_text - own) * (scale / b)
-        d_own = d_text[self.own] - scaled
-        d_text = (ops.concat(d_text[:self.own] + (d_own,) + d_text[self.own + 1:], 0) if self.blocks > 1 else d_own) / b
+        d_own = d_text[self.own] - scaled_b
+        d_text = ops.concat(d_text[:self.own] + (d_own,) + d_text[self.own + 1:], 0) if self.blocks > 1 else d_own
         d_scale = ((p_text - own) * image).sum() / b
         d_bias = (p_sum - b) / b
         return (total - positive) / b, d_image, d_text, d_scale, d_bias
