@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from clip import profiles
 from clip.config import RunConfig
 from clip.model.architectures import get_config
 from clip.native import kernels, shm_collectives
@@ -198,12 +199,20 @@ def test_the_key_keeps_exactly_the_variables_that_change_the_graph():
            # start-up, timeouts, logging and paths: not the graph
            "MS_SCHED_PORT": "8118", "MS_NODE_ID": "1", "MS_CPU_COMM_OP_TIMEOUT": "7200", "GLOG_v": "3",
            "CLIP_SHM_COLLECTIVES_TIMEOUT": "5", "CLIP_KERNEL_DIR": "/k", "HOME": "/root", ROOT_ENV: "/c"}
-    assert list(graph_environment(env)) == ["CLIP_PROFILE", "CLIP_SHM_COLLECTIVES", "MS_ALLOC_CONF",
-                                            "MS_DEV_JIT_SYNTAX_LEVEL", "MS_DEV_RUNTIME_CONF", "MS_ENABLE_LCCL",
-                                            "MS_FORMAT_MODE"]
+    assert list(graph_environment(env)) == ["MS_ALLOC_CONF", "MS_DEV_JIT_SYNTAX_LEVEL", "MS_DEV_RUNTIME_CONF",
+                                            "MS_ENABLE_LCCL", "MS_FORMAT_MODE"]
     base = cache_key(config(), ARCH, 2, 0, {**VERSIONS, "environment": {}})
     for name in graph_environment(env):
         assert cache_key(config(), ARCH, 2, 0, {**VERSIONS, "environment": {name: env[name]}}) != base, name
+
+
+def test_the_profile_switches_are_keyed_by_what_they_choose_not_by_their_spelling():
+    """CLIP_PROFILE=auto and no CLIP_PROFILE choose the same pieces on CPU, so they share a graph; what the
+    switches choose (profile, transport) is in `versions` and is keyed (next test)."""
+    for env in ({}, {"CLIP_PROFILE": "auto"}, {"CLIP_PROFILE": "native"}, {"CLIP_SHM_COLLECTIVES": "on"}):
+        assert graph_environment(env) == {}
+        assert profiles.choose(env, "CPU") == profiles.choose({}, "CPU")
+    assert profiles.choose({"CLIP_SHM_COLLECTIVES": "off"}, "CPU").transport == "mindspore"
 
 
 def test_the_profile_and_the_transport_change_the_key():

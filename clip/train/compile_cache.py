@@ -13,8 +13,9 @@ numbers. So this module
   schedule, logging, saving, evaluation cadence), world size, rank, device target, MindSpore and Python
   versions, a hash of the clip and launcher sources (Python and C++), the device profile in use
   (clip.profiles: its name, its kernel library and the transport the ranks actually agreed on, so the key
-  is computed after the step's collectives are set up and before the step compiles) and every environment
-  variable that changes the graph (GRAPH_ENV); `<key>.json` beside each directory shows what it holds;
+  is computed after the step's collectives are set up and before the step compiles; the variables that
+  choose them are keyed by that outcome) and every other environment variable that changes the graph
+  (GRAPH_ENV); `<key>.json` beside each directory shows what it holds;
 - caches only the graphs compiled during the first train-step call (one for the plain step; one per phase,
   always in the same order, for the accumulating step) and turns caching off right after it, so that
   evaluation graphs, whose order and shapes depend on the data, are always compiled afresh;
@@ -48,21 +49,23 @@ OFF = "off"
 COMPLETE = "complete"
 # Config fields that never reach the train step's graph: where files go, how often the loop logs, saves
 # and evaluates, when this invocation stops, which data feed it (shapes come from the model and the batch
-# size), and the learning-rate schedule (a tensor input of every step).
+# size), the learning-rate schedule (a tensor input of every step) and the first loss scale (a Parameter's value).
 LOOP_ONLY = ("output_dir", "data", "train.resume", "train.overwrite", "train.stop_after", "train.log_every",
              "train.save_every", "train.keep_last", "train.eval_every", "train.eval_batch_size", "train.num_workers",
              "train.lr", "train.lr_schedule", "train.min_lr", "train.warmup_steps", "train.max_steps",
-             "train.epochs", "train.tensorboard", "train.max_skipped_steps", "train.resume_reset_scaler")
+             "train.epochs", "train.tensorboard", "train.max_skipped_steps", "train.resume_reset_scaler",
+             "train.loss_scale_init")
 # Where the model comes from: the architecture it resolves to is keyed instead (the tokenizer only makes inputs).
 MODEL_SOURCE = ("model.name", "model.checkpoint", "model.tokenizer", "model.image_size")
 _SOURCE_PACKAGES = ("clip", "launcher")
 # Environment variables that change the train step's graph, so that a run with another value never reads a
-# graph compiled without it: the device profile and its transport switch (their outcome is keyed too, see
-# `versions`); MindSpore's developer and feature switches, whole families because each release adds some
-# (MS_DEV_*: JIT syntax level, runtime config, kernel packets, graph-kernel flags, ...; MS_ENABLE_*); and its
-# named variables that choose kernels, formats, fusion, JIT modules or memory allocation. Listing one that
-# turns out not to matter costs a cold compile, never a wrong graph.
-GRAPH_ENV = ("CLIP_PROFILE", "CLIP_SHM_COLLECTIVES", "MS_ALLOC_CONF", "MS_FORMAT_MODE", "MS_JIT", "MS_JIT_MODULES",
+# graph compiled without it: MindSpore's developer and feature switches, whole families because each release
+# adds some (MS_DEV_*: JIT syntax level, runtime config, kernel packets, graph-kernel flags, ...; MS_ENABLE_*);
+# and its named variables that choose kernels, formats, fusion, JIT modules or memory allocation. Listing one
+# that turns out not to matter costs a cold compile, never a wrong graph. The device profile's own switches
+# (CLIP_PROFILE, CLIP_SHM_COLLECTIVES) are keyed by what they resolve to (`versions`: profile, transport,
+# kernels), so `auto` and an unset variable, which choose the same pieces, share a graph.
+GRAPH_ENV = ("MS_ALLOC_CONF", "MS_FORMAT_MODE", "MS_JIT", "MS_JIT_MODULES",
              "MS_JIT_IGNORE_MODULES", "MS_SIMULATION_LEVEL", "MS_ASCEND_CHECK_OVERFLOW_MODE", "MS_COMM_COMPILER_OPT",
              "MS_CUSTOM_AOT_WHITE_LIST", "MS_OPTIMIZE_OP_IMPL", "MS_SYMBOL_ENGINE_OPTIMIZE", "MS_GPTO_OPTIONS",
              "MS_AUTO_DYNAMIC_SHAPE_ENABLE", "MS_DISABLE_INTERNAL_KERNELS_LIST", "MS_INTERNAL_DISABLE_CUSTOM_KERNEL_LIST",
