@@ -11,6 +11,8 @@ that no live process holds, so modules that run beside it (pytest-xdist) cannot 
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +50,24 @@ def soak(tmp_path_factory):
     seed = int(os.environ.get("CLIP_SOAK_SEED") or SEED)
     faults = soak_runs.schedule(seed, FAULTS)
     steps = soak_runs.total_steps(faults)
-    # The uninterrupted job runs beside the soak: both spend much of their start-up waiting for their clusters.
-    straight = subprocess.Popen(
-        [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(soak_runs.WORLD), "--log-dir",
-         str(base / "straight" / "logs"), "--no-chdir", "--"] + train_command(
-            soak_runs.OVERRIDES + [f"train.max_steps={steps}", f"output_dir={base / 'straight'}"]),
-        cwd=REPO, env=soak_runs.soak_env(base / "compile-cache"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The uninterrupted job runs beside the soak, started once the soak has compiled its graphs into the cache
+    # they share (both ranks' keys complete), so that it loads them instead of compiling them a second time.
+    cache = base / "compile-cache"
+    straight, stop = {}, threading.Event()
+
+    def start_straight():
+        deadline = time.monotonic() + soak_runs.WAIT
+        while len(list(cache.glob("*/complete"))) < soak_runs.WORLD and time.monotonic() < deadline:
+            if stop.wait(0.2):
+                return
+        straight["proc"] = subprocess.Popen(
+            [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(soak_runs.WORLD), "--log-dir",
+             str(base / "straight" / "logs"), "--no-chdir", "--"] + train_command(
+                soak_runs.OVERRIDES + [f"train.max_steps={steps}", f"output_dir={base / 'straight'}"]),
+            cwd=REPO, env=soak_runs.soak_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    starter = threading.Thread(target=start_straight, daemon=True)
+    starter.start()
     shm_before = soak_runs.shm_names()
     disk = soak_runs.SmallDisk(base / "disk")
     run = soak_runs.Soak(seed, faults, base / "disk" / "run", base / "logs", disk)
@@ -62,15 +76,18 @@ def soak(tmp_path_factory):
             run.run()
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{run.describe()}") from None
-        assert straight.wait(timeout=soak_runs.WAIT) == 0, "the uninterrupted job failed"
+        starter.join()
+        assert straight["proc"].wait(timeout=soak_runs.WAIT) == 0, "the uninterrupted job failed"
         yield {"run": run, "straight": base / "straight", "base": base, "shm_before": shm_before,
                "arrays": stored_arrays(run.out / "checkpoints" / "last.ckpt"), "losses": losses(run.out),
                "checkpoints": sorted(os.listdir(run.out / "checkpoints")),
                "leftovers": soak_runs.leftovers([run.out, run.logs]), "shm_after": soak_runs.shm_names()}
     finally:
-        if straight.poll() is None:
-            straight.kill()
-            straight.wait()
+        stop.set()
+        starter.join()
+        if "proc" in straight and straight["proc"].poll() is None:
+            straight["proc"].kill()
+            straight["proc"].wait()
         disk.unmount()
 
 
