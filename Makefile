@@ -27,10 +27,11 @@ setup: $(RUNTIME)
 demo: $(RUNTIME)
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/run_distribute.sh 2 configs/demo_shapes.yaml
 
-# Both tiers run on two pytest-xdist workers, one test module per worker at a time (a module's runs share its
-# fixtures); much of a test is one-threaded start-up, compilation and waiting on other processes. Modules go out
-# in the order tests/conftest.py sorts them (longest first), not xdist's default of most tests first.
-XDIST := -n 2 --dist loadfile --no-loadscope-reorder
+# Both tiers run on three pytest-xdist workers, one test module per worker at a time (a module's runs share its
+# fixtures); much of a test is one-threaded start-up, compilation and waiting on other processes, so on 2 cores a
+# third worker fills the time two would leave idle. Modules go out in the order tests/conftest.py sorts them
+# (longest first), not xdist's default of most tests first.
+XDIST := -n 3 --dist loadfile --no-loadscope-reorder
 
 # Every training worker, job and launcher a test starts imports clip and launcher: compiled to bytecode once here, so
 # that with PYTHONDONTWRITEBYTECODE set (this machine, CI) each of them does not compile the sources again.

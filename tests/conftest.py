@@ -51,7 +51,7 @@ SESSION_DIRS = ("CLIP_COMPILE_CACHE_DIR", "CLIP_KERNEL_DIR")
 def pytest_configure(config):
     """One compile cache and one CPU kernel build for the session's runs (keyed by graph and by source, so
     runs share them exactly as a user's runs do), never the user's own ~/.cache/mindclip. Under pytest-xdist
-    (`make test` runs two workers) the controller makes them and its workers inherit them, so each graph
+    (`make test` runs three workers) the controller makes them and its workers inherit them, so each graph
     compiles once per suite, not once per worker; the cache's and the build's own locks make sharing safe."""
     if not _is_xdist_worker(config):
         os.environ["CLIP_COMPILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="clip-compile-cache-")
@@ -69,7 +69,7 @@ def _is_xdist_worker(config) -> bool:
     return hasattr(config, "workerinput")
 
 
-# The modules that take longest, longest first (measured with --durations): the two workers take modules in
+# The modules that take longest, longest first (measured with --durations): the workers take modules in
 # collection order, so starting with these leaves the many short ones to fill in at the end instead of one
 # long module running alone after everything else finished.
 LONGEST_FIRST = ("test_equivalence", "test_soak", "test_demo", "test_resume", "test_finetune_runs",

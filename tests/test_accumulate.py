@@ -164,7 +164,8 @@ def test_accumulation_in_fp16_and_in_pynative_trains_like_the_plain_step(tmp_pat
     tolerance, with the same skipped steps and loss scales (the scaler sees the summed gradient). PyNative: the
     same K = 4 step run op by op equals it compiled."""
     base = [o for o in TINY if not o.startswith("train.lr")] + ["train.lr=2e-4"]
-    fp16 = base + ["train.precision=fp16"]
+    # clip_tiny, as test_precision's fp16 runs (the K = 1 run is the same graph as its one-card run)
+    fp16 = [o for o in base if not o.startswith("model.name")] + ["model.name=clip_tiny", "train.precision=fp16"]
     accumulated = base + ["train.batch_size=2", "train.accum_steps=4"]
     run_trainings({tmp_path / "fp16_k1": fp16 + ["train.batch_size=8"],
                    tmp_path / "fp16_k4": fp16 + ["train.batch_size=2", "train.accum_steps=4"],

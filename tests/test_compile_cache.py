@@ -36,7 +36,7 @@ from clip.train.compile_cache import (
 
 from clusters import clean_environ
 
-from training_runs import TINY, finish_training, max_param_diff, model_params, start_training
+from training_runs import TINY, TINY_MODEL, finish_training, max_param_diff, model_params, start_training
 
 REPO = Path(__file__).resolve().parent.parent
 VERSIONS = {"mindspore": "2.10.0", "python": "3.11", "sources": "abc", "device_target": "CPU"}
@@ -252,7 +252,7 @@ def transports(tmp_path_factory):
     root, kernel_dir = base / "cache", private_kernels(base / "kernels")
     env = {**clean_environ(), "PYTHONUNBUFFERED": "1", "GLOG_v": "3", ROOT_ENV: str(root),
            "CLIP_KERNEL_DIR": str(kernel_dir)}
-    overrides = ["model.name=clip_tiny", "data.train.type=shapes", "data.train.num_samples=16", "data.eval=null",
+    overrides = [f"model.name={TINY_MODEL}", "data.train.type=shapes", "data.train.num_samples=16", "data.eval=null",
                  "train.max_steps=1", "train.batch_size=4", "train.num_workers=0", "train.resume=none",
                  "train.mode=graph"]
     seen, logs = [], ""

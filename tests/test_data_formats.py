@@ -20,6 +20,7 @@ import pytest
 from data_files import write_image_folder, write_img2dataset_dir
 from training_runs import (
     REPO,
+    TINY_MODEL,
     TOL,
     clean_env,
     finish_training,
@@ -32,7 +33,7 @@ from training_runs import (
 )
 
 CORRUPT, UNCAPTIONED = 5, 14
-TINY = ["model.name=clip_tiny", "data.eval=null", "train.max_steps=5", "train.lr=1e-3", "train.warmup_steps=2",
+TINY = [f"model.name={TINY_MODEL}", "data.eval=null", "train.max_steps=5", "train.lr=1e-3", "train.warmup_steps=2",
         "train.weight_decay=0.1", "train.seed=7", "train.num_workers=1", "train.mode=graph"]
 
 

@@ -155,7 +155,7 @@ def test_contrastive_accumulation_trains_like_the_whole_global_batch(runs):
 
 def test_the_gelu_runs_trained_the_converted_checkpoints_model(runs):
     """The GELU pair built the checkpoint's architecture (no model name given) and started from its weights:
-    its losses are not clip_tiny's, and it learned (5 distinct losses)."""
+    its losses are not the QuickGELU TINY model's, and it learned (5 distinct losses)."""
     gelu, tiny = runs["w1_gelu"], runs["w1"]
     assert "training custom on 1 rank(s)" in gelu["stdout"], gelu["stdout"][-2000:]
     assert len(set(round(v, 6) for v in gelu["losses"].values())) == 5

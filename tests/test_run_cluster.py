@@ -12,6 +12,7 @@ import pytest
 from launcher.run import free_port
 
 from jobs.processes import leftovers
+from training_runs import TINY_MODEL
 
 pytestmark = pytest.mark.processes
 
@@ -165,13 +166,13 @@ def test_script_argument_errors(clean_env, python_exe, tmp_path, script, args, m
     assert list(tmp_path.iterdir()) == [tmp_path / "cfg.yaml"], "nothing written"
 
 
-# seed and weight decay as training_runs.TINY's: the same train-step graph, so the suite compiles it once
-TINY = """\
-model: {name: clip_tiny}
+# model, seed and weight decay as training_runs.TINY's: the same train-step graph, so the suite compiles it once
+TINY = f"""\
+model: {{name: {TINY_MODEL}}}
 data:
-  train: {type: shapes, split: train, num_samples: 32}
+  train: {{type: shapes, split: train, num_samples: 32}}
   eval: null
-train: {batch_size: 4, max_steps: 3, mode: graph, seed: 7, weight_decay: 0.1}
+train: {{batch_size: 4, max_steps: 3, mode: graph, seed: 7, weight_decay: 0.1}}
 output_dir: runs/tiny
 """
 
