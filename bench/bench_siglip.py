@@ -4,9 +4,11 @@ open_clip's SigLipLoss (`dist_impl` gather and bidir, torch + gloo), real proces
 Per-rank batch b and embedding width E are fixed and W = 1, 2, 4 ranks run as real processes (ours: a CPU
 dynamic cluster through the launcher; open_clip: torch.distributed.run with gloo), so the global batch is W x b.
 Every rank draws its own normalised features and runs the loss forward + backward (features, scale and bias)
-`--repeats` times after one warm-up call; each reports its step times and its peak RSS above the RSS just before
-the first call (compilation and memory pools included). The row keeps the slowest rank's median step and the
-largest peak. The memory that matters is how each grows with W at fixed b: the logits a rank holds for its
+`--repeats` times after one warm-up call; each reports its step times and two peaks of RSS above the RSS just
+before the first call: over everything (the first call's compilation and memory pools included) and over the
+steps after the first call (the peak is reset in between), the step's own memory, which on a card is the
+device memory while the compiler's works in host memory. The row keeps the slowest rank's median step and the
+largest peaks. The memory that matters is how each grows with W at fixed b: the logits a rank holds for its
 backward are b x b for ours whatever W is, and W x b x b for open_clip's (each received block and its logits
 are kept; docs/loss.md has the arithmetic to 64 cards). Writes bench/results/siglip.json.
 
@@ -16,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,21 +39,40 @@ def features(rank: int, batch: int, embed: int):
     return (image / np.linalg.norm(image, axis=1, keepdims=True), text / np.linalg.norm(text, axis=1, keepdims=True))
 
 
+def _peak_rss() -> int:
+    """This process's peak RSS (VmHWM) in bytes; unlike ru_maxrss it can be reset (_reset_peak_rss)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM")
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as handle:  # "5": reset the peak RSS to the current RSS (Linux >= 4.0)
+        handle.write("5")
+
+
 def measure(step, repeats: int) -> dict:
-    """Peak RSS above the RSS before the first call, and the step times after it (one warm-up call)."""
+    """Peak RSS above the RSS before the first call, over the first call (compilation, memory pools) and over
+    the steps after it, and the step times after the first call."""
     import psutil
 
     rss_before = psutil.Process().memory_info().rss
     started = time.perf_counter()
     step()
     first = time.perf_counter() - started
+    peak_first = _peak_rss()
+    _reset_peak_rss()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"first_call_s": first, "step_s": times, "peak_rss_delta_mib": (peak - rss_before) / 2 ** 20}
+    peak_steps = _peak_rss()
+    return {"first_call_s": first, "step_s": times,
+            "peak_rss_delta_mib": (max(peak_first, peak_steps) - rss_before) / 2 ** 20,
+            "step_peak_rss_delta_mib": (peak_steps - rss_before) / 2 ** 20}
 
 
 def ours_worker(batch: int, embed: int, repeats: int, out: str) -> None:
@@ -108,11 +128,14 @@ def run(impl: str, world: int, args) -> dict:
         worker = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--out", out,
                   "--batch", str(args.batch), "--embed", str(args.embed), "--repeats", str(args.repeats)]
         if impl == "ours" and world > 1:
-            # torch.distributed.run gives each of several workers OMP_NUM_THREADS=1 unless it is set; ours get the same
+            # torch.distributed.run gives each of several workers OMP_NUM_THREADS=1 unless it is set; ours get the same,
+            # and, since MindSpore's runtime threads do not follow it, each rank is pinned to its own core
+            # (--bind-cores; with more ranks than cores, the ranks share the cores round-robin)
             env.setdefault("OMP_NUM_THREADS", "1")
         if impl == "ours":
             cmd = worker if world == 1 else [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n",
-                                             str(world), "--log-dir", os.path.join(out, "logs"), "--no-chdir", "--"] + worker
+                                             str(world), "--bind-cores", "--log-dir", os.path.join(out, "logs"),
+                                             "--no-chdir", "--"] + worker
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world)] + worker[1:]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -123,6 +146,7 @@ def run(impl: str, world: int, args) -> dict:
     return {"impl": impl, "world_size": world, "per_rank_batch": args.batch, "global_batch": world * args.batch,
             "step_ms_median_slowest_rank": 1000 * median,
             "peak_rss_delta_mib_max_rank": max(r["peak_rss_delta_mib"] for r in ranks),
+            "step_peak_rss_delta_mib_max_rank": max(r["step_peak_rss_delta_mib"] for r in ranks),
             "held_logits_mib": held_logits_mib(impl, args.batch, world), "ranks": ranks}
 
 
@@ -161,7 +185,8 @@ def main(argv=None) -> None:
             for impl in IMPLS:
                 row = run(impl, world, args)
                 print(f"{impl:>17} W={world} N={row['global_batch']:<5} step {row['step_ms_median_slowest_rank']:9.1f}"
-                      f" ms  peak +{row['peak_rss_delta_mib_max_rank']:7.1f} MiB  held logits "
+                      f" ms  peak +{row['peak_rss_delta_mib_max_rank']:7.1f} MiB (steps +{row['step_peak_rss_delta_mib_max_rank']:6.1f})"
+                      f"  held logits "
                       f"{row['held_logits_mib']:6.1f} MiB", flush=True)
                 by_round[impl].append(row["step_ms_median_slowest_rank"])
                 if impl not in best or row["step_ms_median_slowest_rank"] < best[impl]["step_ms_median_slowest_rank"]:
@@ -174,10 +199,14 @@ def main(argv=None) -> None:
         ratios[f"W={world}"] = {
             "time_ours_over_best_open_clip": by[("ours", world)]["step_ms_median_slowest_rank"] / best,
             "peak_growth_from_W1_mib": {i: by[(i, world)]["peak_rss_delta_mib_max_rank"]
-                                        - by[(i, args.worlds[0])]["peak_rss_delta_mib_max_rank"] for i in IMPLS}}
+                                        - by[(i, args.worlds[0])]["peak_rss_delta_mib_max_rank"] for i in IMPLS},
+            "step_peak_growth_from_W1_mib": {i: by[(i, world)]["step_peak_rss_delta_mib_max_rank"]
+                                             - by[(i, args.worlds[0])]["step_peak_rss_delta_mib_max_rank"]
+                                             for i in IMPLS}}
     payload = {"what": "SigLIP loss forward + backward per rank, real processes; ours graph mode (CPU cluster), "
                        "open_clip SigLipLoss torch + gloo; default threads on both, which on W > 1 workers means "
-                       "OMP_NUM_THREADS=1 unless set (torch.distributed.run's default, given to ours too)",
+                       "OMP_NUM_THREADS=1 unless set (torch.distributed.run's default, given to ours too, whose "
+                       "ranks are also pinned to their own cores: launcher --bind-cores)",
                "per_rank_batch": args.batch, "embed_dim": args.embed, "repeats": args.repeats, "rounds": args.rounds,
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "load_average_at_end": os.getloadavg(),
