@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import psutil
-from training_runs import REPO, TINY, clean_env, cluster_command, train_command
+from training_runs import BIND, REPO, TINY, clean_env, train_command
 
 from launcher import worker
 from launcher.backends import dynamic
@@ -226,10 +226,10 @@ class Soak:
     def launch(self) -> Launch:
         log_dir = self.logs / f"launch_{len(self.launches)}"
         restarts = len(self.faults) + 2
-        cmd = cluster_command(WORLD, log_dir, train_command(OVERRIDES + [f"train.max_steps={self.steps}",
-                                                                          f"output_dir={self.out}"]),
-                              "--max-restarts", str(restarts), "--grace-period", str(GRACE),
-                              "--preempt-grace", str(PREEMPT_GRACE))
+        cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(WORLD), BIND,
+               "--max-restarts", str(restarts), "--grace-period", str(GRACE), "--preempt-grace", str(PREEMPT_GRACE),
+               "--log-dir", str(log_dir), "--no-chdir", "--tee", "0", "--"] + train_command(
+            OVERRIDES + [f"train.max_steps={self.steps}", f"output_dir={self.out}"])
         self.launches.append(Launch(cmd, log_dir, restarts, soak_env(self.cache)))
         return self.launches[-1]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soak_runs
-from training_runs import REPO, cluster_command, losses, stored_arrays, train_command
+from training_runs import BIND, REPO, losses, stored_arrays, train_command
 
 
 # First in the module: the soak fixture's teardown (it unmounts its disk) then runs after a marked test.
@@ -61,8 +61,9 @@ def soak(tmp_path_factory):
             if stop.wait(0.2):
                 return
         straight["proc"] = subprocess.Popen(
-            cluster_command(soak_runs.WORLD, base / "straight" / "logs", train_command(
-                soak_runs.OVERRIDES + [f"train.max_steps={steps}", f"output_dir={base / 'straight'}"])),
+            [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(soak_runs.WORLD), BIND, "--log-dir",
+             str(base / "straight" / "logs"), "--no-chdir", "--"] + train_command(
+                soak_runs.OVERRIDES + [f"train.max_steps={steps}", f"output_dir={base / 'straight'}"]),
             cwd=REPO, env=soak_runs.soak_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     starter = threading.Thread(target=start_straight, daemon=True)

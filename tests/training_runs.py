@@ -16,9 +16,8 @@ from clusters import clean_environ
 
 REPO = Path(__file__).resolve().parent.parent
 TOL = 1e-5
-# The launcher's option that pins each rank to its own block of cores; the training clusters the suite starts
-# (cluster_command) use it, since on 2 cores unpinned MindSpore ranks spend CPU in each other's way
-# (docs/benchmarks.md, Test suite).
+# The launcher's option that pins each rank to its own block of cores; the clusters the suite starts use it, since
+# on 2 cores unpinned MindSpore ranks spend CPU in each other's way (docs/benchmarks.md, Test suite).
 BIND = "--bind-cores"
 
 # clip_tiny's widths with one block per tower (an open_clip model config): every property these runs check holds
@@ -57,18 +56,12 @@ def profile_env(name: str):
             os.environ["CLIP_PROFILE"] = before
 
 
-def cluster_command(world: int, log_dir: Path, command, *options: str) -> list:
-    """`command` on `world` ranks of a CPU cluster through the launcher, each rank pinned to its own cores (BIND),
-    rank 0 on the console; `options`: more `launcher run` options."""
-    return [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(world), BIND, *options,
-            "--log-dir", str(log_dir), "--no-chdir", "--tee", "0", "--"] + list(command)
-
-
 def run_training(out_dir: Path, world: int, overrides, timeout: float = 300) -> subprocess.CompletedProcess:
     """clip.train on `world` workers (launcher, cluster backend) or as one plain process for world 1."""
     cmd = train_command(list(overrides) + [f"output_dir={out_dir}"])
-    if world > 1:
-        cmd = cluster_command(world, out_dir / "logs", cmd)
+    if world > 1:  # ranks pinned to their own cores (BIND): the suite's CPU goes further (docs/benchmarks.md)
+        cmd = [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n", str(world), BIND,
+               "--log-dir", str(out_dir / "logs"), "--no-chdir", "--tee", "0", "--"] + cmd
     proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         logs = "".join(f"\n--- {p}\n{p.read_text()[-3000:]}" for p in sorted((out_dir / "logs").glob("*.log"))
