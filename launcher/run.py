@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker logs <log-dir>/worker_<rank>.log and working dirs <log-dir>/rank_<rank>")
     parser.add_argument("--no-chdir", dest="chdir", action="store_false",
                         help="run workers in the launcher's directory instead of <log-dir>/rank_<rank>")
-    parser.add_argument("--bind-cores", action="store_true", help="split this node's cores evenly and pin workers")
+    parser.add_argument("--bind-cores", action=argparse.BooleanOptionalAction, default=False,
+                        help="split this node's cores evenly and pin workers (default: unpinned; "
+                             "scripts/run_distribute.sh pins, --no-bind-cores after it undoes that)")
     parser.add_argument("--tee", nargs="?", const="0", default=None, metavar="RANKS", type=text(nonempty=True),
                         help="copy these ranks' output to the console, prefixed '[rank N]' (default 0; 'all')")
     parser.add_argument("--max-restarts", type=integer(ge=0), default=0,

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from clusters import clean_environ
-from training_runs import BIND
 
 pytestmark = pytest.mark.processes
 
@@ -26,8 +25,9 @@ FINAL = r"final zero-shot top-1 ([\d.]+)% top-5 [\d.]+% on (\d+) images, (\d+) c
 
 def demo_env() -> dict:
     env = clean_environ()
-    # LAUNCHER_OPTS (scripts/run_distribute.sh) pins each worker to its own core, as the suite's other clusters are
-    env.update(PYTHON=sys.executable, GLOG_v="3", PYTHONUNBUFFERED="1", LAUNCHER_OPTS=BIND,
+    # no LAUNCHER_OPTS: the script's own default, each worker pinned to its own core, is what the demo runs
+    env.pop("LAUNCHER_OPTS", None)
+    env.update(PYTHON=sys.executable, GLOG_v="3", PYTHONUNBUFFERED="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     return env
 

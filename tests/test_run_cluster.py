@@ -7,8 +7,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from launcher.plan import split_cores
 from launcher.run import free_port
 
 from jobs.processes import leftovers
@@ -193,6 +195,29 @@ def test_run_distribute_trains_on_two_workers(clean_env, python_exe, tmp_path, t
     assert "[rank 0] " in run.stdout
     assert (logs / "rank_0" / "env.log").read_text().count("MS_WORKER_NUM=2") == 1
     assert leftovers(str(tmp_path)) == []
+
+
+def dry_run_cores(clean_env, python_exe, tmp_path, tiny_config, launcher_opts):
+    """{process name: its `cores:` line} of `run_distribute.sh 2` under LAUNCHER_OPTS="--dry-run ..."."""
+    run = subprocess.run(["bash", str(REPO / "scripts" / "run_distribute.sh"), "2", tiny_config],
+                         env={**clean_env, "PYTHON": python_exe, "LAUNCHER_OPTS": f"--dry-run {launcher_opts}"},
+                         cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    names = [line.strip("[]") for line in run.stdout.splitlines() if line.startswith("[")]
+    cores = [line.split(":", 1)[1].strip() for line in run.stdout.splitlines() if line.startswith("  cores:")]
+    assert len(names) == len(cores) and names, run.stdout
+    return dict(zip(names, cores))
+
+
+def test_run_distribute_pins_each_worker_unless_told_not_to(clean_env, python_exe, tmp_path, tiny_config):
+    pinned = dry_run_cores(clean_env, python_exe, tmp_path, tiny_config, "")
+    workers = [pinned[f"rank {rank}"] for rank in range(2)]
+    assert "all" not in workers, pinned
+    usable = sorted(psutil.Process().cpu_affinity())
+    expected = [",".join(map(str, block)) for block in split_cores(usable, 2)]
+    assert workers == expected, (workers, expected)
+    unpinned = dry_run_cores(clean_env, python_exe, tmp_path, tiny_config, "--no-bind-cores")
+    assert set(unpinned.values()) == {"all"}, unpinned
 
 
 def test_run_standalone_is_one_pynative_process(clean_env, python_exe, tmp_path, tiny_config):
