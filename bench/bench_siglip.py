@@ -10,7 +10,12 @@ steps after the first call (the peak is reset in between), the step's own memory
 device memory while the compiler's works in host memory. The row keeps the slowest rank's median step and the
 largest peaks. The memory that matters is how each grows with W at fixed b: the logits a rank holds for its
 backward are b x b for ours whatever W is, and W x b x b for open_clip's (each received block and its logits
-are kept; docs/loss.md has the arithmetic to 64 cards). Writes bench/results/siglip.json.
+are kept; docs/loss.md has the arithmetic to 64 cards).
+
+Beside them, at W = 1 and in the same rounds, the floor under any SigLIP loss of these shapes: the three matmuls
+of one b x b block (the similarities, then the b x E products of the image and text gradients) and nothing else,
+once in MindSpore (graph mode, the stock MatMul kernels the loss runs) and once in torch. Their ratio is what the
+kernels alone cost ours against open_clip, before any loss arithmetic. Writes bench/results/siglip.json.
 
     python bench/bench_siglip.py [--batch 1024] [--embed 512] [--worlds 1 2 4] [--repeats 3] [--rounds 1]
 """
@@ -29,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results" / "siglip.json"
 IMPLS = ("ours", "open_clip_gather", "open_clip_bidir")
+FLOORS = ("mindspore_matmuls", "torch_matmuls")
 
 
 def features(rank: int, batch: int, embed: int):
@@ -122,6 +128,44 @@ def open_clip_worker(impl: str, batch: int, embed: int, repeats: int, out: str) 
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
 
 
+def floor_worker(framework: str, batch: int, embed: int, repeats: int, out: str) -> None:
+    """The three matmuls of one block: Y = I T^T (b x b), then Y T and Y^T I (b x E), as the forward and the two
+    feature gradients of any SigLIP loss on one block need them."""
+    image, text = features(0, batch, embed)
+    if framework == "torch":
+        import torch
+
+        image, text = torch.from_numpy(image), torch.from_numpy(text)
+
+        def step():
+            y = image @ text.T  # eager: each product is computed by the time its call returns
+            y @ text, y.T @ image
+    else:
+        import mindspore as ms
+        from mindspore import Tensor, nn, ops
+
+        ms.set_context(mode=ms.GRAPH_MODE)
+
+        class Matmuls(nn.Cell):
+            def __init__(self):
+                super().__init__()
+                self.matmul_nt = ops.MatMul(transpose_b=True)
+                self.matmul_tn = ops.MatMul(transpose_a=True)
+
+            def construct(self, i, t):
+                y = self.matmul_nt(i, t)
+                return ops.matmul(y, t), self.matmul_tn(y, i)
+
+        matmuls, image, text = ms.jit(Matmuls()), Tensor(image), Tensor(text)
+
+        def step():
+            for product in matmuls(image, text):
+                product.asnumpy()
+
+    result = measure(step, repeats)
+    Path(out, "rank0.json").write_text(json.dumps(result))
+
+
 def run(impl: str, world: int, args) -> dict:
     env = {**os.environ, "GLOG_v": "3", "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory() as out:
@@ -132,7 +176,9 @@ def run(impl: str, world: int, args) -> dict:
             # and, since MindSpore's runtime threads do not follow it, each rank is pinned to its own core
             # (--bind-cores; with more ranks than cores, the ranks share the cores round-robin)
             env.setdefault("OMP_NUM_THREADS", "1")
-        if impl == "ours":
+        if impl in FLOORS:
+            cmd = worker
+        elif impl == "ours":
             cmd = worker if world == 1 else [sys.executable, "-m", "launcher", "run", "--backend", "cluster", "-n",
                                              str(world), "--bind-cores", "--log-dir", os.path.join(out, "logs"),
                                              "--no-chdir", "--"] + worker
@@ -154,8 +200,8 @@ def held_logits_mib(impl: str, batch: int, world: int) -> float:
     """float32 b x b blocks alive at a rank's peak: ours takes each block's gradient in the forward and drops the
     block before the next, so only one block's logits, softplus and sigmoid exist at a time (3 blocks) whatever W
     is; open_clip's autograd keeps, for each of the W blocks, the similarity, the labels and the signed logits
-    until the backward (3 W blocks)."""
-    blocks = 3 if impl == "ours" else 3 * world
+    until the backward (3 W blocks). The matmul floors hold one block, the similarities."""
+    blocks = 1 if impl in FLOORS else 3 if impl == "ours" else 3 * world
     return blocks * batch * batch * 4 / 2 ** 20
 
 
@@ -168,8 +214,10 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="runs of every implementation, interleaved; the fastest "
                                                                 "round of each is kept")
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=IMPLS + FLOORS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker in FLOORS:
+        return floor_worker(args.worker.split("_")[0], args.batch, args.embed, args.repeats, args.out)
     if args.worker == "ours":
         return ours_worker(args.batch, args.embed, args.repeats, args.out)
     if args.worker:
@@ -180,9 +228,10 @@ def main(argv=None) -> None:
     rows = []
     for world in args.worlds:
         # the rounds interleave the implementations, so a burst of load on the shared machine hits one round
-        best, by_round = {}, {impl: [] for impl in IMPLS}
+        impls = IMPLS + FLOORS if world == 1 else IMPLS
+        best, by_round = {}, {impl: [] for impl in impls}
         for _ in range(args.rounds):
-            for impl in IMPLS:
+            for impl in impls:
                 row = run(impl, world, args)
                 print(f"{impl:>17} W={world} N={row['global_batch']:<5} step {row['step_ms_median_slowest_rank']:9.1f}"
                       f" ms  peak +{row['peak_rss_delta_mib_max_rank']:7.1f} MiB (steps +{row['step_peak_rss_delta_mib_max_rank']:6.1f})"
@@ -191,7 +240,7 @@ def main(argv=None) -> None:
                 by_round[impl].append(row["step_ms_median_slowest_rank"])
                 if impl not in best or row["step_ms_median_slowest_rank"] < best[impl]["step_ms_median_slowest_rank"]:
                     best[impl] = row
-        rows += [{**best[impl], "step_ms_by_round": by_round[impl]} for impl in IMPLS]
+        rows += [{**best[impl], "step_ms_by_round": by_round[impl]} for impl in impls]
     by = {(r["impl"], r["world_size"]): r for r in rows}
     ratios = {}
     for world in args.worlds:
@@ -203,6 +252,13 @@ def main(argv=None) -> None:
             "step_peak_growth_from_W1_mib": {i: by[(i, world)]["step_peak_rss_delta_mib_max_rank"]
                                              - by[(i, args.worlds[0])]["step_peak_rss_delta_mib_max_rank"]
                                              for i in IMPLS}}
+    if 1 in args.worlds:
+        ms_floor, torch_floor = by[("mindspore_matmuls", 1)], by[("torch_matmuls", 1)]
+        ratios["matmul_floor_W=1"] = {
+            "time_mindspore_over_torch": ms_floor["step_ms_median_slowest_rank"]
+            / torch_floor["step_ms_median_slowest_rank"],
+            "peak_mindspore_minus_torch_mib": ms_floor["peak_rss_delta_mib_max_rank"]
+            - torch_floor["peak_rss_delta_mib_max_rank"]}
     payload = {"what": "SigLIP loss forward + backward per rank, real processes; ours graph mode (CPU cluster), "
                        "open_clip SigLipLoss torch + gloo; default threads on both, which on W > 1 workers means "
                        "OMP_NUM_THREADS=1 unless set (torch.distributed.run's default, given to ours too, whose "
