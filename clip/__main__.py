@@ -81,7 +81,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                   if args.candidate_labels else default_labels(cfg))
         paths, _ = expand_inputs(list(args.predict_data))
         images = decode_all(paths)
-        model = load_model(cfg.model.name, weights_for(cfg, args.checkpoint), cfg.model.dtype)
+        model = load_model(cfg.model.name, weights_for(cfg, args.checkpoint), cfg.model.dtype,
+                           ema_weights=cfg.model.ema_weights)
         attach(model, cfg.model.tokenizer)
         results = predict_images(model, images, labels, args.top_k, DEFAULT_TEMPLATE)
         print(format_table(list(zip(paths, results))))

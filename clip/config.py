@@ -35,6 +35,8 @@ class ModelConfig:
     name: Optional[str] = None            # model name (clip.list_models()) or open_clip JSON config path; null =
                                           # the architecture model.checkpoint carries, else clip_tiny
     checkpoint: Optional[str] = setting(None, path="maybe_file")  # MindSpore .ckpt with OpenAI parameter names to start from
+    # take the checkpoint's moving averages (ema.*, written by a run with train.ema_decay) instead of its raw weights
+    ema_weights: bool = False
     # SigLIP's vocabulary: a tokenizer.json or SentencePiece .model, or a directory with one (docs/models.md
     # "Tokenizers"); null for OpenAI's built-in BPE
     tokenizer: Optional[str] = setting(None, path="input")

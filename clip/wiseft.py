@@ -76,7 +76,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
         plt.close(fig)
 
 
-def sweep(zero_shot_path: str, fine_tuned_path: str, alphas: list[float], cfg, task: str) -> list[dict]:
+def sweep(zero_shot_path: str, fine_tuned_path: str, alphas: list[float], cfg, task: str,
+          ema_weights: bool = False) -> list[dict]:
     """Evaluate every mixture; one model is built and its parameters replaced per alpha."""
     import mindspore as ms
 
@@ -86,7 +87,7 @@ def sweep(zero_shot_path: str, fine_tuned_path: str, alphas: list[float], cfg, t
 
     data = dataset_for(cfg, task)
     source = load_source(task, data)  # data mistakes fail before any model is built
-    config, zero_shot, fine_tuned = load_pair(zero_shot_path, fine_tuned_path)
+    config, zero_shot, fine_tuned = load_pair(zero_shot_path, fine_tuned_path, ema_weights)
     model = create_model(config, dtype=cfg.model.dtype)
     model.set_train(False)
     params = {p.name: p for p in model.get_parameters()}
@@ -108,11 +109,11 @@ def sweep(zero_shot_path: str, fine_tuned_path: str, alphas: list[float], cfg, t
     return rows
 
 
-def load_pair(zero_shot_path: str, fine_tuned_path: str):
+def load_pair(zero_shot_path: str, fine_tuned_path: str, ema_weights: bool = False):
     from clip.model.wiseft import check_same_architecture, load
 
     config, zero_shot = load(zero_shot_path, "ZEROSHOT")
-    other, fine_tuned = load(fine_tuned_path, "FINETUNED")
+    other, fine_tuned = load(fine_tuned_path, "FINETUNED", ema_weights)
     check_same_architecture(config, other, zero_shot_path, fine_tuned_path)
     return config, zero_shot, fine_tuned
 
@@ -136,6 +137,9 @@ def build_parser() -> ArgumentParser:
                         help="run config whose data.eval (or data.retrieval) evaluates each mixture, and whose "
                              "output_dir receives wiseft.csv, wiseft.md, wiseft.png")
     parser.add_argument("--task", choices=TASKS, default="zeroshot", help="with --eval: what to measure")
+    parser.add_argument("--ema-weights", action="store_true",
+                        help="FINETUNED's moving averages (a training checkpoint of a run with train.ema_decay) "
+                             "instead of its raw weights; with --alpha 1, writes them as a plain weights file")
     add_config_arguments(parser)
     return parser
 
@@ -152,7 +156,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise UserError("--alpha writes one mixture: give OUT.ckpt and no --eval (--alphas evaluates several)")
         alpha = check_alpha(args.alpha, "--alpha")
         check_output_file(args.out, "OUT.ckpt")
-        config, zero_shot, fine_tuned = load_pair(args.zero_shot, args.fine_tuned)
+        config, zero_shot, fine_tuned = load_pair(args.zero_shot, args.fine_tuned, args.ema_weights)
         save(args.out, mix(zero_shot, fine_tuned, alpha), config)
         print(f"wrote {args.out}: {1 - alpha:g} x {args.zero_shot} + {alpha:g} x {args.fine_tuned}", flush=True)
         return 0
@@ -165,7 +169,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     paths = [os.path.join(cfg.output_dir, name) for name in OUTPUTS]
     for path in paths:
         check_output_file(path, "output_dir")
-    rows = sweep(args.zero_shot, args.fine_tuned, alphas, cfg, args.task)
+    rows = sweep(args.zero_shot, args.fine_tuned, alphas, cfg, args.task, args.ema_weights)
     from launcher.safe_write import write_text
 
     title = f"WiSE-FT: {args.zero_shot} (alpha 0) to {args.fine_tuned} (alpha 1), {args.task}"

@@ -165,3 +165,29 @@ def test_ema_is_its_closed_form_over_five_steps_and_swaps_back_exactly(graph_mod
     for p in model.params:
         assert np.array_equal(p.asnumpy(), raw[p.name])
     assert all(np.array_equal(a.asnumpy(), averages[a.name]) for a in ema.averages)
+
+
+def test_ema_weights_replace_the_raw_weights_they_average(tiny, tmp_path):
+    from clip.model import load_model, weights
+
+    raw = {p.name: p.asnumpy() for p in tiny.get_parameters()}
+    locked = "visual.conv1.weight"  # no average, as for a locked parameter: keeps its stored value
+    averages = {name: value + 0.5 for name, value in raw.items() if name != locked}
+    entries = [{"name": n, "data": Tensor(v)} for n, v in raw.items()]
+    entries += [{"name": f"ema.{n}", "data": Tensor(v)} for n, v in averages.items()]
+    path = weights.write(str(tmp_path / "run.ckpt"), entries, architecture=tiny.config)
+    for model, want in ((create_model(None, checkpoint=path), raw),
+                        (create_model(None, checkpoint=path, ema_weights=True), {**raw, **averages}),
+                        (load_model(path, ema_weights=True), {**raw, **averages})):
+        got = {p.name: p.asnumpy() for p in model.get_parameters()}
+        assert sorted(got) == sorted(raw)
+        for name in raw:
+            assert np.array_equal(got[name], want[name]), name
+
+    assert weights.ema_weights({"a": 1, "ema.a": 2, "b": 3}, "x.ckpt") == {"a": 2, "b": 3}
+    with pytest.raises(UserError, match=r"'x.ckpt' has the average ema.c but no parameter c"):
+        weights.ema_weights({"a": 1, "ema.c": 2}, "x.ckpt")
+    with pytest.raises(UserError, match=r"'x.ckpt' holds no moving averages"):
+        weights.ema_weights({"a": 1}, "x.ckpt")
+    with pytest.raises(UserError, match="no checkpoint to take the moving averages from"):
+        create_model("clip_tiny", ema_weights=True)

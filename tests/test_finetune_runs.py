@@ -96,13 +96,18 @@ def test_lit_learns_class_names_the_pretrained_text_tower_never_saw(runs):
     from clip.model import create_model
     from finetune_data import TEMPLATES
 
+    held_out = DatasetConfig(type="imagefolder", path=str(runs["folder"]), split="val", templates=TEMPLATES)
     before = zero_shot_eval(create_model(None, checkpoint=str(runs["base"] / "pretrain" / "checkpoints" / "last.ckpt")),
-                            DatasetConfig(type="imagefolder", path=str(runs["folder"]), split="val",
-                                          templates=TEMPLATES), 32, 48)
+                            held_out, 32, 48)
     after = evals(runs["base"] / "straight")
     assert after["eval_n"] == before["n"] == 48 and after["eval_classes"] == 6
     assert after["eval_top1"] >= 50.0 and after["eval_top1"] >= before["top1"] + 20, (before["top1"], after)
     assert 0 <= after["ema_eval_top1"] <= 100 and "with the EMA weights" in runs["straight_out"]
+    # the run's last checkpoint, loaded raw and with its averages (model.ema_weights), scores what the run reported
+    last = str(runs["base"] / "straight" / "checkpoints" / "last.ckpt")
+    for ema_weights, key in ((False, "eval_top1"), (True, "ema_eval_top1")):
+        got = zero_shot_eval(create_model(None, checkpoint=last, ema_weights=ema_weights), held_out, 32, 48)
+        assert got["top1"] == pytest.approx(after[key], abs=0.01), (key, got, after)
 
 
 def test_every_option_resumes_bit_identically(runs):

@@ -11,8 +11,8 @@ from clip.model.architectures import expected_shapes, get_config
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """A zero-shot weights file and a fine-tuned *training* checkpoint (optimiser state, run position) of
-    clip_tiny, and a weights file of a one-block variant."""
+    """A zero-shot weights file and a fine-tuned *training* checkpoint (optimiser state, run position, moving
+    averages of all but `logit_scale`) of clip_tiny, and a weights file of a one-block variant."""
     import mindspore as ms
 
     from clip.model import create_model
@@ -26,14 +26,16 @@ def pair(tmp_path_factory):
     ms.set_seed(2)
     tuned = create_model("clip_tiny")
     state = ms.Parameter(ms.Tensor(np.ones(3, np.float32)), name="adam_m.logit_scale")
-    ft = checkpoint.save(list(tuned.get_parameters()) + [state], str(root / "run"),
+    averages = {p.name: p.asnumpy() + 0.25 for p in tuned.get_parameters() if p.name != "logit_scale"}
+    ema = [ms.Parameter(ms.Tensor(value), name=f"ema.{name}") for name, value in averages.items()]
+    ft = checkpoint.save(list(tuned.get_parameters()) + [state] + ema, str(root / "run"),
                          {"step": 5, "epoch": 0, "step_in_epoch": 5, "global_batch": 8, "seed": 2}, 1, tuned.config)
     shallow = dataclasses.replace(get_config("clip_tiny"), vision_layers=1)
     other = create_model(shallow)
     write(str(root / "shallow.ckpt"), other, architecture=other.config)
     return {"root": root, "zs": str(root / "zs.ckpt"), "ft": ft, "shallow": str(root / "shallow.ckpt"),
             "zs_params": {p.name: p.asnumpy() for p in zero_shot.get_parameters()},
-            "ft_params": {p.name: p.asnumpy() for p in tuned.get_parameters()}}
+            "ft_params": {p.name: p.asnumpy() for p in tuned.get_parameters()}, "ft_averages": averages}
 
 
 def run(argv) -> int:
@@ -69,6 +71,23 @@ def test_alpha_0_and_1_are_the_inputs_and_half_is_the_mean(pair, tmp_path, capsy
     from clip.model.factory import load_model
 
     assert load_model(str(tmp_path / "mix_0.5.ckpt")).config == get_config("clip_tiny")  # carries its architecture
+
+
+def test_ema_weights_mix_the_fine_tuned_runs_averages(pair, tmp_path):
+    """--ema-weights takes FINETUNED's moving averages (logit_scale, without one, its raw value); at alpha 1 the
+    output is them as a plain weights file."""
+    ema = {**pair["ft_params"], **pair["ft_averages"]}
+    for alpha in ("1", "0.5"):
+        path = str(tmp_path / f"ema_{alpha}.ckpt")
+        assert run([pair["zs"], pair["ft"], "--alpha", alpha, "--ema-weights", path]) == 0
+        out = stored(path)
+        assert set(out) == set(expected_shapes(get_config("clip_tiny")))
+        for name, value in out.items():
+            zs = pair["zs_params"][name].astype(np.float64)
+            want = ema[name] if alpha == "1" else ((zs + ema[name].astype(np.float64)) / 2).astype(np.float32)
+            assert np.array_equal(value, want), (alpha, name)
+    assert run([pair["zs"], pair["zs"], "--alpha", "1", "--ema-weights", str(tmp_path / "none.ckpt")]) == 2
+    assert not (tmp_path / "none.ckpt").exists()
 
 
 def test_other_architectures_are_refused_in_one_line(pair, tmp_path, capsys):

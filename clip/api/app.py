@@ -279,7 +279,8 @@ def evaluate(cfg, task: str, data, source, checkpoint: Optional[str], sharded: b
     checkpoint = weights_for(cfg, checkpoint, pretrained=False)
     if not checkpoint:
         log.warning("no checkpoint given (--checkpoint or model.checkpoint): evaluating random weights")
-    model = create_model(cfg.model.name, checkpoint=checkpoint, dtype=cfg.model.dtype, image_size=cfg.model.image_size)
+    model = create_model(cfg.model.name, checkpoint=checkpoint, dtype=cfg.model.dtype, image_size=cfg.model.image_size,
+                         ema_weights=cfg.model.ema_weights)
     attach(model, cfg.model.tokenizer)
     model.set_train(False)
     image_size, batch_size = model.config.image_size, cfg.train.eval_batch_size

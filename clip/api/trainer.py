@@ -123,7 +123,7 @@ class Trainer:
             key = (path, os.stat(path).st_mtime_ns)
             if self._loaded is None or self._loaded[0] != key:  # reload only when the weights file changed
                 self._loaded = (key, load_model(self.config.model.name, path, self.config.model.dtype,
-                                                   self.config.model.image_size))
+                                                   self.config.model.image_size, self.config.model.ema_weights))
                 attach(self._loaded[1], self.config.model.tokenizer)
             model = self._loaded[1]
         else:

@@ -191,15 +191,17 @@ class ZeroShotImageClassificationPipeline:
 
 def pipeline(task: str = TASK, model=None, candidate_labels: Optional[Sequence[str]] = None,
              template: str = DEFAULT_TEMPLATE, checkpoint: Optional[str] = None, dtype: str = "float32",
-             top_k: Optional[int] = None, tokenizer: Optional[str] = None) -> ZeroShotImageClassificationPipeline:
+             top_k: Optional[int] = None, tokenizer: Optional[str] = None,
+             ema_weights: bool = False) -> ZeroShotImageClassificationPipeline:
     """`pipeline("zero_shot_image_classification", model=<CLIPModel | preset | .ckpt>, candidate_labels=[...])`;
-    `tokenizer` is a SigLIP model's vocabulary file (docs/models.md "Tokenizers")."""
+    `tokenizer` is a SigLIP model's vocabulary file (docs/models.md "Tokenizers"); `ema_weights` takes a training
+    checkpoint's moving averages."""
     from clip.model import load_model
     from clip.model.hf_tokenizer import attach
 
     if task != TASK:
         raise UserError(f"pipeline task {task!r} is not supported (expected {TASK!r})")
-    loaded = load_model(model, checkpoint, dtype)
+    loaded = load_model(model, checkpoint, dtype, ema_weights=ema_weights)
     if tokenizer is not None or getattr(loaded, "tokenize", None) is None:
         attach(loaded, tokenizer, "tokenizer")
     return ZeroShotImageClassificationPipeline(loaded, candidate_labels, template, top_k)
@@ -215,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=text(nonempty=True),
                         help="model name or open_clip JSON config (default: the architecture the "
                                         "checkpoint carries)")
+    parser.add_argument("--ema-weights", action="store_true",
+                        help="the checkpoint's moving averages (a training checkpoint of a run with "
+                             "train.ema_decay) instead of its raw weights")
     parser.add_argument("--image", nargs="+", required=True, metavar="PATH", type=path("path"),
                         help="image files or directories")
     parser.add_argument("--labels", required=True, type=text(nonempty=True),
@@ -243,8 +248,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     paths = expand_image_paths(args.image)
     for path in paths:  # every file is decoded once before the model loads, so errors come first
         load_image(path)
-    model = load_model(args.model, args.checkpoint, args.dtype) if args.model else \
-        load_model(args.checkpoint, None, args.dtype)
+    model = load_model(args.model, args.checkpoint, args.dtype, ema_weights=args.ema_weights) if args.model else \
+        load_model(args.checkpoint, None, args.dtype, ema_weights=args.ema_weights)
     attach(model, args.tokenizer, "--tokenizer")
     pipe = ZeroShotImageClassificationPipeline(model, labels, template, args.top_k)
     results = []

@@ -13,6 +13,7 @@ from clip.model.architectures import (DEFAULT_MODEL, MINDFORMERS, PRESETS, CLIPC
                                       get_config, infer_config, is_config_path, name_of, suggest)
 from clip.model.towers import CLIPModel
 from clip.model.weights import architecture as stored_architecture
+from clip.model.weights import ema_weights as select_ema_weights
 from clip.model.weights import parameter_shapes
 from clip.model.weights import read as read_checkpoint
 from clip.model.weights import shapes as checkpoint_shapes  # noqa: F401  (exported)
@@ -25,7 +26,7 @@ OPENAI_FILES = {"clip_vit_b_32": "ViT-B-32.pt", "clip_vit_b_16": "ViT-B-16.pt", 
 
 def create_model(name_or_config: Union[str, CLIPConfig, None] = None, checkpoint: Optional[str] = None,
                  dtype: str = "float32", image_size: Optional[int] = None, init_logit_bias: Optional[float] = None,
-                 init_logit_scale: Optional[float] = None) -> CLIPModel:
+                 init_logit_scale: Optional[float] = None, ema_weights: bool = False) -> CLIPModel:
     """A model by name (or open_clip JSON path, or CLIPConfig), with a checkpoint's weights; with no name, the
     architecture the checkpoint carries (older checkpoints: the OpenAI one its shapes imply). `image_size`
     other than the checkpoint's resizes its position embeddings (bicubic on the patch grid).
@@ -33,12 +34,20 @@ def create_model(name_or_config: Union[str, CLIPConfig, None] = None, checkpoint
     `init_logit_bias` / `init_logit_scale` are what a loss asks of the model (SigLIP: a learnable bias, another
     starting temperature), as open_clip's create_model takes them: a model without a bias gets one starting at
     `init_logit_bias` (also when its checkpoint has none), and `init_logit_scale` is the log-temperature of a
-    model that no checkpoint initialises. What the architecture or the checkpoint already holds wins."""
+    model that no checkpoint initialises. What the architecture or the checkpoint already holds wins.
+
+    `ema_weights` takes a training checkpoint's moving averages (`ema.*`, train.ema_decay) instead of its raw
+    weights, as timm's `--use-ema` does."""
     if dtype == "bfloat16" and ms.get_context("device_target") == "CPU":
         # Fail here with one line rather than deep inside the first forward pass.
         raise UserError("dtype bfloat16 needs an Ascend or GPU device: MindSpore's CPU kernels have no bfloat16 "
                         "MatMul; use float32 or float16 on CPU")
+    if ema_weights and not checkpoint:
+        raise UserError("EMA weights (model.ema_weights): no checkpoint to take the moving averages from; give "
+                        "model.checkpoint (or --checkpoint) a training checkpoint of a run with train.ema_decay")
     params = read_checkpoint(checkpoint) if checkpoint else None
+    if ema_weights:
+        params = select_ema_weights(params, checkpoint)
     config = resolve_config(name_or_config, params, checkpoint)
     if image_size is not None and image_size != config.image_size:
         config = replace(config, image_size=image_size)
@@ -136,13 +145,14 @@ def pretrained_checkpoint(name: Optional[str]) -> str:
     return str(path)
 
 
-def load_model(model, checkpoint: Optional[str] = None, dtype: str = "float32", image_size: Optional[int] = None):
+def load_model(model, checkpoint: Optional[str] = None, dtype: str = "float32", image_size: Optional[int] = None,
+               ema_weights: bool = False):
     """The one way a model is made from what a user names: a CLIPModel as is, a model name (with the given
     checkpoint, else its converted weights in the model directory), an open_clip JSON config with a
-    checkpoint, or a checkpoint path (the architecture it carries)."""
+    checkpoint, or a checkpoint path (the architecture it carries); `ema_weights` as for create_model."""
     if isinstance(model, CLIPModel):
-        if checkpoint:
-            raise UserError("pass either a model object or a checkpoint, not both")
+        if checkpoint or ema_weights:
+            raise UserError("pass either a model object or a checkpoint (and its EMA weights), not both")
         return model
     if not isinstance(model, (str, os.PathLike)) and model is not None:
         raise UserError(f"model: got {type(model).__name__}, expected a CLIPModel, model name or checkpoint")
@@ -154,11 +164,12 @@ def load_model(model, checkpoint: Optional[str] = None, dtype: str = "float32", 
         model, checkpoint = None, model  # a path: checkpoint.read names what is wrong with it
     if model in PRESETS:  # a bare model name means its converted weights, as in MindFormers' pipeline
         return create_model(model, checkpoint=checkpoint or pretrained_checkpoint(model), dtype=dtype,
-                            image_size=image_size)
+                            image_size=image_size, ema_weights=ema_weights)
     if model is not None and is_config_path(model):
         if checkpoint is None:
             raise UserError(f"model config {model} names an architecture, not weights: give a checkpoint too")
-        return create_model(model, checkpoint=checkpoint, dtype=dtype, image_size=image_size)
+        return create_model(model, checkpoint=checkpoint, dtype=dtype, image_size=image_size, ema_weights=ema_weights)
     if model is not None and (checkpoint is not None or not os.path.isfile(model)):
         raise UserError(f"model {model!r} is neither a preset name nor a checkpoint file; {suggest(model)}")
-    return create_model(None, checkpoint=model or checkpoint, dtype=dtype, image_size=image_size)
+    return create_model(None, checkpoint=model or checkpoint, dtype=dtype, image_size=image_size,
+                        ema_weights=ema_weights)

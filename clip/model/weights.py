@@ -8,6 +8,7 @@ from typing import Optional
 from launcher.errors import UserError
 
 TEXT_META = {"precision": "fp32"}  # text entries with the value assumed for checkpoints written before them
+EMA_PREFIX = "ema"  # a training checkpoint's moving averages (train.ema_decay) are named ema.<parameter>
 
 
 def write(path: str, save_obj, append_dict: Optional[dict] = None, architecture=None) -> str:
@@ -59,6 +60,21 @@ def shapes(path: str, what: str = "checkpoint") -> dict:
 
 def parameter_shapes(stored: dict) -> dict:
     return {name: tuple(p.shape) for name, p in stored.items() if name not in TEXT_META and not isinstance(p, str)}
+
+
+def ema_weights(stored: dict, path: str) -> dict:
+    """`stored` with each moving average `ema.<name>` in place of the raw weight `<name>` it averages and no
+    `ema.*` entries left; what has no average (locked parameters, which never change) keeps its stored value."""
+    prefix = EMA_PREFIX + "."
+    averages = {name[len(prefix):]: value for name, value in stored.items() if name.startswith(prefix)}
+    if not averages:
+        raise UserError(f"EMA weights (model.ema_weights, --ema-weights): checkpoint {path!r} holds no moving "
+                        f"averages (no {prefix}* entries); only a run with train.ema_decay > 0 writes them")
+    orphan = sorted(set(averages) - set(stored))
+    if orphan:
+        raise UserError(f"EMA weights: checkpoint {path!r} has the average {prefix}{orphan[0]} but no parameter "
+                        f"{orphan[0]}")
+    return {name: averages.get(name, value) for name, value in stored.items() if not name.startswith(prefix)}
 
 
 def architecture(stored: dict, path: str):

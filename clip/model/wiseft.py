@@ -2,7 +2,8 @@
 
 Fine-tuning buys accuracy on the target data and costs robustness elsewhere; a mixture keeps much of both.
 Only the model's parameters are mixed: a training checkpoint's optimiser state, run position and EMA copy
-are left behind, and the result is a plain weights file that carries its architecture.
+are left behind (or its EMA copy taken in place of the raw weights), and the result is a plain weights file that
+carries its architecture.
 """
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from clip.model.factory import check_parameters, resolve_config
 from launcher.errors import UserError
 
 
-def load(path: str, what: str):
-    """(architecture, parameter name -> float array) of a weights or training checkpoint."""
+def load(path: str, what: str, ema_weights: bool = False):
+    """(architecture, parameter name -> float array) of a weights or training checkpoint; `ema_weights`: its
+    moving averages in place of the raw weights."""
     stored = weights.read(path, what)
+    if ema_weights:
+        stored = weights.ema_weights(stored, path)
     try:
         config = resolve_config(None, stored, path)
         check_parameters(stored, config, path)

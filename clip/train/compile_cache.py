@@ -56,7 +56,7 @@ LOOP_ONLY = ("output_dir", "data", "train.resume", "train.overwrite", "train.sto
              "train.epochs", "train.tensorboard", "train.max_skipped_steps", "train.resume_reset_scaler",
              "train.loss_scale_init")
 # Where the model comes from: the architecture it resolves to is keyed instead (the tokenizer only makes inputs).
-MODEL_SOURCE = ("model.name", "model.checkpoint", "model.tokenizer", "model.image_size")
+MODEL_SOURCE = ("model.name", "model.checkpoint", "model.ema_weights", "model.tokenizer", "model.image_size")
 _SOURCE_PACKAGES = ("clip", "launcher")
 # Environment variables that change the train step's graph, so that a run with another value never reads a
 # graph compiled without it: MindSpore's developer and feature switches, whole families because each release

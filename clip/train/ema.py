@@ -14,7 +14,7 @@ import contextlib
 import mindspore as ms
 from mindspore import ParameterTuple, Tensor, nn, ops
 
-PREFIX = "ema"
+from clip.model.weights import EMA_PREFIX as PREFIX
 
 
 class EMA(nn.Cell):

@@ -100,6 +100,7 @@ def train(cfg: RunConfig) -> dict:
     ms.set_seed(t.seed)
     siglip = cfg.loss.type == "siglip"  # the sigmoid loss brings a learnable bias and open_clip's --siglip start
     model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, dtype=dtype, image_size=cfg.model.image_size,
+                         ema_weights=cfg.model.ema_weights,
                          **({"init_logit_bias": sigmoid.INIT_LOGIT_BIAS, "init_logit_scale": sigmoid.INIT_LOGIT_SCALE}
                             if siglip else {}))
     if resume_from:
