@@ -122,8 +122,10 @@ class Trainer:
             path = self._weights(predict_checkpoint)
             key = (path, os.stat(path).st_mtime_ns)
             if self._loaded is None or self._loaded[0] != key:  # reload only when the weights file changed
+                # model.ema_weights says how to read the checkpoint a user names, not what this trainer wrote
+                ema_weights = self.config.model.ema_weights and path != self._trained
                 self._loaded = (key, load_model(self.config.model.name, path, self.config.model.dtype,
-                                                   self.config.model.image_size, self.config.model.ema_weights))
+                                                   self.config.model.image_size, ema_weights))
                 attach(self._loaded[1], self.config.model.tokenizer)
             model = self._loaded[1]
         else:
