@@ -1,4 +1,4 @@
-"""Patch dropout (model.patch_dropout): open_clip's token count and placement, a draw that depends on the
+"""Patch dropout (model.patch_dropout): open_clip's token count, placement and gradients, a draw that depends on the
 global sample position only (N cards == 1 card, resume exact), and no dropout in evaluation."""
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,6 +58,79 @@ def test_the_tower_keeps_the_class_token_and_the_listed_patches_and_evaluation_k
     every = np.tile(np.arange(n, dtype=np.int32), (3, 1))
     assert np.allclose(model.encode_image(pixels, ms.Tensor(every)).asnumpy(), full, atol=1e-6)
     assert not np.allclose(model.encode_image(pixels, ms.Tensor(keep)).asnumpy(), full, atol=1e-3)
+
+
+@pytest.mark.parametrize("profile", ["native", "stock"])
+def test_given_the_same_kept_patches_the_tower_trains_as_open_clips(profile, tmp_path, monkeypatch):
+    """open_clip's VisionTransformer with its patch dropout handed our kept patches (its PatchDropout draws them
+    with torch.randn; which patches is the only thing ours does differently) gives the same image embedding and
+    the same gradient for every image-tower parameter, in CPU's native profile and in the stock one Ascend and GPU
+    run: the tokens are dropped at open_clip's place (after the position embedding, before ln_pre, class token
+    kept)."""
+    import json
+
+    import mindspore as ms
+    import torch
+    from mindspore import nn, ops
+
+    import openclip_reference as ref
+    from clip import profiles
+    from clip.model import create_model
+    from clip.model.convert import convert
+    from training_runs import TINY_MODEL
+
+    reference = ref.create(json.loads(TINY_MODEL.read_text()), seed=5)
+    torch.save(ref.state_dict(reference), tmp_path / "open_clip.bin")
+    convert(str(tmp_path / "open_clip.bin"), str(tmp_path / "tiny.ckpt"), model=str(TINY_MODEL))
+    rng = np.random.default_rng(5)
+    size = reference.visual.image_size[0]
+    n = (size // reference.visual.patch_size[0]) ** 2
+    pixels = rng.standard_normal((3, 3, size, size)).astype(np.float32)
+    weights = rng.standard_normal((3, reference.visual.output_dim)).astype(np.float32)
+    keep = pd.keep_indices(7, 2, np.arange(3), n, 0.5)
+
+    class GivenPatches(torch.nn.Module):
+        """open_clip's PatchDropout with its random choice replaced by `keep`."""
+
+        def forward(self, x):
+            rows = torch.arange(x.shape[0])[:, None]
+            return torch.cat([x[:, :1], x[rows, torch.from_numpy(keep).long() + 1]], dim=1)
+
+    reference.visual.patch_dropout = GivenPatches()
+    embedding = reference.visual(torch.from_numpy(pixels))
+    (embedding * torch.from_numpy(weights)).sum().backward()
+    expected = {f"visual.{name}": p.grad.numpy() for name, p in reference.visual.named_parameters()}
+
+    monkeypatch.setenv("CLIP_PROFILE", profile)
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        assert profiles.cache_fields()["profile"] == profile
+        model = create_model(checkpoint=str(tmp_path / "tiny.ckpt"))
+
+        class Grads(nn.Cell):
+            def __init__(self):
+                super().__init__(auto_prefix=False)
+                self.model = model
+                self.weights = [p for p in model.trainable_params() if p.name.startswith("visual.")]
+                self.grad = ops.GradOperation(get_by_list=True)
+
+            def loss(self, x, kept, w):
+                return (self.model.encode_image(x, kept) * w).sum()
+
+            def construct(self, x, kept, w):
+                return self.model.encode_image(x, kept), self.grad(self.loss, self.weights)(x, kept, w)
+
+        grads = Grads()
+        image, values = grads(ms.Tensor(pixels), ms.Tensor(keep), ms.Tensor(weights))
+        got = {p.name: g.asnumpy() for p, g in zip(grads.weights, values)}
+    finally:
+        ms.set_context(mode=previous)
+    np.testing.assert_allclose(image.asnumpy(), embedding.detach().numpy(), rtol=1e-5, atol=1e-5)
+    assert got.keys() == expected.keys() and len(got) > 10
+    scale = max(float(np.abs(g).max()) for g in expected.values())
+    worst = max((float(np.abs(got[k] - expected[k]).max()) / scale, k) for k in got)
+    assert worst[0] <= 1e-5, f"gradient of {worst[1]} differs by {worst[0]:.3g} (relative to the largest gradient)"
 
 
 @pytest.mark.processes
