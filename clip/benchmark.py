@@ -10,6 +10,10 @@ templates). At the end every CLIP_benchmark JSON under the output is gathered in
 evaluation, a column per metric, as `clip_benchmark build` writes), `results.md` (checkpoints x datasets,
 each set's main metric in percent) and `results.png` (the same as grouped bars). One process, one card:
 for several cards per evaluation use `python -m clip.eval --sharded`.
+
+`--tokenizer` (a SigLIP vocabulary) goes to the checkpoints whose text tower needs one; OpenAI-BPE checkpoints
+in the same benchmark are evaluated with their own tokenizer. Checkpoints of two vocabularies (SigLIP and
+SigLIP2) take one run each into the same `--output`: the tables gather every result there.
 """
 from __future__ import annotations
 
@@ -88,19 +92,50 @@ def job_config(base, dataset: Dataset, out_dir: str):
     return cfg
 
 
-def plan(checkpoints: list[str], datasets: list[Dataset], tasks: list[str], base, output: str) -> list[tuple]:
+def tokenizer_for(architecture, tokenizer: Optional[str]) -> Optional[str]:
+    """The tokenizer file a checkpoint of `architecture` (a CLIPConfig) is evaluated with: `tokenizer` when its
+    text tower needs a vocabulary file, none for OpenAI's BPE, which needs none."""
+    return tokenizer if architecture.hf_tokenizer_name is not None else None
+
+
+def checkpoint_tokenizers(checkpoints: list[str], model, what: str) -> dict:
+    """checkpoint -> the tokenizer file (`model.tokenizer`, named `what`) it is evaluated with, from each
+    checkpoint's architecture, every one checked against the file before anything is evaluated; a tokenizer no
+    checkpoint needs is refused, as the one-model commands refuse it."""
+    from clip.model.factory import resolve_config
+    from clip.model.weights import read
+
+    chosen = {}
+    for ckpt in checkpoints:
+        architecture = resolve_config(model.name, read(ckpt, "--checkpoint"), ckpt)
+        chosen[ckpt] = tokenizer_for(architecture, model.tokenizer)
+        if chosen[ckpt]:
+            hf_tokenizer.for_model(architecture, chosen[ckpt], what)
+    if not any(chosen.values()):
+        raise UserError(f"{what} {model.tokenizer!r}: no checkpoint needs it (it is for models with a SentencePiece "
+                        f"/ Hugging Face vocabulary, SigLIP; OpenAI-BPE models take none)")
+    return chosen
+
+
+def plan(checkpoints: list[str], datasets: list[Dataset], tasks: list[str], base, output: str,
+         tokenizers: Optional[dict] = None) -> list[tuple]:
     """(checkpoint, dataset, task, config, CLIP_benchmark JSON path) for every evaluation that applies; a
-    CLIP_benchmark retrieval set is evaluated by retrieval once, whatever classification tasks are asked."""
+    CLIP_benchmark retrieval set is evaluated by retrieval once, whatever classification tasks are asked.
+    `tokenizers` (checkpoint -> file or None) replaces model.tokenizer per checkpoint."""
+    import dataclasses
+
     from clip.api.app import effective_task
     from clip.data.clip_benchmark import kind_of
     from clip.eval.results import benchmark_file, dataset_name
 
     jobs, seen = [], set()
     for ckpt in checkpoints:
+        model_base = base if tokenizers is None else dataclasses.replace(
+            base, model=dataclasses.replace(base.model, tokenizer=tokenizers[ckpt]))
         for dataset in datasets:
             out_dir = os.path.join(output, slug(os.path.splitext(os.path.basename(ckpt))[0]),
                                    slug(dataset_name(dataset.type, dataset.path)))
-            cfg = job_config(base, dataset, out_dir)
+            cfg = job_config(model_base, dataset, out_dir)
             retrieval_set = kind_of(cfg.data.eval) == "retrieval"
             for task in tasks:
                 if retrieval_set:
@@ -242,9 +277,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise UserError(f"--output {args.output!r} is a file, expected a directory")
     for name in ("results.csv", "results.md", "results.png"):
         check_output_file(os.path.join(args.output, name), "--output")
-    tokenizer = hf_tokenizer.override(args.tokenizer)
-    base = load_config(args.config, args.overrides + tokenizer)
-    jobs = plan(args.checkpoint, datasets, args.task, base, args.output)
+    base = load_config(args.config, args.overrides + hf_tokenizer.override(args.tokenizer))
+    tokenizers = None
+    if base.model.tokenizer:
+        tokenizers = checkpoint_tokenizers(args.checkpoint, base.model,
+                                           "--tokenizer" if args.tokenizer else "model.tokenizer")
+    jobs = plan(args.checkpoint, datasets, args.task, base, args.output, tokenizers)
     from tqdm import tqdm
 
     todo = [job for job in jobs if not os.path.isfile(job[4])]

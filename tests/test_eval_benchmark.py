@@ -284,3 +284,44 @@ def test_sharded_retrieval_shares_sum_to_the_single_card(tiny, tmp_path):
     assert not (parts[0][0][1::2].any() or parts[1][0][0::2].any())  # every row comes from one rank
     text_parts = [text_share(tiny["model"], texts, 4, (r, 2)) for r in range(2)]
     assert np.allclose(text_parts[0] + text_parts[1], text_share(tiny["model"], texts, 4), atol=1e-6)
+
+
+def test_benchmark_gives_the_tokenizer_to_the_checkpoints_that_need_one(tiny, tmp_path, capsys):
+    """An OpenAI-BPE checkpoint and a SigLIP one (T5 vocabulary) in one benchmark with --tokenizer: the SigLIP
+    checkpoint gets the file and scores what `clip.eval` gives it alone, the OpenAI one is evaluated without it;
+    a --tokenizer that no checkpoint needs is refused in one line."""
+    import csv
+
+    import mindspore as ms
+
+    import tokenizer_files
+    from clip.benchmark import main
+    from clip.eval.cli import main as evaluate
+    from clip.model import create_model
+    from clip.model.weights import write
+
+    config = tmp_path / "siglip.json"
+    config.write_text(json.dumps(tokenizer_files.tiny_open_clip_config(tokenizer_files.T5_NAME, 256)))
+    ms.set_seed(4)
+    siglip = create_model(str(config))
+    siglip_ckpt = write(str(tmp_path / "siglip.ckpt"), siglip, architecture=siglip.config)
+    spiece = tokenizer_files.t5_sentencepiece(str(tmp_path / "spiece.model"))
+    samples = [{"png": encoded(im, "png"), "cls": f"{i % 2}".encode()} for i, im in enumerate(random_images(4, seed=9))]
+    data = write_clip_benchmark(tmp_path / "wds_set", samples, classnames=["red thing", "green thing"], nshards=1)
+    out = tmp_path / "bench"
+    assert main(["--checkpoint", tiny["ckpt"], siglip_ckpt, "--dataset", f"clip_benchmark:{data}",
+                 "--output", str(out), "--tokenizer", spiece]) == 0
+    rows = {r["pretrained"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert sorted(rows) == ["siglip", "tiny"]
+    alone = tmp_path / "alone"
+    assert evaluate(["--checkpoint", siglip_ckpt, "--tokenizer", spiece, "--set", "data.eval.type=clip_benchmark",
+                     "--set", f"data.eval.path={data}", "--set", "data.eval.split=test",
+                     "--set", f"output_dir={alone}"]) == 0
+    assert float(rows["siglip"]["acc1"]) == json.loads((alone / "eval.json").read_text())["top1"] / 100
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(["--checkpoint", tiny["ckpt"], "--dataset", f"clip_benchmark:{data}", "--output", str(tmp_path / "b2"),
+              "--tokenizer", spiece])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert refused.value.code == 2 and len(err) == 1 and "no checkpoint needs it" in err[0]
+    assert not (tmp_path / "b2").exists()
