@@ -127,6 +127,34 @@ def test_two_worker_cluster_gives_single_card_numbers(setup, tmp_path, sharded, 
 
 
 @pytest.mark.processes
+def test_two_worker_cluster_gives_single_card_multilabel_precision(setup, tmp_path):
+    """A multilabel CLIP_benchmark set (11 images: 6 on rank 0, 5 on rank 1; a class without positives) evaluated
+    --sharded on 2 real workers: each rank scores its own images and the ranking is over the all-reduced rows, so
+    mean and per-class average precision equal the single card's exactly."""
+    import numpy as np
+
+    from benchmark_files import encoded, npy_bytes, random_images, write_clip_benchmark
+    from clip.eval.cli import main
+
+    images = random_images(11, seed=12)
+    targets = np.random.default_rng(12).integers(0, 2, (11, 4))
+    targets[:, 3] = 0
+    samples = [{"jpg": encoded(images[i], "jpg"), "npy": npy_bytes(targets[i])} for i in range(11)]
+    voc = write_clip_benchmark(tmp_path / "voc", samples, kind="multilabel",
+                               classnames=["apple", "bicycle", "rocket", "tulip"], nshards=1)
+    args = ["--config", str(setup["config"]), "--checkpoint", str(setup["ckpt"]),
+            "--set", "data.eval.type=clip_benchmark", "--set", f"data.eval.path={voc}"]
+    codes, logs = run_cluster(args + ["--sharded", "--set", f"output_dir={tmp_path / 'two'}"], 2, tmp_path)
+    assert codes["worker_0"] == 0 and codes["worker_1"] == 0, logs
+    assert main(args + ["--set", f"output_dir={tmp_path / 'one'}"]) == 0
+    two, one = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("two", "one"))
+    assert two["world_size"] == 2 and two["sharded"] is True and two["n"] == one["n"] == 11
+    assert two["mean_average_precision"] == one["mean_average_precision"] > 0
+    assert two["per_class_average_precision"] == one["per_class_average_precision"]
+    assert one["per_class_average_precision"]["tulip"] == 0.0
+
+
+@pytest.mark.processes
 def test_rank_failing_under_the_launcher_is_named_with_its_error(setup, tmp_path):
     """clip.eval as a 2-worker launcher job whose dataset is missing on rank 1's node (simulated by a per-rank
     path): rank 1 writes its error file, the launcher names it as the root cause with the one-line message
