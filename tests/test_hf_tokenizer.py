@@ -17,7 +17,8 @@ from launcher.errors import UserError
 
 HAND = ["a photo of a cat!", "", "   ", "A_B  c--d 123 4567", "The quick brown fox jumps over the lazy dog.",
         "Café naïve 東京 🐱 ß ﬁ ①² Ǆ", "&amp;lt;x&gt; Ã©tÃ© mojibake", "zz" * 60, "\u3000x\u00a0y\u200bz\tq\n",
-        "éé ää ñ øç", "{} it's a {c}.", "<pad></s><eos><unk> tokens as text", "ÉCOLE İstanbul ǅ"]
+        "éé ää ñ øç", "{} it's a {c}.", "<pad></s><eos><unk> tokens as text", "ÉCOLE İstanbul ǅ",
+        "ª:Ö\x91", "ª\u0591 x\u0301 ﬁ\u0308"]  # ftfy makes U+0591 of "Ö\x91"; a combining mark after a mapped letter
 CONTEXT_LENGTHS = (5, 16, 64)
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80) | st.text(
     alphabet=st.sampled_from("abcdeéñ東猫 _.,!?'&;#123 \t"), max_size=200)

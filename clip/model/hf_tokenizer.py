@@ -148,21 +148,35 @@ class _HuggingFaceVocabulary:
 
 class _SentencePieceVocabulary:
     """A SentencePiece model: pieces only; EOS and padding are added here as the Hugging Face tokenizer
-    open_clip made from the same file adds them."""
+    open_clip made from the same file adds them.
+
+    The text first goes through the `tokenizers` package's normaliser built from the model's own character map
+    (the one transformers' conversion puts in that tokenizer): it maps whole graphemes where SentencePiece maps
+    characters, so a letter with a combining mark can come out differently ("ª" + U+0591: "a" there, "a" and an
+    unknown piece here). SentencePiece's own normalisation of the result changes nothing more."""
 
     def __init__(self, path: str):
         import sentencepiece
 
         self._processor = sentencepiece.SentencePieceProcessor()
+        self._normalizer = None
         try:
             with open(path, "rb") as file:
-                self._processor.LoadFromSerializedProto(file.read())
+                data = file.read()
+            self._processor.LoadFromSerializedProto(data)
         except OSError as exc:
             raise UserError(f"{shown(path)}: cannot read the tokenizer ({exc.__class__.__name__})") from None
         except Exception:  # sentencepiece raises RuntimeError naming its C++ source line on a damaged file
             raise UserError(f"{shown(path)}: neither a tokenizer.json nor a SentencePiece model "
                             f"(its bytes do not parse as one)") from None
         self.size = self._processor.GetPieceSize()
+        from sentencepiece import sentencepiece_model_pb2
+        from tokenizers import normalizers
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(data)
+        if proto.normalizer_spec.precompiled_charsmap:  # Gemma's models normalise nothing
+            self._normalizer = normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap)
 
     def piece_id(self, piece: str) -> Optional[int]:
         found = self._processor.PieceToId(piece)
@@ -173,6 +187,8 @@ class _SentencePieceVocabulary:
 
     def encode(self, texts: List[str]) -> np.ndarray:
         out = np.full((len(texts), self._context_length), self._family.pad_id, dtype=np.int32)
+        if self._normalizer is not None:
+            texts = [self._normalizer.normalize_str(text) for text in texts]
         for row, ids in enumerate(self._processor.Encode(texts)):
             ids = [*ids[:self._context_length - 1], self._family.eos_id]
             out[row, :len(ids)] = ids
