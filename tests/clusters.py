@@ -46,3 +46,16 @@ def run_cluster(argv: Sequence[str], world_size: int, cwd: Path, base_env: Mappi
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     return codes, {name: (cwd / f"{name}.log").read_text(errors="replace") for name in procs}
+
+
+def parse_dry_run(stdout):
+    """`launcher run --dry-run`'s text as {name: {"command":..., "cwd":..., "env": {...}, "cores":..., "log":...}}."""
+    blocks, current = {}, None
+    for line in stdout.splitlines():
+        if line.startswith("["):
+            current = blocks.setdefault(line.strip("[]"), {})
+        elif current is not None and line.startswith("  "):
+            key, _, value = line.strip().partition(":")
+            value = value.strip()
+            current[key] = dict(item.split("=", 1) for item in value.split()) if key == "env" else value
+    return blocks

@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from clusters import parse_dry_run
 from launcher import plan, ranktable
 from launcher.errors import UserError
 
@@ -112,19 +113,6 @@ def launcher(args, env, cwd):
 @pytest.fixture()
 def env(clean_env, python_exe):
     return {**clean_env, "PYTHON_EXE": python_exe}
-
-
-def parse_dry_run(stdout):
-    """{name: {"command":..., "cwd":..., "env": {...}, "cores":..., "log":...}} from the dry-run text."""
-    blocks, current = {}, None
-    for line in stdout.splitlines():
-        if line.startswith("["):
-            current = blocks.setdefault(line.strip("[]"), {})
-        elif current is not None and line.startswith("  "):
-            key, _, value = line.strip().partition(":")
-            value = value.strip()
-            current[key] = dict(item.split("=", 1) for item in value.split()) if key == "env" else value
-    return blocks
 
 
 @pytest.mark.processes

@@ -13,6 +13,7 @@ import pytest
 from launcher.plan import split_cores
 from launcher.run import free_port
 
+from clusters import parse_dry_run
 from jobs.processes import leftovers
 from training_runs import TINY_MODEL
 
@@ -198,15 +199,14 @@ def test_run_distribute_trains_on_two_workers(clean_env, python_exe, tmp_path, t
 
 
 def dry_run_cores(clean_env, python_exe, tmp_path, tiny_config, launcher_opts):
-    """{process name: its `cores:` line} of `run_distribute.sh 2` under LAUNCHER_OPTS="--dry-run ..."."""
+    """{process name: its cores} of `run_distribute.sh 2` under LAUNCHER_OPTS="--dry-run ..."."""
     run = subprocess.run(["bash", str(REPO / "scripts" / "run_distribute.sh"), "2", tiny_config],
                          env={**clean_env, "PYTHON": python_exe, "LAUNCHER_OPTS": f"--dry-run {launcher_opts}"},
                          cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert run.returncode == 0, run.stderr[-3000:]
-    names = [line.strip("[]") for line in run.stdout.splitlines() if line.startswith("[")]
-    cores = [line.split(":", 1)[1].strip() for line in run.stdout.splitlines() if line.startswith("  cores:")]
-    assert len(names) == len(cores) and names, run.stdout
-    return dict(zip(names, cores))
+    blocks = parse_dry_run(run.stdout)
+    assert blocks and all("cores" in block for block in blocks.values()), run.stdout
+    return {name: block["cores"] for name, block in blocks.items()}
 
 
 def test_run_distribute_pins_each_worker_unless_told_not_to(clean_env, python_exe, tmp_path, tiny_config):
